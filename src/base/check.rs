@@ -1,0 +1,83 @@
+//! Integrity check of a base: the current manifest, every file it names
+//! (present, same size and checksum), bitmaps that decode, members within
+//! all contacts, statistics equal to cardinalities.
+
+use roaring::RoaringBitmap;
+
+use crate::base::Snapshot;
+use crate::base::store::read_checked;
+use crate::bitmaps::{TaggedBitmaps, read_bitmap};
+use crate::error::Result;
+
+/// Problems found, each naming the file or segment; empty when the base is sound.
+pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
+    let dir = snap.dir();
+    let m = &snap.manifest;
+    let mut problems = Vec::new();
+    for f in m.files() {
+        if let Err(e) = read_checked(dir, f) {
+            problems.push(e.to_string());
+        }
+    }
+    if !problems.is_empty() {
+        return Ok(problems);
+    }
+    let all = match &m.all_contacts {
+        Some(f) => read_bitmap(dir, f)?,
+        None => RoaringBitmap::new(),
+    };
+    if all.len() != m.contact_count {
+        problems.push(format!(
+            "all-contacts bitmap has {} ids, manifest says {}",
+            all.len(),
+            m.contact_count
+        ));
+    }
+    if let Some(f) = &m.contacts {
+        match crate::base::contacts::ContactIdMap::load(dir, m) {
+            Ok(map) => {
+                let ids: RoaringBitmap = map.to_iid.values().copied().collect();
+                if ids != all || map.to_iid.len() as u64 != all.len() {
+                    problems.push(format!(
+                        "{}: the id map does not match the all-contacts bitmap",
+                        f.path
+                    ));
+                }
+                if all.max().is_some_and(|x| x >= m.next_iid) {
+                    problems.push("an internal id is at or above next_iid".into());
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    for s in &m.segments {
+        let Some(f) = &s.members else { continue };
+        match TaggedBitmaps::read(dir, f) {
+            Ok(t) => {
+                let members = t.get(i64::MIN);
+                if !members.is_subset(&all) {
+                    problems.push(format!("segment {}: members outside all contacts", s.id));
+                }
+                if let Some(st) = &s.stats
+                    && st.contacts != members.len()
+                {
+                    problems.push(format!(
+                        "segment {}: statistics say {} contacts, bitmap has {}",
+                        s.id,
+                        st.contacts,
+                        members.len()
+                    ));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    for i in &m.imports {
+        if let Ok(b) = read_bitmap(dir, &i.contacts)
+            && !b.is_subset(&all)
+        {
+            problems.push(format!("import {}: contacts outside all contacts", i.id));
+        }
+    }
+    Ok(problems)
+}

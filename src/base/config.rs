@@ -1,0 +1,134 @@
+//! The base's configuration file, `segments.toml`: time zone, refresh
+//! threshold, nightly window, activity definition and declared fields.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::base::schema::FieldType;
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "segments.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// IANA time zone in which calendar days are counted (default UTC).
+    #[serde(default = "default_tz")]
+    pub time_zone: String,
+    /// After an import, recompute every active segment when there are fewer
+    /// active segments than this; otherwise only mark them for refresh.
+    #[serde(default = "default_threshold")]
+    pub auto_refresh_threshold: usize,
+    /// The nightly job is expected to run between these local times; a segment
+    /// not computed since the start of the last window is `late`.
+    #[serde(default)]
+    pub nightly_window: NightlyWindow,
+    /// Separator of values inside a tags cell of a CSV file.
+    #[serde(default = "default_tags_separator")]
+    pub tags_separator: String,
+    /// Criteria of `active_contacts` (JSON criteria language, written as TOML).
+    #[serde(default = "default_activity")]
+    pub activity: toml::Value,
+    /// Declared or overridden field types, by column name.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldType>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NightlyWindow {
+    pub start: String,
+    pub end: String,
+}
+
+impl Default for NightlyWindow {
+    fn default() -> Self {
+        NightlyWindow {
+            start: "01:00".into(),
+            end: "06:00".into(),
+        }
+    }
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_threshold() -> usize {
+    200
+}
+fn default_tags_separator() -> String {
+    ";".into()
+}
+
+/// Default activity: opened or clicked an e-mail, clicked an SMS, submitted a
+/// form, visited the site or purchased, within the last 180 days.
+pub fn default_activity() -> toml::Value {
+    let json = serde_json::json!({"behavior": {
+        "event": ["email_open", "email_click", "sms_click", "form_submit", "web_visit", "purchase"],
+        "within": "180d"
+    }});
+    toml::Value::try_from(json).expect("static activity criteria convert to TOML")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            time_zone: default_tz(),
+            auto_refresh_threshold: default_threshold(),
+            nightly_window: NightlyWindow::default(),
+            tags_separator: default_tags_separator(),
+            activity: default_activity(),
+            fields: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(dir: &Path) -> Result<Config> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| Error::input(&path, "configuration", e.to_string()))?;
+        config
+            .check()
+            .map_err(|m| Error::input(&path, "configuration", m))?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration serializes")
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.tz()?;
+        self.window_start()?;
+        parse_hm(&self.nightly_window.end)?;
+        if self.tags_separator.is_empty() {
+            return Err("tags_separator must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn tz(&self) -> std::result::Result<Tz, String> {
+        self.time_zone
+            .parse::<Tz>()
+            .map_err(|_| format!("unknown time zone {:?}", self.time_zone))
+    }
+
+    pub fn window_start(&self) -> std::result::Result<NaiveTime, String> {
+        parse_hm(&self.nightly_window.start)
+    }
+
+    /// The activity criteria as JSON.
+    pub fn activity_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.activity).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn parse_hm(s: &str) -> std::result::Result<NaiveTime, String> {
+    NaiveTime::parse_from_str(s, "%H:%M").map_err(|_| format!("invalid time {s:?}, expected HH:MM"))
+}

@@ -1,0 +1,294 @@
+//! Behaviour history: the append-only events import, laid out for the
+//! queries we run (files per month of `ts`, rows sorted by internal id then
+//! `ts`), and the removal of a deleted contact's events.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array, new_null_array,
+};
+use datafusion::arrow::compute::{
+    SortColumn, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use roaring::RoaringBitmap;
+
+use crate::base::Writer;
+use crate::base::contacts::{ContactIdMap, import_name, input_contact_ids};
+use crate::base::input::InputTable;
+use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
+use crate::base::schema::{CONTACT_ID, FieldDef, IID, check_field_name, recognised_event_field};
+use crate::base::table::{events_properties, read_parquet_one, schema_ref, write_parquet};
+use crate::bitmaps::write_bitmap;
+use crate::error::{Error, Result};
+
+/// Columns every events table has, after `_iid` and `contact_id`.
+pub fn standard_event_columns() -> Vec<FieldDef> {
+    ["ts", "type", "operation_id", "url", "amount", "name"]
+        .iter()
+        .map(|n| FieldDef {
+            name: n.to_string(),
+            ty: recognised_event_field(n).expect("standard column"),
+        })
+        .collect()
+}
+
+pub fn events_schema(columns: &[FieldDef]) -> SchemaRef {
+    let mut out = vec![
+        Field::new(IID, DataType::UInt32, false),
+        Field::new(CONTACT_ID, DataType::UInt64, false),
+    ];
+    out.extend(columns.iter().map(|f| {
+        let required = f.name == "ts" || f.name == "type";
+        Field::new(&f.name, f.ty.arrow_type(), !required)
+    }));
+    schema_ref(out)
+}
+
+pub struct EventImportOptions {
+    pub name: Option<String>,
+    pub skip_unknown: bool,
+}
+
+/// Append the events of a file. On any error nothing is written.
+pub fn import_events(
+    w: &mut Writer,
+    file: &Path,
+    opts: &EventImportOptions,
+) -> Result<crate::base::contacts::ImportReport> {
+    let input = InputTable::read(file)?;
+    let ids = input_contact_ids(&input)?;
+    for required in ["ts", "type"] {
+        if input.column(required).is_none() {
+            return Err(Error::input(
+                file,
+                "header",
+                format!("the required column {required:?} is missing"),
+            ));
+        }
+    }
+    let dir = w.dir().to_path_buf();
+    let map = ContactIdMap::load(&dir, &w.next)?;
+    let mut keep = Vec::with_capacity(ids.len());
+    let mut iids = Vec::with_capacity(ids.len());
+    let mut unknown = 0u64;
+    let mut first_unknown = None;
+    for (row, id) in ids.iter().enumerate() {
+        match map.to_iid.get(id) {
+            Some(&iid) => {
+                keep.push(true);
+                iids.push(iid);
+            }
+            None => {
+                keep.push(false);
+                iids.push(0);
+                unknown += 1;
+                first_unknown.get_or_insert(row);
+            }
+        }
+    }
+    if unknown > 0 && !opts.skip_unknown {
+        let row = first_unknown.expect("one unknown row");
+        return Err(input.error(
+            row,
+            CONTACT_ID,
+            format!(
+                "{unknown} event(s) belong to contacts not in the base (first: contact_id {}); import the contacts first or pass --skip-unknown",
+                ids[row]
+            ),
+        ));
+    }
+
+    // Columns: the base's, then new ones from the file.
+    let mut columns = w.next.event_columns.clone();
+    for (idx, col) in input.columns.iter().enumerate() {
+        if col.name == CONTACT_ID || columns.iter().any(|c| c.name == col.name) {
+            continue;
+        }
+        check_field_name(&col.name).map_err(|m| Error::input(file, "header", m))?;
+        let ty = w
+            .base
+            .config
+            .fields
+            .get(&col.name)
+            .cloned()
+            .or_else(|| recognised_event_field(&col.name))
+            .unwrap_or_else(|| input.infer(idx));
+        columns.push(FieldDef {
+            name: col.name.clone(),
+            ty,
+        });
+    }
+    let schema = events_schema(&columns);
+    let sep = w.base.config.tags_separator.clone();
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(iids)),
+        Arc::new(UInt64Array::from(ids.clone())),
+    ];
+    for c in &columns {
+        arrays.push(match input.column(&c.name) {
+            Some(idx) => input.typed(idx, &c.ty, &sep)?,
+            None => new_null_array(&c.ty.arrow_type(), input.rows),
+        });
+    }
+    for required in ["ts", "type"] {
+        let a = &arrays[2 + columns
+            .iter()
+            .position(|c| c.name == required)
+            .expect("standard")];
+        if let Some(row) = (0..a.len()).find(|&r| a.is_null(r) && keep[r]) {
+            return Err(input.error(row, required, format!("{required} is missing")));
+        }
+    }
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+
+    let touched: RoaringBitmap = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .expect("u32 ids")
+        .values()
+        .iter()
+        .copied()
+        .collect();
+    let files = write_partitioned(w, &schema, &batch)?;
+    let added = batch.num_rows() as u64;
+    w.next.events.extend(files);
+    w.next.event_columns = columns;
+
+    let now = Utc::now();
+    let (id, name) = import_name(&w.next, file, opts.name.as_deref(), now)?;
+    let touched_file = write_bitmap(w, "import", &touched)?;
+    let report = crate::base::contacts::ImportReport {
+        id: id.clone(),
+        name: name.clone(),
+        file: file.display().to_string(),
+        rows_added: added,
+        rows_updated: 0,
+        rows_skipped: unknown,
+        new_fields: Vec::new(),
+    };
+    w.next.imports.push(ImportRecord {
+        id,
+        name,
+        kind: ImportKind::Events,
+        at: now,
+        file: report.file.clone(),
+        rows_added: added,
+        rows_updated: 0,
+        rows_skipped: unknown,
+        contacts: touched_file,
+    });
+    Ok(report)
+}
+
+fn ts_column(batch: &RecordBatch) -> &TimestampMicrosecondArray {
+    batch
+        .column_by_name("ts")
+        .and_then(|a| a.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .expect("events have a µs ts column")
+}
+
+pub fn month_of(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m").to_string())
+        .unwrap_or_else(|| "invalid".into())
+}
+
+/// Split a batch by month of `ts`, sort each part by (`_iid`, `ts`), write a file each.
+pub fn write_partitioned(
+    w: &Writer,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<Vec<EventFile>> {
+    let ts = ts_column(batch);
+    let mut by_month: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for (row, t) in ts.values().iter().enumerate() {
+        let m = month_of(*t);
+        by_month
+            .entry(m)
+            .or_insert_with(|| vec![false; batch.num_rows()])[row] = true;
+    }
+    let mut out = Vec::new();
+    for (month, mask) in by_month {
+        let part = filter_record_batch(batch, &BooleanArray::from(mask))?;
+        out.push(write_sorted(w, schema, &part, &month)?);
+    }
+    Ok(out)
+}
+
+fn write_sorted(
+    w: &Writer,
+    schema: &SchemaRef,
+    part: &RecordBatch,
+    month: &str,
+) -> Result<EventFile> {
+    let indices = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: part.column(0).clone(),
+                options: None,
+            },
+            SortColumn {
+                values: part.column_by_name("ts").expect("ts").clone(),
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    let sorted = take_record_batch(part, &indices)?;
+    let ts = ts_column(&sorted);
+    let (min_ts, max_ts) = ts
+        .values()
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+    let sink = w.new_file(&format!("events/{month}"), "events", "parquet")?;
+    let file = write_parquet(
+        sink,
+        schema.clone(),
+        std::slice::from_ref(&sorted),
+        events_properties(),
+    )?;
+    Ok(EventFile {
+        file,
+        month: month.to_string(),
+        rows: sorted.num_rows() as u64,
+        min_ts,
+        max_ts,
+    })
+}
+
+/// Rewrite the event files that hold events of deleted contacts.
+pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
+    let dir = w.dir().to_path_buf();
+    let files = std::mem::take(&mut w.next.events);
+    let mut out = Vec::with_capacity(files.len());
+    for ef in files {
+        let batch = read_parquet_one(&dir.join(&ef.file.path), None)?;
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .ok_or_else(|| Error::base(&dir, format!("{}: no _iid column", ef.file.path)))?;
+        if !ids.values().iter().any(|i| gone.contains(*i)) {
+            out.push(ef);
+            continue;
+        }
+        let keep: BooleanArray = ids
+            .values()
+            .iter()
+            .map(|i| Some(!gone.contains(*i)))
+            .collect();
+        let kept = filter_record_batch(&batch, &keep)?;
+        if kept.num_rows() > 0 {
+            out.push(write_sorted(w, &kept.schema(), &kept, &ef.month)?);
+        }
+    }
+    w.next.events = out;
+    Ok(())
+}

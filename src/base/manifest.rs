@@ -1,0 +1,245 @@
+//! The manifest: the one JSON document that names every file of a version
+//! of the base. Versions are published atomically (temp file, fsync, rename,
+//! fsync directory); the newest complete manifest is the current state.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::base::schema::FieldDef;
+use crate::error::{Error, Result};
+
+pub const MANIFEST_DIR: &str = "manifests";
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub version: u64,
+    pub written_at: DateTime<Utc>,
+    /// What wrote this version (`import contacts x.csv`, `recompute`...).
+    pub written_by: String,
+    /// The next internal id to hand out; ids are never reused.
+    pub next_iid: u32,
+    /// Contacts: one Parquet file ordered by internal id (None while empty).
+    pub contacts: Option<DataFile>,
+    /// Bitmap of every live internal id.
+    pub all_contacts: Option<DataFile>,
+    pub contact_count: u64,
+    /// Contact fields, in column order (without `_iid` and `contact_id`).
+    pub fields: Vec<FieldDef>,
+    /// Event columns beyond `_iid` and `contact_id`, in column order.
+    pub event_columns: Vec<FieldDef>,
+    /// Event files, partitioned by month of `ts` and sorted by (`_iid`, `ts`).
+    pub events: Vec<EventFile>,
+    pub imports: Vec<ImportRecord>,
+    pub segments: Vec<SegmentRecord>,
+    /// Reports of the last recompute runs, newest last.
+    #[serde(default)]
+    pub runs: Vec<DataFile>,
+}
+
+/// A file of the base, relative to its directory, with its size and checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub path: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventFile {
+    pub file: DataFile,
+    /// `YYYY-MM` of every `ts` in the file.
+    pub month: String,
+    pub rows: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: ImportKind,
+    pub at: DateTime<Utc>,
+    pub file: String,
+    pub rows_added: u64,
+    pub rows_updated: u64,
+    #[serde(default)]
+    pub rows_skipped: u64,
+    /// Contacts touched by the import.
+    pub contacts: DataFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportKind {
+    Contacts,
+    Events,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The criteria of a dynamic segment; None for a static segment.
+    pub criteria: Option<serde_json::Value>,
+    pub paused: bool,
+    pub status: SegmentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set when an import changed data and the segment was not recomputed.
+    #[serde(default)]
+    pub needs_refresh: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SegmentStats>,
+    /// Members and entry cohorts of the last computation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<DataFile>,
+    /// One point per computation that changed or confirmed the members.
+    #[serde(default)]
+    pub history: Vec<HistoryPoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentStatus {
+    Computing,
+    UpToDate,
+    Failed,
+    Paused,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentStats {
+    pub contacts: u64,
+    pub email_optins: u64,
+    pub sms_optins: u64,
+    pub computed_at: DateTime<Utc>,
+    pub as_of: DateTime<Utc>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    pub at: DateTime<Utc>,
+    pub as_of: DateTime<Utc>,
+    pub size: u64,
+    pub entries: u64,
+    pub exits: u64,
+    /// Bitmaps of the entries and exits of that computation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DataFile>,
+}
+
+impl Manifest {
+    pub fn empty() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            version: 0,
+            written_at: Utc::now(),
+            written_by: "init".into(),
+            next_iid: 0,
+            contacts: None,
+            all_contacts: None,
+            contact_count: 0,
+            fields: Vec::new(),
+            event_columns: crate::base::events::standard_event_columns(),
+            events: Vec::new(),
+            imports: Vec::new(),
+            segments: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Every data file this version refers to.
+    pub fn files(&self) -> Vec<&DataFile> {
+        let mut out: Vec<&DataFile> = Vec::new();
+        out.extend(self.contacts.iter());
+        out.extend(self.all_contacts.iter());
+        out.extend(self.events.iter().map(|e| &e.file));
+        out.extend(self.imports.iter().map(|i| &i.contacts));
+        for s in &self.segments {
+            out.extend(s.members.iter());
+            out.extend(s.history.iter().filter_map(|h| h.delta.as_ref()));
+        }
+        out.extend(self.runs.iter());
+        out
+    }
+
+    pub fn segment(&self, key: &str) -> Option<&SegmentRecord> {
+        self.segments
+            .iter()
+            .find(|s| s.id == key)
+            .or_else(|| self.segments.iter().find(|s| s.name == key))
+    }
+
+    pub fn segment_mut(&mut self, key: &str) -> Option<&mut SegmentRecord> {
+        let idx = self
+            .segments
+            .iter()
+            .position(|s| s.id == key)
+            .or_else(|| self.segments.iter().position(|s| s.name == key))?;
+        Some(&mut self.segments[idx])
+    }
+
+    pub fn import(&self, key: &str) -> Option<&ImportRecord> {
+        self.imports
+            .iter()
+            .find(|s| s.id == key)
+            .or_else(|| self.imports.iter().find(|s| s.name == key))
+    }
+}
+
+pub fn manifest_path(dir: &Path, version: u64) -> PathBuf {
+    dir.join(MANIFEST_DIR).join(format!("{version:020}.json"))
+}
+
+/// The versions of every manifest present, ascending.
+pub fn list_versions(dir: &Path) -> Result<Vec<u64>> {
+    let mdir = dir.join(MANIFEST_DIR);
+    let entries = std::fs::read_dir(&mdir).map_err(|e| Error::io(&mdir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&mdir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(v) = name
+            .strip_suffix(".json")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub fn read_manifest(dir: &Path, version: u64) -> Result<Manifest> {
+    let path = manifest_path(dir, version);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::base(dir, format!("damaged manifest {}: {e}", path.display())))?;
+    if m.format != FORMAT {
+        return Err(Error::base(
+            dir,
+            format!(
+                "manifest format {} is not supported (expected {FORMAT})",
+                m.format
+            ),
+        ));
+    }
+    if m.version != version {
+        return Err(Error::base(
+            dir,
+            format!("manifest {} says version {}", path.display(), m.version),
+        ));
+    }
+    Ok(m)
+}

@@ -1,0 +1,304 @@
+//! The base on disk: one directory holding the configuration, versioned
+//! manifests, and immutable data files (contacts, events, bitmaps).
+//!
+//! Readers pin one manifest version ([`Snapshot`]) and see it whole for their
+//! run. Writers ([`Writer`]) hold the lock, write new files, then publish a new
+//! manifest atomically; superseded files are collected once no reader can
+//! still need them (pins of live processes, plus a grace period).
+
+pub mod check;
+pub mod config;
+pub mod contacts;
+pub mod events;
+pub mod input;
+pub mod lock;
+pub mod manifest;
+pub mod schema;
+pub mod store;
+pub mod table;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::error::{Error, Result};
+pub use config::Config;
+pub use manifest::Manifest;
+
+use lock::WriteLock;
+use manifest::{MANIFEST_DIR, list_versions, manifest_path, read_manifest};
+use store::{SinkFile, write_atomic};
+
+const READERS_DIR: &str = "readers";
+/// Superseded versions stay readable this long even without a pin, which
+/// covers a reader between reading the manifest and writing its pin.
+const GC_GRACE: Duration = Duration::from_secs(300);
+
+/// An opened base directory.
+#[derive(Debug, Clone)]
+pub struct Base {
+    dir: PathBuf,
+    pub config: Config,
+}
+
+impl Base {
+    /// Create a new base with its configuration and an empty first manifest.
+    /// The default segments are added by [`crate::jobs::init`].
+    pub fn create(dir: &Path, config: Config) -> Result<Base> {
+        if dir.join(config::CONFIG_FILE).exists() {
+            return Err(Error::base(dir, "a base already exists here"));
+        }
+        for sub in [MANIFEST_DIR, READERS_DIR] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        let m = Manifest::empty();
+        let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+        write_atomic(&manifest_path(dir, 0), &bytes)?;
+        // The configuration goes last: its presence marks a complete base.
+        write_atomic(&dir.join(config::CONFIG_FILE), config.to_toml().as_bytes())?;
+        Base::open(dir)
+    }
+
+    pub fn open(dir: &Path) -> Result<Base> {
+        if !dir.join(config::CONFIG_FILE).exists() {
+            return Err(Error::base(
+                dir,
+                "not a segments base (no segments.toml); create one with `segments init`",
+            ));
+        }
+        let config = Config::load(dir)?;
+        Ok(Base {
+            dir: dir.to_path_buf(),
+            config,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.config.tz().unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The newest version that has a complete manifest.
+    fn latest(&self) -> Result<(u64, Manifest)> {
+        let versions = list_versions(&self.dir)?;
+        let v = *versions
+            .last()
+            .ok_or_else(|| Error::base(&self.dir, "no manifest found"))?;
+        Ok((v, read_manifest(&self.dir, v)?))
+    }
+
+    /// Pin the current version for reading.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let (version, _) = self.latest()?;
+        let pin = Pin::new(&self.dir, version)?;
+        // Re-read after pinning: from here on the files of `version` stay.
+        let manifest = read_manifest(&self.dir, version)?;
+        Ok(Snapshot {
+            base: self.clone(),
+            manifest,
+            _pin: pin,
+        })
+    }
+
+    /// Take the writer lock and start a change from the current version.
+    pub fn writer(&self, command: &str) -> Result<Writer> {
+        let lock = WriteLock::acquire(&self.dir, command)?;
+        if let Some(prev) = &lock.took_over {
+            tracing_note(&format!(
+                "note: took over the lock left by `{}` (pid {}, started {}), which did not finish",
+                prev.command, prev.pid, prev.started
+            ));
+        }
+        let (version, manifest) = self.latest()?;
+        let mut next = manifest.clone();
+        next.version = version + 1;
+        next.written_by = command.to_string();
+        Ok(Writer {
+            base: self.clone(),
+            previous: manifest,
+            next,
+            _lock: lock,
+            counter: AtomicU64::new(0),
+        })
+    }
+}
+
+fn tracing_note(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// A reader's claim on one version; removed on drop.
+#[derive(Debug)]
+struct Pin {
+    path: PathBuf,
+}
+
+impl Pin {
+    fn new(dir: &Path, version: u64) -> Result<Pin> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let rdir = dir.join(READERS_DIR);
+        std::fs::create_dir_all(&rdir).map_err(|e| Error::io(&rdir, e))?;
+        let path = rdir.join(format!(
+            "{}-{}.pin",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, version.to_string()).map_err(|e| Error::io(&path, e))?;
+        Ok(Pin { path })
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One consistent version of the base, readable for as long as it is held.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub base: Base,
+    pub manifest: Manifest,
+    _pin: Pin,
+}
+
+impl Snapshot {
+    pub fn dir(&self) -> &Path {
+        self.base.dir()
+    }
+
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        self.base.dir().join(rel)
+    }
+}
+
+/// A change in progress: the lock, the version it started from, and the
+/// manifest it will publish.
+#[derive(Debug)]
+pub struct Writer {
+    pub base: Base,
+    pub previous: Manifest,
+    pub next: Manifest,
+    _lock: WriteLock,
+    counter: AtomicU64,
+}
+
+impl Writer {
+    pub fn dir(&self) -> &Path {
+        self.base.dir()
+    }
+
+    /// A new data file named after the version being written.
+    pub fn new_file(&self, folder: &str, stem: &str, ext: &str) -> Result<SinkFile> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let rel = format!("{folder}/{stem}-v{}-{n}.{ext}", self.next.version);
+        SinkFile::create(self.base.dir(), rel)
+    }
+
+    /// Publish the new manifest atomically, then collect garbage.
+    pub fn commit(mut self) -> Result<Manifest> {
+        self.next.written_at = Utc::now();
+        let bytes = serde_json::to_vec_pretty(&self.next).expect("manifest serializes");
+        let path = manifest_path(self.base.dir(), self.next.version);
+        write_atomic(&path, &bytes)?;
+        let published = self.next.clone();
+        // Collection failures never undo a published version.
+        if let Err(e) = collect_garbage(&self.base) {
+            tracing_note(&format!("warning: garbage collection: {e}"));
+        }
+        Ok(published)
+    }
+}
+
+/// Remove manifests and data files that no reader can still need: not the
+/// current version, not pinned by a live process, and superseded for longer
+/// than the grace period. Must run under the writer lock.
+pub fn collect_garbage(base: &Base) -> Result<usize> {
+    let dir = base.dir();
+    let versions = list_versions(dir)?;
+    let Some(&current) = versions.last() else {
+        return Ok(0);
+    };
+    let pinned = live_pins(dir);
+    let now = Utc::now();
+    let mut keep_versions: Vec<u64> = vec![current];
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut next_written = now;
+    for &v in versions.iter().rev() {
+        let m = match read_manifest(dir, v) {
+            Ok(m) => m,
+            Err(_) if v != current => continue,
+            Err(e) => return Err(e),
+        };
+        // `next_written` is when version v was superseded.
+        let fresh = (now - next_written).to_std().unwrap_or_default() < GC_GRACE;
+        if v == current || pinned.contains(&v) || fresh {
+            keep_versions.push(v);
+            keep.extend(m.files().into_iter().map(|f| f.path.clone()));
+        }
+        next_written = m.written_at;
+    }
+    let mut removed = 0;
+    for v in versions {
+        if !keep_versions.contains(&v) {
+            let _ = std::fs::remove_file(manifest_path(dir, v));
+            removed += 1;
+        }
+    }
+    for folder in ["contacts", "events", "bitmaps", "runs"] {
+        removed += remove_unreferenced(dir, Path::new(folder), &keep)?;
+    }
+    Ok(removed)
+}
+
+fn live_pins(dir: &Path) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    let Ok(entries) = std::fs::read_dir(dir.join(READERS_DIR)) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) if lock::pid_alive(pid) => {
+                if let Some(v) = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    out.insert(v);
+                }
+            }
+            _ => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    out
+}
+
+fn remove_unreferenced(dir: &Path, rel: &Path, keep: &HashSet<String>) -> Result<usize> {
+    let abs = dir.join(rel);
+    let Ok(entries) = std::fs::read_dir(&abs) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let child = rel.join(entry.file_name());
+        let ft = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+        if ft.is_dir() {
+            removed += remove_unreferenced(dir, &child, keep)?;
+            let _ = std::fs::remove_dir(entry.path()); // only succeeds when empty
+        } else if !keep.contains(child.to_string_lossy().as_ref()) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

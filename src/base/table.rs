@@ -1,0 +1,150 @@
+//! Reading and writing the base's Parquet files with arrow-rs.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+
+use crate::base::manifest::DataFile;
+use crate::base::store::SinkFile;
+use crate::error::{Error, Result};
+
+/// Read a whole Parquet file, optionally only some columns (by name).
+pub fn read_parquet(
+    path: &Path,
+    columns: Option<&[&str]>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet(path, e))?
+        .with_batch_size(64 * 1024);
+    let builder = match columns {
+        Some(cols) => {
+            let schema = builder.parquet_schema();
+            let indices: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| cols.contains(&f.name().as_str()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(schema, indices);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    let reader = builder.build().map_err(|e| Error::parquet(path, e))?;
+    let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader);
+    let mut batches = Vec::new();
+    for batch in reader {
+        batches.push(batch?);
+    }
+    Ok((schema, batches))
+}
+
+/// Read a whole Parquet file into one batch.
+pub fn read_parquet_one(path: &Path, columns: Option<&[&str]>) -> Result<RecordBatch> {
+    let (schema, batches) = read_parquet(path, columns)?;
+    Ok(datafusion::arrow::compute::concat_batches(
+        &schema, &batches,
+    )?)
+}
+
+/// Writer settings for contacts: zstd, statistics for pruning.
+pub fn contacts_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build()
+}
+
+/// Writer settings for events: sorted ids and timestamps delta-encoded and
+/// left uncompressed (a codec buys little on them and costs on every scan),
+/// dictionary encoding for the repetitive text columns, light zstd elsewhere.
+pub fn events_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(512 * 1024))
+        .set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
+        .set_column_encoding(ColumnPath::from("_iid"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_compression(ColumnPath::from("_iid"), Compression::UNCOMPRESSED)
+        .set_column_dictionary_enabled(ColumnPath::from("contact_id"), false)
+        .set_column_encoding(
+            ColumnPath::from("contact_id"),
+            Encoding::DELTA_BINARY_PACKED,
+        )
+        .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
+        .set_column_encoding(ColumnPath::from("ts"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_compression(ColumnPath::from("ts"), Compression::UNCOMPRESSED)
+        .build()
+}
+
+/// Write batches to a new data file.
+pub fn write_parquet(
+    sink: SinkFile,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    props: WriterProperties,
+) -> Result<DataFile> {
+    let path = sink.path().to_path_buf();
+    let mut writer =
+        ArrowWriter::try_new(sink, schema, Some(props)).map_err(|e| Error::parquet(&path, e))?;
+    for b in batches {
+        writer.write(b).map_err(|e| Error::parquet(&path, e))?;
+    }
+    let sink = writer.into_inner().map_err(|e| Error::parquet(&path, e))?;
+    sink.finish()
+}
+
+/// A streaming Parquet writer into a data file (for generators and large imports).
+pub struct StreamWriter {
+    writer: ArrowWriter<SinkFile>,
+    path: std::path::PathBuf,
+    pub rows: u64,
+}
+
+impl StreamWriter {
+    pub fn new(sink: SinkFile, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
+        let path = sink.path().to_path_buf();
+        let writer = ArrowWriter::try_new(sink, schema, Some(props))
+            .map_err(|e| Error::parquet(&path, e))?;
+        Ok(StreamWriter {
+            writer,
+            path,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::parquet(&self.path, e))
+    }
+
+    pub fn finish(self) -> Result<DataFile> {
+        let sink = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::parquet(&self.path, e))?;
+        sink.finish()
+    }
+}
+
+pub fn schema_ref(fields: Vec<datafusion::arrow::datatypes::Field>) -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}

@@ -1,0 +1,103 @@
+//! Segment results as roaring bitmaps of internal ids: the file format that
+//! stores them, and the materialization of record batches into bitmaps.
+
+pub mod materialize;
+
+use std::io::Write;
+use std::path::Path;
+
+use roaring::RoaringBitmap;
+
+use crate::base::Writer;
+use crate::base::manifest::DataFile;
+use crate::base::store::{SinkFile, read_checked};
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"SEGBMP01";
+
+/// A bitmap file holds tagged bitmaps: for members, tag 0 is the member set
+/// and the others are entry cohorts tagged with their entry time (µs since
+/// the epoch); for deltas, tag 0 is entries and tag 1 exits.
+pub struct TaggedBitmaps(pub Vec<(i64, RoaringBitmap)>);
+
+impl TaggedBitmaps {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            16 + self
+                .0
+                .iter()
+                .map(|(_, b)| 16 + b.serialized_size())
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        for (tag, bm) in &self.0 {
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&(bm.serialized_size() as u64).to_le_bytes());
+            bm.serialize_into(&mut out)
+                .expect("writing to a Vec cannot fail");
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> std::result::Result<TaggedBitmaps, String> {
+        let mut rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a bitmap file (bad magic)")?;
+        let take_u64 = |rest: &mut &[u8]| -> std::result::Result<u64, String> {
+            if rest.len() < 8 {
+                return Err("truncated bitmap file".into());
+            }
+            let (head, tail) = rest.split_at(8);
+            *rest = tail;
+            Ok(u64::from_le_bytes(head.try_into().expect("8 bytes")))
+        };
+        let n = take_u64(&mut rest)?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let tag = take_u64(&mut rest)? as i64;
+            let len = take_u64(&mut rest)? as usize;
+            if rest.len() < len {
+                return Err("truncated bitmap file".into());
+            }
+            let (head, tail) = rest.split_at(len);
+            let bm = RoaringBitmap::deserialize_from(head)
+                .map_err(|e| format!("damaged bitmap: {e}"))?;
+            out.push((tag, bm));
+            rest = tail;
+        }
+        Ok(TaggedBitmaps(out))
+    }
+
+    pub fn write(&self, writer: &Writer, stem: &str) -> Result<DataFile> {
+        let mut sink = writer.new_file("bitmaps", stem, "bm")?;
+        let bytes = self.encode();
+        sink.write_all(&bytes)
+            .map_err(|e| Error::io(sink.path(), e))?;
+        SinkFile::finish(sink)
+    }
+
+    pub fn read(dir: &Path, file: &DataFile) -> Result<TaggedBitmaps> {
+        let bytes = read_checked(dir, file)?;
+        TaggedBitmaps::decode(&bytes).map_err(|m| Error::base(dir, format!("{}: {m}", file.path)))
+    }
+
+    /// The bitmap with a tag (or empty).
+    pub fn get(&self, tag: i64) -> RoaringBitmap {
+        self.0
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Write a single bitmap (tag 0).
+pub fn write_bitmap(writer: &Writer, stem: &str, bm: &RoaringBitmap) -> Result<DataFile> {
+    TaggedBitmaps(vec![(0, bm.clone())]).write(writer, stem)
+}
+
+/// Read a single bitmap (tag 0).
+pub fn read_bitmap(dir: &Path, file: &DataFile) -> Result<RoaringBitmap> {
+    Ok(TaggedBitmaps::read(dir, file)?.get(0))
+}

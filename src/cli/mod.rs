@@ -1,0 +1,829 @@
+//! Argument parsing (clap derive) and the wiring of each command.
+
+pub mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use output::{Format, print_rows};
+use segments::base::Base;
+use segments::base::config::Config;
+use segments::base::contacts::{ImportOptions, ImportReport, delete_contacts, import_contacts};
+use segments::base::events::{EventImportOptions, import_events};
+use segments::criteria::Definition;
+use segments::jobs::export::RowFormat;
+use segments::jobs::recompute::{RunReport, after_import, compute_into, recompute};
+use segments::jobs::segments::{self as seg, Channel};
+use segments::jobs::{effective_status, init};
+
+#[derive(Parser)]
+#[command(
+    name = "segments",
+    version,
+    about = "Contact segmentation engine: Parquet, DataFusion, roaring bitmaps"
+)]
+struct Cli {
+    /// The base directory.
+    #[arg(long, global = true, env = "SEGMENTS_BASE", default_value = ".")]
+    base: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a base with its configuration and the default segments.
+    Init {
+        /// IANA time zone of calendar days (e.g. Europe/Paris).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+    },
+    /// Import contacts (upsert) or events (append) from CSV or Parquet.
+    #[command(subcommand)]
+    Import(ImportCmd),
+    /// Contacts: delete (right to be forgotten).
+    #[command(subcommand)]
+    Contacts(ContactsCmd),
+    /// Segments: preview, create, list, show, edit, members, export...
+    #[command(subcommand)]
+    Segment(SegmentCmd),
+    /// The nightly job: recompute every active segment, dependencies first.
+    Recompute {
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+        /// Parallel jobs (default: the cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Contacts of the included segments, minus the excluded, reachable on a channel.
+    Audience {
+        #[arg(long, value_delimiter = ',', required = true)]
+        include: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        #[arg(long, value_enum)]
+        channel: Channel,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Read-only SQL over contacts, events, imports and segments.
+    Sql {
+        query: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Verify the base: manifest, files, checksums, bitmaps, statistics.
+    Check,
+    /// Generate a deterministic synthetic base.
+    Gen(GenArgs),
+    /// Generate a demo base if needed, recompute it, print the segments.
+    Demo {
+        /// Where the demo base lives.
+        #[arg(long, default_value = "demo-base")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        contacts: u32,
+    },
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 10_000)]
+    contacts: u32,
+    #[arg(long, default_value_t = 30)]
+    events_per_contact: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Time of the newest events (default now).
+    #[arg(long, value_parser = parse_as_of)]
+    as_of: Option<DateTime<Utc>>,
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    Contacts {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Empty values in the file erase existing values.
+        #[arg(long)]
+        overwrite_empty: bool,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    Events {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Leave out events of unknown contacts (counted in the report).
+        #[arg(long)]
+        skip_unknown: bool,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactsCmd {
+    /// Delete contacts everywhere: contacts, events, imports, segments, history.
+    Delete {
+        ids: Vec<u64>,
+        /// A CSV or Parquet file with a contact_id column.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SegmentCmd {
+    /// Count and sample of a definition; nothing is saved.
+    Preview {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Validate, save and compute a segment.
+    Create {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Replace a segment's definition and recompute it.
+    Edit {
+        id: String,
+        file: PathBuf,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Copy a segment's definition under a new name and compute it.
+    Duplicate {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Delete a segment (the contacts stay in the base).
+    Delete { id: String },
+    /// Stop recomputing a segment; its members stay frozen.
+    Pause { id: String },
+    /// Recompute again, starting now.
+    Resume {
+        id: String,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// Update a segment now.
+    Refresh {
+        id: String,
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<DateTime<Utc>>,
+    },
+    /// List segments.
+    List {
+        #[arg(long, value_enum, default_value = "name")]
+        sort: SortKey,
+        /// Only segments with this status.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Definition, state, statistics and recent history of a segment.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Size over time, with entries and exits per computation.
+    History {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Members with name, e-mail, entry date and opt-ins.
+    Members {
+        id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Only members who entered at or after this date or instant.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Write the members to CSV or Parquet (first column contact_id).
+    Export {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SortKey {
+    Name,
+    Size,
+    Computed,
+    Status,
+}
+
+fn parse_as_of(s: &str) -> Result<DateTime<Utc>, String> {
+    segments::base::input::parse_timestamp(s)
+        .or_else(|| {
+            segments::base::input::parse_date(s)
+                .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        })
+        .ok_or_else(|| format!("{s:?} is not an RFC 3339 instant (2026-11-23T02:00:00Z)"))
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(dispatch(cli))
+}
+
+fn open(dir: &Path) -> anyhow::Result<Base> {
+    Ok(Base::open(dir)?)
+}
+
+fn describe(cmd: &str) -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        cmd.to_string()
+    } else {
+        format!("segments {}", args.join(" "))
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = cli.base.clone();
+    match cli.command {
+        Command::Init { time_zone } => {
+            let config = Config {
+                time_zone,
+                ..Config::default()
+            };
+            config.tz().map_err(anyhow::Error::msg)?;
+            let base = init(&dir, config)?;
+            println!(
+                "created base {} with {} default segments",
+                base.dir().display(),
+                11
+            );
+        }
+        Command::Import(cmd) => {
+            let base = open(&dir)?;
+            let mut w = base.writer(&describe("import"))?;
+            let (report, as_of) = match cmd {
+                ImportCmd::Contacts {
+                    file,
+                    name,
+                    overwrite_empty,
+                    as_of,
+                } => (
+                    import_contacts(
+                        &mut w,
+                        &file,
+                        &ImportOptions {
+                            name,
+                            overwrite_empty,
+                        },
+                    )?,
+                    as_of,
+                ),
+                ImportCmd::Events {
+                    file,
+                    name,
+                    skip_unknown,
+                    as_of,
+                } => (
+                    import_events(&mut w, &file, &EventImportOptions { name, skip_unknown })?,
+                    as_of,
+                ),
+            };
+            let refreshed = after_import(&mut w, as_of.unwrap_or_else(Utc::now)).await?;
+            w.commit()?;
+            print_import(&report, refreshed);
+        }
+        Command::Contacts(ContactsCmd::Delete { ids, file }) => {
+            let base = open(&dir)?;
+            let mut all = ids;
+            if let Some(f) = file {
+                let input = segments::base::input::InputTable::read(&f)?;
+                all.extend(segments::base::contacts::input_contact_ids(&input)?);
+            }
+            let mut w = base.writer(&describe("contacts delete"))?;
+            let n = delete_contacts(&mut w, &all)?;
+            w.commit()?;
+            println!("deleted {n} contact(s) from contacts, events, imports and segments");
+        }
+        Command::Segment(cmd) => return segment(&dir, cmd).await,
+        Command::Recompute {
+            as_of,
+            jobs: _,
+            format,
+        } => {
+            let base = open(&dir)?;
+            let mut w = base.writer(&describe("recompute"))?;
+            let report = with_spinner(
+                "recomputing segments",
+                recompute(&mut w, as_of.unwrap_or_else(Utc::now)),
+            )
+            .await?;
+            let m = w.commit()?;
+            print_run(&report, format)?;
+            let failures = report.failures();
+            if !failures.is_empty() {
+                eprintln!("{} segment(s) failed:", failures.len());
+                for f in failures {
+                    eprintln!("  {}: {}", f.id, f.error.clone().unwrap_or_default());
+                }
+                return Ok(ExitCode::from(2));
+            }
+            let _ = m;
+        }
+        Command::Audience {
+            include,
+            exclude,
+            channel,
+            out,
+            as_of,
+        } => {
+            let base = open(&dir)?;
+            let mut w = base.writer(&describe("audience"))?;
+            let bm = seg::audience(
+                &mut w,
+                &include,
+                &exclude,
+                channel,
+                as_of.unwrap_or_else(Utc::now),
+            )
+            .await?;
+            let m = w.commit()?;
+            match out {
+                Some(path) => {
+                    let batch = seg::members_batch(base.dir(), &m, &bm, None, &[])?;
+                    segments::jobs::export::write_batch(&path, &batch)?;
+                    println!("{} contact(s) written to {}", bm.len(), path.display());
+                }
+                None => println!("{} contact(s)", bm.len()),
+            }
+        }
+        Command::Sql { query, format } => {
+            let base = open(&dir)?;
+            let snap = base.snapshot()?;
+            let batches = segments::sql::run_query(&snap, &query).await?;
+            let rf = match format {
+                Format::Table => RowFormat::Table,
+                Format::Csv => RowFormat::Csv,
+                Format::Json => RowFormat::JsonLines,
+            };
+            segments::jobs::export::print_batches(&batches, rf)?;
+        }
+        Command::Check => {
+            let base = open(&dir)?;
+            let snap = base.snapshot()?;
+            let problems = segments::base::check::check(&snap)?;
+            if problems.is_empty() {
+                println!(
+                    "ok: version {}, {} contacts, {} event files, {} segments",
+                    snap.manifest.version,
+                    snap.manifest.contact_count,
+                    snap.manifest.events.len(),
+                    snap.manifest.segments.len()
+                );
+            } else {
+                for p in &problems {
+                    eprintln!("problem: {p}");
+                }
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Gen(args) => {
+            let opts = segments::synth::GenOptions {
+                contacts: args.contacts,
+                events_per_contact: args.events_per_contact,
+                seed: args.seed,
+                as_of: args.as_of.unwrap_or_else(Utc::now),
+            };
+            let t0 = std::time::Instant::now();
+            let stats = segments::synth::generate(&dir, &opts)?;
+            println!(
+                "generated {} contacts and {} events in {:.1}s",
+                stats.contacts,
+                stats.events,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Command::Demo {
+            dir: demo_dir,
+            contacts,
+        } => return demo(&demo_dir, contacts).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_import(r: &ImportReport, refreshed: Option<RunReport>) {
+    println!(
+        "import {:?} ({}): {} added, {} updated{}",
+        r.name,
+        r.id,
+        r.rows_added,
+        r.rows_updated,
+        if r.rows_skipped > 0 {
+            format!(", {} skipped (unknown contacts)", r.rows_skipped)
+        } else {
+            String::new()
+        }
+    );
+    if !r.new_fields.is_empty() {
+        println!("new fields: {}", r.new_fields.join(", "));
+    }
+    match refreshed {
+        Some(rep) => println!(
+            "recomputed {} segment(s) in {} ms",
+            rep.segments.len(),
+            rep.duration_ms
+        ),
+        None => println!("segments marked for refresh (above the auto-refresh threshold)"),
+    }
+}
+
+async fn with_spinner<T>(msg: &str, fut: impl std::future::Future<Output = T>) -> T {
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message(msg.to_string());
+        b.enable_steady_tick(std::time::Duration::from_millis(100));
+        Some(b)
+    } else {
+        None
+    };
+    let out = fut.await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    out
+}
+
+fn print_run(report: &RunReport, format: Format) -> anyhow::Result<()> {
+    let rows: Vec<serde_json::Value> = report
+        .segments
+        .iter()
+        .map(|s| json!({"segment": s.id, "status": s.status, "size": s.size, "entries": s.entries, "exits": s.exits, "error": s.error}))
+        .collect();
+    print_rows(
+        format,
+        &["segment", "status", "size", "entries", "exits", "error"],
+        &rows,
+    )?;
+    if format == Format::Table {
+        println!(
+            "{} segment(s) in {} ms ({} contact conditions in one scan, {} behaviour conditions in one scan, {} queries)",
+            report.segments.len(),
+            report.duration_ms,
+            report.contact_leaves,
+            report.event_leaves,
+            report.queries
+        );
+    }
+    Ok(())
+}
+
+fn read_definition(file: &Path) -> anyhow::Result<Definition> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Definition::parse_str(&text, &file.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+fn now_or(t: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    t.unwrap_or_else(Utc::now)
+}
+
+fn segment_row(
+    rec: &segments::base::manifest::SegmentRecord,
+    config: &Config,
+) -> serde_json::Value {
+    let st = rec.stats.as_ref();
+    json!({
+        "id": rec.id,
+        "name": rec.name,
+        "kind": if rec.criteria.is_some() { "dynamic" } else { "static" },
+        "status": effective_status(rec, config, Utc::now()),
+        "contacts": st.map(|s| s.contacts),
+        "email_optins": st.map(|s| s.email_optins),
+        "sms_optins": st.map(|s| s.sms_optins),
+        "computed_at": st.map(|s| s.computed_at.to_rfc3339()),
+        "duration_ms": st.map(|s| s.duration_ms),
+        "error": rec.error,
+    })
+}
+
+async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
+    let base = open(dir)?;
+    match cmd {
+        SegmentCmd::Preview { file, as_of } => {
+            let def = read_definition(&file)?;
+            let snap = base.snapshot()?;
+            let p = seg::preview(&snap, &def, now_or(as_of)).await?;
+            println!("{} contact(s) ({} ms)", p.count, p.duration_ms);
+            if !p.sample.is_empty() {
+                let s: Vec<String> = p.sample.iter().map(u64::to_string).collect();
+                println!("sample: {}", s.join(", "));
+            }
+        }
+        SegmentCmd::Create { file, as_of } => {
+            let def = read_definition(&file)?;
+            let mut w = base.writer(&describe("segment create"))?;
+            let report = seg::create(&mut w, &def, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("created segment {}", def.id));
+        }
+        SegmentCmd::Edit { id, file, as_of } => {
+            let def = read_definition(&file)?;
+            let mut w = base.writer(&describe("segment edit"))?;
+            let report = seg::edit(&mut w, &id, &def, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("updated segment {id}"));
+        }
+        SegmentCmd::Duplicate { id, name, as_of } => {
+            let mut w = base.writer(&describe("segment duplicate"))?;
+            let rec = w
+                .next
+                .segment(&id)
+                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?
+                .clone();
+            let criteria = rec
+                .criteria
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{id} is a static segment"))?;
+            let def = Definition::parse(
+                &json!({"name": name, "description": rec.description, "criteria": criteria}),
+            )?;
+            let report = seg::create(&mut w, &def, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(
+                &report,
+                &format!("created segment {} from {}", def.id, rec.id),
+            );
+        }
+        SegmentCmd::Delete { id } => {
+            let mut w = base.writer(&describe("segment delete"))?;
+            let id = seg::delete(&mut w, &id)?;
+            w.commit()?;
+            println!("deleted segment {id} (its contacts stay in the base)");
+        }
+        SegmentCmd::Pause { id } => {
+            let mut w = base.writer(&describe("segment pause"))?;
+            let id = seg::set_paused(&mut w, &id, true)?;
+            w.commit()?;
+            println!("paused {id}: its members stay as last computed");
+        }
+        SegmentCmd::Resume { id, as_of } | SegmentCmd::Refresh { id, as_of } => {
+            let mut w = base.writer(&describe("segment refresh"))?;
+            let id = seg::set_paused(&mut w, &id, false)?;
+            let report = compute_into(&mut w, std::slice::from_ref(&id), now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("computed {id}"));
+        }
+        SegmentCmd::List {
+            sort,
+            status,
+            format,
+        } => {
+            let snap = base.snapshot()?;
+            let mut recs: Vec<_> = snap.manifest.segments.iter().collect();
+            match sort {
+                SortKey::Name => recs.sort_by(|a, b| a.name.cmp(&b.name)),
+                SortKey::Size => {
+                    recs.sort_by_key(|r| std::cmp::Reverse(r.stats.as_ref().map(|s| s.contacts)))
+                }
+                SortKey::Computed => {
+                    recs.sort_by_key(|r| std::cmp::Reverse(r.stats.as_ref().map(|s| s.computed_at)))
+                }
+                SortKey::Status => {
+                    recs.sort_by_key(|r| effective_status(r, &base.config, Utc::now()))
+                }
+            }
+            let rows: Vec<_> = recs
+                .into_iter()
+                .map(|r| segment_row(r, &base.config))
+                .filter(|r| status.as_deref().is_none_or(|s| r["status"] == s))
+                .collect();
+            print_rows(
+                format,
+                &[
+                    "id",
+                    "name",
+                    "kind",
+                    "status",
+                    "contacts",
+                    "email_optins",
+                    "sms_optins",
+                    "computed_at",
+                    "duration_ms",
+                ],
+                &rows,
+            )?;
+        }
+        SegmentCmd::Show { id, format } => {
+            let snap = base.snapshot()?;
+            let rec = snap
+                .manifest
+                .segment(&id)
+                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
+            let mut row = segment_row(rec, &base.config);
+            row["description"] = json!(rec.description);
+            row["criteria"] = json!(rec.criteria);
+            row["history"] = json!(rec.history.iter().rev().take(10).map(|h| json!({"at": h.at, "size": h.size, "entries": h.entries, "exits": h.exits})).collect::<Vec<_>>());
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+                _ => {
+                    for k in [
+                        "id",
+                        "name",
+                        "kind",
+                        "status",
+                        "contacts",
+                        "email_optins",
+                        "sms_optins",
+                        "computed_at",
+                        "duration_ms",
+                        "error",
+                        "description",
+                    ] {
+                        println!("{k:>13}: {}", output::cell(&row[k]));
+                    }
+                    println!(
+                        "{:>13}: {}",
+                        "criteria",
+                        serde_json::to_string(&row["criteria"])?
+                    );
+                }
+            }
+        }
+        SegmentCmd::History { id, format } => {
+            let snap = base.snapshot()?;
+            let rec = snap
+                .manifest
+                .segment(&id)
+                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
+            let rows: Vec<_> = rec
+                .history
+                .iter()
+                .map(|h| json!({"at": h.at.to_rfc3339(), "as_of": h.as_of.to_rfc3339(), "size": h.size, "entries": h.entries, "exits": h.exits}))
+                .collect();
+            print_rows(format, &["at", "as_of", "size", "entries", "exits"], &rows)?;
+        }
+        SegmentCmd::Members {
+            id,
+            limit,
+            offset,
+            since,
+            format,
+        } => {
+            let snap = base.snapshot()?;
+            let (_, members) = seg::members_of(&snap, &id)?;
+            let mut ids = members.members.clone();
+            if let Some(s) = since {
+                let t = parse_as_of(&s)
+                    .map_err(anyhow::Error::msg)?
+                    .timestamp_micros();
+                ids = members
+                    .cohorts
+                    .iter()
+                    .filter(|(at, _)| *at >= t)
+                    .fold(roaring::RoaringBitmap::new(), |acc, (_, b)| acc | b);
+            }
+            let page: roaring::RoaringBitmap = ids.iter().skip(offset).take(limit).collect();
+            let cols: Vec<String> = [
+                "first_name",
+                "last_name",
+                "email",
+                "entered_at",
+                "email_optin",
+                "sms_optin",
+            ]
+            .iter()
+            .filter(|c| **c == "entered_at" || snap.manifest.fields.iter().any(|f| &f.name == *c))
+            .map(|c| c.to_string())
+            .collect();
+            let batch =
+                seg::members_batch(snap.dir(), &snap.manifest, &page, Some(&members), &cols)?;
+            let rf = match format {
+                Format::Table => RowFormat::Table,
+                Format::Csv => RowFormat::Csv,
+                Format::Json => RowFormat::JsonArray,
+            };
+            segments::jobs::export::print_batches(&[batch], rf)?;
+        }
+        SegmentCmd::Export { id, out, columns } => {
+            let snap = base.snapshot()?;
+            let (_, members) = seg::members_of(&snap, &id)?;
+            let batch = seg::members_batch(
+                snap.dir(),
+                &snap.manifest,
+                &members.members,
+                Some(&members),
+                &columns,
+            )?;
+            segments::jobs::export::write_batch(&out, &batch)?;
+            println!(
+                "{} contact(s) written to {}",
+                batch.num_rows(),
+                out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finish_compute(report: &RunReport, done: &str) -> anyhow::Result<ExitCode> {
+    for s in &report.segments {
+        if let Some(e) = &s.error {
+            eprintln!("error: segment {} failed: {e}", s.id);
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let size = report
+        .segments
+        .iter()
+        .map(|s| s.size)
+        .next_back()
+        .unwrap_or(0);
+    println!("{done}: {size} contact(s) in {} ms", report.duration_ms);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
+    let as_of = Utc::now();
+    if !dir.join("segments.toml").exists() {
+        println!(
+            "generating a demo base in {} ({contacts} contacts)...",
+            dir.display()
+        );
+        segments::synth::generate(
+            dir,
+            &segments::synth::GenOptions {
+                contacts,
+                events_per_contact: 30,
+                seed: 42,
+                as_of,
+            },
+        )?;
+    }
+    let base = open(dir)?;
+    segments::synth::create_examples(&base, as_of).await?;
+    let mut w = base.writer("segments demo")?;
+    let report = with_spinner("nightly recompute", recompute(&mut w, as_of)).await?;
+    w.commit()?;
+    println!(
+        "nightly recompute: {} segments in {} ms ({} contact conditions, {} behaviour conditions, one scan each)",
+        report.segments.len(),
+        report.duration_ms,
+        report.contact_leaves,
+        report.event_leaves
+    );
+    let snap = base.snapshot()?;
+    let rows: Vec<_> = snap
+        .manifest
+        .segments
+        .iter()
+        .map(|r| segment_row(r, &base.config))
+        .collect();
+    print_rows(
+        Format::Table,
+        &[
+            "id",
+            "name",
+            "status",
+            "contacts",
+            "email_optins",
+            "sms_optins",
+            "duration_ms",
+        ],
+        &rows,
+    )?;
+    Ok(if report.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

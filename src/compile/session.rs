@@ -1,0 +1,118 @@
+//! A DataFusion session over one pinned snapshot: `contacts` and `events`
+//! registered as Parquet listing tables over exactly the snapshot's files.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+
+use crate::base::contacts::contacts_schema;
+use crate::base::events::events_schema;
+use crate::base::schema::FieldType;
+use crate::base::{Base, Manifest};
+use crate::bitmaps::read_bitmap;
+use crate::compile::udf::{LowerTags, MonthDay};
+use crate::error::Result;
+
+/// Internal name of the contacts table (with `_iid`) used by compiled plans.
+pub const CONTACTS: &str = "contacts";
+pub const EVENTS: &str = "events";
+
+pub struct Session {
+    pub ctx: SessionContext,
+    pub contacts_schema: SchemaRef,
+    pub events_schema: SchemaRef,
+    /// Declared types of contact fields and event columns (choice, tags...).
+    pub field_types: HashMap<String, FieldType>,
+    pub event_types: HashMap<String, FieldType>,
+    /// Fields declared in the configuration.
+    pub config_fields: std::collections::BTreeMap<String, FieldType>,
+    /// Every live contact of the snapshot.
+    pub all_contacts: RoaringBitmap,
+}
+
+/// SQL options that refuse DDL, DML and statements such as SET or COPY.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+impl Session {
+    pub fn new(base: &Base, m: &Manifest) -> Result<Session> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let config = SessionConfig::new()
+            .with_target_partitions(threads)
+            .with_batch_size(64 * 1024)
+            .with_information_schema(true);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(MonthDay::udf(base.tz()));
+        ctx.register_udf(LowerTags::udf());
+        let contacts_schema = contacts_schema(&m.fields);
+        let events_schema = events_schema(&m.event_columns);
+        let contact_files: Vec<String> = m.contacts.iter().map(|f| abs(base, &f.path)).collect();
+        let event_files: Vec<String> = m.events.iter().map(|e| abs(base, &e.file.path)).collect();
+        register(&ctx, CONTACTS, contacts_schema.clone(), &contact_files)?;
+        register(&ctx, EVENTS, events_schema.clone(), &event_files)?;
+        let all_contacts = match &m.all_contacts {
+            Some(f) => read_bitmap(base.dir(), f)?,
+            None => RoaringBitmap::new(),
+        };
+        Ok(Session {
+            ctx,
+            contacts_schema,
+            events_schema,
+            field_types: m
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), f.ty.clone()))
+                .collect(),
+            event_types: m
+                .event_columns
+                .iter()
+                .map(|f| (f.name.clone(), f.ty.clone()))
+                .collect(),
+            config_fields: base.config.fields.clone(),
+            all_contacts,
+        })
+    }
+}
+
+fn abs(base: &Base, rel: &str) -> String {
+    base.dir().join(rel).to_string_lossy().to_string()
+}
+
+fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String]) -> Result<()> {
+    if files.is_empty() {
+        let t = MemTable::try_new(schema, vec![vec![]])?;
+        ctx.register_table(name, Arc::new(t))?;
+        return Ok(());
+    }
+    let urls = files
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}

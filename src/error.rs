@@ -1,0 +1,122 @@
+//! The one error type of the library. Variants say which phase failed and
+//! whose fault it is: the user's input (`Input`, `Criteria`), the state of the
+//! base on disk (`Base`, `Locked`), the query engine (`Engine`), or a bug
+//! (`Internal`). The CLI prints them once, without a backtrace.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file the user gave us has a problem at a precise place.
+    #[error("{file}: {location}: {message}")]
+    Input {
+        file: PathBuf,
+        /// e.g. `line 12, column "birth_date"`
+        location: String,
+        message: String,
+    },
+
+    /// A segment definition is invalid; `path` is a JSON path such as `criteria.all[2].any[0]`.
+    #[error("{path}: {message}")]
+    Criteria { path: String, message: String },
+
+    /// A command was given arguments that cannot work (unknown segment, bad flag value...).
+    #[error("{0}")]
+    Usage(String),
+
+    /// The base directory is missing, damaged or incompatible.
+    #[error("base {dir}: {message}")]
+    Base { dir: PathBuf, message: String },
+
+    /// Another process holds the write lock of the base.
+    #[error(
+        "the base is locked by another writer: `{command}` (pid {pid}, started {started}); wait for it to finish"
+    )]
+    Locked {
+        command: String,
+        pid: u32,
+        started: String,
+    },
+
+    /// A SQL statement is not allowed (writes, DDL, file access).
+    #[error("refused: {0} (SQL over a base is read-only)")]
+    ReadOnly(String),
+
+    /// DataFusion failed while planning or executing.
+    #[error("query engine: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+
+    /// Arrow failed while building or converting record batches.
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+
+    /// Parquet failed while reading or writing a file.
+    #[error("parquet {file}: {source}")]
+    Parquet {
+        file: PathBuf,
+        source: datafusion::parquet::errors::ParquetError,
+    },
+
+    /// A file system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A broken invariant: a bug in segments.
+    #[error("internal error (a bug in segments): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn criteria(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Criteria {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error::Usage(message.into())
+    }
+
+    pub fn base(dir: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Base {
+            dir: dir.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn input(
+        file: impl Into<PathBuf>,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Input {
+            file: file.into(),
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn parquet(
+        file: impl Into<PathBuf>,
+        source: datafusion::parquet::errors::ParquetError,
+    ) -> Self {
+        Error::Parquet {
+            file: file.into(),
+            source,
+        }
+    }
+}

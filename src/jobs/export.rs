@@ -1,0 +1,124 @@
+//! Writing contact rows: CSV (header, `contact_id` first) or Parquet files,
+//! and tables, CSV or JSON lines on standard output.
+
+use std::io::Write;
+use std::path::Path;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::csv::WriterBuilder;
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::parquet::arrow::ArrowWriter;
+
+use crate::base::store::write_atomic;
+use crate::error::{Error, Result};
+
+/// Write rows to `path`; the format follows the extension (.csv or .parquet).
+/// The file appears whole or not at all.
+pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut bytes: Vec<u8> = Vec::new();
+    match ext.as_str() {
+        "csv" => {
+            let mut w = WriterBuilder::new().with_header(true).build(&mut bytes);
+            w.write(&flatten_lists(batch)?)?;
+        }
+        "parquet" => {
+            let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), None)
+                .map_err(|e| Error::parquet(path, e))?;
+            w.write(batch).map_err(|e| Error::parquet(path, e))?;
+            w.close().map_err(|e| Error::parquet(path, e))?;
+        }
+        _ => {
+            return Err(Error::usage(format!(
+                "{}: expected a .csv or .parquet file",
+                path.display()
+            )));
+        }
+    }
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(path, e))?
+            .join(path)
+    };
+    write_atomic(&abs, &bytes)
+}
+
+/// CSV has no lists: tags become one cell joined with `;`.
+fn flatten_lists(batch: &RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Array, ListArray, StringArray, StringBuilder};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let mut fields = Vec::new();
+    let mut cols: Vec<Arc<dyn Array>> = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let Some(list) = c.as_any().downcast_ref::<ListArray>() {
+            let mut b = StringBuilder::new();
+            for i in 0..list.len() {
+                if list.is_null(i) {
+                    b.append_null();
+                } else {
+                    let v = list.value(i);
+                    let s = v
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|s| s.iter().flatten().collect::<Vec<_>>().join(";"));
+                    b.append_option(s);
+                }
+            }
+            fields.push(Field::new(f.name(), DataType::Utf8, true));
+            cols.push(Arc::new(b.finish()));
+        } else {
+            fields.push(f.as_ref().clone());
+            cols.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// How rows are printed on standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    Table,
+    Csv,
+    /// One JSON document: an array of objects.
+    JsonArray,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+/// Print rows as an aligned table, CSV, a JSON array or JSON lines.
+pub fn print_batches(batches: &[RecordBatch], format: RowFormat) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let (json, csv) = (format == RowFormat::JsonLines, format == RowFormat::Csv);
+    if format == RowFormat::JsonArray {
+        let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+        drop(w);
+        writeln!(out).map_err(|e| Error::io("stdout", e))?;
+    } else if json {
+        let mut w = LineDelimitedWriter::new(&mut out);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    } else if csv {
+        let mut w = WriterBuilder::new().with_header(true).build(&mut out);
+        for b in batches {
+            w.write(&flatten_lists(b)?)?;
+        }
+    } else {
+        let t = pretty_format_batches(batches)?;
+        writeln!(out, "{t}").map_err(|e| Error::io("stdout", e))?;
+    }
+    Ok(())
+}

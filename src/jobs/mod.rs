@@ -1,0 +1,165 @@
+//! The user-facing verbs over a base: init with the default segments,
+//! segment lifecycle, the nightly recompute, audiences.
+
+pub mod export;
+pub mod recompute;
+pub mod segment_store;
+pub mod segments;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::base::Base;
+use crate::base::config::Config;
+use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
+use crate::base::schema::{FieldType, recognised_contact_field};
+use crate::criteria::validate::Catalog;
+use crate::error::Result;
+
+/// The 11 default segments of the SPEC, as (id, name, criteria).
+pub fn default_segments(config: &Config) -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    let not_empty = |f: &str| json!({"field": f, "op": "is_not_empty"});
+    vec![
+        ("all_contacts", "All contacts", json!({"all": []})),
+        ("active_contacts", "Active contacts", config.activity_json()),
+        (
+            "inactive_contacts",
+            "Inactive contacts",
+            json!({"not": {"segment": "active_contacts"}}),
+        ),
+        ("email_contacts", "E-mail contacts", not_empty("email")),
+        (
+            "email_subscribers",
+            "E-mail subscribers",
+            json!({"all": [not_empty("email"), {"field": "email_optin", "op": "is_true"}]}),
+        ),
+        (
+            "email_unsubscribed",
+            "E-mail unsubscribed",
+            json!({"all": [not_empty("email"), {"field": "email_optin", "op": "is_false"}]}),
+        ),
+        (
+            "email_bad_addresses",
+            "E-mail bad addresses",
+            json!({"all": [not_empty("email"), {"field": "email_status", "op": "in",
+                "value": ["hard_bounce", "bad_syntax", "bad_domain", "bad_alias"]}]}),
+        ),
+        ("sms_contacts", "SMS contacts", not_empty("phone")),
+        (
+            "sms_subscribers",
+            "SMS subscribers",
+            json!({"all": [not_empty("phone"), {"field": "sms_optin", "op": "is_true"}]}),
+        ),
+        (
+            "sms_unsubscribed",
+            "SMS unsubscribed",
+            json!({"all": [not_empty("phone"), {"field": "sms_optin", "op": "is_false"}]}),
+        ),
+        (
+            "sms_bad_numbers",
+            "SMS bad numbers",
+            json!({"all": [not_empty("phone"), {"field": "sms_status", "op": "in", "value": ["hard_bounce", "bad_number"]}]}),
+        ),
+    ]
+}
+
+/// Create a base with its configuration and the default segments.
+pub fn init(dir: &std::path::Path, config: Config) -> Result<Base> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
+    let base = Base::create(dir, config)?;
+    let mut w = base.writer("init")?;
+    let now = Utc::now();
+    for (id, name, criteria) in default_segments(&base.config) {
+        w.next.segments.push(SegmentRecord {
+            id: id.into(),
+            name: name.into(),
+            description: Some("default segment".into()),
+            criteria: Some(criteria),
+            paused: false,
+            status: SegmentStatus::UpToDate,
+            error: None,
+            needs_refresh: true,
+            created_at: now,
+            updated_at: now,
+            stats: None,
+            members: None,
+            history: Vec::new(),
+        });
+    }
+    w.commit()?;
+    Ok(base)
+}
+
+/// What criteria may refer to in a version of the base. Recognised contact
+/// columns are known even before the first import, so that the default
+/// segments validate on an empty base.
+pub struct ManifestCatalog<'a> {
+    pub manifest: &'a Manifest,
+    pub config: &'a Config,
+}
+
+impl Catalog for ManifestCatalog<'_> {
+    fn contact_field(&self, name: &str) -> Option<FieldType> {
+        self.manifest
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.ty.clone())
+            .or_else(|| self.config.fields.get(name).cloned())
+            .or_else(|| recognised_contact_field(name))
+    }
+    fn event_column(&self, name: &str) -> Option<FieldType> {
+        self.manifest
+            .event_columns
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.ty.clone())
+    }
+    fn has_segment(&self, key: &str) -> bool {
+        self.manifest.segment(key).is_some()
+    }
+    fn has_import(&self, key: &str) -> bool {
+        self.manifest.import(key).is_some()
+    }
+}
+
+/// The status a user sees: `late` when an active segment has not been
+/// computed since the start of the last nightly window.
+pub fn effective_status(rec: &SegmentRecord, config: &Config, now: DateTime<Utc>) -> &'static str {
+    if rec.paused {
+        return "paused";
+    }
+    match rec.status {
+        SegmentStatus::Computing => return "computing",
+        SegmentStatus::Failed => return "failed",
+        _ => {}
+    }
+    if rec.criteria.is_none() {
+        return "up_to_date"; // static segments are never late
+    }
+    let window_start = last_window_start(config, now);
+    match &rec.stats {
+        Some(s) if s.computed_at >= window_start => "up_to_date",
+        _ if rec.created_at >= window_start && rec.stats.is_some() => "up_to_date",
+        _ => "late",
+    }
+}
+
+/// The most recent start of the nightly window at or before `now`.
+pub fn last_window_start(config: &Config, now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let tz = config.tz().unwrap_or(chrono_tz::UTC);
+    let start = config.window_start().unwrap_or_default();
+    let local = now.with_timezone(&tz);
+    let today = local.date_naive().and_time(start);
+    let candidate = tz
+        .from_local_datetime(&today)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(now);
+    if candidate <= now {
+        candidate
+    } else {
+        candidate - chrono::Duration::days(1)
+    }
+}

@@ -1,0 +1,337 @@
+//! Computing segments: one batch of criteria trees evaluated with shared
+//! scans (see `compile`), trees run on bitmaps in dependency order, failures
+//! isolated per segment; and the nightly job that recomputes every active
+//! segment and publishes all results in one manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use datafusion::logical_expr::Expr;
+use roaring::RoaringBitmap;
+use serde::Serialize;
+
+use crate::base::Writer;
+use crate::base::manifest::{Manifest, SegmentStatus};
+use crate::bitmaps::read_bitmap;
+use crate::compile::expr::Clock;
+use crate::compile::{Bitmaps, LeafResults, Node, Plan, Session, eval};
+use crate::criteria::Criterion;
+use crate::criteria::graph::SegmentGraph;
+use crate::error::{Error, Result};
+use crate::jobs::segment_store::{Members, OptIns, store_result};
+
+/// The outcome of evaluating a batch of segments.
+pub struct Computation {
+    pub results: BTreeMap<String, std::result::Result<RoaringBitmap, String>>,
+    pub contact_leaves: usize,
+    pub event_leaves: usize,
+    pub queries: usize,
+    pub leaves_ms: u64,
+}
+
+struct Env<'a> {
+    all: &'a RoaringBitmap,
+    dir: PathBuf,
+    manifest: &'a Manifest,
+    batch: &'a HashMap<String, std::result::Result<RoaringBitmap, String>>,
+    /// Names and ids of the batch's segments → id.
+    batch_keys: &'a HashMap<String, String>,
+}
+
+impl Env<'_> {
+    fn resolve(&self, key: &str) -> Option<String> {
+        self.batch_keys
+            .get(key)
+            .cloned()
+            .or_else(|| self.manifest.segment(key).map(|s| s.id.clone()))
+    }
+}
+
+impl Bitmaps for Env<'_> {
+    fn all(&self) -> &RoaringBitmap {
+        self.all
+    }
+    fn segment(&self, key: &str) -> std::result::Result<RoaringBitmap, String> {
+        let id = self
+            .resolve(key)
+            .ok_or_else(|| format!("unknown segment {key:?}"))?;
+        if self.batch_keys.contains_key(&id) {
+            return match self.batch.get(&id) {
+                Some(Ok(b)) => Ok(b.clone()),
+                Some(Err(_)) => Err(format!("dependency {id} failed")),
+                None => Err(format!(
+                    "dependency {id} was not computed before its dependants (a reference cycle?)"
+                )),
+            };
+        }
+        let rec = self
+            .manifest
+            .segment(&id)
+            .ok_or_else(|| format!("unknown segment {id:?}"))?;
+        Members::load(&self.dir, rec)
+            .map(|m| m.members)
+            .map_err(|e| e.to_string())
+    }
+    fn import(&self, key: &str) -> std::result::Result<RoaringBitmap, String> {
+        let imp = self
+            .manifest
+            .import(key)
+            .ok_or_else(|| format!("unknown import {key:?}"))?;
+        read_bitmap(&self.dir, &imp.contacts).map_err(|e| e.to_string())
+    }
+}
+
+/// Segment ids in dependency order (dependencies first).
+pub fn dependency_order(targets: &[(String, String, Criterion)], m: &Manifest) -> Vec<usize> {
+    let mut keys: HashMap<String, String> = HashMap::new();
+    for (id, name, _) in targets {
+        keys.insert(id.clone(), id.clone());
+        keys.insert(name.clone(), id.clone());
+    }
+    let mut g = SegmentGraph::default();
+    for (id, _, c) in targets {
+        let deps = c.segment_refs().into_iter().filter_map(|r| {
+            keys.get(&r)
+                .cloned()
+                .or_else(|| m.segment(&r).map(|s| s.id.clone()))
+        });
+        g.add(id, deps);
+    }
+    let pos: HashMap<&str, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.0.as_str(), i))
+        .collect();
+    g.levels()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| pos.get(id.as_str()).copied())
+        .collect()
+}
+
+/// Evaluate segments (id, name, criteria) over a version of the base.
+pub async fn compute(
+    session: &Session,
+    m: &Manifest,
+    dir: &std::path::Path,
+    clock: &Clock,
+    targets: &[(String, String, Criterion)],
+) -> Computation {
+    let start = Instant::now();
+    let mut plan = Plan::default();
+    let nodes: Vec<Node> = targets.iter().map(|(_, _, c)| plan.add(c)).collect();
+    let leaves: LeafResults = session.run_leaves(&plan, clock).await;
+    let leaves_ms = start.elapsed().as_millis() as u64;
+    let mut batch_keys = HashMap::new();
+    for (id, name, _) in targets {
+        batch_keys.insert(id.clone(), id.clone());
+        batch_keys.insert(name.clone(), id.clone());
+    }
+    let mut batch: HashMap<String, std::result::Result<RoaringBitmap, String>> = HashMap::new();
+    for i in dependency_order(targets, m) {
+        let env = Env {
+            all: &session.all_contacts,
+            dir: dir.to_path_buf(),
+            manifest: m,
+            batch: &batch,
+            batch_keys: &batch_keys,
+        };
+        let r = eval(&nodes[i], &leaves, &env);
+        batch.insert(targets[i].0.clone(), r);
+    }
+    Computation {
+        results: batch.into_iter().collect(),
+        contact_leaves: plan.contact_leaves.len(),
+        event_leaves: plan.event_leaves.len(),
+        queries: plan.queries.len(),
+        leaves_ms,
+    }
+}
+
+/// Opt-in bitmaps for statistics (empty when the base has no such field).
+pub async fn optins(session: &Session) -> Result<OptIns> {
+    let e: Expr = session.contact_column("email_optin")?.1.is_true();
+    let s: Expr = session.contact_column("sms_optin")?.1.is_true();
+    let mut v = session
+        .project_bitmaps(&[e.alias("e"), s.alias("s")])
+        .await?;
+    let sms = v.pop().unwrap_or_default();
+    let email = v.pop().unwrap_or_default();
+    Ok(OptIns { email, sms })
+}
+
+/// Per-segment line of a run report.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SegmentRun {
+    pub id: String,
+    pub status: String,
+    pub size: u64,
+    pub entries: u64,
+    pub exits: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a recompute did; kept in the base as JSON.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunReport {
+    pub started_at: DateTime<Utc>,
+    pub as_of: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub contact_leaves: usize,
+    pub event_leaves: usize,
+    pub queries: usize,
+    pub segments: Vec<SegmentRun>,
+}
+
+impl RunReport {
+    pub fn failures(&self) -> Vec<&SegmentRun> {
+        self.segments
+            .iter()
+            .filter(|s| s.status == "failed")
+            .collect()
+    }
+}
+
+/// Parse the stored criteria of the segments to compute.
+pub fn targets_of(m: &Manifest, ids: &[String]) -> Result<Vec<(String, String, Criterion)>> {
+    let mut out = Vec::new();
+    for id in ids {
+        let rec = m
+            .segment(id)
+            .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+        if let Some(c) = &rec.criteria {
+            out.push((
+                rec.id.clone(),
+                rec.name.clone(),
+                Criterion::parse(c, "criteria")?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Compute the given dynamic segments inside a writer and record the results
+/// (members, history, statistics, status) in its next manifest.
+pub async fn compute_into(
+    w: &mut Writer,
+    ids: &[String],
+    as_of: DateTime<Utc>,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let targets = targets_of(&w.next, ids)?;
+    let session = Session::new(&w.base, &w.next)?;
+    let clock = Clock::new(as_of, w.base.tz());
+    let dir = w.dir().to_path_buf();
+    let comp = compute(&session, &w.next, &dir, &clock, &targets).await;
+    let opt = optins(&session).await?;
+    let at = Utc::now();
+    let mut report = RunReport {
+        started_at,
+        as_of,
+        duration_ms: 0,
+        contact_leaves: comp.contact_leaves,
+        event_leaves: comp.event_leaves,
+        queries: comp.queries,
+        segments: Vec::new(),
+    };
+    let mut segments = std::mem::take(&mut w.next.segments);
+    for (id, result) in &comp.results {
+        let rec = segments
+            .iter_mut()
+            .find(|s| &s.id == id)
+            .expect("target is a segment");
+        let t0 = Instant::now();
+        match result {
+            Ok(bm) => {
+                let before = rec.history.len();
+                store_result(w, rec, bm.clone(), &opt, at, as_of, comp.leaves_ms)?;
+                let p = &rec.history[before];
+                report.segments.push(SegmentRun {
+                    id: id.clone(),
+                    status: "up_to_date".into(),
+                    size: p.size,
+                    entries: p.entries,
+                    exits: p.exits,
+                    duration_ms: comp.leaves_ms + t0.elapsed().as_millis() as u64,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                // Previous members are kept; the error is shown with the status.
+                rec.status = SegmentStatus::Failed;
+                rec.error = Some(e.clone());
+                report.segments.push(SegmentRun {
+                    id: id.clone(),
+                    status: "failed".into(),
+                    size: rec.stats.as_ref().map(|s| s.contacts).unwrap_or(0),
+                    entries: 0,
+                    exits: 0,
+                    duration_ms: 0,
+                    error: Some(e.clone()),
+                });
+            }
+        }
+    }
+    w.next.segments = segments;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Ids of every active dynamic segment.
+pub fn active_ids(m: &Manifest) -> Vec<String> {
+    m.segments
+        .iter()
+        .filter(|s| !s.paused && s.criteria.is_some())
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// The nightly job: recompute every active segment, publish in one manifest,
+/// keep the run report in the base.
+pub async fn recompute(w: &mut Writer, as_of: DateTime<Utc>) -> Result<RunReport> {
+    let ids = active_ids(&w.next);
+    let report = compute_into(w, &ids, as_of).await?;
+    save_report(w, &report)?;
+    Ok(report)
+}
+
+const KEPT_RUNS: usize = 30;
+
+pub fn save_report(w: &mut Writer, report: &RunReport) -> Result<()> {
+    use std::io::Write;
+    let mut sink = w.new_file("runs", "run", "json")?;
+    let bytes = serde_json::to_vec_pretty(report).expect("report serializes");
+    sink.write_all(&bytes)
+        .map_err(|e| Error::io(sink.path(), e))?;
+    let f = sink.finish()?;
+    w.next.runs.push(f);
+    let n = w.next.runs.len();
+    if n > KEPT_RUNS {
+        w.next.runs.drain(..n - KEPT_RUNS);
+    }
+    Ok(())
+}
+
+/// After an import: recompute every active segment when the base has fewer
+/// than the configured threshold of them, otherwise mark them for refresh.
+/// Runs inside the import's writer, so data and segments publish together.
+pub async fn after_import(w: &mut Writer, as_of: DateTime<Utc>) -> Result<Option<RunReport>> {
+    let ids = active_ids(&w.next);
+    if ids.len() < w.base.config.auto_refresh_threshold {
+        let report = compute_into(w, &ids, as_of).await?;
+        save_report(w, &report)?;
+        Ok(Some(report))
+    } else {
+        for s in &mut w.next.segments {
+            if !s.paused && s.criteria.is_some() {
+                s.needs_refresh = true;
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,198 @@
+//! Stored results of a segment: members with their entry cohorts (one bitmap
+//! per entry time, so each member's entry date is known without a table),
+//! and each computation's entries and exits (bitmaps) for the history.
+
+use chrono::{DateTime, Utc};
+use roaring::RoaringBitmap;
+
+use crate::base::Writer;
+use crate::base::manifest::{HistoryPoint, SegmentRecord, SegmentStats, SegmentStatus};
+use crate::bitmaps::TaggedBitmaps;
+use crate::error::Result;
+
+/// Tag of the member set inside a members file.
+const MEMBERS_TAG: i64 = i64::MIN;
+const ENTRIES_TAG: i64 = 0;
+const EXITS_TAG: i64 = 1;
+
+/// Members of a segment and when each entered.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    pub members: RoaringBitmap,
+    /// (entry time µs, members who entered then), oldest first.
+    pub cohorts: Vec<(i64, RoaringBitmap)>,
+}
+
+impl Members {
+    pub fn load(dir: &std::path::Path, rec: &SegmentRecord) -> Result<Members> {
+        let Some(f) = &rec.members else {
+            return Ok(Members::default());
+        };
+        let t = TaggedBitmaps::read(dir, f)?;
+        let mut out = Members::default();
+        for (tag, bm) in t.0 {
+            if tag == MEMBERS_TAG {
+                out.members = bm;
+            } else {
+                out.cohorts.push((tag, bm));
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(&self) -> TaggedBitmaps {
+        let mut v = vec![(MEMBERS_TAG, self.members.clone())];
+        v.extend(self.cohorts.iter().cloned());
+        TaggedBitmaps(v)
+    }
+
+    /// Entry time (µs) of a member.
+    pub fn entered_at(&self, iid: u32) -> Option<i64> {
+        self.cohorts
+            .iter()
+            .rev()
+            .find(|(_, b)| b.contains(iid))
+            .map(|(t, _)| *t)
+    }
+}
+
+/// Bitmaps of e-mail and SMS opt-ins, for statistics by intersection.
+#[derive(Debug, Clone, Default)]
+pub struct OptIns {
+    pub email: RoaringBitmap,
+    pub sms: RoaringBitmap,
+}
+
+/// Record a new computation of a segment: members, cohorts, history, statistics.
+pub fn store_result(
+    w: &Writer,
+    rec: &mut SegmentRecord,
+    new: RoaringBitmap,
+    optins: &OptIns,
+    at: DateTime<Utc>,
+    as_of: DateTime<Utc>,
+    duration_ms: u64,
+) -> Result<()> {
+    let old = Members::load(w.dir(), rec)?;
+    let entries = &new - &old.members;
+    let exits = &old.members - &new;
+    if !entries.is_empty() || !exits.is_empty() || rec.members.is_none() {
+        let mut cohorts: Vec<(i64, RoaringBitmap)> = old
+            .cohorts
+            .into_iter()
+            .map(|(t, b)| (t, b & &new))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        if !entries.is_empty() {
+            let t = at.timestamp_micros();
+            match cohorts.last_mut() {
+                Some((lt, b)) if *lt == t => *b |= &entries,
+                _ => cohorts.push((t, entries.clone())),
+            }
+        }
+        let members = Members {
+            members: new.clone(),
+            cohorts,
+        };
+        rec.members = Some(members.encode().write(w, &format!("seg-{}", rec.id))?);
+    }
+    let delta = if entries.is_empty() && exits.is_empty() {
+        None
+    } else {
+        Some(
+            TaggedBitmaps(vec![
+                (ENTRIES_TAG, entries.clone()),
+                (EXITS_TAG, exits.clone()),
+            ])
+            .write(w, &format!("delta-{}", rec.id))?,
+        )
+    };
+    rec.history.push(HistoryPoint {
+        at,
+        as_of,
+        size: new.len(),
+        entries: entries.len(),
+        exits: exits.len(),
+        delta,
+    });
+    rec.stats = Some(SegmentStats {
+        contacts: new.len(),
+        email_optins: new.intersection_len(&optins.email),
+        sms_optins: new.intersection_len(&optins.sms),
+        computed_at: at,
+        as_of,
+        duration_ms,
+    });
+    rec.status = if rec.paused {
+        SegmentStatus::Paused
+    } else {
+        SegmentStatus::UpToDate
+    };
+    rec.error = None;
+    rec.needs_refresh = false;
+    Ok(())
+}
+
+/// Read the entries and exits of a history point.
+pub fn read_delta(
+    dir: &std::path::Path,
+    p: &HistoryPoint,
+) -> Result<(RoaringBitmap, RoaringBitmap)> {
+    match &p.delta {
+        None => Ok((RoaringBitmap::new(), RoaringBitmap::new())),
+        Some(f) => {
+            let t = TaggedBitmaps::read(dir, f)?;
+            Ok((t.get(ENTRIES_TAG), t.get(EXITS_TAG)))
+        }
+    }
+}
+
+/// Remove deleted contacts from every segment's members, cohorts and history.
+pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
+    let dir = w.dir().to_path_buf();
+    let mut segments = std::mem::take(&mut w.next.segments);
+    for rec in &mut segments {
+        let m = Members::load(&dir, rec)?;
+        if rec.members.is_some() && !m.members.is_disjoint(gone) {
+            let kept = Members {
+                members: &m.members - gone,
+                cohorts: m
+                    .cohorts
+                    .into_iter()
+                    .map(|(t, b)| (t, b - gone))
+                    .filter(|(_, b)| !b.is_empty())
+                    .collect(),
+            };
+            if let Some(s) = &mut rec.stats {
+                s.contacts = kept.members.len();
+                s.email_optins = s.email_optins.min(s.contacts);
+                s.sms_optins = s.sms_optins.min(s.contacts);
+            }
+            rec.members = Some(kept.encode().write(w, &format!("seg-{}", rec.id))?);
+        }
+        // Replay the history to know which deleted contacts were members at each point.
+        let mut were = RoaringBitmap::new();
+        for p in &mut rec.history {
+            let (entries, exits) = read_delta(&dir, p)?;
+            let (ge, gx) = (&entries & gone, &exits & gone);
+            were |= &ge;
+            were -= &gx;
+            p.size -= were.len().min(p.size);
+            if !ge.is_empty() || !gx.is_empty() {
+                p.entries -= ge.len();
+                p.exits -= gx.len();
+                let (e, x) = (entries - gone, exits - gone);
+                p.delta = if e.is_empty() && x.is_empty() {
+                    None
+                } else {
+                    Some(
+                        TaggedBitmaps(vec![(ENTRIES_TAG, e), (EXITS_TAG, x)])
+                            .write(w, &format!("delta-{}", rec.id))?,
+                    )
+                };
+            }
+        }
+    }
+    w.next.segments = segments;
+    Ok(())
+}

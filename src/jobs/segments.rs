@@ -1,0 +1,402 @@
+//! Segment lifecycle: preview, create, edit, duplicate, delete, pause,
+//! resume, refresh, members, export, audience.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    Array, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use roaring::RoaringBitmap;
+
+use crate::base::contacts::load_contacts;
+use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
+use crate::base::schema::{IID, timestamp_type};
+use crate::base::{Base, Snapshot, Writer};
+use crate::compile::Session;
+use crate::compile::expr::Clock;
+use crate::criteria::graph::SegmentGraph;
+use crate::criteria::validate::validate;
+use crate::criteria::{Criterion, Definition};
+use crate::error::{Error, Result};
+use crate::jobs::ManifestCatalog;
+use crate::jobs::recompute::{RunReport, compute, compute_into};
+use crate::jobs::segment_store::Members;
+
+/// Check a definition against a version of the base: schema, references,
+/// cycles (`replacing` is the id of the segment being edited).
+pub fn check_definition(
+    m: &Manifest,
+    base: &Base,
+    def: &Definition,
+    replacing: Option<&str>,
+) -> Result<()> {
+    let _ = replacing;
+    let cat = ManifestCatalog {
+        manifest: m,
+        config: &base.config,
+    };
+    // A definition may refer to itself only through a cycle, caught below.
+    validate(
+        &def.criteria,
+        "criteria",
+        &SelfAware {
+            inner: &cat,
+            id: &def.id,
+            name: &def.name,
+        },
+    )?;
+    let mut g = graph_of(m)?;
+    let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
+    g.add(&def.id, deps);
+    if let Some(cycle) = g.cycle_from(&def.id) {
+        return Err(Error::criteria(
+            "criteria",
+            format!("reference cycle: {}", cycle.join(" → ")),
+        ));
+    }
+    Ok(())
+}
+
+struct SelfAware<'a> {
+    inner: &'a ManifestCatalog<'a>,
+    id: &'a str,
+    name: &'a str,
+}
+
+impl crate::criteria::validate::Catalog for SelfAware<'_> {
+    fn contact_field(&self, n: &str) -> Option<crate::base::schema::FieldType> {
+        self.inner.contact_field(n)
+    }
+    fn event_column(&self, n: &str) -> Option<crate::base::schema::FieldType> {
+        self.inner.event_column(n)
+    }
+    fn has_segment(&self, k: &str) -> bool {
+        k == self.id || k == self.name || self.inner.has_segment(k)
+    }
+    fn has_import(&self, k: &str) -> bool {
+        self.inner.has_import(k)
+    }
+}
+
+fn resolve_refs(m: &Manifest, c: &Criterion, self_id: &str, self_name: &str) -> Vec<String> {
+    c.segment_refs()
+        .into_iter()
+        .filter_map(|r| {
+            if r == self_id || r == self_name {
+                Some(self_id.to_string())
+            } else {
+                m.segment(&r).map(|s| s.id.clone())
+            }
+        })
+        .collect()
+}
+
+/// The reference graph of every dynamic segment of a version.
+pub fn graph_of(m: &Manifest) -> Result<SegmentGraph> {
+    let mut g = SegmentGraph::default();
+    for s in &m.segments {
+        let deps = match &s.criteria {
+            Some(c) => resolve_refs(m, &Criterion::parse(c, "criteria")?, &s.id, &s.name),
+            None => Vec::new(),
+        };
+        g.add(&s.id, deps);
+    }
+    Ok(g)
+}
+
+/// Count and a sample of a definition, nothing saved.
+pub struct Preview {
+    pub count: u64,
+    pub sample: Vec<u64>,
+    pub duration_ms: u64,
+}
+
+pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) -> Result<Preview> {
+    let t0 = std::time::Instant::now();
+    check_definition(&snap.manifest, &snap.base, def, Some(&def.id))?;
+    let session = Session::new(&snap.base, &snap.manifest)?;
+    let clock = Clock::new(as_of, snap.base.tz());
+    let targets = vec![(def.id.clone(), def.name.clone(), def.criteria.clone())];
+    let comp = compute(&session, &snap.manifest, snap.dir(), &clock, &targets).await;
+    let bm = comp
+        .results
+        .into_values()
+        .next()
+        .expect("one result")
+        .map_err(Error::usage)?;
+    let sample_iids: Vec<u32> = bm.iter().take(10).collect();
+    let sample = contact_ids_of(snap.dir(), &snap.manifest, &sample_iids)?;
+    Ok(Preview {
+        count: bm.len(),
+        sample,
+        duration_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// The user ids of some internal ids, in the same order.
+pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>> {
+    let want: RoaringBitmap = iids.iter().copied().collect();
+    let batch = members_batch(dir, m, &want, None, &[])?;
+    let ids = batch
+        .column_by_name("contact_id")
+        .and_then(|a| {
+            a.as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+        })
+        .ok_or_else(|| Error::Internal("contact_id column".into()))?;
+    Ok(ids.values().to_vec())
+}
+
+pub fn new_record(def: &Definition, criteria: Option<serde_json::Value>) -> SegmentRecord {
+    let now = Utc::now();
+    SegmentRecord {
+        id: def.id.clone(),
+        name: def.name.clone(),
+        description: def.description.clone(),
+        criteria,
+        paused: false,
+        status: SegmentStatus::Computing,
+        error: None,
+        needs_refresh: false,
+        created_at: now,
+        updated_at: now,
+        stats: None,
+        members: None,
+        history: Vec::new(),
+    }
+}
+
+fn check_unique(m: &Manifest, id: &str, name: &str, except: Option<&str>) -> Result<()> {
+    for s in &m.segments {
+        if Some(s.id.as_str()) == except {
+            continue;
+        }
+        if s.id == id {
+            return Err(Error::usage(format!(
+                "a segment with id {id:?} already exists"
+            )));
+        }
+        if s.name == name {
+            return Err(Error::usage(format!(
+                "a segment named {name:?} already exists (id {})",
+                s.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Validate, save and compute a dynamic segment.
+pub async fn create(w: &mut Writer, def: &Definition, as_of: DateTime<Utc>) -> Result<RunReport> {
+    check_unique(&w.next, &def.id, &def.name, None)?;
+    check_definition(&w.next, &w.base, def, None)?;
+    w.next
+        .segments
+        .push(new_record(def, Some(def.criteria_json.clone())));
+    compute_into(w, std::slice::from_ref(&def.id), as_of).await
+}
+
+/// Replace the definition of a segment and recompute it.
+pub async fn edit(
+    w: &mut Writer,
+    id: &str,
+    def: &Definition,
+    as_of: DateTime<Utc>,
+) -> Result<RunReport> {
+    let rec = w
+        .next
+        .segment(id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let id = rec.id.clone();
+    if rec.criteria.is_none() {
+        return Err(Error::usage(format!(
+            "{id} is a static segment: change it with segment add/remove/replace"
+        )));
+    }
+    let mut def = def.clone();
+    def.id = id.clone();
+    check_unique(&w.next, &def.id, &def.name, Some(&id))?;
+    check_definition(&w.next, &w.base, &def, Some(&id))?;
+    let rec = w.next.segment_mut(&id).expect("checked");
+    rec.name = def.name.clone();
+    rec.description = def.description.clone();
+    rec.criteria = Some(def.criteria_json.clone());
+    rec.updated_at = Utc::now();
+    compute_into(w, std::slice::from_ref(&id), as_of).await
+}
+
+/// Delete a segment, refused while another segment refers to it.
+pub fn delete(w: &mut Writer, id: &str) -> Result<String> {
+    let rec = w
+        .next
+        .segment(id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let id = rec.id.clone();
+    let g = graph_of(&w.next)?;
+    let users: Vec<String> = g.dependants(&id).into_iter().filter(|d| d != &id).collect();
+    if !users.is_empty() {
+        return Err(Error::usage(format!(
+            "segment {id} is used by {}; change or delete them first",
+            users.join(", ")
+        )));
+    }
+    w.next.segments.retain(|s| s.id != id);
+    Ok(id)
+}
+
+pub fn set_paused(w: &mut Writer, id: &str, paused: bool) -> Result<String> {
+    let rec = w
+        .next
+        .segment_mut(id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    rec.paused = paused;
+    rec.status = if paused {
+        SegmentStatus::Paused
+    } else {
+        SegmentStatus::UpToDate
+    };
+    rec.updated_at = Utc::now();
+    Ok(rec.id.clone())
+}
+
+/// Members of a segment from a snapshot.
+pub fn members_of(snap: &Snapshot, id: &str) -> Result<(SegmentRecord, Members)> {
+    let rec = snap
+        .manifest
+        .segment(id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?
+        .clone();
+    let m = Members::load(snap.dir(), &rec)?;
+    Ok((rec, m))
+}
+
+/// Contact rows of a set of internal ids, with `entered_at` when cohorts are given;
+/// `columns` limits the fields (empty = all).
+pub fn members_batch(
+    dir: &Path,
+    m: &Manifest,
+    ids: &RoaringBitmap,
+    members: Option<&Members>,
+    columns: &[String],
+) -> Result<RecordBatch> {
+    let all = load_contacts(dir, m)?;
+    let iids = all
+        .column_by_name(IID)
+        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
+        .ok_or_else(|| Error::Internal("contacts without _iid".into()))?;
+    let mask: BooleanArray = iids
+        .values()
+        .iter()
+        .map(|i| Some(ids.contains(*i)))
+        .collect();
+    let picked = filter_record_batch(&all, &mask)?;
+    let picked_iids = picked
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .expect("u32")
+        .clone();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut cols: Vec<Arc<dyn Array>> = Vec::new();
+    let schema = picked.schema();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if f.name() == IID {
+            continue;
+        }
+        if f.name() != "contact_id" && !columns.is_empty() && !columns.iter().any(|c| c == f.name())
+        {
+            continue;
+        }
+        fields.push(f.as_ref().clone());
+        cols.push(picked.column(i).clone());
+    }
+    for c in columns {
+        if c != "contact_id" && c != "entered_at" && schema.field_with_name(c).is_err() {
+            return Err(Error::usage(format!("unknown column {c:?}")));
+        }
+    }
+    if let Some(mem) = members
+        && (columns.is_empty() || columns.iter().any(|c| c == "entered_at"))
+    {
+        let entered: TimestampMicrosecondArray = picked_iids
+            .values()
+            .iter()
+            .map(|i| mem.entered_at(*i))
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC");
+        fields.push(Field::new("entered_at", timestamp_type(), true));
+        cols.push(Arc::new(entered));
+    }
+    let _ = DataType::Null;
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// Contacts of A or B, not in C, reachable on a channel.
+pub async fn audience(
+    w: &mut Writer,
+    include: &[String],
+    exclude: &[String],
+    channel: Channel,
+    as_of: DateTime<Utc>,
+) -> Result<RoaringBitmap> {
+    let mut ids: Vec<String> = Vec::new();
+    for k in include.iter().chain(exclude) {
+        let rec = w
+            .next
+            .segment(k)
+            .ok_or_else(|| Error::usage(format!("unknown segment {k:?}")))?;
+        ids.push(rec.id.clone());
+    }
+    let reach = match channel {
+        Channel::Email => ["email_subscribers", "email_bad_addresses"],
+        Channel::Sms => ["sms_subscribers", "sms_bad_numbers"],
+    };
+    ids.extend(reach.iter().map(|s| s.to_string()));
+    // Refresh the segments involved and their dependencies (active ones only).
+    let g = graph_of(&w.next)?;
+    let closure: Vec<String> = g
+        .closure(&ids)
+        .into_iter()
+        .filter(|id| {
+            w.next
+                .segment(id)
+                .is_some_and(|s| !s.paused && s.criteria.is_some())
+        })
+        .collect();
+    let report = compute_into(w, &closure, as_of).await?;
+    if let Some(f) = report.failures().first() {
+        return Err(Error::usage(format!(
+            "segment {} failed: {}",
+            f.id,
+            f.error.clone().unwrap_or_default()
+        )));
+    }
+    let dir = w.dir().to_path_buf();
+    let load = |k: &str| -> Result<RoaringBitmap> {
+        let rec = w
+            .next
+            .segment(k)
+            .ok_or_else(|| Error::usage(format!("unknown segment {k:?}")))?;
+        Ok(Members::load(&dir, rec)?.members)
+    };
+    let mut out = RoaringBitmap::new();
+    for k in include {
+        out |= load(k)?;
+    }
+    for k in exclude {
+        out -= load(k)?;
+    }
+    out &= load(reach[0])?;
+    out -= load(reach[1])?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Channel {
+    Email,
+    Sms,
+}

@@ -1,0 +1,409 @@
+//! Imports, upserts, bad input, deletion, snapshots.
+
+use serde_json::json;
+
+use super::common::{TestBase, at, new_base};
+use segments::base::manifest::list_versions;
+
+fn versions(tb: &TestBase) -> Vec<u64> {
+    list_versions(tb.path()).unwrap()
+}
+
+fn files(tb: &TestBase) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in walk(tb.path()) {
+        if !entry.contains("/input/") && !entry.contains("/readers/") && !entry.ends_with("LOCK") {
+            out.push(entry);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().to_string_lossy().to_string());
+        }
+    }
+    out
+}
+
+const AS_OF: &str = "2026-03-02T12:00:00Z";
+
+#[test]
+fn every_field_type_round_trips_through_csv_and_parquet() {
+    let tb = new_base("UTC");
+    tb.import_contacts(
+        "c",
+        "contact_id,name,score,ratio,birth,seen,optin,loyalty,interests\n\
+         1,Zoé,3,0.5,2001-02-03,2026-01-02T03:04:05Z,true,gold,a;B\n\
+         2,,,,,,,,\n",
+    )
+    .unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    let types: Vec<(String, &str)> = snap
+        .manifest
+        .fields
+        .iter()
+        .map(|f| (f.name.clone(), f.ty.name()))
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("name".into(), "text"),
+            ("score".into(), "number"),
+            ("ratio".into(), "number"),
+            ("birth".into(), "date"),
+            ("seen".into(), "timestamp"),
+            ("optin".into(), "bool"),
+            ("loyalty".into(), "choice"),
+            ("interests".into(), "tags"),
+        ]
+    );
+    // Export to Parquet, import the Parquet file into a second base: same values.
+    let (_, members) = (0, segments::jobs::segment_store::Members::default());
+    let all = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
+    let out = tb.path().join("input/export.parquet");
+    let ids: roaring::RoaringBitmap = (0..2).collect();
+    let batch = segments::jobs::segments::members_batch(
+        snap.dir(),
+        &snap.manifest,
+        &ids,
+        Some(&members),
+        &[],
+    )
+    .unwrap();
+    let batch = batch
+        .project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())
+        .unwrap();
+    segments::jobs::export::write_batch(&out, &batch).unwrap();
+    let tb2 = new_base("UTC");
+    let mut w = tb2.base.writer("t").unwrap();
+    segments::base::contacts::import_contacts(
+        &mut w,
+        &out,
+        &segments::base::contacts::ImportOptions {
+            name: None,
+            overwrite_empty: false,
+        },
+    )
+    .unwrap();
+    w.commit().unwrap();
+    let snap2 = tb2.base.snapshot().unwrap();
+    let all2 = segments::base::contacts::load_contacts(snap2.dir(), &snap2.manifest).unwrap();
+    assert_eq!(all.num_rows(), all2.num_rows());
+    for f in &snap.manifest.fields {
+        assert_eq!(
+            all.column_by_name(&f.name).unwrap().as_ref(),
+            all2.column_by_name(&f.name).unwrap().as_ref(),
+            "column {}",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn upsert_keeps_existing_values_unless_overwrite_empty() {
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id,city,score\n1,Paris,1\n2,Lyon,2\n")
+        .unwrap();
+    // Empty city does not overwrite; a new column becomes a field; 3 is added.
+    tb.import_contacts("b", "contact_id,city,score,vip\n1,,5,true\n3,Nice,,false\n")
+        .unwrap();
+    let as_of = at(AS_OF);
+    assert_eq!(
+        tb.eval(
+            &json!({"field": "city", "op": "eq", "value": "paris"}),
+            as_of
+        )
+        .unwrap(),
+        vec![1]
+    );
+    assert_eq!(
+        tb.eval(&json!({"field": "score", "op": "eq", "value": 5}), as_of)
+            .unwrap(),
+        vec![1]
+    );
+    assert_eq!(
+        tb.eval(&json!({"field": "vip", "op": "is_true"}), as_of)
+            .unwrap(),
+        vec![1]
+    );
+    assert_eq!(tb.eval(&json!({"import": "b"}), as_of).unwrap(), vec![1, 3]);
+    let f = tb.file("c.csv", "contact_id,city\n1,\n");
+    let mut w = tb.base.writer("t").unwrap();
+    segments::base::contacts::import_contacts(
+        &mut w,
+        &f,
+        &segments::base::contacts::ImportOptions {
+            name: None,
+            overwrite_empty: true,
+        },
+    )
+    .unwrap();
+    w.commit().unwrap();
+    assert_eq!(
+        tb.eval(&json!({"field": "city", "op": "is_empty"}), as_of)
+            .unwrap(),
+        vec![1]
+    );
+}
+
+#[test]
+fn bad_input_names_file_line_column_and_leaves_the_base_unchanged() {
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id,score,birth\n1,1,2000-01-01\n")
+        .unwrap();
+    let before_versions = versions(&tb);
+    let before_files = files(&tb);
+    let cases = [
+        (
+            "contact_id,score\n1,2\n1,3\n",
+            "line 3",
+            "duplicate contact_id",
+        ),
+        (
+            "contact_id,score\n5,2\n,3\n",
+            "line 3",
+            "contact_id is missing",
+        ),
+        (
+            "contact_id,score\n5,2\n6,abc\n",
+            "column \"score\"",
+            "not a whole number",
+        ),
+        (
+            "contact_id,birth\n5,2001-13-01\n",
+            "line 2, column \"birth\"",
+            "not a date",
+        ),
+        (
+            "contact_id,loyalty\n5,platinum\n",
+            "column \"loyalty\"",
+            "not one of the allowed values",
+        ),
+        ("score\n1\n", "header", "contact_id"),
+        ("contact_id,score\n-4,1\n", "line 2", "non-negative"),
+    ];
+    for (i, (csv, location, message)) in cases.iter().enumerate() {
+        let err = tb
+            .import_contacts(&format!("bad{i}"), csv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("bad{i}.csv")), "{err}");
+        assert!(err.contains(location), "expected {location:?} in {err}");
+        assert!(err.contains(message), "expected {message:?} in {err}");
+        assert_eq!(
+            versions(&tb),
+            before_versions,
+            "a failed import published a version"
+        );
+        let mut now = files(&tb);
+        now.retain(|f| !f.contains(".tmp-"));
+        assert_eq!(now, before_files, "a failed import left files");
+    }
+}
+
+#[test]
+fn unknown_contact_events_fail_with_count_or_are_skipped() {
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id\n1\n").unwrap();
+    let err = tb
+        .import_events("e", "contact_id,ts,type\n1,2026-01-01T00:00:00Z,web_visit\n9,2026-01-01T00:00:00Z,web_visit\n8,2026-01-01T00:00:00Z,web_visit\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 event(s)"), "{err}");
+    let f = tb.file(
+        "e2.csv",
+        "contact_id,ts,type\n1,2026-01-01T00:00:00Z,web_visit\n9,2026-01-01T00:00:00Z,web_visit\n",
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    let r = segments::base::events::import_events(
+        &mut w,
+        &f,
+        &segments::base::events::EventImportOptions {
+            name: None,
+            skip_unknown: true,
+        },
+    )
+    .unwrap();
+    w.commit().unwrap();
+    assert_eq!((r.rows_added, r.rows_skipped), (1, 1));
+}
+
+#[test]
+fn ids_are_stable_and_never_reused_after_deletion() {
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id,city\n10,A\n20,B\n30,C\n")
+        .unwrap();
+    tb.import_events(
+        "e",
+        "contact_id,ts,type\n20,2026-01-01T00:00:00Z,purchase\n30,2026-01-01T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    let map1 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
+        .unwrap();
+    let mut w = tb.base.writer("t").unwrap();
+    assert_eq!(
+        segments::base::contacts::delete_contacts(&mut w, &[20, 999]).unwrap(),
+        1
+    );
+    w.commit().unwrap();
+    tb.import_contacts("b", "contact_id,city\n40,D\n20,B\n")
+        .unwrap();
+    let map2 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
+        .unwrap();
+    assert_eq!(map1.to_iid[&10], map2.to_iid[&10]);
+    assert_eq!(map1.to_iid[&30], map2.to_iid[&30]);
+    assert!(
+        map2.to_iid[&20] > map1.to_iid[&30],
+        "a deleted id is never reused"
+    );
+    assert!(map2.to_iid[&40] > map1.to_iid[&30]);
+    // The deleted contact's events and import membership are gone.
+    let as_of = at(AS_OF);
+    assert_eq!(
+        tb.eval(&json!({"behavior": {"event": "purchase"}}), as_of)
+            .unwrap(),
+        vec![30]
+    );
+    assert_eq!(tb.eval(&json!({"import": "e"}), as_of).unwrap(), vec![30]);
+}
+
+#[test]
+fn a_reader_pinned_before_an_import_keeps_its_snapshot() {
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id,city\n1,A\n").unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    for i in 0..3 {
+        tb.import_contacts(
+            &format!("b{i}"),
+            &format!("contact_id,city\n{},B\n", 100 + i),
+        )
+        .unwrap();
+    }
+    let all = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
+    assert_eq!(
+        all.num_rows(),
+        1,
+        "the pinned snapshot still reads its own files"
+    );
+    let now = tb.base.snapshot().unwrap();
+    assert_eq!(now.manifest.contact_count, 4);
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holder_named() {
+    let tb = new_base("UTC");
+    let _w = tb.base.writer("segments recompute").unwrap();
+    let err = tb.base.writer("segments import").unwrap_err().to_string();
+    assert!(
+        err.contains("segments recompute") && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+}
+
+/// SIGKILL a child `segments import contacts` at many points; after each
+/// kill the base passes the integrity check and holds exactly the old or the
+/// new state (same contacts, same values).
+#[test]
+fn import_killed_at_random_points_leaves_old_or_new_state() {
+    use std::time::Instant;
+    let template = new_base("UTC");
+    let mut csv = String::from("contact_id,city,score\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("{i},City{},{}\n", i % 50, i % 1000));
+    }
+    template.import_contacts("seed", &csv).unwrap();
+    let mut csv2 = String::from("contact_id,city,score,extra\n");
+    for i in 10_000..40_000 {
+        csv2.push_str(&format!("{i},Town{},{},x\n", i % 40, i % 77));
+    }
+    let f = template.file("big.csv", &csv2);
+    let bin = assert_cmd::cargo::cargo_bin("segments");
+    let contacts_of = |dir: &std::path::Path| {
+        let base = segments::base::Base::open(dir).unwrap();
+        let snap = base.snapshot().unwrap();
+        let problems = segments::base::check::check(&snap).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap()
+    };
+    let copy = |to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(template.path())
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let old = contacts_of(template.path());
+    // One full run gives the new state and the time to spread kills over.
+    let scratch = tempfile::tempdir().unwrap();
+    let probe = scratch.path().join("probe");
+    copy(&probe);
+    let t0 = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .env("SEGMENTS_BASE", &probe)
+        .args(["import", "contacts"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = t0.elapsed();
+    let new = contacts_of(&probe);
+    let (mut killed, mut finished, mut saw_old, mut saw_new) = (0, 0, 0, 0);
+    for k in 0..32u32 {
+        let dir = scratch.path().join(format!("round-{k}"));
+        copy(&dir);
+        let mut child = std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", &dir)
+            .args(["import", "contacts"])
+            .arg(&f)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(k as f64 / 30.0));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().success() {
+            finished += 1;
+        } else {
+            killed += 1;
+        }
+        let now = contacts_of(&dir);
+        if now == old {
+            saw_old += 1;
+        } else if now == new {
+            saw_new += 1;
+        } else {
+            panic!("round {k}: the contacts are neither the old nor the new state");
+        }
+        // The next writer recovers: the import completes on the killed base.
+        let again = std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", &dir)
+            .args(["import", "contacts"])
+            .arg(&f)
+            .args(["--name", "again"])
+            .output()
+            .unwrap();
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    println!(
+        "import crash test: {killed} kill points inside a run ({saw_old} old state, {saw_new} new state), {finished} runs finished first"
+    );
+    assert!(killed >= 20, "only {killed} kills landed inside a run");
+}

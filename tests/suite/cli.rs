@@ -1,0 +1,200 @@
+//! The command line on the small base of testdata/small.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn segments(base: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("segments").unwrap();
+    c.env("SEGMENTS_BASE", base);
+    c
+}
+
+fn testdata(p: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(p)
+}
+
+const AS_OF: &str = "2026-11-23T12:00:00Z";
+
+fn small_base() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    segments(dir.path())
+        .args(["init", "--time-zone", "Europe/Paris"])
+        .assert()
+        .success();
+    segments(dir.path())
+        .args(["import", "contacts"])
+        .arg(testdata("small/contacts.csv"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    segments(dir.path())
+        .args(["import", "events"])
+        .arg(testdata("small/events.csv"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    dir
+}
+
+fn json_of(cmd: &mut Command) -> Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out)))
+}
+
+#[test]
+fn create_list_show_export_and_recompute() {
+    let dir = small_base();
+    let b = dir.path();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(testdata("segments/02-ouvreurs-recents.json"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    let list = json_of(segments(b).args(["segment", "list", "--format", "json"]));
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    let get = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(get("ouvreurs-recents")["contacts"], 2);
+    assert_eq!(get("all_contacts")["contacts"], 6);
+    assert_eq!(get("email_subscribers")["contacts"], 3);
+    assert_eq!(get("sms_bad_numbers")["contacts"], 1);
+    let show =
+        json_of(segments(b).args(["segment", "show", "ouvreurs-recents", "--format", "json"]));
+    assert_eq!(show["name"], "Ouvreurs récents");
+
+    let out = b.join("out.csv");
+    segments(b)
+        .args(["segment", "export", "ouvreurs-recents", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("contact_id,"));
+    let mut ids: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["101", "105"]);
+
+    let run = json_of(segments(b).args(["recompute", "--as-of", AS_OF, "--format", "json"]));
+    assert_eq!(run.as_array().unwrap().len(), 12);
+    let members = json_of(
+        segments(b)
+            .args(["segment", "members", "ouvreurs-recents", "--format", "json"])
+            .env("X", "1"),
+    );
+    let _ = members;
+}
+
+#[test]
+fn bad_input_is_reported_once_without_a_backtrace() {
+    let dir = small_base();
+    let assert = segments(dir.path())
+        .args(["import", "contacts"])
+        .arg(testdata("small/bad-contacts.csv"))
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(
+        err.contains("bad-contacts.csv: line 3, column \"score\""),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn sql_reads_and_refuses_writes() {
+    let dir = small_base();
+    let b = dir.path();
+    let out = segments(b)
+        .args([
+            "sql",
+            "SELECT city, count(*) AS n FROM contacts GROUP BY city ORDER BY city",
+            "--format",
+            "csv",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(String::from_utf8_lossy(&out).contains("Paris,1"));
+    for q in [
+        "COPY (SELECT 1) TO '/tmp/x.csv'",
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc'",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO contacts SELECT * FROM contacts",
+        "DROP TABLE contacts",
+    ] {
+        let a = segments(b).args(["sql", q]).assert().failure();
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(
+            err.contains("refused") || err.contains("not supported") || err.contains("not allowed"),
+            "{q}: {err}"
+        );
+    }
+    segments(b)
+        .args(["sql", "SELEC nonsense"])
+        .assert()
+        .failure();
+}
+
+#[test]
+fn audience_writes_reachable_contacts() {
+    let dir = small_base();
+    let b = dir.path();
+    let out = b.join("aud.csv");
+    segments(b)
+        .args([
+            "audience",
+            "--include",
+            "all_contacts",
+            "--exclude",
+            "sms_contacts",
+            "--channel",
+            "email",
+            "--as-of",
+            AS_OF,
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    // 102 has a hard bounce; 106 has no opt-in; 101, 103, 104, 105 have phones.
+    assert_eq!(ids, Vec::<&str>::new());
+    let out2 = b.join("aud2.csv");
+    segments(b)
+        .args([
+            "audience",
+            "--include",
+            "all_contacts",
+            "--channel",
+            "email",
+            "--as-of",
+            AS_OF,
+            "--out",
+        ])
+        .arg(&out2)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&out2).unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["101", "105"]);
+}

@@ -1,0 +1,308 @@
+//! Segment lifecycle: create, recompute, entry dates and history, pause,
+//! delete, failure isolation, dependency order, audience.
+
+use serde_json::json;
+
+use super::common::{TestBase, at, rt};
+use segments::criteria::Definition;
+use segments::jobs::recompute::recompute;
+use segments::jobs::segment_store::Members;
+use segments::jobs::segments as seg;
+
+fn def(v: serde_json::Value) -> Definition {
+    Definition::parse(&v).unwrap()
+}
+
+fn base() -> TestBase {
+    base_with(200)
+}
+
+fn base_with(threshold: usize) -> TestBase {
+    let tb = super::common::new_base_with("UTC", threshold);
+    tb.import_contacts(
+        "c",
+        "contact_id,email,phone,email_optin,sms_optin,email_status,score\n\
+         1,a@x.fr,+331,true,true,valid,10\n\
+         2,b@x.fr,,true,,hard_bounce,20\n\
+         3,,+333,,false,,30\n\
+         4,d@x.fr,+334,false,true,valid,40\n",
+    )
+    .unwrap();
+    tb.import_events(
+        "e",
+        "contact_id,ts,type\n1,2026-01-10T00:00:00Z,purchase\n2,2026-01-20T00:00:00Z,purchase\n3,2026-02-01T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    tb
+}
+
+fn members(tb: &TestBase, id: &str) -> Vec<u32> {
+    let snap = tb.base.snapshot().unwrap();
+    let (_, m) = seg::members_of(&snap, id).unwrap();
+    m.members.iter().collect()
+}
+
+#[test]
+fn defaults_are_computed_with_statistics_equal_to_a_recount() {
+    let tb = base();
+    let snap = tb.base.snapshot().unwrap();
+    let rec = snap.manifest.segment("email_subscribers").unwrap();
+    let stats = rec.stats.as_ref().expect("computed after the import");
+    assert_eq!(stats.contacts, 2);
+    assert_eq!(stats.email_optins, 2);
+    assert_eq!(stats.sms_optins, 1);
+    let recount = rt()
+        .block_on(segments::sql::run_query(
+            &snap,
+            "SELECT count(*) AS n FROM contacts WHERE email <> '' AND email_optin",
+        ))
+        .unwrap();
+    let n = recount[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(n as u64, stats.contacts);
+    assert_eq!(members(&tb, "email_bad_addresses").len(), 1);
+    assert_eq!(members(&tb, "sms_unsubscribed").len(), 1);
+    assert_eq!(members(&tb, "all_contacts").len(), 4);
+}
+
+#[test]
+fn entry_dates_over_three_recomputes_stay_exit_and_reenter() {
+    let tb = base();
+    let rt = rt();
+    // Bought within 30 days of as_of.
+    let d = def(
+        json!({"id": "recent", "name": "Recent buyers", "criteria": {"behavior": {"event": "purchase", "within": "30d"}}}),
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(seg::create(&mut w, &d, at("2026-02-05T00:00:00Z")))
+        .unwrap(); // 1, 2, 3
+    w.commit().unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    let (_, m1) = seg::members_of(&snap, "recent").unwrap();
+    assert_eq!(m1.members.len(), 3);
+    let entered_1 = m1.entered_at(0).unwrap();
+    for (as_of, want) in [
+        ("2026-02-15T00:00:00Z", 2u64),
+        ("2026-03-05T00:00:00Z", 0),
+        ("2026-02-05T00:00:00Z", 3),
+    ] {
+        let mut w = tb.base.writer("t").unwrap();
+        rt.block_on(recompute(&mut w, at(as_of))).unwrap();
+        w.commit().unwrap();
+        let snap = tb.base.snapshot().unwrap();
+        let (rec, m) = seg::members_of(&snap, "recent").unwrap();
+        assert_eq!(m.members.len(), want, "as of {as_of}");
+        assert_eq!(rec.history.last().unwrap().size, m.members.len());
+        if as_of == "2026-02-15T00:00:00Z" {
+            // Contact 1 (iid 0) left; 2 and 3 stayed with their first entry date.
+            assert!(!m.members.contains(0));
+            assert_eq!(m.entered_at(1), m1.entered_at(1));
+        }
+    }
+    let snap = tb.base.snapshot().unwrap();
+    let (rec, m) = seg::members_of(&snap, "recent").unwrap();
+    // Re-entered: a new entry date.
+    assert!(m.entered_at(0).unwrap() > entered_1);
+    let sizes: Vec<u64> = rec.history.iter().map(|h| h.size).collect();
+    assert_eq!(sizes, vec![3, 2, 0, 3]);
+    let entries: Vec<u64> = rec.history.iter().map(|h| h.entries).collect();
+    let exits: Vec<u64> = rec.history.iter().map(|h| h.exits).collect();
+    assert_eq!(entries, vec![3, 0, 0, 3]);
+    assert_eq!(exits, vec![0, 1, 2, 0]);
+}
+
+#[test]
+fn pause_freezes_members_and_resume_recomputes() {
+    let tb = base();
+    let rt = rt();
+    let d = def(
+        json!({"id": "big", "name": "Big", "criteria": {"field": "score", "op": "gte", "value": 20}}),
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(seg::create(&mut w, &d, chrono::Utc::now()))
+        .unwrap();
+    seg::set_paused(&mut w, "big", true).unwrap();
+    w.commit().unwrap();
+    tb.import_contacts("more", "contact_id,score\n9,99\n")
+        .unwrap();
+    assert_eq!(
+        members(&tb, "big").len(),
+        3,
+        "paused: frozen through the import's recompute"
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(recompute(&mut w, chrono::Utc::now())).unwrap();
+    w.commit().unwrap();
+    assert_eq!(
+        members(&tb, "big").len(),
+        3,
+        "paused: frozen through the nightly job"
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    seg::set_paused(&mut w, "big", false).unwrap();
+    rt.block_on(segments::jobs::recompute::compute_into(
+        &mut w,
+        &["big".to_string()],
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    w.commit().unwrap();
+    assert_eq!(members(&tb, "big").len(), 4);
+}
+
+#[test]
+fn delete_is_refused_while_referenced() {
+    let tb = base();
+    let rt = rt();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(seg::create(
+        &mut w,
+        &def(
+            json!({"id": "a", "name": "A", "criteria": {"field": "score", "op": "gt", "value": 1}}),
+        ),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    rt.block_on(seg::create(
+        &mut w,
+        &def(json!({"id": "b", "name": "B", "criteria": {"not": {"segment": "A"}}})),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    let e = seg::delete(&mut w, "a").unwrap_err().to_string();
+    assert!(e.contains("used by b"), "{e}");
+    seg::delete(&mut w, "b").unwrap();
+    seg::delete(&mut w, "a").unwrap();
+    let e = seg::delete(&mut w, "active_contacts")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inactive_contacts"), "{e}");
+}
+
+#[test]
+fn a_failing_segment_and_its_dependants_fail_alone_and_keep_members() {
+    let tb = base();
+    let rt = rt();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "ok", "name": "Ok", "criteria": {"field": "score", "op": "gt", "value": 15}})), chrono::Utc::now())).unwrap();
+    rt.block_on(seg::create(
+        &mut w,
+        &def(json!({"id": "flaky", "name": "Flaky", "criteria": {"sql": "score > 15"}})),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    rt.block_on(seg::create(
+        &mut w,
+        &def(json!({"id": "child", "name": "Child", "criteria": {"segment": "flaky"}})),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    // Break the SQL of `flaky` behind validation's back: it now fails at run time.
+    w.next.segment_mut("flaky").unwrap().criteria = Some(json!({"sql": "no_such_column > 15"}));
+    let report = rt.block_on(recompute(&mut w, chrono::Utc::now())).unwrap();
+    w.commit().unwrap();
+    let failed: Vec<&str> = report.failures().iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(failed, vec!["child", "flaky"]);
+    let child = report.segments.iter().find(|s| s.id == "child").unwrap();
+    assert!(
+        child
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("dependency flaky failed")
+    );
+    let snap = tb.base.snapshot().unwrap();
+    let flaky = snap.manifest.segment("flaky").unwrap();
+    assert!(flaky.error.as_deref().unwrap().contains("no_such_column"));
+    assert_eq!(
+        Members::load(snap.dir(), flaky).unwrap().members.len(),
+        3,
+        "previous members kept"
+    );
+    assert_eq!(
+        snap.manifest
+            .segment("ok")
+            .unwrap()
+            .stats
+            .as_ref()
+            .unwrap()
+            .contacts,
+        3
+    );
+}
+
+#[test]
+fn dependency_order_on_a_chain_of_five_and_a_diamond() {
+    let tb = base();
+    let rt = rt();
+    let mut w = tb.base.writer("t").unwrap();
+    let now = chrono::Utc::now();
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "s1", "name": "s1", "criteria": {"field": "score", "op": "gte", "value": 20}})), now)).unwrap();
+    for i in 2..=5 {
+        let d = def(
+            json!({"id": format!("s{i}"), "name": format!("s{i}"), "criteria": {"segment": format!("s{}", i - 1)}}),
+        );
+        rt.block_on(seg::create(&mut w, &d, now)).unwrap();
+    }
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "left", "name": "left", "criteria": {"all": [{"segment": "s1"}, {"field": "score", "op": "lte", "value": 30}]}})), now)).unwrap();
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "right", "name": "right", "criteria": {"all": [{"segment": "s1"}, {"field": "score", "op": "gte", "value": 30}]}})), now)).unwrap();
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "join", "name": "join", "criteria": {"all": [{"segment": "left"}, {"segment": "right"}]}})), now)).unwrap();
+    w.commit().unwrap();
+    // Change the data so that every level changes in one run.
+    tb.import_contacts("more", "contact_id,score\n7,30\n8,25\n")
+        .unwrap();
+    assert_eq!(members(&tb, "s5"), members(&tb, "s1"));
+    assert_eq!(members(&tb, "s5").len(), 5);
+    assert_eq!(members(&tb, "join").len(), 2); // score 30: contact 3 and 7
+}
+
+#[test]
+fn audience_refreshes_and_applies_the_channel() {
+    // Threshold 0: imports only mark segments for refresh.
+    let tb = base_with(0);
+    let rt = rt();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(seg::create(&mut w, &def(json!({"id": "buyers", "name": "Buyers", "criteria": {"behavior": {"event": "purchase"}}})), chrono::Utc::now())).unwrap();
+    w.commit().unwrap();
+    // New buyer 4 arrives; the audience refreshes `buyers` before resolving.
+    tb.import_events(
+        "e2",
+        "contact_id,ts,type\n4,2026-02-10T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    assert!(
+        tb.base
+            .snapshot()
+            .unwrap()
+            .manifest
+            .segment("buyers")
+            .unwrap()
+            .needs_refresh
+    );
+    let mut w = tb.base.writer("t").unwrap();
+    let email = rt
+        .block_on(seg::audience(
+            &mut w,
+            &["buyers".into()],
+            &[],
+            seg::Channel::Email,
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    // 1: subscriber, valid; 2: hard bounce; 3: no e-mail; 4: opted out.
+    assert_eq!(email.iter().collect::<Vec<_>>(), vec![0]);
+    let sms = rt
+        .block_on(seg::audience(
+            &mut w,
+            &["buyers".into()],
+            &["email_subscribers".into()],
+            seg::Channel::Sms,
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    assert_eq!(sms.iter().collect::<Vec<_>>(), vec![3]);
+}

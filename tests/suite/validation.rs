@@ -1,0 +1,149 @@
+//! Validation errors point at the criterion with a JSON path.
+
+use serde_json::json;
+
+use super::common::new_base;
+use segments::criteria::Definition;
+use segments::jobs::segments::check_definition;
+
+fn err_of(def: serde_json::Value) -> String {
+    let tb = new_base("UTC");
+    tb.import_contacts("imp", "contact_id,city,score,loyalty\n1,Paris,3,gold\n")
+        .unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    match Definition::parse(&def) {
+        Err(e) => e.to_string(),
+        Ok(d) => check_definition(&snap.manifest, &snap.base, &d, None)
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| e.to_string()),
+    }
+}
+
+#[test]
+fn each_kind_of_mistake_names_its_json_path() {
+    let cases = [
+        (
+            json!({"name": "x", "criteria": {"all": [{"field": "city", "op": "eq", "value": "a"}, {"any": [{"field": "nope", "op": "eq", "value": 1}]}]}}),
+            "criteria.all[1].any[0].field",
+            "unknown contact field",
+        ),
+        (
+            json!({"name": "x", "criteria": {"all": [{"field": "score", "op": "starts_with", "value": "a"}]}}),
+            "criteria.all[0].op",
+            "does not apply",
+        ),
+        (
+            json!({"name": "x", "criteria": {"all": [{"field": "score", "op": "gt", "value": "a"}]}}),
+            "criteria.all[0].value",
+            "expects a number",
+        ),
+        (
+            json!({"name": "x", "criteria": {"any": [{"segment": "ghost"}]}}),
+            "criteria.any[0].segment",
+            "unknown segment",
+        ),
+        (
+            json!({"name": "x", "criteria": {"not": {"import": "ghost"}}}),
+            "criteria.not.import",
+            "unknown import",
+        ),
+        (
+            json!({"name": "x", "criteria": {"field": "loyalty", "op": "eq", "value": "Gold"}}),
+            "criteria.value",
+            "allowed values",
+        ),
+        (
+            json!({"name": "x", "criteria": {"behavior": {"event": "purchase", "having": {"agg": "median", "op": "gt", "value": 1}}}}),
+            "criteria.behavior.having.agg",
+            "unknown aggregate",
+        ),
+        (
+            json!({"name": "x", "criteria": {"behavior": {"event": "purchase", "within": "3y"}}}),
+            "criteria.behavior.within",
+            "not a duration",
+        ),
+        (
+            json!({"name": "x", "criteria": {"behavior": {"event": "purchase", "where": [{"field": "nope", "op": "eq", "value": 1}]}}}),
+            "criteria.behavior.where[0].field",
+            "unknown event column",
+        ),
+        (
+            json!({"name": "x", "criteria": {"field": "city", "op": "eq", "value": "a", "segment": "b"}}),
+            "criteria",
+            "exactly one kind",
+        ),
+        (
+            json!({"name": "x", "criteria": {"all": {"field": "city"}}}),
+            "criteria.all",
+            "array",
+        ),
+        (
+            json!({"name": "x", "id": "Bad Id", "criteria": {"all": []}}),
+            "id",
+            "invalid id",
+        ),
+    ];
+    for (def, path, message) in cases {
+        let e = err_of(def.clone());
+        assert!(
+            e.starts_with(&format!("{path}:")),
+            "{def}: expected path {path}, got {e}"
+        );
+        assert!(e.contains(message), "{def}: expected {message:?} in {e}");
+    }
+}
+
+#[test]
+fn a_cycle_of_three_segments_is_refused_and_named() {
+    let tb = new_base("UTC");
+    tb.import_contacts("imp", "contact_id,city\n1,Paris\n")
+        .unwrap();
+    let rt = super::common::rt();
+    let mk = |id: &str, refers: &str| {
+        Definition::parse(&json!({"id": id, "name": id, "criteria": {"segment": refers}})).unwrap()
+    };
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(segments::jobs::segments::create(
+        &mut w,
+        &mk("a", "all_contacts"),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    rt.block_on(segments::jobs::segments::create(
+        &mut w,
+        &mk("b", "a"),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    rt.block_on(segments::jobs::segments::create(
+        &mut w,
+        &mk("c", "b"),
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    let err = rt
+        .block_on(segments::jobs::segments::edit(
+            &mut w,
+            "a",
+            &mk("a", "c"),
+            chrono::Utc::now(),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reference cycle: a → c → b → a"), "{err}");
+}
+
+#[test]
+fn hostile_definitions_get_clear_errors() {
+    let mut deep = json!({"all": []});
+    for _ in 0..1000 {
+        deep = json!({"not": deep});
+    }
+    let e = err_of(json!({"name": "x", "criteria": deep}));
+    assert!(e.contains("nested deeper"), "{e}");
+    let many: Vec<_> = (0..20_000)
+        .map(|_| json!({"field": "city", "op": "is_empty"}))
+        .collect();
+    let e = err_of(json!({"name": "x", "criteria": {"any": many}}));
+    assert!(e.contains("more than"), "{e}");
+}

@@ -1,0 +1,16 @@
+//! The integration tests of segments: one binary, a module per capability.
+
+mod suite {
+    /// Imports, upserts, bad input, deletion, snapshots.
+    pub mod base;
+    /// The command line on small bases in testdata/.
+    pub mod cli;
+    /// Shared helpers: temporary bases, CSV writers, evaluation shortcuts.
+    pub mod common;
+    /// Segment lifecycle, recompute, history, audience.
+    pub mod lifecycle;
+    /// Every operator of every type, with the empty-value rules both ways.
+    pub mod operators;
+    /// Validation errors with JSON paths, cycles.
+    pub mod validation;
+}
