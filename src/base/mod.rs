@@ -42,6 +42,8 @@ const GC_GRACE: Duration = Duration::from_secs(300);
 pub struct Base {
     dir: PathBuf,
     pub config: Config,
+    /// Parallelism of query execution (default: the cores).
+    pub jobs: Option<usize>,
 }
 
 impl Base {
@@ -74,6 +76,7 @@ impl Base {
         Ok(Base {
             dir: dir.to_path_buf(),
             config,
+            jobs: None,
         })
     }
 

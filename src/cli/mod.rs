@@ -60,6 +60,12 @@ enum Command {
         /// Parallel jobs (default: the cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Print the plan (order, shared leaves, passes) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Show a stored run report instead (1 = latest, 2 = the one before...).
+        #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+        report: Option<usize>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -152,11 +158,43 @@ enum SegmentCmd {
         #[arg(long, value_parser = parse_as_of)]
         as_of: Option<DateTime<Utc>>,
     },
-    /// Validate, save and compute a segment.
+    /// Validate, save and compute a segment; or, with --static, create a
+    /// fixed list from a file or a query.
     Create {
-        file: PathBuf,
+        /// The definition (JSON) of a dynamic segment.
+        #[arg(required_unless_present = "static_")]
+        file: Option<PathBuf>,
         #[arg(long, value_parser = parse_as_of)]
         as_of: Option<DateTime<Utc>>,
+        /// Create a static segment (a fixed list of contacts).
+        #[arg(long = "static", requires = "name")]
+        static_: bool,
+        /// Name of the static segment.
+        #[arg(long)]
+        name: Option<String>,
+        /// Id of the static segment (default: a slug of the name).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Add members to a static segment.
+    Add {
+        id: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Remove members from a static segment.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Replace the members of a static segment.
+    Replace {
+        id: String,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Replace a segment's definition and recompute it.
     Edit {
@@ -232,6 +270,27 @@ enum SegmentCmd {
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
     },
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct SourceArgs {
+    /// A CSV or Parquet file with a contact_id column.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// A read-only query returning contact_id.
+    #[arg(long)]
+    from_query: Option<String>,
+}
+
+impl SourceArgs {
+    fn source(self) -> anyhow::Result<seg::StaticSource> {
+        match (self.from, self.from_query) {
+            (Some(f), None) => Ok(seg::StaticSource::File(f)),
+            (None, Some(q)) => Ok(seg::StaticSource::Query(q)),
+            _ => anyhow::bail!("give --from FILE or --from-query \"SELECT contact_id ...\""),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -337,10 +396,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Segment(cmd) => return segment(&dir, cmd).await,
         Command::Recompute {
             as_of,
-            jobs: _,
+            jobs,
+            dry_run,
+            report,
             format,
         } => {
-            let base = open(&dir)?;
+            let mut base = open(&dir)?;
+            base.jobs = jobs;
+            if let Some(index) = report {
+                let snap = base.snapshot()?;
+                let r = segments::jobs::recompute::read_report(snap.dir(), &snap.manifest, index)?;
+                if format == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!(
+                        "run started {} as of {}, {} ms",
+                        r.started_at.to_rfc3339(),
+                        r.as_of.to_rfc3339(),
+                        r.duration_ms
+                    );
+                    print_run(&r, format)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if dry_run {
+                let snap = base.snapshot()?;
+                print!(
+                    "{}",
+                    segments::jobs::recompute::dry_run(
+                        &base,
+                        &snap.manifest,
+                        as_of.unwrap_or_else(Utc::now)
+                    )
+                    .await?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut w = base.writer(&describe("recompute"))?;
             let report = with_spinner(
                 "recomputing segments",
@@ -549,7 +640,31 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 println!("sample: {}", s.join(", "));
             }
         }
-        SegmentCmd::Create { file, as_of } => {
+        SegmentCmd::Create {
+            static_: true,
+            name,
+            id,
+            source,
+            ..
+        } => {
+            let name = name.expect("clap requires --name with --static");
+            let mut w = base.writer(&describe("segment create --static"))?;
+            let (id, n) =
+                seg::create_static(&mut w, id.as_deref(), &name, &source.source()?).await?;
+            w.commit()?;
+            println!("created static segment {id}: {n} contact(s)");
+        }
+        SegmentCmd::Add { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Add, source).await;
+        }
+        SegmentCmd::Remove { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Remove, source).await;
+        }
+        SegmentCmd::Replace { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Replace, source).await;
+        }
+        SegmentCmd::Create { file, as_of, .. } => {
+            let file = file.expect("clap requires FILE without --static");
             let def = read_definition(&file)?;
             let mut w = base.writer(&describe("segment create"))?;
             let report = seg::create(&mut w, &def, now_or(as_of)).await?;
@@ -752,6 +867,19 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change_static(
+    base: &Base,
+    id: &str,
+    change: seg::StaticChange,
+    source: SourceArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut w = base.writer(&describe("segment change"))?;
+    let n = seg::change_static(&mut w, id, change, &source.source()?).await?;
+    w.commit()?;
+    println!("{id}: {n} contact(s)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -232,10 +232,46 @@ impl Session {
 
     /// `SELECT _iid, e1, e2, ... FROM contacts`, one bitmap per expression.
     pub async fn project_bitmaps(&self, exprs: &[Expr]) -> Result<Vec<RoaringBitmap>> {
+        let df = self.contacts_frame(exprs).await?;
+        collect_masks(df, exprs.len()).await
+    }
+
+    /// The contacts pass as a DataFrame: `_iid` and one boolean per leaf.
+    async fn contacts_frame(&self, exprs: &[Expr]) -> Result<DataFrame> {
         let mut select = vec![col(IID)];
         select.extend(exprs.iter().cloned());
-        let df = self.ctx.table(session::CONTACTS).await?.select(select)?;
-        collect_masks(df, exprs.len()).await
+        Ok(self.ctx.table(session::CONTACTS).await?.select(select)?)
+    }
+
+    /// The optimized logical plans of the two passes of a batch, as text
+    /// (for `recompute --dry-run`).
+    pub async fn explain(&self, plan: &Plan, clock: &Clock) -> Result<(String, String)> {
+        let mut exprs = Vec::new();
+        for (i, leaf) in plan.contact_leaves.iter().enumerate() {
+            if let Ok(e) = contacts_expr(leaf, self, clock) {
+                exprs.push(e.alias(format!("l{i}")));
+            }
+        }
+        let mut parts = Vec::new();
+        for (i, b) in plan.event_leaves.iter().enumerate() {
+            if let Ok(p) = self.behavior_parts(b, clock) {
+                parts.push((i, p));
+            }
+        }
+        let show = |df: DataFrame| -> Result<String> {
+            Ok(df.into_optimized_plan()?.display_indent().to_string())
+        };
+        let contacts = if exprs.is_empty() {
+            "(no contact conditions)".to_string()
+        } else {
+            show(self.contacts_frame(&exprs).await?)?
+        };
+        let events = if parts.is_empty() {
+            "(no behaviour conditions)".to_string()
+        } else {
+            show(self.events_frame(&parts, clock).await?)?
+        };
+        Ok((contacts, events))
     }
 
     async fn events_pass(
@@ -353,6 +389,23 @@ impl Session {
         parts: &[(usize, BehaviorParts)],
         clock: &Clock,
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        let df = self.events_frame(parts, clock).await?;
+        let masks = collect_masks(df, parts.len() * 2).await?;
+        let mut it = masks.into_iter();
+        let mut out = Vec::with_capacity(parts.len());
+        while let (Some(h), Some(p)) = (it.next(), it.next()) {
+            out.push((h, p));
+        }
+        Ok(out)
+    }
+
+    /// The events pass as a DataFrame: per contact with a matching event,
+    /// `h{k}` (has a matching event) and `p{k}` (its aggregate passes) per leaf.
+    async fn events_frame(
+        &self,
+        parts: &[(usize, BehaviorParts)],
+        clock: &Clock,
+    ) -> Result<DataFrame> {
         let mut any = lit(false);
         let mut aggs = Vec::new();
         for (k, (_, p)) in parts.iter().enumerate() {
@@ -410,13 +463,7 @@ impl Session {
             .filter(any)?
             .aggregate(vec![col(IID)], aggs)?
             .select(select)?;
-        let masks = collect_masks(df, parts.len() * 2).await?;
-        let mut it = masks.into_iter();
-        let mut out = Vec::with_capacity(parts.len());
-        while let (Some(h), Some(p)) = (it.next(), it.next()) {
-            out.push((h, p));
-        }
-        Ok(out)
+        Ok(df)
     }
 
     async fn queries_pass(

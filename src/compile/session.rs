@@ -50,9 +50,11 @@ pub fn read_only() -> SQLOptions {
 
 impl Session {
     pub fn new(base: &Base, m: &Manifest) -> Result<Session> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let threads = base.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
         let config = SessionConfig::new()
             .with_target_partitions(threads)
             .with_batch_size(64 * 1024)

@@ -335,3 +335,74 @@ pub async fn after_import(w: &mut Writer, as_of: DateTime<Utc>) -> Result<Option
         Ok(None)
     }
 }
+
+/// What a recompute would do, without doing it: the dependency levels, the
+/// shared leaves and the logical plans of the two passes.
+pub async fn dry_run(
+    base: &crate::base::Base,
+    m: &Manifest,
+    as_of: DateTime<Utc>,
+) -> Result<String> {
+    use std::fmt::Write;
+    let ids = active_ids(m);
+    let targets = targets_of(m, &ids)?;
+    let mut g = SegmentGraph::default();
+    let graph = crate::jobs::segments::graph_of(m)?;
+    for id in &ids {
+        g.add(id, graph.deps.get(id).cloned().unwrap_or_default());
+    }
+    let mut plan = Plan::default();
+    let mut references = 0;
+    for (_, _, c) in &targets {
+        plan.add(c);
+        references += c.segment_refs().len();
+    }
+    let session = Session::new(base, m)?;
+    let clock = Clock::new(as_of, base.tz());
+    let (contacts, events) = session.explain(&plan, &clock).await?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "recompute of {} active segment(s) as of {}",
+        ids.len(),
+        as_of.to_rfc3339()
+    );
+    let _ = writeln!(
+        out,
+        "\norder (each line can run together once the lines above are done):"
+    );
+    for (i, level) in g.levels().iter().enumerate() {
+        let _ = writeln!(out, "  {}: {}", i + 1, level.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "\nshared leaves: {} contact condition(s), {} behaviour condition(s), {} query(ies), {} segment reference(s) read from bitmaps",
+        plan.contact_leaves.len(),
+        plan.event_leaves.len(),
+        plan.queries.len(),
+        references
+    );
+    let _ = writeln!(out, "\npass 1, one scan of contacts:\n{contacts}");
+    let _ = writeln!(out, "\npass 2, one scan of events:\n{events}");
+    if !plan.queries.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nthen {} query pass(es), one per query criterion",
+            plan.queries.len()
+        );
+    }
+    Ok(out)
+}
+
+/// Read a stored run report: `index` 1 is the latest, 2 the one before...
+pub fn read_report(dir: &std::path::Path, m: &Manifest, index: usize) -> Result<RunReport> {
+    let n = m.runs.len();
+    if index == 0 || index > n {
+        return Err(Error::usage(format!(
+            "there are {n} run report(s); ask for 1 (latest) to {n}"
+        )));
+    }
+    let f = &m.runs[n - index];
+    let bytes = crate::base::store::read_checked(dir, f)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::base(dir, format!("{}: {e}", f.path)))
+}

@@ -400,3 +400,127 @@ pub enum Channel {
     Email,
     Sms,
 }
+
+/// Where the members of a static segment come from.
+#[derive(Debug, Clone)]
+pub enum StaticSource {
+    /// A CSV or Parquet file with a `contact_id` column.
+    File(std::path::PathBuf),
+    /// A read-only SQL query returning `contact_id`.
+    Query(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticChange {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// The internal ids of a source; unknown contact ids are refused with their count.
+async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitmap> {
+    match source {
+        StaticSource::File(path) => {
+            let input = crate::base::input::InputTable::read(path)?;
+            let ids = crate::base::contacts::input_contact_ids(&input)?;
+            let map = crate::base::contacts::ContactIdMap::load(w.dir(), &w.next)?;
+            let mut out = RoaringBitmap::new();
+            let mut unknown = Vec::new();
+            for id in ids {
+                match map.to_iid.get(&id) {
+                    Some(i) => {
+                        out.insert(*i);
+                    }
+                    None => unknown.push(id),
+                }
+            }
+            if !unknown.is_empty() {
+                return Err(Error::input(
+                    path,
+                    "column \"contact_id\"",
+                    format!(
+                        "{} contact id(s) are not in the base (first: {})",
+                        unknown.len(),
+                        unknown[0]
+                    ),
+                ));
+            }
+            Ok(out)
+        }
+        StaticSource::Query(q) => {
+            let session = Session::new(&w.base, &w.next)?;
+            session.query_bitmap(q).await
+        }
+    }
+}
+
+async fn store_static(w: &mut Writer, id: &str, members: RoaringBitmap) -> Result<u64> {
+    let t0 = std::time::Instant::now();
+    let session = Session::new(&w.base, &w.next)?;
+    let opt = crate::jobs::recompute::optins(&session).await?;
+    let mut segments = std::mem::take(&mut w.next.segments);
+    let rec = segments
+        .iter_mut()
+        .find(|s| s.id == id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let now = Utc::now();
+    let n = members.len();
+    let r = crate::jobs::segment_store::store_result(
+        w,
+        rec,
+        members,
+        &opt,
+        now,
+        now,
+        t0.elapsed().as_millis() as u64,
+    );
+    w.next.segments = segments;
+    r.map(|_| n)
+}
+
+/// Create a static segment from a file or a query.
+pub async fn create_static(
+    w: &mut Writer,
+    id: Option<&str>,
+    name: &str,
+    source: &StaticSource,
+) -> Result<(String, u64)> {
+    let def = Definition::parse(&serde_json::json!({
+        "id": id.map(str::to_string).unwrap_or_else(|| crate::criteria::slug(name)),
+        "name": name,
+        "criteria": {"all": []},
+    }))?;
+    check_unique(&w.next, &def.id, &def.name, None)?;
+    let members = source_bitmap(w, source).await?;
+    w.next.segments.push(new_record(&def, None));
+    let n = store_static(w, &def.id, members).await?;
+    Ok((def.id, n))
+}
+
+/// Add, remove or replace members of a static segment.
+pub async fn change_static(
+    w: &mut Writer,
+    id: &str,
+    change: StaticChange,
+    source: &StaticSource,
+) -> Result<u64> {
+    let rec = w
+        .next
+        .segment(id)
+        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    if rec.criteria.is_some() {
+        return Err(Error::usage(format!(
+            "{} is a dynamic segment: change its definition with segment edit",
+            rec.id
+        )));
+    }
+    let id = rec.id.clone();
+    let current = Members::load(w.dir(), rec)?.members;
+    let given = source_bitmap(w, source).await?;
+    let next = match change {
+        StaticChange::Add => current | given,
+        StaticChange::Remove => current - given,
+        StaticChange::Replace => given,
+    };
+    store_static(w, &id, next).await
+}

@@ -209,6 +209,10 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
             c.push(&mut rng, iid, as_of, year, &zipf_city);
             // Events of this contact, in time order.
             let level: f64 = activity.sample(&mut rng) / 2.0;
+            // About a third of a real base has stopped engaging: they still
+            // receive e-mails but have not opened, clicked or bought for months.
+            let dormant = rng.random_bool(0.35);
+            let dormant_since = as_of - year * 200 / 365;
             let n = ((opts.events_per_contact as f64) * level.min(20.0)).round() as usize;
             let mut evs: Vec<GenEvent> = Vec::with_capacity(n);
             while evs.len() < n {
@@ -218,7 +222,8 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                 let sent = campaign_ts[c_i] + rng.random_range(0..600_000_000i64);
                 let op = campaign_id(c_i, campaign_ts[c_i]);
                 evs.push((sent, "email_sent", Some(op.clone()), None, None, None));
-                if rng.random_bool(0.3) {
+                let engaged = !dormant || sent < dormant_since;
+                if engaged && rng.random_bool(0.3) {
                     let opened = sent + rng.random_range(60_000_000..3 * 86_400_000_000i64);
                     evs.push((opened, "email_open", Some(op.clone()), None, None, None));
                     if rng.random_bool(0.25) {
@@ -242,7 +247,11 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                         None,
                     ));
                 }
-                let t = as_of - rng.random_range(0..year);
+                let t = if dormant {
+                    as_of - rng.random_range(year * 200 / 365..year)
+                } else {
+                    as_of - rng.random_range(0..year)
+                };
                 match rng.random_range(0..100) {
                     0..=24 => evs.push((
                         t,

@@ -198,3 +198,114 @@ fn audience_writes_reachable_contacts() {
         .collect();
     assert_eq!(ids, vec!["101", "105"]);
 }
+
+fn ids_of_csv(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut ids: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn static_segments_add_remove_replace_and_export() {
+    let dir = small_base();
+    let b = dir.path();
+    let list = b.join("vip.csv");
+    std::fs::write(&list, "contact_id\n101\n103\n").unwrap();
+    segments(b)
+        .args(["segment", "create", "--static", "--name", "VIP", "--from"])
+        .arg(&list)
+        .assert()
+        .success();
+    let out = b.join("vip-out.csv");
+    let export = |out: &std::path::Path| {
+        segments(b)
+            .args(["segment", "export", "vip", "--out"])
+            .arg(out)
+            .assert()
+            .success();
+    };
+    export(&out);
+    assert_eq!(ids_of_csv(&out), vec!["101", "103"]);
+    std::fs::write(&list, "contact_id\n104\n").unwrap();
+    segments(b)
+        .args(["segment", "add", "vip", "--from"])
+        .arg(&list)
+        .assert()
+        .success();
+    export(&out);
+    assert_eq!(ids_of_csv(&out), vec!["101", "103", "104"]);
+    std::fs::write(&list, "contact_id\n101\n").unwrap();
+    segments(b)
+        .args(["segment", "remove", "vip", "--from"])
+        .arg(&list)
+        .assert()
+        .success();
+    export(&out);
+    assert_eq!(ids_of_csv(&out), vec!["103", "104"]);
+    segments(b)
+        .args([
+            "segment",
+            "replace",
+            "vip",
+            "--from-query",
+            "SELECT contact_id FROM contacts WHERE country = 'FR' AND score > 500",
+        ])
+        .assert()
+        .success();
+    export(&out);
+    assert_eq!(ids_of_csv(&out), vec!["101", "103"]);
+    // Unknown ids are refused with their count; the segment is unchanged.
+    std::fs::write(&list, "contact_id\n999\n998\n").unwrap();
+    let a = segments(b)
+        .args(["segment", "add", "vip", "--from"])
+        .arg(&list)
+        .assert()
+        .failure();
+    assert!(
+        String::from_utf8_lossy(&a.get_output().stderr)
+            .contains("2 contact id(s) are not in the base")
+    );
+    // A dynamic segment can refer to the static one; a static one is never recomputed.
+    let def = b.join("d.json");
+    std::fs::write(&def, r#"{"id": "vip-fr", "name": "VIP FR", "criteria": {"all": [{"segment": "VIP"}, {"field": "country", "op": "eq", "value": "fr"}]}}"#).unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .success();
+    segments(b).args(["recompute"]).assert().success();
+    export(&out);
+    assert_eq!(ids_of_csv(&out), vec!["101", "103"]);
+    // Parquet export reads back equal to the bitmap.
+    let pq = b.join("vip.parquet");
+    segments(b)
+        .args(["segment", "export", "vip-fr", "--out"])
+        .arg(&pq)
+        .assert()
+        .success();
+    let batch = segments::base::table::read_parquet_one(&pq, None).unwrap();
+    let ids = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+        .unwrap();
+    assert_eq!(batch.schema().field(0).name(), "contact_id");
+    assert_eq!(ids.values().to_vec(), vec![101, 103]);
+    let history = json_of(segments(b).args(["segment", "history", "vip", "--format", "json"]));
+    let sizes: Vec<u64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![2, 3, 2, 2]);
+    let members = json_of(segments(b).args(["segment", "members", "vip", "--format", "json"]));
+    let m = members.as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert!(m[0]["entered_at"].is_string() && m[0]["email"].is_string());
+}

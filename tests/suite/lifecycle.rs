@@ -306,3 +306,151 @@ fn audience_refreshes_and_applies_the_channel() {
         .unwrap();
     assert_eq!(sms.iter().collect::<Vec<_>>(), vec![3]);
 }
+
+/// SIGKILL `segments recompute` at many points; the previous results stay
+/// readable and consistent, and a rerun gives the same results as a clean run.
+#[test]
+fn recompute_killed_at_random_points_then_rerun_equals_a_clean_run() {
+    use std::time::Instant;
+    let scratch = tempfile::tempdir().unwrap();
+    let template = scratch.path().join("template");
+    let as_of = "2026-11-23T03:00:00Z";
+    segments::synth::generate(
+        &template,
+        &segments::synth::GenOptions {
+            contacts: 30_000,
+            events_per_contact: 20,
+            seed: 3,
+            as_of: at(as_of),
+        },
+    )
+    .unwrap();
+    let base = segments::base::Base::open(&template).unwrap();
+    rt().block_on(segments::synth::create_examples(&base, at(as_of)))
+        .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("segments");
+    let copy = |to: &std::path::Path| {
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&template)
+                .arg(to)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let recompute = |dir: &std::path::Path| {
+        std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", dir)
+            .args(["recompute", "--as-of", as_of])
+            .output()
+            .unwrap()
+    };
+    let results = |dir: &std::path::Path| -> Vec<(String, Vec<u32>)> {
+        let snap = segments::base::Base::open(dir).unwrap().snapshot().unwrap();
+        let problems = segments::base::check::check(&snap).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        snap.manifest
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    Members::load(snap.dir(), s)
+                        .unwrap()
+                        .members
+                        .iter()
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let clean = scratch.path().join("clean");
+    copy(&clean);
+    let t0 = Instant::now();
+    assert!(recompute(&clean).status.success());
+    let full = t0.elapsed();
+    let expected = results(&clean);
+    let before = results(&template);
+    let (mut killed, mut finished) = (0, 0);
+    for k in 0..28u32 {
+        let dir = scratch.path().join(format!("round-{k}"));
+        copy(&dir);
+        let mut child = std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", &dir)
+            .args(["recompute", "--as-of", as_of])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(k as f64 / 24.0));
+        let _ = child.kill();
+        if child.wait().unwrap().success() {
+            finished += 1
+        } else {
+            killed += 1
+        }
+        let now = results(&dir);
+        assert!(
+            now == before || now == expected,
+            "round {k}: results are neither the old nor the new ones"
+        );
+        let out = recompute(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            results(&dir),
+            expected,
+            "round {k}: the rerun differs from a clean run"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    println!(
+        "recompute crash test: {killed} kill points inside a run, {finished} runs finished first"
+    );
+    assert!(killed >= 20, "only {killed} kills landed inside a run");
+}
+
+#[test]
+fn a_concurrent_recompute_is_refused_by_the_lock() {
+    let tb = base();
+    let _held = tb.base.writer("segments recompute").unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
+        .env("SEGMENTS_BASE", tb.path())
+        .arg("recompute")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("locked by another writer: `segments recompute`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_refresh_below_and_above_the_threshold() {
+    for (threshold, refreshed) in [(200usize, true), (5, false)] {
+        let tb = base_with(threshold);
+        let before = members(&tb, "all_contacts").len();
+        tb.import_contacts("more", "contact_id,score\n50,1\n51,2\n")
+            .unwrap();
+        let snap = tb.base.snapshot().unwrap();
+        let rec = snap.manifest.segment("all_contacts").unwrap();
+        if refreshed {
+            assert_eq!(members(&tb, "all_contacts").len(), before + 2);
+            assert!(!rec.needs_refresh);
+        } else {
+            assert_eq!(members(&tb, "all_contacts").len(), before);
+            assert!(rec.needs_refresh);
+        }
+    }
+}
