@@ -13,6 +13,7 @@
 //!   audiences; [`sql`]: read-only SQL; [`synth`]: synthetic bases.
 
 pub mod base;
+pub mod bench;
 pub mod bitmaps;
 pub mod compile;
 pub mod criteria;

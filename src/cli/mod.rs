@@ -92,6 +92,25 @@ enum Command {
     Check,
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),
+    /// Benchmark workloads on a generated base (see BENCHMARKS.md).
+    Bench {
+        /// Folder holding the generated benchmark bases.
+        #[arg(long, default_value = "bench-data")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        contacts: u32,
+        #[arg(long, default_value_t = 30)]
+        events_per_contact: u32,
+        /// Generated segments besides the 11 defaults.
+        #[arg(long, default_value_t = 100)]
+        segments: usize,
+        /// Timed runs per workload (after one warm-up run).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// nightly, preview, nested-count, import, or all.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        workloads: Vec<String>,
+    },
     /// Generate a demo base if needed, recompute it, print the segments.
     Demo {
         /// Where the demo base lives.
@@ -522,6 +541,52 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 stats.events,
                 t0.elapsed().as_secs_f64()
             );
+        }
+        Command::Bench {
+            dir: bench_dir,
+            contacts,
+            events_per_contact,
+            segments: n,
+            runs,
+            workloads,
+        } => {
+            let opts = segments::bench::BenchOptions {
+                dir: bench_dir,
+                contacts,
+                events_per_contact,
+                segments: n,
+                runs,
+                workloads,
+            };
+            // The workloads own their runtime: leave this one first.
+            let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
+            let rows: Vec<serde_json::Value> = report
+                .workloads
+                .iter()
+                .map(|w| {
+                    json!({"workload": w.name, "median_ms": format!("{:.3}", w.median_ms), "min_ms": format!("{:.3}", w.min_ms),
+                        "max_ms": format!("{:.3}", w.max_ms), "peak_rss_mb": format!("{:.0}", w.peak_rss_mb),
+                        "throughput": w.throughput.to_string(), "note": w.note})
+                })
+                .collect();
+            println!(
+                "base {}: {} contacts, {} events",
+                report.base, report.contacts, report.events
+            );
+            print_rows(
+                Format::Table,
+                &[
+                    "workload",
+                    "median_ms",
+                    "min_ms",
+                    "max_ms",
+                    "peak_rss_mb",
+                    "throughput",
+                    "note",
+                ],
+                &rows,
+            )?;
+            println!("report: {}/bench-report.json", report.base);
         }
         Command::Demo {
             dir: demo_dir,

@@ -49,6 +49,7 @@ pub fn check_definition(
             name: &def.name,
         },
     )?;
+    check_sql(&def.criteria, "criteria", &Session::new(base, m)?)?;
     let mut g = graph_of(m)?;
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
     g.add(&def.id, deps);
@@ -59,6 +60,30 @@ pub fn check_definition(
         ));
     }
     Ok(())
+}
+
+/// Plan every `sql` predicate against the contacts table, so that a typo is
+/// refused at save with its JSON path rather than failing every night.
+fn check_sql(c: &Criterion, path: &str, session: &Session) -> Result<()> {
+    let clock = Clock::new(Utc::now(), chrono_tz::UTC);
+    match c {
+        Criterion::All(cs) | Criterion::Any(cs) => {
+            let kind = if matches!(c, Criterion::All(_)) {
+                "all"
+            } else {
+                "any"
+            };
+            for (i, x) in cs.iter().enumerate() {
+                check_sql(x, &format!("{path}.{kind}[{i}]"), session)?;
+            }
+            Ok(())
+        }
+        Criterion::Not(x) => check_sql(x, &format!("{path}.not"), session),
+        Criterion::Sql(_) => crate::compile::contacts_expr(c, session, &clock)
+            .map(|_| ())
+            .map_err(|e| Error::criteria(format!("{path}.sql"), e.to_string())),
+        _ => Ok(()),
+    }
 }
 
 struct SelfAware<'a> {

@@ -454,3 +454,24 @@ fn auto_refresh_below_and_above_the_threshold() {
         }
     }
 }
+
+#[test]
+fn late_after_a_missed_nightly_window() {
+    use segments::jobs::{effective_status, last_window_start};
+    let tb = base();
+    let snap = tb.base.snapshot().unwrap();
+    let config = &tb.base.config; // window 01:00-06:00 UTC
+    let mut rec = snap.manifest.segment("email_contacts").unwrap().clone();
+    let computed = rec.stats.as_ref().unwrap().computed_at;
+    // Just after computing: up to date; two days later, the windows were missed.
+    assert_eq!(effective_status(&rec, config, computed), "up_to_date");
+    let later = computed + chrono::Duration::days(2);
+    assert!(last_window_start(config, later) > computed);
+    rec.created_at = computed - chrono::Duration::days(10);
+    assert_eq!(effective_status(&rec, config, later), "late");
+    rec.paused = true;
+    assert_eq!(effective_status(&rec, config, later), "paused");
+    rec.paused = false;
+    rec.status = segments::base::manifest::SegmentStatus::Failed;
+    assert_eq!(effective_status(&rec, config, later), "failed");
+}
