@@ -7,10 +7,14 @@ mod suite {
     pub mod cli;
     /// Shared helpers: temporary bases, CSV writers, evaluation shortcuts.
     pub mod common;
+    /// Random criteria trees: the DataFusion path equals the reference.
+    pub mod differential;
     /// Segment lifecycle, recompute, history, audience.
     pub mod lifecycle;
     /// Every operator of every type, with the empty-value rules both ways.
     pub mod operators;
+    /// Plain-Rust reference evaluator written from the SPEC (tests only).
+    pub mod reference;
     /// Validation errors with JSON paths, cycles.
     pub mod validation;
 }

@@ -278,6 +278,10 @@ enum SegmentCmd {
         /// Only members who entered at or after this date or instant.
         #[arg(long)]
         since: Option<String>,
+        /// Sort by a column (contact_id, last_name, first_name, email,
+        /// entered_at...); prefix with '-' for descending.
+        #[arg(long, allow_hyphen_values = true)]
+        sort: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -877,6 +881,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             limit,
             offset,
             since,
+            sort,
             format,
         } => {
             let snap = base.snapshot()?;
@@ -892,7 +897,6 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                     .filter(|(at, _)| *at >= t)
                     .fold(roaring::RoaringBitmap::new(), |acc, (_, b)| acc | b);
             }
-            let page: roaring::RoaringBitmap = ids.iter().skip(offset).take(limit).collect();
             let cols: Vec<String> = [
                 "first_name",
                 "last_name",
@@ -905,8 +909,24 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             .filter(|c| **c == "entered_at" || snap.manifest.fields.iter().any(|f| &f.name == *c))
             .map(|c| c.to_string())
             .collect();
-            let batch =
-                seg::members_batch(snap.dir(), &snap.manifest, &page, Some(&members), &cols)?;
+            let batch = match sort {
+                // In id order, a page needs only its own rows.
+                None => {
+                    let page: roaring::RoaringBitmap =
+                        ids.iter().skip(offset).take(limit).collect();
+                    seg::members_batch(snap.dir(), &snap.manifest, &page, Some(&members), &cols)?
+                }
+                Some(key) => {
+                    let all = seg::members_batch(
+                        snap.dir(),
+                        &snap.manifest,
+                        &ids,
+                        Some(&members),
+                        &cols,
+                    )?;
+                    segments::jobs::export::sorted_page(&all, &key, offset, limit)?
+                }
+            };
             let rf = match format {
                 Format::Table => RowFormat::Table,
                 Format::Csv => RowFormat::Csv,

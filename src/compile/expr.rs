@@ -62,6 +62,14 @@ impl Clock {
     }
 }
 
+/// `e IS NOT NULL AND e`: true where `e` is true, false where it is false or
+/// null. Written this way rather than `e IS TRUE` because DataFusion 55
+/// infers a non-null type for `IS TRUE` that its physical planner does not
+/// always keep once filters are pushed down and subexpressions shared.
+pub fn holds(e: Expr) -> Expr {
+    e.clone().is_not_null().and(e)
+}
+
 pub fn days_to_date(days: i32) -> Option<NaiveDate> {
     NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(ChronoDuration::days(days as i64))
 }
@@ -155,8 +163,8 @@ pub fn op_expr(
     match op {
         Op::IsEmpty => return empty,
         Op::IsNotEmpty => return empty.not(),
-        Op::IsTrue => return col.is_true(),
-        Op::IsFalse => return col.is_false(),
+        Op::IsTrue => return holds(col),
+        Op::IsFalse => return holds(col.not()),
         _ => {}
     }
     let text_col = |cs: bool| if cs { col.clone() } else { lower(col.clone()) };

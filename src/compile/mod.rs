@@ -142,7 +142,7 @@ pub fn contacts_expr(c: &Criterion, session: &Session, clock: &Clock) -> Result<
                 .parse_sql_expr(sql, &schema)
                 .map_err(|e| Error::criteria("sql", format!("{sql:?}: {e}")))?;
             // A SQL predicate that is null does not hold, as in WHERE.
-            e.is_true()
+            expr::holds(e)
         }
         _ => return Err(Error::Internal("not a contacts-only criterion".into())),
     })
@@ -330,7 +330,7 @@ impl Session {
             .and(col("type").in_list(types, false));
         if let Some(ops) = &b.operations {
             let ops: Vec<Expr> = ops.iter().map(|o| lit(o.clone())).collect();
-            filter = filter.and(col("operation_id").in_list(ops, false).is_true());
+            filter = filter.and(expr::holds(col("operation_id").in_list(ops, false)));
         }
         for w in &b.wheres {
             let (ty, column) = self.event_column(&w.field)?;
@@ -357,6 +357,11 @@ impl Session {
         let having_operand =
             operand(&value_ty, h.op, &h.value).map_err(|m| Error::criteria("having", m))?;
         let column = h.column.clone().unwrap_or_else(|| "amount".into());
+        let agg_column = match h.agg {
+            Agg::Count => None,
+            Agg::First | Agg::Last => Some("ts".to_string()),
+            _ => Some(column.clone()),
+        };
         let agg = match h.agg {
             Agg::Count => None,
             Agg::Sum => Some(sum(col(column.as_str()))),
@@ -374,6 +379,7 @@ impl Session {
         Ok(BehaviorParts {
             filter,
             agg,
+            agg_column,
             agg_kind: h.agg,
             value_ty,
             op: h.op,
@@ -406,23 +412,31 @@ impl Session {
         parts: &[(usize, BehaviorParts)],
         clock: &Clock,
     ) -> Result<DataFrame> {
+        // Each condition's row filter is computed once, as a column `f{k}`;
+        // the scan keeps rows matching any of them, and each aggregate
+        // counts the rows of its own condition.
+        let mut pre = vec![col(IID)];
+        let mut columns: Vec<&str> = parts
+            .iter()
+            .filter_map(|(_, p)| p.agg_column.as_deref())
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        pre.extend(columns.into_iter().map(col));
         let mut any = lit(false);
         let mut aggs = Vec::new();
         for (k, (_, p)) in parts.iter().enumerate() {
-            any = any.or(p.filter.clone());
+            let f = format!("f{k}");
+            pre.push(p.filter.clone().alias(&f));
+            any = any.or(col(&f));
             aggs.push(
                 count(lit(1))
-                    .filter(p.filter.clone())
+                    .filter(col(&f))
                     .build()?
                     .alias(format!("n{k}")),
             );
             if let Some(a) = &p.agg {
-                aggs.push(
-                    a.clone()
-                        .filter(p.filter.clone())
-                        .build()?
-                        .alias(format!("a{k}")),
-                );
+                aggs.push(a.clone().filter(col(&f)).build()?.alias(format!("a{k}")));
             }
         }
         let mut select = vec![col(IID)];
@@ -460,6 +474,7 @@ impl Session {
             .ctx
             .table(session::EVENTS)
             .await?
+            .select(pre)?
             .filter(any)?
             .aggregate(vec![col(IID)], aggs)?
             .select(select)?;
@@ -512,6 +527,7 @@ impl Session {
 pub struct BehaviorParts {
     filter: Expr,
     agg: Option<Expr>,
+    agg_column: Option<String>,
     agg_kind: Agg,
     value_ty: FieldType,
     op: Op,

@@ -122,3 +122,38 @@ pub fn print_batches(batches: &[RecordBatch], format: RowFormat) -> Result<()> {
     }
     Ok(())
 }
+
+/// Rows sorted by a column (`-col` for descending, nulls last), then a page.
+pub fn sorted_page(
+    batch: &RecordBatch,
+    key: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<RecordBatch> {
+    use datafusion::arrow::compute::{SortOptions, sort_to_indices, take_record_batch};
+    let (name, descending) = match key.strip_prefix('-') {
+        Some(k) => (k, true),
+        None => (key, false),
+    };
+    let column = batch.column_by_name(name).ok_or_else(|| {
+        let names: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        Error::usage(format!(
+            "cannot sort by {name:?}: columns are {}",
+            names.join(", ")
+        ))
+    })?;
+    let options = SortOptions {
+        descending,
+        nulls_first: false,
+    };
+    let indices = sort_to_indices(column, Some(options), None)?;
+    let sorted = take_record_batch(batch, &indices)?;
+    let start = offset.min(sorted.num_rows());
+    let len = limit.min(sorted.num_rows() - start);
+    Ok(sorted.slice(start, len))
+}

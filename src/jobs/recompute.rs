@@ -152,8 +152,8 @@ pub async fn compute(
 
 /// Opt-in bitmaps for statistics (empty when the base has no such field).
 pub async fn optins(session: &Session) -> Result<OptIns> {
-    let e: Expr = session.contact_column("email_optin")?.1.is_true();
-    let s: Expr = session.contact_column("sms_optin")?.1.is_true();
+    let e: Expr = crate::compile::expr::holds(session.contact_column("email_optin")?.1);
+    let s: Expr = crate::compile::expr::holds(session.contact_column("sms_optin")?.1);
     let mut v = session
         .project_bitmaps(&[e.alias("e"), s.alias("s")])
         .await?;

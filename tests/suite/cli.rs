@@ -309,3 +309,37 @@ fn static_segments_add_remove_replace_and_export() {
     assert_eq!(m.len(), 2);
     assert!(m[0]["entered_at"].is_string() && m[0]["email"].is_string());
 }
+
+#[test]
+fn members_are_paged_and_sorted() {
+    let dir = small_base();
+    let b = dir.path();
+    let page = |args: &[&str]| -> Vec<u64> {
+        let v = json_of(
+            segments(b)
+                .args(["segment", "members", "all_contacts", "--format", "json"])
+                .args(args),
+        );
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["contact_id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(page(&["--limit", "2"]), vec![101, 102]);
+    assert_eq!(page(&["--limit", "2", "--offset", "4"]), vec![105, 106]);
+    // Last names: Martin, Bernard, Dubois, Thomas, Petit, Durand.
+    assert_eq!(
+        page(&["--sort", "last_name", "--limit", "3"]),
+        vec![102, 103, 106]
+    );
+    assert_eq!(
+        page(&["--sort", "-last_name", "--limit", "2"]),
+        vec![104, 105]
+    );
+    let a = segments(b)
+        .args(["segment", "members", "all_contacts", "--sort", "nope"])
+        .assert()
+        .failure();
+    assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("cannot sort by \"nope\""));
+}
