@@ -113,7 +113,7 @@ fn prepare(opts: &BenchOptions) -> Result<Base> {
     for d in &wanted {
         let def = Definition::parse(d)?;
         if w.next.segment(&def.id).is_none() {
-            crate::jobs::segments::check_definition(&w.next, &w.base, &def, None)?;
+            crate::jobs::segments::check_definition(&w.next, &w.base, &def)?;
             w.next.segments.push(crate::jobs::segments::new_record(
                 &def,
                 Some(def.criteria_json.clone()),

@@ -677,6 +677,19 @@ fn now_or(t: Option<DateTime<Utc>>) -> DateTime<Utc> {
     t.unwrap_or_else(Utc::now)
 }
 
+/// The columns of `segment list` (and the head of `segment show`).
+const SEGMENT_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "kind",
+    "status",
+    "contacts",
+    "email_optins",
+    "sms_optins",
+    "computed_at",
+    "duration_ms",
+];
+
 fn segment_row(
     rec: &segments::base::manifest::SegmentRecord,
     config: &Config,
@@ -811,21 +824,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 .map(|r| segment_row(r, &base.config))
                 .filter(|r| status.as_deref().is_none_or(|s| r["status"] == s))
                 .collect();
-            print_rows(
-                format,
-                &[
-                    "id",
-                    "name",
-                    "kind",
-                    "status",
-                    "contacts",
-                    "email_optins",
-                    "sms_optins",
-                    "computed_at",
-                    "duration_ms",
-                ],
-                &rows,
-            )?;
+            print_rows(format, SEGMENT_COLUMNS, &rows)?;
         }
         SegmentCmd::Show { id, format } => {
             let snap = base.snapshot()?;
@@ -840,19 +839,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
                 _ => {
-                    for k in [
-                        "id",
-                        "name",
-                        "kind",
-                        "status",
-                        "contacts",
-                        "email_optins",
-                        "sms_optins",
-                        "computed_at",
-                        "duration_ms",
-                        "error",
-                        "description",
-                    ] {
+                    for k in SEGMENT_COLUMNS.iter().chain(&["error", "description"]) {
                         println!("{k:>13}: {}", output::cell(&row[k]));
                     }
                     println!(

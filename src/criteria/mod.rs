@@ -293,6 +293,31 @@ impl Criterion {
         out
     }
 
+    /// Visit every node with its JSON path (`criteria.all[2].any[0]`),
+    /// parents before children; the first error stops the walk.
+    pub fn walk(
+        &self,
+        path: &str,
+        f: &mut dyn FnMut(&Criterion, &str) -> Result<()>,
+    ) -> Result<()> {
+        f(self, path)?;
+        match self {
+            Criterion::All(cs) | Criterion::Any(cs) => {
+                let kind = if matches!(self, Criterion::All(_)) {
+                    "all"
+                } else {
+                    "any"
+                };
+                for (i, c) in cs.iter().enumerate() {
+                    c.walk(&format!("{path}.{kind}[{i}]"), f)?;
+                }
+                Ok(())
+            }
+            Criterion::Not(c) => c.walk(&format!("{path}.not"), f),
+            _ => Ok(()),
+        }
+    }
+
     pub fn visit(&self, f: &mut dyn FnMut(&Criterion)) {
         f(self);
         match self {

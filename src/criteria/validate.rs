@@ -15,19 +15,7 @@ pub trait Catalog {
 }
 
 pub fn validate(c: &Criterion, path: &str, cat: &dyn Catalog) -> Result<()> {
-    match c {
-        Criterion::All(cs) | Criterion::Any(cs) => {
-            let kind = if matches!(c, Criterion::All(_)) {
-                "all"
-            } else {
-                "any"
-            };
-            for (i, x) in cs.iter().enumerate() {
-                validate(x, &format!("{path}.{kind}[{i}]"), cat)?;
-            }
-            Ok(())
-        }
-        Criterion::Not(x) => validate(x, &format!("{path}.not"), cat),
+    c.walk(path, &mut |node, path| match node {
         Criterion::Field(f) => {
             let ty = cat.contact_field(&f.field).ok_or_else(|| {
                 Error::criteria(
@@ -38,28 +26,16 @@ pub fn validate(c: &Criterion, path: &str, cat: &dyn Catalog) -> Result<()> {
             check_cond(f, &ty, path)
         }
         Criterion::Behavior(b) => validate_behavior(b, &format!("{path}.behavior"), cat),
-        Criterion::Segment(s) => {
-            if cat.has_segment(s) {
-                Ok(())
-            } else {
-                Err(Error::criteria(
-                    format!("{path}.segment"),
-                    format!("unknown segment {s:?}"),
-                ))
-            }
-        }
-        Criterion::Import(s) => {
-            if cat.has_import(s) {
-                Ok(())
-            } else {
-                Err(Error::criteria(
-                    format!("{path}.import"),
-                    format!("unknown import {s:?}"),
-                ))
-            }
-        }
-        Criterion::Sql(_) | Criterion::Query(_) => Ok(()),
-    }
+        Criterion::Segment(s) if !cat.has_segment(s) => Err(Error::criteria(
+            format!("{path}.segment"),
+            format!("unknown segment {s:?}"),
+        )),
+        Criterion::Import(s) if !cat.has_import(s) => Err(Error::criteria(
+            format!("{path}.import"),
+            format!("unknown import {s:?}"),
+        )),
+        _ => Ok(()),
+    })
 }
 
 pub fn check_cond(f: &FieldCond, ty: &FieldType, path: &str) -> Result<()> {

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{
     Array, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{Field, Schema};
 use roaring::RoaringBitmap;
 
 use crate::base::contacts::load_contacts;
@@ -27,14 +27,9 @@ use crate::jobs::recompute::{RunReport, compute, compute_into};
 use crate::jobs::segment_store::Members;
 
 /// Check a definition against a version of the base: schema, references,
-/// cycles (`replacing` is the id of the segment being edited).
-pub fn check_definition(
-    m: &Manifest,
-    base: &Base,
-    def: &Definition,
-    replacing: Option<&str>,
-) -> Result<()> {
-    let _ = replacing;
+/// SQL predicates, and cycles (a definition replacing a segment of the same
+/// id takes its place in the graph).
+pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<()> {
     let cat = ManifestCatalog {
         manifest: m,
         config: &base.config,
@@ -66,24 +61,12 @@ pub fn check_definition(
 /// refused at save with its JSON path rather than failing every night.
 fn check_sql(c: &Criterion, path: &str, session: &Session) -> Result<()> {
     let clock = Clock::new(Utc::now(), chrono_tz::UTC);
-    match c {
-        Criterion::All(cs) | Criterion::Any(cs) => {
-            let kind = if matches!(c, Criterion::All(_)) {
-                "all"
-            } else {
-                "any"
-            };
-            for (i, x) in cs.iter().enumerate() {
-                check_sql(x, &format!("{path}.{kind}[{i}]"), session)?;
-            }
-            Ok(())
-        }
-        Criterion::Not(x) => check_sql(x, &format!("{path}.not"), session),
-        Criterion::Sql(_) => crate::compile::contacts_expr(c, session, &clock)
+    c.walk(path, &mut |node, path| match node {
+        Criterion::Sql(_) => crate::compile::contacts_expr(node, session, &clock)
             .map(|_| ())
             .map_err(|e| Error::criteria(format!("{path}.sql"), e.to_string())),
         _ => Ok(()),
-    }
+    })
 }
 
 struct SelfAware<'a> {
@@ -142,7 +125,7 @@ pub struct Preview {
 
 pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) -> Result<Preview> {
     let t0 = std::time::Instant::now();
-    check_definition(&snap.manifest, &snap.base, def, Some(&def.id))?;
+    check_definition(&snap.manifest, &snap.base, def)?;
     let session = Session::new(&snap.base, &snap.manifest)?;
     let clock = Clock::new(as_of, snap.base.tz());
     let targets = vec![(def.id.clone(), def.name.clone(), def.criteria.clone())];
@@ -218,7 +201,7 @@ fn check_unique(m: &Manifest, id: &str, name: &str, except: Option<&str>) -> Res
 /// Validate, save and compute a dynamic segment.
 pub async fn create(w: &mut Writer, def: &Definition, as_of: DateTime<Utc>) -> Result<RunReport> {
     check_unique(&w.next, &def.id, &def.name, None)?;
-    check_definition(&w.next, &w.base, def, None)?;
+    check_definition(&w.next, &w.base, def)?;
     w.next
         .segments
         .push(new_record(def, Some(def.criteria_json.clone())));
@@ -245,7 +228,7 @@ pub async fn edit(
     let mut def = def.clone();
     def.id = id.clone();
     check_unique(&w.next, &def.id, &def.name, Some(&id))?;
-    check_definition(&w.next, &w.base, &def, Some(&id))?;
+    check_definition(&w.next, &w.base, &def)?;
     let rec = w.next.segment_mut(&id).expect("checked");
     rec.name = def.name.clone();
     rec.description = def.description.clone();
@@ -356,7 +339,6 @@ pub fn members_batch(
         fields.push(Field::new("entered_at", timestamp_type(), true));
         cols.push(Arc::new(entered));
     }
-    let _ = DataType::Null;
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 

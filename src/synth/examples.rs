@@ -74,7 +74,7 @@ pub async fn create_examples(base: &Base, _as_of: DateTime<Utc>) -> Result<usize
         if w.next.segment(&def.id).is_some() {
             continue;
         }
-        crate::jobs::segments::check_definition(&w.next, &w.base, &def, None)?;
+        crate::jobs::segments::check_definition(&w.next, &w.base, &def)?;
         w.next.segments.push(crate::jobs::segments::new_record(
             &def,
             Some(def.criteria_json.clone()),

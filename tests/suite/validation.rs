@@ -13,7 +13,7 @@ fn err_of(def: serde_json::Value) -> String {
     let snap = tb.base.snapshot().unwrap();
     match Definition::parse(&def) {
         Err(e) => e.to_string(),
-        Ok(d) => check_definition(&snap.manifest, &snap.base, &d, None)
+        Ok(d) => check_definition(&snap.manifest, &snap.base, &d)
             .map(|_| "ok".to_string())
             .unwrap_or_else(|e| e.to_string()),
     }
