@@ -415,6 +415,25 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
     }
     let existing = load_contacts(&dir, &w.next)?;
     let (iids, _) = id_columns(&existing)?;
+    // Opt-ins of the deleted contacts, to correct segment statistics.
+    let optin_of = |name: &str| -> RoaringBitmap {
+        let Some(col) = existing
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned())
+        else {
+            return RoaringBitmap::new();
+        };
+        iids.values()
+            .iter()
+            .zip(col.iter())
+            .filter(|(i, v)| *v == Some(true) && gone.contains(**i))
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let gone_optins = crate::jobs::segment_store::OptIns {
+        email: optin_of("email_optin"),
+        sms: optin_of("sms_optin"),
+    };
     let keep: BooleanArray = iids
         .values()
         .iter()
@@ -444,6 +463,6 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
         imp.contacts = write_bitmap(w, "import", &bm)?;
     }
     w.next.imports = imports;
-    crate::jobs::segment_store::forget_contacts(w, &gone)?;
+    crate::jobs::segment_store::forget_contacts(w, &gone, &gone_optins)?;
     Ok(gone.len())
 }

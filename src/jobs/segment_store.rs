@@ -148,7 +148,7 @@ pub fn read_delta(
 }
 
 /// Remove deleted contacts from every segment's members, cohorts and history.
-pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
+pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap, gone_optins: &OptIns) -> Result<()> {
     let dir = w.dir().to_path_buf();
     let mut segments = std::mem::take(&mut w.next.segments);
     for rec in &mut segments {
@@ -164,9 +164,10 @@ pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
                     .collect(),
             };
             if let Some(s) = &mut rec.stats {
+                let left = &m.members & gone;
                 s.contacts = kept.members.len();
-                s.email_optins = s.email_optins.min(s.contacts);
-                s.sms_optins = s.sms_optins.min(s.contacts);
+                s.email_optins -= left.intersection_len(&gone_optins.email);
+                s.sms_optins -= left.intersection_len(&gone_optins.sms);
             }
             rec.members = Some(kept.encode().write(w, &format!("seg-{}", rec.id))?);
         }

@@ -479,3 +479,25 @@ fn late_after_a_missed_nightly_window() {
     rec.status = segments::base::manifest::SegmentStatus::Failed;
     assert_eq!(effective_status(&rec, config, later), "failed");
 }
+
+#[test]
+fn deleting_contacts_keeps_statistics_equal_to_a_recount() {
+    let tb = base();
+    let mut w = tb.base.writer("t").unwrap();
+    segments::base::contacts::delete_contacts(&mut w, &[1]).unwrap();
+    w.commit().unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    let stats = snap
+        .manifest
+        .segment("email_subscribers")
+        .unwrap()
+        .stats
+        .clone()
+        .unwrap();
+    // Contact 2 is left: opted in by e-mail, SMS opt-in unknown.
+    assert_eq!(
+        (stats.contacts, stats.email_optins, stats.sms_optins),
+        (1, 1, 0)
+    );
+    assert!(segments::base::check::check(&snap).unwrap().is_empty());
+}
