@@ -492,9 +492,11 @@ impl Session {
         out
     }
 
-    /// Contacts returned by a read-only query that yields `contact_id`.
+    /// Contacts returned by a read-only query over the ad-hoc SQL tables
+    /// that yields `contact_id`.
     pub async fn query_bitmap(&self, q: &str) -> Result<RoaringBitmap> {
-        let user = crate::sql::guarded(&self.ctx, q).await?;
+        let ctx = crate::sql::tables::user_context(&self.base, &self.manifest)?;
+        let user = crate::sql::guarded(&ctx, q).await?;
         if user
             .schema()
             .field_with_unqualified_name("contact_id")
@@ -504,22 +506,25 @@ impl Session {
                 "a query criterion must return a contact_id column",
             ));
         }
-        let ids = user.select(vec![col("contact_id").alias("cid")])?;
-        let contacts = self
-            .ctx
-            .table(session::CONTACTS)
-            .await?
-            .select(vec![col(IID), col("contact_id")])?;
-        let joined = contacts
-            .join(
-                ids,
-                datafusion::common::JoinType::LeftSemi,
-                &["contact_id"],
-                &["cid"],
-                None,
-            )?
-            .select(vec![col(IID), lit(true)])?;
-        Ok(collect_masks(joined, 1).await?.remove(0))
+        let ids = user.select(vec![datafusion::logical_expr::cast(
+            col("contact_id"),
+            datafusion::arrow::datatypes::DataType::UInt64,
+        )])?;
+        let map = crate::base::contacts::ContactIdMap::load(self.base.dir(), &self.manifest)?;
+        let mut out = RoaringBitmap::new();
+        let mut stream = ids.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let col = batch
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+            out.extend(
+                col.iter()
+                    .flatten()
+                    .filter_map(|c| map.to_iid.get(&c).copied()),
+            );
+        }
+        Ok(out)
     }
 }
 

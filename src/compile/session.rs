@@ -38,6 +38,9 @@ pub struct Session {
     pub config_fields: std::collections::BTreeMap<String, FieldType>,
     /// Every live contact of the snapshot.
     pub all_contacts: RoaringBitmap,
+    /// The version this session reads.
+    pub base: Base,
+    pub manifest: Manifest,
 }
 
 /// SQL options that refuse DDL, DML and statements such as SET or COPY.
@@ -91,6 +94,8 @@ impl Session {
                 .map(|f| (f.name.clone(), f.ty.clone()))
                 .collect(),
             config_fields: base.config.fields.clone(),
+            base: base.clone(),
+            manifest: m.clone(),
             all_contacts,
         })
     }

@@ -1,6 +1,8 @@
 //! Read-only SQL over a snapshot: the guard that refuses writes and file
 //! access, shared by `segments sql` and the `query` criterion.
 
+pub mod tables;
+
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -48,7 +50,7 @@ pub async fn run_query(
     snap: &crate::base::Snapshot,
     sql: &str,
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
-    let session = crate::compile::Session::new(&snap.base, &snap.manifest)?;
-    let df = guarded(&session.ctx, sql).await?;
+    let ctx = tables::user_context(&snap.base, &snap.manifest)?;
+    let df = guarded(&ctx, sql).await?;
     Ok(df.collect().await?)
 }

@@ -343,3 +343,64 @@ fn members_are_paged_and_sorted() {
         .failure();
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("cannot sort by \"nope\""));
 }
+
+#[test]
+fn sql_tables_agree_with_the_segment_export() {
+    let dir = small_base();
+    let b = dir.path();
+    let sql = |q: &str| -> Vec<String> {
+        let out = segments(b)
+            .args(["sql", q, "--format", "csv"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8_lossy(&out)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let out = b.join("subs.csv");
+    segments(b)
+        .args(["segment", "export", "email_subscribers", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let exported = ids_of_csv(&out);
+    let mut via_udf =
+        sql("SELECT contact_id FROM contacts WHERE in_segment(contact_id, 'email_subscribers')");
+    via_udf.sort();
+    let mut via_table =
+        sql("SELECT contact_id FROM segment_members WHERE segment_id = 'email_subscribers'");
+    via_table.sort();
+    assert_eq!(via_udf, exported);
+    assert_eq!(via_table, exported);
+    assert_eq!(sql("SELECT count(*) FROM segments"), vec!["11"]);
+    assert_eq!(
+        sql("SELECT contacts FROM segments WHERE id = 'email_subscribers'"),
+        vec![exported.len().to_string()]
+    );
+    assert_eq!(sql("SELECT count(*) FROM imports"), vec!["2"]);
+    // Internal ids stay internal.
+    segments(b)
+        .args(["sql", "SELECT _iid FROM contacts"])
+        .assert()
+        .failure();
+    // A query criterion sees the same tables.
+    let def = b.join("q.json");
+    std::fs::write(&def, r#"{"id": "q", "name": "Q", "criteria": {"query": "SELECT contact_id FROM segment_members WHERE segment_id = 'email_subscribers'"}}"#).unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .success();
+    let q = b.join("q.csv");
+    segments(b)
+        .args(["segment", "export", "q", "--out"])
+        .arg(&q)
+        .assert()
+        .success();
+    assert_eq!(ids_of_csv(&q), exported);
+}

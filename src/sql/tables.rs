@@ -1,0 +1,448 @@
+//! The tables of ad-hoc SQL over one snapshot: `contacts` (without internal
+//! ids), `events`, `imports`, `segments`, `segment_members` (served from
+//! the bitmaps, only the segments a filter asks for), and the
+//! `in_segment(contact_id, 'segment')` function (a bitmap lookup).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::catalog::Session as CatalogSession;
+use datafusion::common::{Result as DFResult, ScalarValue, exec_err};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TableProviderFilterPushDown, Volatility, col,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use roaring::{RoaringBitmap, RoaringTreemap};
+
+use crate::base::Base;
+use crate::base::manifest::Manifest;
+use crate::base::schema::{CONTACT_ID, IID, timestamp_type};
+use crate::compile::Session;
+use crate::error::Result;
+use crate::jobs::segment_store::Members;
+
+/// Internal id → `contact_id`, for every id ever handed out (0 for deleted).
+#[derive(Debug)]
+struct IdBook {
+    by_iid: Vec<u64>,
+}
+
+/// Segment members of one snapshot, loaded on first use.
+#[derive(Debug)]
+struct MemberStore {
+    dir: PathBuf,
+    manifest: Manifest,
+    ids: IdBook,
+    loaded: Mutex<HashMap<String, Arc<Members>>>,
+}
+
+impl MemberStore {
+    fn members(&self, key: &str) -> std::result::Result<Arc<Members>, String> {
+        let rec = self
+            .manifest
+            .segment(key)
+            .ok_or_else(|| format!("unknown segment {key:?}"))?;
+        let mut cache = self.loaded.lock().expect("member cache lock");
+        if let Some(m) = cache.get(&rec.id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(Members::load(&self.dir, rec).map_err(|e| e.to_string())?);
+        cache.insert(rec.id.clone(), m.clone());
+        Ok(m)
+    }
+
+    fn contact_ids(&self, members: &RoaringBitmap) -> RoaringTreemap {
+        members
+            .iter()
+            .map(|i| self.ids.by_iid[i as usize])
+            .collect()
+    }
+}
+
+/// The ad-hoc SQL context of a version of the base, built on a session of
+/// its own (its internal tables are replaced by the user-facing ones).
+pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
+    let session = Session::new(base, m)?;
+    let ctx = session.ctx.clone();
+    // `contacts` as users know it: without the internal id.
+    let missing = || crate::error::Error::Internal("session without its tables".into());
+    let raw = ctx
+        .deregister_table(crate::compile::session::CONTACTS)?
+        .ok_or_else(missing)?;
+    let visible: Vec<Expr> = raw
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.name() != IID)
+        .map(|f| col(f.name().as_str()))
+        .collect();
+    let contacts_view = ctx.read_table(raw.clone())?.select(visible)?.into_view();
+    let events_raw = ctx
+        .deregister_table(crate::compile::session::EVENTS)?
+        .ok_or_else(missing)?;
+    let visible: Vec<Expr> = events_raw
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.name() != IID)
+        .map(|f| col(f.name().as_str()))
+        .collect();
+    let events_view = ctx.read_table(events_raw)?.select(visible)?.into_view();
+    let user = ctx;
+    user.register_table("contacts", contacts_view)?;
+    user.register_table("events", events_view)?;
+
+    let map = crate::base::contacts::ContactIdMap::load(base.dir(), m)?;
+    let mut by_iid = vec![0u64; m.next_iid as usize];
+    for (c, i) in &map.to_iid {
+        by_iid[*i as usize] = *c;
+    }
+    let store = Arc::new(MemberStore {
+        dir: base.dir().to_path_buf(),
+        manifest: m.clone(),
+        ids: IdBook { by_iid },
+        loaded: Mutex::new(HashMap::new()),
+    });
+    user.register_table("segments", Arc::new(segments_table(base, m)?))?;
+    user.register_table("imports", Arc::new(imports_table(m)?))?;
+    user.register_table(
+        "segment_members",
+        Arc::new(SegmentMembers {
+            store: store.clone(),
+        }),
+    )?;
+    user.register_udf(ScalarUDF::from(InSegment {
+        store,
+        cache: Mutex::new(HashMap::new()),
+        signature: Signature::any(2, Volatility::Immutable),
+    }));
+    Ok(user)
+}
+
+fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
+    let now = chrono::Utc::now();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("contacts", DataType::UInt64, true),
+        Field::new("email_optins", DataType::UInt64, true),
+        Field::new("sms_optins", DataType::UInt64, true),
+        Field::new("computed_at", timestamp_type(), true),
+        Field::new("duration_ms", DataType::UInt64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    let s = &m.segments;
+    let stat = |f: &dyn Fn(&crate::base::manifest::SegmentStats) -> u64| -> ArrayRef {
+        Arc::new(
+            s.iter()
+                .map(|r| r.stats.as_ref().map(f))
+                .collect::<UInt64Array>(),
+        )
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(
+            s.iter()
+                .map(|r| Some(r.id.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            s.iter()
+                .map(|r| Some(r.name.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            s.iter()
+                .map(|r| {
+                    Some(if r.criteria.is_some() {
+                        "dynamic"
+                    } else {
+                        "static"
+                    })
+                })
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            s.iter()
+                .map(|r| Some(crate::jobs::effective_status(r, &base.config, now)))
+                .collect::<StringArray>(),
+        ),
+        stat(&|st| st.contacts),
+        stat(&|st| st.email_optins),
+        stat(&|st| st.sms_optins),
+        Arc::new(
+            s.iter()
+                .map(|r| r.stats.as_ref().map(|st| st.computed_at.timestamp_micros()))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        stat(&|st| st.duration_ms),
+        Arc::new(s.iter().map(|r| r.error.clone()).collect::<StringArray>()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+fn imports_table(m: &Manifest) -> Result<MemTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("at", timestamp_type(), false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("rows_added", DataType::UInt64, false),
+        Field::new("rows_updated", DataType::UInt64, false),
+        Field::new("rows_skipped", DataType::UInt64, false),
+    ]));
+    let i = &m.imports;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.id.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.name.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(format!("{:?}", r.kind).to_lowercase()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.at.timestamp_micros()))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.file.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.rows_added))
+                .collect::<UInt64Array>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.rows_updated))
+                .collect::<UInt64Array>(),
+        ),
+        Arc::new(
+            i.iter()
+                .map(|r| Some(r.rows_skipped))
+                .collect::<UInt64Array>(),
+        ),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+/// `segment_members(segment_id, contact_id, entered_at)`, read from the
+/// bitmaps; a filter on `segment_id` (=, IN) limits the segments read.
+struct SegmentMembers {
+    store: Arc<MemberStore>,
+}
+
+impl fmt::Debug for SegmentMembers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SegmentMembers")
+    }
+}
+
+fn members_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Utf8, false),
+        Field::new(CONTACT_ID, DataType::UInt64, false),
+        Field::new("entered_at", timestamp_type(), true),
+    ]))
+}
+
+/// The segment ids a filter selects (`segment_id = 'x'`, `segment_id IN (...)`).
+fn segment_ids_of(e: &Expr) -> Option<Vec<String>> {
+    let is_seg = |x: &Expr| matches!(x, Expr::Column(c) if c.name == "segment_id");
+    let text = |x: &Expr| match x {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
+        _ => None,
+    };
+    match e {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+            if is_seg(&b.left) {
+                text(&b.right).map(|s| vec![s])
+            } else if is_seg(&b.right) {
+                text(&b.left).map(|s| vec![s])
+            } else {
+                None
+            }
+        }
+        Expr::InList(l) if !l.negated && is_seg(&l.expr) => l.list.iter().map(text).collect(),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for SegmentMembers {
+    fn schema(&self) -> SchemaRef {
+        members_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if segment_ids_of(f).is_some() {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let mut wanted: Option<BTreeSet<String>> = None;
+        for f in filters {
+            if let Some(ids) = segment_ids_of(f) {
+                let ids: BTreeSet<String> = ids.into_iter().collect();
+                wanted = Some(match wanted {
+                    None => ids,
+                    Some(w) => w.intersection(&ids).cloned().collect(),
+                });
+            }
+        }
+        let m = &self.store.manifest;
+        let ids: Vec<String> = match wanted {
+            Some(w) => w
+                .into_iter()
+                .filter(|k| m.segments.iter().any(|s| &s.id == k))
+                .collect(),
+            None => m.segments.iter().map(|s| s.id.clone()).collect(),
+        };
+        let mut batches = Vec::new();
+        for id in ids {
+            let members = self
+                .store
+                .members(&id)
+                .map_err(datafusion::error::DataFusionError::Execution)?;
+            let iids: Vec<u32> = members.members.iter().collect();
+            let cids: UInt64Array = iids
+                .iter()
+                .map(|i| Some(self.store.ids.by_iid[*i as usize]))
+                .collect();
+            let entered: TimestampMicrosecondArray = iids
+                .iter()
+                .map(|i| members.entered_at(*i))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC");
+            let seg: StringArray = std::iter::repeat_n(Some(id.as_str()), iids.len()).collect();
+            batches.push(RecordBatch::try_new(
+                members_schema(),
+                vec![Arc::new(seg), Arc::new(cids), Arc::new(entered)],
+            )?);
+        }
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            members_schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `in_segment(contact_id, 'segment')`: membership by bitmap lookup.
+struct InSegment {
+    store: Arc<MemberStore>,
+    cache: Mutex<HashMap<String, Arc<RoaringTreemap>>>,
+    signature: Signature,
+}
+
+impl fmt::Debug for InSegment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("in_segment")
+    }
+}
+
+impl PartialEq for InSegment {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.store, &other.store)
+    }
+}
+impl Eq for InSegment {}
+impl std::hash::Hash for InSegment {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "in_segment".hash(state);
+    }
+}
+
+impl InSegment {
+    fn contact_ids(&self, key: &str) -> DFResult<Arc<RoaringTreemap>> {
+        let mut cache = self.cache.lock().expect("in_segment cache lock");
+        if let Some(t) = cache.get(key) {
+            return Ok(t.clone());
+        }
+        let members = self
+            .store
+            .members(key)
+            .map_err(datafusion::error::DataFusionError::Execution)?;
+        let t = Arc::new(self.store.contact_ids(&members.members));
+        cache.insert(key.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+impl ScalarUDFImpl for InSegment {
+    fn name(&self) -> &str {
+        "in_segment"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let key = match &args.args[1] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s.clone(),
+            _ => {
+                return exec_err!(
+                    "in_segment(contact_id, 'segment id'): the segment must be a text literal"
+                );
+            }
+        };
+        let set = self.contact_ids(&key)?;
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = datafusion::arrow::compute::cast(&ids, &DataType::UInt64)?;
+        let ids = ids.as_primitive::<UInt64Type>();
+        let out: BooleanArray = ids.iter().map(|c| c.map(|c| set.contains(c))).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
