@@ -118,6 +118,8 @@ pub struct BenchReport {
     pub as_of: String,
     pub workloads: Vec<WorkloadResult>,
     pub preview_segments: Vec<Value>,
+    /// The `sql` workload's queries, ours and DuckDB's.
+    pub sql_queries: Vec<Value>,
     pub import: Value,
 }
 

@@ -210,6 +210,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         ));
     }
 
+    let sql_queries = sql_queries();
+    if wants("sql") {
+        for q in &sql_queries {
+            let name = q["name"].as_str().unwrap_or("sql");
+            let text = q["segments"].as_str().unwrap_or("");
+            let (runs, rows) = time_runs(opts.runs, || {
+                let snap = base.snapshot()?;
+                let batches = rt.block_on(crate::sql::run_query(&snap, text))?;
+                Ok(batches.iter().map(|b| b.num_rows()).sum::<usize>())
+            })?;
+            results.push(WorkloadResult::new(
+                &format!("sql:{name}"),
+                runs,
+                json!({}),
+                format!("{rows} rows"),
+            ));
+        }
+    }
+
     let mut import = json!({});
     if wants("import") {
         let csv = dir.join("bench-contacts.csv");
@@ -273,10 +292,27 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         as_of: as_of.to_rfc3339(),
         workloads: results,
         preview_segments: previews,
+        sql_queries,
         import,
     };
     write_json(&dir.join("bench-report.json"), &report)?;
     Ok(report)
+}
+
+/// The three typical ad-hoc queries, in our dialect and in DuckDB's (where
+/// segments are the tables `seg_<id>` the nightly comparison materializes).
+fn sql_queries() -> Vec<Value> {
+    vec![
+        json!({"name": "city-of-segment",
+            "segments": "SELECT city, count(*) AS n FROM contacts WHERE in_segment(contact_id, 'g-1') GROUP BY city ORDER BY n DESC, city",
+            "duckdb": "SELECT city, count(*) AS n FROM contacts WHERE contact_id IN (SELECT contact_id FROM {seg:g-1}) GROUP BY city ORDER BY n DESC, city"}),
+        json!({"name": "top-operations-by-clicks",
+            "segments": "SELECT operation_id, count(*) AS clicks FROM events WHERE type = 'email_click' GROUP BY operation_id ORDER BY clicks DESC, operation_id LIMIT 10",
+            "duckdb": "SELECT operation_id, count(*) AS clicks FROM events WHERE type = 'email_click' GROUP BY operation_id ORDER BY clicks DESC, operation_id LIMIT 10"}),
+        json!({"name": "subscribers-not-active-last-purchase",
+            "segments": "SELECT c.contact_id, max(e.ts) AS last_purchase FROM contacts c JOIN events e ON e.contact_id = c.contact_id WHERE in_segment(c.contact_id, 'email_subscribers') AND NOT in_segment(c.contact_id, 'active_contacts') AND e.type = 'purchase' GROUP BY c.contact_id",
+            "duckdb": "SELECT c.contact_id, max(e.ts) AS last_purchase FROM contacts c JOIN events e ON e.contact_id = c.contact_id WHERE c.contact_id IN (SELECT contact_id FROM {seg:email_subscribers}) AND c.contact_id NOT IN (SELECT contact_id FROM {seg:active_contacts}) AND e.type = 'purchase' GROUP BY c.contact_id"}),
+    ]
 }
 
 /// `bench-segments.json` (definitions in dependency order) and

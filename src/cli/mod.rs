@@ -107,7 +107,7 @@ enum Command {
         /// Timed runs per workload (after one warm-up run).
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// nightly, preview, nested-count, import, or all.
+        /// nightly, preview, nested-count, sql, import, or all.
         #[arg(long, value_delimiter = ',', default_value = "all")]
         workloads: Vec<String>,
     },
