@@ -33,6 +33,10 @@ use crate::error::{Error, Result};
 use expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
 pub use session::{Session, read_only};
 
+/// Behaviour conditions aggregated together in one pass over events; more
+/// are split over several passes to bound the per-contact state.
+const MAX_AGGREGATES_PER_PASS: usize = 32;
+
 /// A criteria tree with its leaves replaced by indices into the [`Plan`].
 #[derive(Debug, Clone)]
 pub enum Node {
@@ -245,7 +249,7 @@ impl Session {
 
     /// The optimized logical plans of the two passes of a batch, as text
     /// (for `recompute --dry-run`).
-    pub async fn explain(&self, plan: &Plan, clock: &Clock) -> Result<(String, String)> {
+    pub async fn explain(&self, plan: &Plan, clock: &Clock) -> Result<(String, Vec<String>)> {
         let mut exprs = Vec::new();
         for (i, leaf) in plan.contact_leaves.iter().enumerate() {
             if let Ok(e) = contacts_expr(leaf, self, clock) {
@@ -266,11 +270,23 @@ impl Session {
         } else {
             show(self.contacts_frame(&exprs).await?)?
         };
-        let events = if parts.is_empty() {
-            "(no behaviour conditions)".to_string()
-        } else {
-            show(self.events_frame(&parts, clock).await?)?
-        };
+        let (exists, grouped): (Vec<_>, Vec<_>) =
+            parts.into_iter().partition(|(_, p)| p.exists.is_some());
+        let mut events = Vec::new();
+        if !exists.is_empty() {
+            events.push(format!(
+                "{} existence condition(s), no aggregate:\n{}",
+                exists.len(),
+                show(self.exists_frame(&exists).await?)?
+            ));
+        }
+        for chunk in grouped.chunks(MAX_AGGREGATES_PER_PASS) {
+            events.push(format!(
+                "{} aggregated condition(s), grouped by contact:\n{}",
+                chunk.len(),
+                show(self.events_frame(chunk, clock).await?)?
+            ));
+        }
         Ok((contacts, events))
     }
 
@@ -294,31 +310,94 @@ impl Session {
         if compiled.is_empty() {
             return out;
         }
+        // Conditions that only ask whether a matching event exists need no
+        // aggregate: one projection over events gives their bitmaps. The
+        // others are aggregated per contact, a bounded number per pass so that
+        // the aggregation state stays small on large bases.
+        let (exists, grouped): (Vec<_>, Vec<_>) =
+            compiled.into_iter().partition(|(_, p)| p.exists.is_some());
+        let mut groups: Vec<(bool, Vec<(usize, BehaviorParts)>)> = Vec::new();
+        if !exists.is_empty() {
+            groups.push((true, exists));
+        }
+        let mut grouped = grouped.into_iter().peekable();
+        while grouped.peek().is_some() {
+            groups.push((
+                false,
+                grouped.by_ref().take(MAX_AGGREGATES_PER_PASS).collect(),
+            ));
+        }
         let all = self.all_contacts.clone();
-        match self.aggregate_bitmaps(&compiled, clock).await {
-            Ok(results) => {
-                for ((slot, parts), (has, pass)) in compiled.iter().zip(results) {
-                    out[*slot] = Ok(finish_behavior(parts, has, pass, &all));
+        for (exists_only, group) in groups {
+            match self.group_bitmaps(exists_only, &group, clock).await {
+                Ok(results) => {
+                    for ((slot, parts), (has, pass)) in group.iter().zip(results) {
+                        out[*slot] = Ok(finish_behavior(parts, has, pass, &all));
+                    }
                 }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for (slot, parts) in &compiled {
-                    out[*slot] = match self
-                        .aggregate_bitmaps(std::slice::from_ref(&(*slot, parts.clone())), clock)
-                        .await
-                    {
-                        Ok(mut r) => {
-                            let (has, pass) = r.remove(0);
-                            Ok(finish_behavior(parts, has, pass, &all))
-                        }
-                        Err(_) if compiled.len() > 1 => Err(msg.clone()),
-                        Err(e) => Err(e.to_string()),
-                    };
+                // Pin a run-time failure on the conditions that cause it.
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (slot, parts) in &group {
+                        let one = [(*slot, parts.clone())];
+                        out[*slot] = match self.group_bitmaps(exists_only, &one, clock).await {
+                            Ok(mut r) => {
+                                let (has, pass) = r.remove(0);
+                                Ok(finish_behavior(parts, has, pass, &all))
+                            }
+                            Err(_) if group.len() > 1 => Err(msg.clone()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                    }
                 }
             }
         }
         out
+    }
+
+    /// The existence pass as a DataFrame: `_iid` and one boolean per
+    /// condition, for the events matching any of them.
+    async fn exists_frame(&self, parts: &[(usize, BehaviorParts)]) -> Result<DataFrame> {
+        let mut select = vec![col(IID)];
+        let mut any = lit(false);
+        for (k, (_, p)) in parts.iter().enumerate() {
+            let f = format!("f{k}");
+            select.push(p.filter.clone().alias(&f));
+            any = any.or(col(&f));
+        }
+        Ok(self
+            .ctx
+            .table(session::EVENTS)
+            .await?
+            .select(select)?
+            .filter(any)?)
+    }
+
+    /// (contacts with a matching event, contacts whose aggregate passes) for
+    /// a group of conditions evaluated in one pass over events.
+    async fn group_bitmaps(
+        &self,
+        exists_only: bool,
+        parts: &[(usize, BehaviorParts)],
+        clock: &Clock,
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        if !exists_only {
+            return self.aggregate_bitmaps(parts, clock).await;
+        }
+        let df = self.exists_frame(parts).await?;
+        let has = collect_masks(df, parts.len()).await?;
+        Ok(has
+            .into_iter()
+            .zip(parts)
+            .map(|(h, (_, p))| {
+                let pass = if p.exists == Some(true) {
+                    h.clone()
+                } else {
+                    RoaringBitmap::new()
+                };
+                (h, pass)
+            })
+            .collect())
     }
 
     /// The row filter, aggregate and having test of one behaviour condition.
@@ -371,6 +450,18 @@ impl Session {
             Agg::First => Some(min(col("ts"))),
             Agg::Last => Some(max(col("ts"))),
         };
+        // A count condition that holds the same for every count from 1 up
+        // only asks whether a matching event exists (and whether that passes).
+        let exists = match h.agg {
+            Agg::Count => {
+                let at_one = number_holds(h.op, &having_operand, 1.0);
+                let constant = [2.0, 3.0, 10.0, 1e6, 1e12]
+                    .iter()
+                    .all(|n| number_holds(h.op, &having_operand, *n) == at_one);
+                constant.then_some(at_one)
+            }
+            _ => None,
+        };
         // Contacts with no matching event: count and sum are 0, the others empty.
         let zero_matches = match h.agg {
             Agg::Count | Agg::Sum => number_holds(h.op, &having_operand, 0.0),
@@ -380,6 +471,7 @@ impl Session {
             filter,
             agg,
             agg_column,
+            exists,
             agg_kind: h.agg,
             value_ty,
             op: h.op,
@@ -533,6 +625,9 @@ pub struct BehaviorParts {
     filter: Expr,
     agg: Option<Expr>,
     agg_column: Option<String>,
+    /// For a condition on the existence of a matching event: whether a
+    /// contact with one passes.
+    exists: Option<bool>,
     agg_kind: Agg,
     value_ty: FieldType,
     op: Op,

@@ -383,7 +383,9 @@ pub async fn dry_run(
         references
     );
     let _ = writeln!(out, "\npass 1, one scan of contacts:\n{contacts}");
-    let _ = writeln!(out, "\npass 2, one scan of events:\n{events}");
+    for (i, pass) in events.iter().enumerate() {
+        let _ = writeln!(out, "\npass {}, one scan of events: {pass}", i + 2);
+    }
     if !plan.queries.is_empty() {
         let _ = writeln!(
             out,
