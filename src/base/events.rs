@@ -37,6 +37,11 @@ pub fn standard_event_columns() -> Vec<FieldDef> {
         .collect()
 }
 
+/// Event columns stored dictionary-encoded in memory as on disk: few distinct
+/// values, compared on every row by nearly every behaviour condition, so the
+/// comparisons run on dictionary codes rather than on strings.
+pub const DICTIONARY_COLUMNS: &[&str] = &["type", "operation_id"];
+
 pub fn events_schema(columns: &[FieldDef]) -> SchemaRef {
     let mut out = vec![
         Field::new(IID, DataType::UInt32, false),
@@ -44,7 +49,12 @@ pub fn events_schema(columns: &[FieldDef]) -> SchemaRef {
     ];
     out.extend(columns.iter().map(|f| {
         let required = f.name == "ts" || f.name == "type";
-        Field::new(&f.name, f.ty.arrow_type(), !required)
+        let dt = if DICTIONARY_COLUMNS.contains(&f.name.as_str()) {
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+        } else {
+            f.ty.arrow_type()
+        };
+        Field::new(&f.name, dt, !required)
     }));
     schema_ref(out)
 }
@@ -129,11 +139,12 @@ pub fn import_events(
         Arc::new(UInt32Array::from(iids)),
         Arc::new(UInt64Array::from(ids.clone())),
     ];
-    for c in &columns {
-        arrays.push(match input.column(&c.name) {
+    for (c, field) in columns.iter().zip(schema.fields().iter().skip(2)) {
+        let a = match input.column(&c.name) {
             Some(idx) => input.typed(idx, &c.ty, &sep)?,
             None => new_null_array(&c.ty.arrow_type(), input.rows),
-        });
+        };
+        arrays.push(datafusion::arrow::compute::cast(&a, field.data_type())?);
     }
     for required in ["ts", "type"] {
         let a = &arrays[2 + columns

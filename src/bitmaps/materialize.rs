@@ -1,6 +1,7 @@
 //! Record batches of internal ids and boolean columns into bitmaps.
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::buffer::BooleanBuffer;
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
@@ -19,34 +20,33 @@ pub fn iid_column(batch: &RecordBatch) -> Result<&UInt32Array> {
         })
 }
 
-/// Insert the ids of the rows where `mask` is true.
+/// Insert the ids of the rows where `mask` is true (null counts as false).
 pub fn add_masked(bitmap: &mut RoaringBitmap, ids: &UInt32Array, mask: &BooleanArray) {
+    let bits: BooleanBuffer = match mask.nulls() {
+        Some(valid) => mask.values() & valid.inner(),
+        None => mask.values().clone(),
+    };
     let values = ids.values();
-    let mut run: Vec<u32> = Vec::new();
-    let mut sorted = true;
-    for (i, m) in mask.iter().enumerate() {
-        if m == Some(true) {
-            let id = values[i];
-            if run.last().is_some_and(|&l| l >= id) {
-                sorted = false;
-            }
-            run.push(id);
-        }
-    }
-    if sorted {
-        let part = RoaringBitmap::from_sorted_iter(run).expect("sorted ids");
-        *bitmap |= part;
-    } else {
-        bitmap.extend(run);
-    }
+    let mut run: Vec<u32> = Vec::with_capacity(bits.count_set_bits());
+    run.extend(bits.set_indices().map(|i| values[i]));
+    add_ids(bitmap, run);
 }
 
 /// Insert every id of the batch.
 pub fn add_all(bitmap: &mut RoaringBitmap, ids: &UInt32Array) {
-    let v = ids.values();
-    if v.windows(2).all(|w| w[0] < w[1]) {
-        *bitmap |= RoaringBitmap::from_sorted_iter(v.iter().copied()).expect("sorted ids");
-    } else {
-        bitmap.extend(v.iter().copied());
+    add_ids(bitmap, ids.values().to_vec());
+}
+
+/// Insert ids; rows of one batch usually come in id order (files are sorted
+/// by internal id), which takes the fast sorted path.
+fn add_ids(bitmap: &mut RoaringBitmap, mut run: Vec<u32>) {
+    if run.is_empty() {
+        return;
     }
+    if !run.windows(2).all(|w| w[0] < w[1]) {
+        run.sort_unstable();
+        run.dedup();
+    }
+    let part = RoaringBitmap::from_sorted_iter(run).expect("sorted, deduplicated ids");
+    *bitmap |= part;
 }

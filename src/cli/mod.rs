@@ -655,7 +655,7 @@ fn print_run(report: &RunReport, format: Format) -> anyhow::Result<()> {
     )?;
     if format == Format::Table {
         println!(
-            "{} segment(s) in {} ms ({} contact conditions in one scan, {} behaviour conditions in one scan, {} queries)",
+            "{} segment(s) in {} ms ({} contact conditions in one scan of contacts, {} behaviour conditions over events, {} queries)",
             report.segments.len(),
             report.duration_ms,
             report.contact_leaves,
@@ -995,7 +995,7 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
     let report = with_spinner("nightly recompute", recompute(&mut w, as_of)).await?;
     w.commit()?;
     println!(
-        "nightly recompute: {} segments in {} ms ({} contact conditions, {} behaviour conditions, one scan each)",
+        "nightly recompute: {} segments in {} ms ({} contact conditions, {} behaviour conditions, shared scans)",
         report.segments.len(),
         report.duration_ms,
         report.contact_leaves,

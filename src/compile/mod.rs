@@ -17,7 +17,7 @@ pub mod udf;
 use std::collections::HashMap;
 use std::ops::Not;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::common::DFSchema;
 use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 use datafusion::logical_expr::{Expr, ExprFunctionExt, col, lit};
@@ -674,12 +674,7 @@ async fn collect_masks(df: DataFrame, n: usize) -> Result<Vec<RoaringBitmap>> {
         let ids = iid_column(&batch)?;
         for (k, bm) in out.iter_mut().enumerate() {
             let mask: &BooleanArray = batch.column(k + 1).as_boolean();
-            if mask.null_count() > 0 {
-                let cleaned: BooleanArray = mask.iter().map(|m| Some(m == Some(true))).collect();
-                add_masked(bm, ids, &cleaned);
-            } else {
-                add_masked(bm, ids, mask);
-            }
+            add_masked(bm, ids, mask);
         }
     }
     Ok(out)

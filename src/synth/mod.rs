@@ -16,8 +16,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, ListBuilder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+    RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
+    UInt32Builder, UInt64Builder,
 };
+use datafusion::arrow::datatypes::Int32Type;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Pareto, Zipf};
@@ -512,8 +514,8 @@ struct EventRows {
     iid: UInt32Builder,
     cid: UInt64Builder,
     ts: TimestampMicrosecondBuilder,
-    ty: StringBuilder,
-    op: StringBuilder,
+    ty: StringDictionaryBuilder<Int32Type>,
+    op: StringDictionaryBuilder<Int32Type>,
     url: StringBuilder,
     amount: Float64Builder,
     name: StringBuilder,
@@ -537,7 +539,10 @@ impl EventRows {
         self.cid.append_value(cid);
         self.ts.append_value(ts);
         self.ty.append_value(ty);
-        self.op.append_option(op);
+        match op {
+            Some(op) => self.op.append_value(op),
+            None => self.op.append_null(),
+        };
         self.url.append_option(url);
         self.amount.append_option(amount);
         self.name.append_option(name);
