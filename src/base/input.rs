@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, ListBuilder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 
@@ -31,8 +31,8 @@ pub struct InputColumn {
 }
 
 pub enum ColumnData {
-    /// CSV cells; an empty cell is None.
-    Cells(Vec<Option<String>>),
+    /// CSV cells, trimmed; an empty cell is null.
+    Cells(StringArray),
     /// A Parquet column.
     Arrow(ArrayRef),
 }
@@ -86,13 +86,12 @@ impl InputTable {
             .from_path(file)
             .map_err(|e| csv_error(file, e))?;
         let headers = reader.headers().map_err(|e| csv_error(file, e))?.clone();
-        let mut columns: Vec<InputColumn> = headers
+        let names: Vec<String> = headers
             .iter()
-            .map(|h| InputColumn {
-                name: h.trim().trim_start_matches('\u{feff}').to_string(),
-                data: ColumnData::Cells(Vec::new()),
-            })
+            .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
             .collect();
+        // Cells go straight into Arrow string builders: no allocation per cell.
+        let mut builders: Vec<StringBuilder> = names.iter().map(|_| StringBuilder::new()).collect();
         let mut lines = Vec::new();
         let mut record = csv::StringRecord::new();
         while reader
@@ -100,13 +99,23 @@ impl InputTable {
             .map_err(|e| csv_error(file, e))?
         {
             lines.push(record.position().map(|p| p.line()).unwrap_or(0));
-            for (col, cell) in columns.iter_mut().zip(record.iter()) {
-                if let ColumnData::Cells(cells) = &mut col.data {
-                    let cell = cell.trim();
-                    cells.push((!cell.is_empty()).then(|| cell.to_string()));
+            for (b, cell) in builders.iter_mut().zip(record.iter()) {
+                let cell = cell.trim();
+                if cell.is_empty() {
+                    b.append_null();
+                } else {
+                    b.append_value(cell);
                 }
             }
         }
+        let columns = names
+            .into_iter()
+            .zip(builders.iter_mut())
+            .map(|(name, b)| InputColumn {
+                name,
+                data: ColumnData::Cells(b.finish()),
+            })
+            .collect();
         Ok(InputTable {
             file: file.to_path_buf(),
             rows: lines.len(),
@@ -135,7 +144,7 @@ impl InputTable {
     pub fn infer(&self, idx: usize) -> FieldType {
         match &self.columns[idx].data {
             ColumnData::Arrow(a) => FieldType::from_arrow(a.data_type()).unwrap_or(FieldType::Text),
-            ColumnData::Cells(cells) => infer_cells(cells.iter().flatten().map(|s| s.as_str())),
+            ColumnData::Cells(cells) => infer_cells(cells.iter().flatten()),
         }
     }
 
@@ -250,12 +259,12 @@ pub fn date_to_days(d: NaiveDate) -> i32 {
 type CellError = (usize, String);
 
 fn build_from_cells(
-    cells: &[Option<String>],
+    cells: &StringArray,
     ty: &FieldType,
     tags_sep: &str,
 ) -> std::result::Result<ArrayRef, CellError> {
     fn each<T>(
-        cells: &[Option<String>],
+        cells: &StringArray,
         mut parse: impl FnMut(&str) -> Option<T>,
         what: &str,
         mut push: impl FnMut(Option<T>),
@@ -272,32 +281,12 @@ fn build_from_cells(
         Ok(())
     }
     Ok(match ty {
-        FieldType::Text => {
-            let mut b = StringBuilder::new();
-            each(
-                cells,
-                |s| Some(s.to_string()),
-                "text",
-                |v| b.append_option(v),
-            )?;
-            Arc::new(b.finish())
-        }
+        // Text is the cells themselves.
+        FieldType::Text => Arc::new(cells.clone()),
         FieldType::Choice { values } => {
-            let mut b = StringBuilder::new();
-            let allowed = values.join(", ");
-            for (row, cell) in cells.iter().enumerate() {
-                match cell {
-                    None => b.append_null(),
-                    Some(s) if values.iter().any(|v| v == s) => b.append_value(s),
-                    Some(s) => {
-                        return Err((
-                            row,
-                            format!("{s:?} is not one of the allowed values ({allowed})"),
-                        ));
-                    }
-                }
-            }
-            Arc::new(b.finish())
+            let a: ArrayRef = Arc::new(cells.clone());
+            check_choices(&a, values)?;
+            a
         }
         FieldType::Number { integer: true } => {
             let mut b = Int64Builder::new();
@@ -348,7 +337,7 @@ fn build_from_cells(
         }
         FieldType::Tags => {
             let mut b = ListBuilder::new(StringBuilder::new());
-            for cell in cells {
+            for cell in cells.iter() {
                 match cell {
                     None => b.append_null(),
                     Some(s) => {

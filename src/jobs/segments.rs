@@ -44,7 +44,12 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
             name: &def.name,
         },
     )?;
-    check_sql(&def.criteria, "criteria", &Session::new(base, m)?)?;
+    let mut has_sql = false;
+    def.criteria
+        .visit(&mut |c| has_sql |= matches!(c, Criterion::Sql(_)));
+    if has_sql {
+        check_sql(&def.criteria, "criteria", &Session::new(base, m)?)?;
+    }
     let mut g = graph_of(m)?;
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
     g.add(&def.id, deps);
@@ -145,18 +150,33 @@ pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) ->
     })
 }
 
-/// The user ids of some internal ids, in the same order.
+/// The user ids of some internal ids, in id order.
 pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>> {
+    let Some(f) = &m.contacts else {
+        return Ok(Vec::new());
+    };
     let want: RoaringBitmap = iids.iter().copied().collect();
-    let batch = members_batch(dir, m, &want, None, &[])?;
+    // Only the two id columns are read.
+    let batch =
+        crate::base::table::read_parquet_one(&dir.join(&f.path), Some(&[IID, "contact_id"]))?;
     let ids = batch
+        .column_by_name(IID)
+        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
+        .ok_or_else(|| Error::Internal("_iid column".into()))?;
+    let cids = batch
         .column_by_name("contact_id")
         .and_then(|a| {
             a.as_any()
                 .downcast_ref::<datafusion::arrow::array::UInt64Array>()
         })
         .ok_or_else(|| Error::Internal("contact_id column".into()))?;
-    Ok(ids.values().to_vec())
+    Ok(ids
+        .values()
+        .iter()
+        .zip(cids.values())
+        .filter(|(i, _)| want.contains(**i))
+        .map(|(_, c)| *c)
+        .collect())
 }
 
 pub fn new_record(def: &Definition, criteria: Option<serde_json::Value>) -> SegmentRecord {
