@@ -156,10 +156,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         write_nightly_files(&base)?;
     }
 
-    let previews: Vec<Value> = vec![
-        json!({"id": "preview-behaviour", "name": "Preview behaviour", "criteria": {"behavior": {"event": "purchase", "within": "90d", "having": {"agg": "sum", "field": "amount", "op": "gt", "value": 80}}}}),
-        json!({"id": "preview-field", "name": "Preview field", "criteria": {"all": [{"field": "city", "op": "starts_with", "value": "par"}, {"field": "email_optin", "op": "is_true"}]}}),
-    ];
+    // Five typical new segments, previewed (count and sample, nothing saved).
+    let previews: Vec<Value> = crate::synth::example_definitions()?
+        .into_iter()
+        .filter(|d| {
+            ["ouvreurs-recents", "gros-acheteurs", "parisiens", "paniers-abandonnes", "clients-dormants"]
+                .contains(&d.id.as_str())
+        })
+        .map(|d| json!({"id": d.id, "name": d.name, "criteria": d.criteria_json}))
+        .collect();
     if wants("preview") {
         for p in &previews {
             let def = Definition::parse(p)?;
