@@ -160,8 +160,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let previews: Vec<Value> = crate::synth::example_definitions()?
         .into_iter()
         .filter(|d| {
-            ["ouvreurs-recents", "gros-acheteurs", "parisiens", "paniers-abandonnes", "clients-dormants"]
-                .contains(&d.id.as_str())
+            [
+                "ouvreurs-recents",
+                "gros-acheteurs",
+                "parisiens",
+                "paniers-abandonnes",
+                "clients-dormants",
+            ]
+            .contains(&d.id.as_str())
         })
         .map(|d| json!({"id": d.id, "name": d.name, "criteria": d.criteria_json}))
         .collect();
@@ -344,26 +350,30 @@ fn write_nightly_files(base: &Base) -> Result<()> {
     for (c, i) in &map.to_iid {
         by_iid[*i as usize] = *c;
     }
-    let mut seg_col: Vec<String> = Vec::new();
-    let mut cid_col: Vec<u64> = Vec::new();
-    for rec in &m.segments {
-        for iid in Members::load(snap.dir(), rec)?.members.iter() {
-            seg_col.push(rec.id.clone());
-            cid_col.push(by_iid[iid as usize]);
-        }
-    }
+    // One batch per segment, streamed: the segment id is a one-value
+    // dictionary, so memory stays at one segment's members.
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     let schema = Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
+        Field::new("segment_id", dict, false),
         Field::new("contact_id", DataType::UInt64, false),
     ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from(seg_col)),
-            Arc::new(UInt64Array::from(cid_col)),
-        ],
-    )?;
-    crate::jobs::export::write_batch(&snap.dir().join("bench-members.parquet"), &batch)
+    let path = snap.dir().join("bench-members.parquet");
+    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)
+        .map_err(|e| Error::parquet(&path, e))?;
+    for rec in &m.segments {
+        let members = Members::load(snap.dir(), rec)?.members;
+        let cids: UInt64Array = members.iter().map(|i| by_iid[i as usize]).collect();
+        let keys = datafusion::arrow::array::Int32Array::from(vec![0; cids.len()]);
+        let ids = datafusion::arrow::array::DictionaryArray::new(
+            keys,
+            Arc::new(StringArray::from(vec![rec.id.as_str()])),
+        );
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(cids)])?;
+        writer.write(&batch).map_err(|e| Error::parquet(&path, e))?;
+    }
+    writer.close().map_err(|e| Error::parquet(&path, e))?;
+    Ok(())
 }
 
 /// A contacts CSV (as a CRM export would be) and an events Parquet file
