@@ -39,7 +39,28 @@ impl WriteLock {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         let mut previous = String::new();
-        match file.try_lock() {
+        // A reader probing for a writer (`current_holder`) takes a shared
+        // lock for an instant and writes no claim: wait that out.
+        let mut attempt = 0;
+        let locked = loop {
+            match file.try_lock() {
+                Ok(()) => break Ok(()),
+                Err(TryLockError::WouldBlock) if attempt < 50 => {
+                    previous.clear();
+                    let _ = file.seek(SeekFrom::Start(0));
+                    let _ = file.read_to_string(&mut previous);
+                    if serde_json::from_str::<Holder>(&previous).is_ok() {
+                        break Err(TryLockError::WouldBlock);
+                    }
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        previous.clear();
+        let _ = file.seek(SeekFrom::Start(0));
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let _ = file.read_to_string(&mut previous);
@@ -88,4 +109,23 @@ impl Drop for WriteLock {
 /// True when a process with this pid exists (Linux: /proc/PID).
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The writer holding the lock right now, if any (a probe that never waits
+/// and never takes the lock).
+pub fn current_holder(dir: &Path) -> Option<Holder> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new().read(true).open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).ok()?;
+            serde_json::from_str(&text).ok()
+        }
+        Err(TryLockError::Error(_)) => None,
+    }
 }

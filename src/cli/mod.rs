@@ -693,13 +693,14 @@ const SEGMENT_COLUMNS: &[&str] = &[
 fn segment_row(
     rec: &segments::base::manifest::SegmentRecord,
     config: &Config,
+    computing: bool,
 ) -> serde_json::Value {
     let st = rec.stats.as_ref();
     json!({
         "id": rec.id,
         "name": rec.name,
         "kind": if rec.criteria.is_some() { "dynamic" } else { "static" },
-        "status": effective_status(rec, config, Utc::now()),
+        "status": effective_status(rec, config, Utc::now(), computing),
         "contacts": st.map(|s| s.contacts),
         "email_optins": st.map(|s| s.email_optins),
         "sms_optins": st.map(|s| s.sms_optins),
@@ -711,6 +712,7 @@ fn segment_row(
 
 async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
     let base = open(dir)?;
+    let computing = segments::jobs::computing_now(base.dir());
     match cmd {
         SegmentCmd::Preview { file, as_of } => {
             let def = read_definition(&file)?;
@@ -816,12 +818,12 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                     recs.sort_by_key(|r| std::cmp::Reverse(r.stats.as_ref().map(|s| s.computed_at)))
                 }
                 SortKey::Status => {
-                    recs.sort_by_key(|r| effective_status(r, &base.config, Utc::now()))
+                    recs.sort_by_key(|r| effective_status(r, &base.config, Utc::now(), computing))
                 }
             }
             let rows: Vec<_> = recs
                 .into_iter()
-                .map(|r| segment_row(r, &base.config))
+                .map(|r| segment_row(r, &base.config, computing))
                 .filter(|r| status.as_deref().is_none_or(|s| r["status"] == s))
                 .collect();
             print_rows(format, SEGMENT_COLUMNS, &rows)?;
@@ -832,7 +834,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 .manifest
                 .segment(&id)
                 .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
-            let mut row = segment_row(rec, &base.config);
+            let mut row = segment_row(rec, &base.config, computing);
             row["description"] = json!(rec.description);
             row["criteria"] = json!(rec.criteria);
             row["history"] = json!(rec.history.iter().rev().take(10).map(|h| json!({"at": h.at, "size": h.size, "entries": h.entries, "exits": h.exits})).collect::<Vec<_>>());
@@ -1006,7 +1008,7 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
         .manifest
         .segments
         .iter()
-        .map(|r| segment_row(r, &base.config))
+        .map(|r| segment_row(r, &base.config, false))
         .collect();
     print_rows(
         Format::Table,

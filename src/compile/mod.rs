@@ -453,13 +453,7 @@ impl Session {
         // A count condition that holds the same for every count from 1 up
         // only asks whether a matching event exists (and whether that passes).
         let exists = match h.agg {
-            Agg::Count => {
-                let at_one = number_holds(h.op, &having_operand, 1.0);
-                let constant = [2.0, 3.0, 10.0, 1e6, 1e12]
-                    .iter()
-                    .all(|n| number_holds(h.op, &having_operand, *n) == at_one);
-                constant.then_some(at_one)
-            }
+            Agg::Count => count_constant_from_one(h.op, &having_operand),
             _ => None,
         };
         // Contacts with no matching event: count and sum are 0, the others empty.
@@ -645,6 +639,27 @@ fn finish_behavior(
         pass | (all - has)
     } else {
         pass
+    }
+}
+
+/// If a count condition gives the same answer for every count from 1 up,
+/// that answer: the condition then only asks whether a matching event exists.
+fn count_constant_from_one(op: Op, v: &crate::criteria::Operand) -> Option<bool> {
+    use crate::criteria::Operand as O;
+    // Is there a whole number n >= 1 with lo <= n <= hi?
+    let some_count_in = |lo: f64, hi: f64| lo.max(1.0).ceil() <= hi;
+    let is_count = |x: f64| x >= 1.0 && x.fract() == 0.0;
+    match (op, v) {
+        (Op::IsNotEmpty, _) => Some(true),
+        (Op::IsEmpty, _) => Some(false),
+        (Op::Gte, O::Number(x)) if *x <= 1.0 => Some(true),
+        (Op::Gt, O::Number(x)) if *x < 1.0 => Some(true),
+        (Op::Lt, O::Number(x)) if *x <= 1.0 => Some(false),
+        (Op::Lte, O::Number(x)) if *x < 1.0 => Some(false),
+        (Op::Eq, O::Number(x)) if !is_count(*x) => Some(false),
+        (Op::Neq, O::Number(x)) if !is_count(*x) => Some(true),
+        (Op::Between, O::NumberRange(lo, hi)) if !some_count_in(*lo, *hi) => Some(false),
+        _ => None,
     }
 }
 

@@ -123,11 +123,37 @@ impl Catalog for ManifestCatalog<'_> {
     }
 }
 
-/// The status a user sees: `late` when an active segment has not been
-/// computed since the start of the last nightly window.
-pub fn effective_status(rec: &SegmentRecord, config: &Config, now: DateTime<Utc>) -> &'static str {
+/// Whether a writer that computes segments (recompute, import, create,
+/// edit, refresh, audience) holds the base right now.
+pub fn computing_now(dir: &std::path::Path) -> bool {
+    crate::base::lock::current_holder(dir).is_some_and(|h| {
+        [
+            "recompute",
+            "import",
+            "segment",
+            "audience",
+            "demo",
+            "bench",
+        ]
+        .iter()
+        .any(|verb| h.command.contains(verb))
+    })
+}
+
+/// The status a user sees: `computing` while a computing writer holds the
+/// base, `late` when an active segment has not been computed since the
+/// start of the last nightly window.
+pub fn effective_status(
+    rec: &SegmentRecord,
+    config: &Config,
+    now: DateTime<Utc>,
+    computing: bool,
+) -> &'static str {
     if rec.paused {
         return "paused";
+    }
+    if computing && rec.criteria.is_some() {
+        return "computing";
     }
     match rec.status {
         SegmentStatus::Computing => return "computing",

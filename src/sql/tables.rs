@@ -133,6 +133,7 @@ pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
 
 fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
     let now = chrono::Utc::now();
+    let computing = crate::jobs::computing_now(base.dir());
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("name", DataType::Utf8, false),
@@ -177,7 +178,14 @@ fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
         ),
         Arc::new(
             s.iter()
-                .map(|r| Some(crate::jobs::effective_status(r, &base.config, now)))
+                .map(|r| {
+                    Some(crate::jobs::effective_status(
+                        r,
+                        &base.config,
+                        now,
+                        computing,
+                    ))
+                })
                 .collect::<StringArray>(),
         ),
         stat(&|st| st.contacts),

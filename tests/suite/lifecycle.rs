@@ -468,16 +468,19 @@ fn late_after_a_missed_nightly_window() {
     let mut rec = snap.manifest.segment("email_contacts").unwrap().clone();
     let computed = rec.stats.as_ref().unwrap().computed_at;
     // Just after computing: up to date; two days later, the windows were missed.
-    assert_eq!(effective_status(&rec, config, computed), "up_to_date");
+    assert_eq!(
+        effective_status(&rec, config, computed, false),
+        "up_to_date"
+    );
     let later = computed + chrono::Duration::days(2);
     assert!(last_window_start(config, later) > computed);
     rec.created_at = computed - chrono::Duration::days(10);
-    assert_eq!(effective_status(&rec, config, later), "late");
+    assert_eq!(effective_status(&rec, config, later, false), "late");
     rec.paused = true;
-    assert_eq!(effective_status(&rec, config, later), "paused");
+    assert_eq!(effective_status(&rec, config, later, false), "paused");
     rec.paused = false;
     rec.status = segments::base::manifest::SegmentStatus::Failed;
-    assert_eq!(effective_status(&rec, config, later), "failed");
+    assert_eq!(effective_status(&rec, config, later, false), "failed");
 }
 
 #[test]
@@ -500,4 +503,35 @@ fn deleting_contacts_keeps_statistics_equal_to_a_recount() {
         (1, 1, 0)
     );
     assert!(segments::base::check::check(&snap).unwrap().is_empty());
+}
+
+#[test]
+fn computing_while_a_recompute_holds_the_base() {
+    let tb = base();
+    let list = || -> serde_json::Value {
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
+            .env("SEGMENTS_BASE", tb.path())
+            .args(["segment", "list", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let status = |v: &serde_json::Value, id: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(&list(), "email_contacts"), "up_to_date");
+    let held = tb.base.writer("segments recompute").unwrap();
+    assert_eq!(status(&list(), "email_contacts"), "computing");
+    drop(held);
+    assert_eq!(status(&list(), "email_contacts"), "up_to_date");
 }
