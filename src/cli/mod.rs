@@ -93,24 +93,7 @@ enum Command {
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),
     /// Benchmark workloads on a generated base (see BENCHMARKS.md).
-    Bench {
-        /// Folder holding the generated benchmark bases.
-        #[arg(long, default_value = "bench-data")]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 100_000)]
-        contacts: u32,
-        #[arg(long, default_value_t = 30)]
-        events_per_contact: u32,
-        /// Generated segments besides the 11 defaults.
-        #[arg(long, default_value_t = 100)]
-        segments: usize,
-        /// Timed runs per workload (after one warm-up run).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// nightly, preview, nested-count, sql, import, or all.
-        #[arg(long, value_delimiter = ',', default_value = "all")]
-        workloads: Vec<String>,
-    },
+    Bench(segments::bench::BenchOptions),
     /// Generate a demo base if needed, recompute it, print the segments.
     Demo {
         /// Where the demo base lives.
@@ -546,22 +529,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 t0.elapsed().as_secs_f64()
             );
         }
-        Command::Bench {
-            dir: bench_dir,
-            contacts,
-            events_per_contact,
-            segments: n,
-            runs,
-            workloads,
-        } => {
-            let opts = segments::bench::BenchOptions {
-                dir: bench_dir,
-                contacts,
-                events_per_contact,
-                segments: n,
-                runs,
-                workloads,
-            };
+        Command::Bench(opts) => {
             // The workloads own their runtime: leave this one first.
             let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
             let rows: Vec<serde_json::Value> = report

@@ -131,6 +131,22 @@ pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
     Ok(user)
 }
 
+fn texts(values: impl Iterator<Item = Option<String>>) -> ArrayRef {
+    Arc::new(values.collect::<StringArray>())
+}
+
+fn counts(values: impl Iterator<Item = Option<u64>>) -> ArrayRef {
+    Arc::new(values.collect::<UInt64Array>())
+}
+
+fn instants(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(
+        values
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
+}
+
 fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
     let now = chrono::Utc::now();
     let computing = crate::jobs::computing_now(base.dir());
@@ -147,58 +163,34 @@ fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
         Field::new("error", DataType::Utf8, true),
     ]));
     let s = &m.segments;
-    let stat = |f: &dyn Fn(&crate::base::manifest::SegmentStats) -> u64| -> ArrayRef {
-        Arc::new(
-            s.iter()
-                .map(|r| r.stats.as_ref().map(f))
-                .collect::<UInt64Array>(),
-        )
+    let stat = |f: fn(&crate::base::manifest::SegmentStats) -> u64| {
+        counts(s.iter().map(move |r| r.stats.as_ref().map(f)))
     };
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(
+        texts(s.iter().map(|r| Some(r.id.clone()))),
+        texts(s.iter().map(|r| Some(r.name.clone()))),
+        texts(s.iter().map(|r| {
+            Some(
+                if r.criteria.is_some() {
+                    "dynamic"
+                } else {
+                    "static"
+                }
+                .to_string(),
+            )
+        })),
+        texts(s.iter().map(|r| {
+            Some(crate::jobs::effective_status(r, &base.config, now, computing).to_string())
+        })),
+        stat(|st| st.contacts),
+        stat(|st| st.email_optins),
+        stat(|st| st.sms_optins),
+        instants(
             s.iter()
-                .map(|r| Some(r.id.clone()))
-                .collect::<StringArray>(),
+                .map(|r| r.stats.as_ref().map(|st| st.computed_at.timestamp_micros())),
         ),
-        Arc::new(
-            s.iter()
-                .map(|r| Some(r.name.clone()))
-                .collect::<StringArray>(),
-        ),
-        Arc::new(
-            s.iter()
-                .map(|r| {
-                    Some(if r.criteria.is_some() {
-                        "dynamic"
-                    } else {
-                        "static"
-                    })
-                })
-                .collect::<StringArray>(),
-        ),
-        Arc::new(
-            s.iter()
-                .map(|r| {
-                    Some(crate::jobs::effective_status(
-                        r,
-                        &base.config,
-                        now,
-                        computing,
-                    ))
-                })
-                .collect::<StringArray>(),
-        ),
-        stat(&|st| st.contacts),
-        stat(&|st| st.email_optins),
-        stat(&|st| st.sms_optins),
-        Arc::new(
-            s.iter()
-                .map(|r| r.stats.as_ref().map(|st| st.computed_at.timestamp_micros()))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
-        stat(&|st| st.duration_ms),
-        Arc::new(s.iter().map(|r| r.error.clone()).collect::<StringArray>()),
+        stat(|st| st.duration_ms),
+        texts(s.iter().map(|r| r.error.clone())),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
@@ -217,47 +209,17 @@ fn imports_table(m: &Manifest) -> Result<MemTable> {
     ]));
     let i = &m.imports;
     let cols: Vec<ArrayRef> = vec![
-        Arc::new(
+        texts(i.iter().map(|r| Some(r.id.clone()))),
+        texts(i.iter().map(|r| Some(r.name.clone()))),
+        texts(
             i.iter()
-                .map(|r| Some(r.id.clone()))
-                .collect::<StringArray>(),
+                .map(|r| Some(format!("{:?}", r.kind).to_lowercase())),
         ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.name.clone()))
-                .collect::<StringArray>(),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(format!("{:?}", r.kind).to_lowercase()))
-                .collect::<StringArray>(),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.at.timestamp_micros()))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.file.clone()))
-                .collect::<StringArray>(),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.rows_added))
-                .collect::<UInt64Array>(),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.rows_updated))
-                .collect::<UInt64Array>(),
-        ),
-        Arc::new(
-            i.iter()
-                .map(|r| Some(r.rows_skipped))
-                .collect::<UInt64Array>(),
-        ),
+        instants(i.iter().map(|r| Some(r.at.timestamp_micros()))),
+        texts(i.iter().map(|r| Some(r.file.clone()))),
+        counts(i.iter().map(|r| Some(r.rows_added))),
+        counts(i.iter().map(|r| Some(r.rows_updated))),
+        counts(i.iter().map(|r| Some(r.rows_skipped))),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)

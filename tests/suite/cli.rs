@@ -411,35 +411,70 @@ fn edit_duplicate_refresh_pause_resume_delete() {
     let b = dir.path();
     let def = b.join("fr.json");
     std::fs::write(&def, r#"{"id": "fr", "name": "France", "criteria": {"field": "country", "op": "eq", "value": "fr"}}"#).unwrap();
-    segments(b).args(["segment", "create"]).arg(&def).assert().success();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .success();
     let show = |id: &str| json_of(segments(b).args(["segment", "show", id, "--format", "json"]));
     assert_eq!(show("fr")["contacts"], 4);
     // Edit: new definition, recomputed at once.
     std::fs::write(&def, r#"{"name": "France haut score", "criteria": {"all": [{"field": "country", "op": "eq", "value": "fr"}, {"field": "score", "op": "gt", "value": 500}]}}"#).unwrap();
-    segments(b).args(["segment", "edit", "fr"]).arg(&def).assert().success();
+    segments(b)
+        .args(["segment", "edit", "fr"])
+        .arg(&def)
+        .assert()
+        .success();
     assert_eq!(show("fr")["name"], "France haut score");
     assert_eq!(show("fr")["contacts"], 2);
     // Duplicate: same definition under a new name, computed.
-    segments(b).args(["segment", "duplicate", "fr", "--name", "Copie FR"]).assert().success();
+    segments(b)
+        .args(["segment", "duplicate", "fr", "--name", "Copie FR"])
+        .assert()
+        .success();
     assert_eq!(show("copie-fr")["contacts"], 2);
     assert_eq!(show("copie-fr")["criteria"], show("fr")["criteria"]);
     // Pause freezes; refresh and resume compute again.
-    segments(b).args(["segment", "pause", "fr"]).assert().success();
+    segments(b)
+        .args(["segment", "pause", "fr"])
+        .assert()
+        .success();
     assert_eq!(show("fr")["status"], "paused");
     let more = b.join("more.csv");
     std::fs::write(&more, "contact_id,country,score\n200,FR,999\n").unwrap();
-    segments(b).args(["import", "contacts"]).arg(&more).assert().success();
+    segments(b)
+        .args(["import", "contacts"])
+        .arg(&more)
+        .assert()
+        .success();
     assert_eq!(show("fr")["contacts"], 2, "paused: frozen");
-    assert_eq!(show("copie-fr")["contacts"], 3, "active: recomputed after the import");
-    segments(b).args(["segment", "resume", "fr"]).assert().success();
+    assert_eq!(
+        show("copie-fr")["contacts"],
+        3,
+        "active: recomputed after the import"
+    );
+    segments(b)
+        .args(["segment", "resume", "fr"])
+        .assert()
+        .success();
     assert_eq!(show("fr")["status"], "up_to_date");
     assert_eq!(show("fr")["contacts"], 3);
-    segments(b).args(["segment", "refresh", "copie-fr"]).assert().success();
+    segments(b)
+        .args(["segment", "refresh", "copie-fr"])
+        .assert()
+        .success();
     assert_eq!(show("copie-fr")["history"].as_array().unwrap().len(), 3);
     // Delete: gone from the list, contacts stay.
-    segments(b).args(["segment", "delete", "copie-fr"]).assert().success();
-    segments(b).args(["segment", "show", "copie-fr"]).assert().failure();
+    segments(b)
+        .args(["segment", "delete", "copie-fr"])
+        .assert()
+        .success();
+    segments(b)
+        .args(["segment", "show", "copie-fr"])
+        .assert()
+        .failure();
     assert_eq!(show("all_contacts")["contacts"], 7);
-    let failed = json_of(segments(b).args(["segment", "list", "--status", "failed", "--format", "json"]));
+    let failed =
+        json_of(segments(b).args(["segment", "list", "--status", "failed", "--format", "json"]));
     assert_eq!(failed.as_array().unwrap().len(), 0);
 }
