@@ -474,6 +474,24 @@ fn edit_duplicate_refresh_pause_resume_delete() {
         .assert()
         .failure();
     assert_eq!(show("all_contacts")["contacts"], 7);
+    let out = b.join("cols.csv");
+    segments(b)
+        .args([
+            "segment",
+            "export",
+            "fr",
+            "--columns",
+            "email,entered_at",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let header = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        header.lines().next().unwrap(),
+        "contact_id,email,entered_at"
+    );
     let failed =
         json_of(segments(b).args(["segment", "list", "--status", "failed", "--format", "json"]));
     assert_eq!(failed.as_array().unwrap().len(), 0);
