@@ -444,7 +444,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 recompute(&mut w, as_of.unwrap_or_else(Utc::now)),
             )
             .await?;
-            let m = w.commit()?;
+            w.commit()?;
             print_run(&report, format)?;
             let failures = report.failures();
             if !failures.is_empty() {
@@ -454,7 +454,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::from(2));
             }
-            let _ = m;
         }
         Command::Audience {
             include,
