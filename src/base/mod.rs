@@ -44,6 +44,30 @@ pub struct Base {
     pub config: Config,
     /// Parallelism of query execution (default: the cores).
     pub jobs: Option<usize>,
+    /// Told of the progress of long work (a progress bar on a terminal).
+    pub progress: Option<ProgressHook>,
+}
+
+/// Told (phase, done, total) as long work advances.
+pub type ProgressFn = dyn Fn(&str, u64, u64) + Send + Sync;
+
+/// A callback for long work.
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<ProgressFn>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
+}
+
+impl Base {
+    /// Report progress, if someone listens.
+    pub fn progress(&self, phase: &str, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            (p.0)(phase, done, total);
+        }
+    }
 }
 
 impl Base {
@@ -77,6 +101,7 @@ impl Base {
             dir: dir.to_path_buf(),
             config,
             jobs: None,
+            progress: None,
         })
     }
 

@@ -438,13 +438,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
+            let bar = progress_bar(&mut base);
             let mut w = base.writer(&describe("recompute"))?;
-            let report = with_spinner(
-                "recomputing segments",
-                recompute(&mut w, as_of.unwrap_or_else(Utc::now)),
-            )
-            .await?;
+            let report = recompute(&mut w, as_of.unwrap_or_else(Utc::now)).await?;
             w.commit()?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
             print_run(&report, format)?;
             let failures = report.failures();
             if !failures.is_empty() {
@@ -593,20 +593,30 @@ fn print_import(r: &ImportReport, refreshed: Option<RunReport>) {
     }
 }
 
-async fn with_spinner<T>(msg: &str, fut: impl std::future::Future<Output = T>) -> T {
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_message(msg.to_string());
-        b.enable_steady_tick(std::time::Duration::from_millis(100));
-        Some(b)
-    } else {
-        None
-    };
-    let out = fut.await;
-    if let Some(b) = bar {
-        b.finish_and_clear();
+/// A progress bar on a terminal (segments done/total, phase, elapsed);
+/// nothing when standard error is piped.
+fn progress_bar(base: &mut Base) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
     }
-    out
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} segments  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let hook = bar.clone();
+    base.progress = Some(segments::base::ProgressHook(std::sync::Arc::new(
+        move |phase, done, total| {
+            hook.set_length(total);
+            hook.set_position(done);
+            hook.set_message(phase.to_string());
+        },
+    )));
+    Some(bar)
 }
 
 fn print_run(report: &RunReport, format: Format) -> anyhow::Result<()> {
@@ -958,11 +968,15 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
             },
         )?;
     }
-    let base = open(dir)?;
+    let mut base = open(dir)?;
     segments::synth::create_examples(&base, as_of).await?;
+    let bar = progress_bar(&mut base);
     let mut w = base.writer("segments demo")?;
-    let report = with_spinner("nightly recompute", recompute(&mut w, as_of)).await?;
+    let report = recompute(&mut w, as_of).await?;
     w.commit()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     println!(
         "nightly recompute: {} segments in {} ms ({} contact conditions, {} behaviour conditions, shared scans)",
         report.segments.len(),

@@ -224,6 +224,8 @@ pub async fn compute_into(
     let started = Instant::now();
     let started_at = Utc::now();
     let targets = targets_of(&w.next, ids)?;
+    let total = targets.len() as u64;
+    w.base.progress("scanning contacts and events", 0, total);
     let session = Session::new(&w.base, &w.next)?;
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
@@ -240,7 +242,8 @@ pub async fn compute_into(
         segments: Vec::new(),
     };
     let mut segments = std::mem::take(&mut w.next.segments);
-    for (id, result) in &comp.results {
+    for (done, (id, result)) in comp.results.iter().enumerate() {
+        w.base.progress("storing segments", done as u64, total);
         let rec = segments
             .iter_mut()
             .find(|s| &s.id == id)
@@ -278,6 +281,7 @@ pub async fn compute_into(
         }
     }
     w.next.segments = segments;
+    w.base.progress("publishing", total, total);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
