@@ -147,3 +147,57 @@ fn hostile_definitions_get_clear_errors() {
     let e = err_of(json!({"name": "x", "criteria": {"any": many}}));
     assert!(e.contains("more than"), "{e}");
 }
+
+#[test]
+fn hostile_ids_names_and_values_are_refused_or_kept_literal() {
+    for id in ["../etc", "a/b", "A", "x'y", "x\"y", "a b", "", "é"] {
+        let e = Definition::parse(&json!({"id": id, "name": "x", "criteria": {"all": []}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("id:"), "{id:?}: {e}");
+    }
+    for name in ["a\u{0}b", "line\nbreak", &"n".repeat(10_000), "   "] {
+        let e = Definition::parse(&json!({"name": name, "criteria": {"all": []}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("name:"), "{name:?}: {e}");
+    }
+    // Names are text: an SQL fragment or a path in a name becomes a safe slug id.
+    let d = Definition::parse(
+        &json!({"name": "x'; DROP TABLE contacts; -- ../../etc", "criteria": {"all": []}}),
+    )
+    .unwrap();
+    assert_eq!(d.id, "x-drop-table-contacts-etc");
+    // Values are literals in plans, never SQL text.
+    let tb = new_base("UTC");
+    tb.import_contacts(
+        "imp",
+        "contact_id,city\n1,\"O'Brien'); DROP TABLE contacts; --\"\n2,Paris\n",
+    )
+    .unwrap();
+    let as_of = chrono::Utc::now();
+    let hit = tb
+        .eval(
+            &json!({"field": "city", "op": "eq", "value": "O'Brien'); DROP TABLE contacts; --"}),
+            as_of,
+        )
+        .unwrap();
+    assert_eq!(hit, vec![1]);
+    assert_eq!(
+        tb.eval(
+            &json!({"field": "city", "op": "contains", "value": "%"}),
+            as_of
+        )
+        .unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        tb.eval(
+            &json!({"field": "city", "op": "starts_with", "value": "_aris"}),
+            as_of
+        )
+        .unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(tb.eval(&json!({"all": []}), as_of).unwrap(), vec![1, 2]);
+}
