@@ -75,34 +75,25 @@ impl MemberStore {
 /// its own (its internal tables are replaced by the user-facing ones).
 pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
     let session = Session::new(base, m)?;
-    let ctx = session.ctx.clone();
-    // `contacts` as users know it: without the internal id.
-    let missing = || crate::error::Error::Internal("session without its tables".into());
-    let raw = ctx
-        .deregister_table(crate::compile::session::CONTACTS)?
-        .ok_or_else(missing)?;
-    let visible: Vec<Expr> = raw
-        .schema()
-        .fields()
-        .iter()
-        .filter(|f| f.name() != IID)
-        .map(|f| col(f.name().as_str()))
-        .collect();
-    let contacts_view = ctx.read_table(raw.clone())?.select(visible)?.into_view();
-    let events_raw = ctx
-        .deregister_table(crate::compile::session::EVENTS)?
-        .ok_or_else(missing)?;
-    let visible: Vec<Expr> = events_raw
-        .schema()
-        .fields()
-        .iter()
-        .filter(|f| f.name() != IID)
-        .map(|f| col(f.name().as_str()))
-        .collect();
-    let events_view = ctx.read_table(events_raw)?.select(visible)?.into_view();
-    let user = ctx;
-    user.register_table("contacts", contacts_view)?;
-    user.register_table("events", events_view)?;
+    // `contacts` and `events` as users know them: without the internal id.
+    let user = session.ctx.clone();
+    for name in [
+        crate::compile::session::CONTACTS,
+        crate::compile::session::EVENTS,
+    ] {
+        let raw = user.deregister_table(name)?.ok_or_else(|| {
+            crate::error::Error::Internal(format!("session without table {name}"))
+        })?;
+        let visible: Vec<Expr> = raw
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != IID)
+            .map(|f| col(f.name().as_str()))
+            .collect();
+        let view = user.read_table(raw)?.select(visible)?.into_view();
+        user.register_table(name, view)?;
+    }
 
     let map = crate::base::contacts::ContactIdMap::load(base.dir(), m)?;
     let mut by_iid = vec![0u64; m.next_iid as usize];
