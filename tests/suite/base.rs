@@ -332,20 +332,11 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
         assert!(problems.is_empty(), "{problems:?}");
         segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap()
     };
-    let copy = |to: &std::path::Path| {
-        let ok = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(template.path())
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
     let old = contacts_of(template.path());
     // One full run gives the new state and the time to spread kills over.
     let scratch = tempfile::tempdir().unwrap();
     let probe = scratch.path().join("probe");
-    copy(&probe);
+    super::common::copy_base(template.path(), &probe);
     let t0 = Instant::now();
     let out = std::process::Command::new(&bin)
         .env("SEGMENTS_BASE", &probe)
@@ -360,52 +351,37 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
     );
     let full = t0.elapsed();
     let new = contacts_of(&probe);
-    let (mut killed, mut finished, mut saw_old, mut saw_new) = (0, 0, 0, 0);
-    // Kill points spread over the measured run time; keep going until at
-    // least 20 kills landed inside a run (a loaded machine runs slower).
-    let mut k = 0u32;
-    while killed < 20 && k < 80 {
-        k += 1;
-        let dir = scratch.path().join(format!("round-{k}"));
-        copy(&dir);
-        let mut child = std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", &dir)
-            .args(["import", "contacts"])
-            .arg(&f)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(full.mul_f64((k % 30) as f64 / 30.0));
-        let _ = child.kill(); // SIGKILL
-        if child.wait().unwrap().success() {
-            finished += 1;
-        } else {
-            killed += 1;
-        }
-        let now = contacts_of(&dir);
-        if now == old {
-            saw_old += 1;
-        } else if now == new {
-            saw_new += 1;
-        } else {
-            panic!("round {k}: the contacts are neither the old nor the new state");
-        }
-        // The next writer recovers: the import completes on the killed base.
-        let again = std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", &dir)
-            .args(["import", "contacts"])
-            .arg(&f)
-            .args(["--name", "again"])
-            .output()
-            .unwrap();
-        assert!(
-            again.status.success(),
-            "{}",
-            String::from_utf8_lossy(&again.stderr)
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    let (mut saw_old, mut saw_new) = (0, 0);
+    let f_arg = f.to_string_lossy().to_string();
+    let (killed, finished) = super::common::kill_rounds(
+        template.path(),
+        scratch.path(),
+        &["import", "contacts", &f_arg],
+        full,
+        |k, dir| {
+            let now = contacts_of(dir);
+            if now == old {
+                saw_old += 1;
+            } else if now == new {
+                saw_new += 1;
+            } else {
+                panic!("round {k}: the contacts are neither the old nor the new state");
+            }
+            // The next writer recovers: the import completes on the killed base.
+            let again = std::process::Command::new(&bin)
+                .env("SEGMENTS_BASE", dir)
+                .args(["import", "contacts"])
+                .arg(&f)
+                .args(["--name", "again"])
+                .output()
+                .unwrap();
+            assert!(
+                again.status.success(),
+                "{}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+        },
+    );
     println!(
         "import crash test: {killed} kill points inside a run ({saw_old} old state, {saw_new} new state), {finished} runs finished first"
     );

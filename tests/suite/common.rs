@@ -134,3 +134,51 @@ impl TestBase {
         Ok(ids)
     }
 }
+
+/// Copy a base directory (as it is on disk) to a new path.
+pub fn copy_base(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// Run `segments ARGS` on fresh copies of `template` under `scratch` and
+/// SIGKILL it at points spread over `full` (one run's time), until at least
+/// 20 kills landed inside a run (a loaded machine runs slower). `check` sees
+/// each killed base, then the copy is removed. Returns (kills, runs that finished first).
+pub fn kill_rounds(
+    template: &Path,
+    scratch: &Path,
+    args: &[&str],
+    full: std::time::Duration,
+    mut check: impl FnMut(u32, &Path),
+) -> (u32, u32) {
+    let bin = assert_cmd::cargo::cargo_bin("segments");
+    let (mut killed, mut finished, mut k) = (0u32, 0u32, 0u32);
+    while killed < 20 && k < 80 {
+        k += 1;
+        let dir = scratch.join(format!("round-{k}"));
+        copy_base(template, &dir);
+        let mut child = std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", &dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64((k % 24) as f64 / 24.0));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().success() {
+            finished += 1;
+        } else {
+            killed += 1;
+        }
+        check(k, &dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    (killed, finished)
+}

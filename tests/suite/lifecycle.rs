@@ -329,17 +329,6 @@ fn recompute_killed_at_random_points_then_rerun_equals_a_clean_run() {
     rt().block_on(segments::synth::create_examples(&base, at(as_of)))
         .unwrap();
     let bin = assert_cmd::cargo::cargo_bin("segments");
-    let copy = |to: &std::path::Path| {
-        assert!(
-            std::process::Command::new("cp")
-                .arg("-a")
-                .arg(&template)
-                .arg(to)
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
     let recompute = |dir: &std::path::Path| {
         std::process::Command::new(&bin)
             .env("SEGMENTS_BASE", dir)
@@ -367,52 +356,36 @@ fn recompute_killed_at_random_points_then_rerun_equals_a_clean_run() {
             .collect()
     };
     let clean = scratch.path().join("clean");
-    copy(&clean);
+    super::common::copy_base(&template, &clean);
     let t0 = Instant::now();
     assert!(recompute(&clean).status.success());
     let full = t0.elapsed();
     let expected = results(&clean);
     let before = results(&template);
-    let (mut killed, mut finished) = (0, 0);
-    // Kill points spread over the measured run time; keep going until at
-    // least 20 kills landed inside a run (a loaded machine runs slower).
-    let mut k = 0u32;
-    while killed < 20 && k < 80 {
-        k += 1;
-        let dir = scratch.path().join(format!("round-{k}"));
-        copy(&dir);
-        let mut child = std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", &dir)
-            .args(["recompute", "--as-of", as_of])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(full.mul_f64((k % 24) as f64 / 24.0));
-        let _ = child.kill();
-        if child.wait().unwrap().success() {
-            finished += 1
-        } else {
-            killed += 1
-        }
-        let now = results(&dir);
-        assert!(
-            now == before || now == expected,
-            "round {k}: results are neither the old nor the new ones"
-        );
-        let out = recompute(&dir);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            results(&dir),
-            expected,
-            "round {k}: the rerun differs from a clean run"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    let (killed, finished) = super::common::kill_rounds(
+        &template,
+        scratch.path(),
+        &["recompute", "--as-of", as_of],
+        full,
+        |k, dir| {
+            let now = results(dir);
+            assert!(
+                now == before || now == expected,
+                "round {k}: results are neither the old nor the new ones"
+            );
+            let out = recompute(dir);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                results(dir),
+                expected,
+                "round {k}: the rerun differs from a clean run"
+            );
+        },
+    );
     println!(
         "recompute crash test: {killed} kill points inside a run, {finished} runs finished first"
     );
