@@ -7,7 +7,7 @@ use std::ops::Not;
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use datafusion::common::ScalarValue;
-use datafusion::functions::expr_fn::{contains, ends_with, lower, starts_with};
+use datafusion::functions::expr_fn::{contains, ends_with, lower, octet_length, starts_with};
 use datafusion::functions_nested::expr_fn::{
     array_has_all, array_has_any, cardinality, make_array,
 };
@@ -124,7 +124,12 @@ pub fn cond_expr(
 
 fn is_empty(ty: &FieldType, col: &Expr) -> Expr {
     match ty {
-        FieldType::Text => col.clone().is_null().or(col.clone().eq(lit(""))),
+        // The length, read from the offsets, rather than a comparison of
+        // every value with "".
+        FieldType::Text => col
+            .clone()
+            .is_null()
+            .or(octet_length(col.clone()).eq(lit(0i32))),
         FieldType::Tags => col
             .clone()
             .is_null()
