@@ -639,6 +639,11 @@ fn print_run(report: &RunReport, format: Format) -> anyhow::Result<()> {
             report.event_leaves,
             report.queries
         );
+        let p = &report.phases;
+        println!(
+            "time: contacts {} ms, events {} ms, queries {} ms, trees {} ms, opt-ins {} ms, storing {} ms",
+            p.contacts_ms, p.events_ms, p.queries_ms, p.trees_ms, p.optins_ms, p.store_ms
+        );
     }
     Ok(())
 }

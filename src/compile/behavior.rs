@@ -19,25 +19,26 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, UInt32Array,
+    StringArray, TimestampMicrosecondArray,
 };
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type,
 };
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, col, lit, when};
-use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 
 use crate::base::schema::{FieldType, IID};
-use crate::bitmaps::materialize::add_masked;
 use crate::compile::Session;
-use crate::compile::expr::{self, Clock, EmptyRule, cond_expr, op_expr, ts_lit};
+use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
 use crate::compile::session::EVENTS;
 use crate::criteria::operand::operand;
 use crate::criteria::{Agg, Behavior, Bound, Op, Operand, Window};
@@ -46,9 +47,15 @@ use crate::error::{Error, Result};
 /// Memory for the per-contact state of one shard; a shard covers as many
 /// contacts as fit, so the pass runs in bounded memory on any base.
 const SHARD_STATE_BYTES: usize = 256 << 20;
-/// Shards per thread: smaller shards keep the state in cache and balance the
-/// threads; each costs a look at every file's page index.
+/// Memory for the scanned rows of one shard, which are kept until the shard
+/// is read so that they can be dispatched block of contacts by block.
+const SHARD_ROW_BYTES: usize = 192 << 20;
+/// Shards per thread: more shards balance the threads; each costs a plan
+/// and a look at every file's page index.
 const SHARDS_PER_THREAD: usize = 4;
+/// State per block of contacts: the rows of one block, from every file of
+/// the shard, are dispatched together while its state stays in cache.
+const BLOCK_STATE_BYTES: usize = 512 << 10;
 /// Contacts per chunk when the `having` tests turn state into bitmaps.
 const HAVING_CHUNK: usize = 64 * 1024;
 
@@ -126,8 +133,8 @@ impl Session {
             let (ty, column) = self.event_column(&w.field)?;
             and(cond_expr(w, &ty, column, clock, EmptyRule::Field)?);
         }
-        // A row whose filter is null does not match, as in WHERE.
-        let extra = extra.map(expr::holds);
+        // A row whose filter is null does not match, as in WHERE: the kernel
+        // takes a null extra for false.
         let h = &b.having;
         let value_ty = h.value_type();
         let having_operand =
@@ -186,7 +193,7 @@ impl Session {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = Arc::new(scan.shards(end, threads));
+        let shards = Arc::new(scan.shards(end, self.event_rows(), threads));
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // One worker per thread takes the next shard until none is left,
         // reusing its state arrays from shard to shard.
@@ -204,11 +211,11 @@ impl Session {
                     };
                     let len = (hi - lo) as usize;
                     let st = match &mut state {
-                        Some(st) if st.capacity() >= len => {
+                        Some(st) if st.cap >= len => {
                             st.reset(len);
                             st
                         }
-                        _ => state.insert(State::new(&scan.leaves, len)),
+                        _ => state.insert(State::new(&scan, len)),
                     };
                     results.push(scan.run_shard(&ctx, st, lo, hi).await?);
                 }
@@ -229,6 +236,11 @@ impl Session {
         Ok(out)
     }
 
+    /// Rows of events in the snapshot.
+    fn event_rows(&self) -> u64 {
+        self.manifest.events.iter().map(|e| e.rows).sum()
+    }
+
     /// The plan of the scan (for `recompute --dry-run`) and a line on how its
     /// rows are dispatched.
     pub async fn behavior_explain(
@@ -241,7 +253,7 @@ impl Session {
         let df = scan.frame(&self.ctx, 0, end).await?;
         let plan = df.into_optimized_plan()?.display_indent().to_string();
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = scan.shards(end as u64, threads).len();
+        let shards = scan.shards(end as u64, self.event_rows(), threads).len();
         let mut types: Vec<String> = scan
             .by_type
             .iter()
@@ -273,6 +285,10 @@ struct Leaf {
     /// Only whether a matching event exists matters, and whether a contact
     /// with one passes.
     exists: Option<bool>,
+    /// Positions of its accumulators among a contact's float (sum, avg, min,
+    /// max) or timestamp (first, last) ones.
+    float: usize,
+    time: usize,
 }
 
 /// The shared scan of a batch of behaviour conditions.
@@ -289,6 +305,9 @@ struct Scan {
     /// The `having` tests of the aggregated conditions.
     having: Vec<HavingTest>,
     ts_type: DataType,
+    /// Float and timestamp accumulators per contact.
+    floats: usize,
+    times: usize,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its
@@ -326,6 +345,7 @@ impl Scan {
         let (mut values, mut extras) = (Vec::new(), Vec::new());
         let (mut ts_lo, mut ts_hi) = (i64::MAX, i64::MIN);
         let mut having = Vec::new();
+        let (mut floats, mut times) = (0, 0);
         for (k, p) in parts.iter().enumerate() {
             let mut types = p.types.clone();
             types.sort();
@@ -346,13 +366,24 @@ impl Scan {
                     .expect("a case with one branch");
                 slot(&mut extras, &restricted)
             });
+            let value = p.value.as_ref().map(|e| slot(&mut values, e));
+            let (float, time) = (floats, times);
+            if p.exists.is_none() {
+                match p.agg {
+                    Agg::First | Agg::Last => times += 1,
+                    Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => floats += 1,
+                    Agg::Count => {}
+                }
+            }
             leaves.push(Leaf {
                 lo: p.lo,
                 hi: p.hi,
                 extra,
-                value: p.value.as_ref().map(|e| slot(&mut values, e)),
+                value,
                 agg: p.agg,
                 exists: p.exists,
+                float,
+                time,
             });
             if p.exists.is_some() {
                 continue;
@@ -385,17 +416,11 @@ impl Scan {
                 EmptyRule::Aggregate,
             ));
             let schema = Arc::new(Schema::new(fields));
-            let df_schema = Arc::new(DFSchema::try_from(schema.as_ref().clone())?);
-            let simplifier = ExprSimplifier::new(
-                SimplifyContext::builder()
-                    .with_schema(df_schema.clone())
-                    .build(),
-            );
-            let pass = simplifier.simplify(simplifier.coerce(pass, &df_schema)?)?;
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             having.push(HavingTest {
                 leaf: k,
                 schema,
-                pass: session.ctx.create_physical_expr(pass, &df_schema)?,
+                pass: session.physical_expr(pass, &df_schema)?,
             });
         }
         Ok(Scan {
@@ -407,30 +432,30 @@ impl Scan {
             ts_hi,
             having,
             ts_type,
+            floats,
+            times,
         })
     }
 
     /// Bytes of state per contact.
     fn bytes_per_contact(&self) -> usize {
-        self.leaves
-            .iter()
-            .map(|l| match (l.exists, l.agg) {
-                (Some(_), _) | (_, Agg::Count) => 4,
-                (_, Agg::First | Agg::Last) => 12,
-                _ => 16,
-            })
-            .sum::<usize>()
-            .max(1)
+        (4 * self.leaves.len() + 12 * self.floats + 8 * self.times).max(1)
+    }
+
+    /// Bytes a scanned row takes while its shard is buffered.
+    fn bytes_per_row(&self) -> usize {
+        4 + 8 + 4 + 8 * self.values.len() + self.extras.len().div_ceil(8) + 1
     }
 
     /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
-    /// thread, each small enough for its state to fit the budget.
-    fn shards(&self, end: u64, threads: usize) -> Vec<(u32, u32)> {
-        let fit = (SHARD_STATE_BYTES / self.bytes_per_contact()).max(HAVING_CHUNK) as u64;
-        let even = end
-            .div_ceil((threads * SHARDS_PER_THREAD) as u64)
-            .max(HAVING_CHUNK as u64);
-        let len = fit.min(even);
+    /// thread, each small enough for its state and its buffered rows to fit
+    /// their budgets (`rows` is the number of events in the base).
+    fn shards(&self, end: u64, rows: u64, threads: usize) -> Vec<(u32, u32)> {
+        let state_fit = (SHARD_STATE_BYTES / self.bytes_per_contact()) as u64;
+        let rows_per_contact = rows.div_ceil(end.max(1)).max(1);
+        let rows_fit = (SHARD_ROW_BYTES / self.bytes_per_row()) as u64 / rows_per_contact;
+        let even = end.div_ceil((threads * SHARDS_PER_THREAD) as u64);
+        let len = state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64);
         let mut out = Vec::new();
         let mut lo = 0u64;
         while lo < end {
@@ -476,20 +501,46 @@ impl Scan {
         hi: u32,
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
         if self.ts_lo <= self.ts_hi {
-            let mut stream = self.frame(ctx, lo, hi).await?.execute_stream().await?;
+            let plan = self
+                .frame(ctx, lo, hi)
+                .await?
+                .create_physical_plan()
+                .await?;
+            let plan = without_filters(plan)?;
+            let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+            // Each file brings the shard's contacts in id order; the batches
+            // are kept and dispatched block of contacts by block, so that a
+            // block's state stays in cache while the rows of every file for
+            // it are added.
+            let mut kept = Vec::new();
             while let Some(batch) = stream.next().await {
-                self.accumulate(state, lo, &batch?)?;
+                let batch = batch?;
+                let rows = self.rows(&batch)?;
+                if rows.iid.is_sorted() {
+                    kept.push(batch);
+                } else {
+                    self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+                }
+            }
+            let rows: Vec<Rows> = kept.iter().map(|b| self.rows(b)).collect::<Result<_>>()?;
+            let mut cursors = vec![0usize; rows.len()];
+            let block = (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32;
+            let mut a = lo;
+            while a < hi {
+                let b = a.saturating_add(block).min(hi);
+                for (r, at) in rows.iter().zip(cursors.iter_mut()) {
+                    let end = *at + r.iid[*at..].partition_point(|&id| id < b);
+                    self.accumulate(state, lo, hi, r, *at..end);
+                    *at = end;
+                }
+                a = b;
             }
         }
         self.finish(state, lo)
     }
 
-    /// The kernel: add one batch of rows to the state.
-    fn accumulate(&self, st: &mut State, lo: u32, batch: &RecordBatch) -> Result<()> {
-        let rows = batch.num_rows();
-        if rows == 0 {
-            return Ok(());
-        }
+    /// The columns of a batch of the scan, as the kernel reads them.
+    fn rows<'a>(&'a self, batch: &'a RecordBatch) -> Result<Rows<'a>> {
         let iid = batch.column(0).as_primitive_opt::<UInt32Type>();
         let ts = batch.column(1).as_primitive_opt::<Int64Type>();
         let (Some(iid), Some(ts)) = (iid, ts) else {
@@ -497,9 +548,7 @@ impl Scan {
                 "events scan: unexpected id or ts type".into(),
             ));
         };
-        let (iid, ts) = (iid.values(), ts.values());
         let types = dictionary(batch.column(2))?;
-        let keys = types.keys().values();
         let names = types
             .values()
             .as_any()
@@ -531,17 +580,50 @@ impl Scan {
                 }
             })
             .collect();
-        let type_valid = types.nulls();
-        for r in 0..rows {
-            if type_valid.is_some_and(|v| v.is_null(r)) {
+        Ok(Rows {
+            iid: iid.values(),
+            ts: ts.values(),
+            keys: types.keys().values().clone(),
+            type_valid: types.nulls().cloned(),
+            dispatch,
+            values,
+            extras,
+        })
+    }
+
+    /// The kernel: add rows `range` of a batch to the state.
+    fn accumulate(
+        &self,
+        st: &mut State,
+        lo: u32,
+        hi: u32,
+        rows: &Rows,
+        range: std::ops::Range<usize>,
+    ) {
+        let Rows {
+            iid,
+            ts,
+            keys,
+            type_valid,
+            dispatch,
+            values,
+            extras,
+        } = rows;
+        for r in range {
+            if type_valid.as_ref().is_some_and(|v| v.is_null(r)) {
                 continue;
             }
             let leaves = dispatch[keys[r] as usize];
             if leaves.is_empty() {
                 continue;
             }
+            // Pages that straddle the shard's bounds bring rows of others.
+            let id = iid[r];
+            if id < lo || id >= hi {
+                continue;
+            }
             let t = ts[r];
-            let i = (iid[r] - lo) as usize;
+            let i = (id - lo) as usize;
             for &l in leaves {
                 let l = l as usize;
                 let leaf = &self.leaves[l];
@@ -553,7 +635,7 @@ impl Scan {
                 {
                     continue;
                 }
-                let n = &mut st.n[l][i];
+                let n = &mut st.n[st.cap * l + i];
                 *n = n.saturating_add(1);
                 let first = *n == 1;
                 if leaf.exists.is_some() {
@@ -562,13 +644,13 @@ impl Scan {
                 match leaf.agg {
                     Agg::Count => {}
                     Agg::First => {
-                        let v = &mut st.t[l][i];
+                        let v = &mut st.t[st.cap * leaf.time + i];
                         if first || t < *v {
                             *v = t;
                         }
                     }
                     Agg::Last => {
-                        let v = &mut st.t[l][i];
+                        let v = &mut st.t[st.cap * leaf.time + i];
                         if first || t > *v {
                             *v = t;
                         }
@@ -579,8 +661,9 @@ impl Scan {
                             continue;
                         }
                         let x = column.value(r);
-                        let nn = &mut st.nn[l][i];
-                        let v = &mut st.f[l][i];
+                        let at = st.cap * leaf.float + i;
+                        let nn = &mut st.nn[at];
+                        let v = &mut st.f[at];
                         match leaf.agg {
                             Agg::Sum | Agg::Avg => *v += x,
                             Agg::Min if *nn == 0 || x < *v => *v = x,
@@ -592,19 +675,14 @@ impl Scan {
                 }
             }
         }
-        Ok(())
     }
 
     /// Turn a shard's state into (has, pass) bitmaps per condition.
     fn finish(&self, st: &State, lo: u32) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
         let mut out: Vec<(RoaringBitmap, RoaringBitmap)> = Vec::with_capacity(self.leaves.len());
         for (l, leaf) in self.leaves.iter().enumerate() {
-            let ids = st.n[l][..st.len]
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(i, _)| lo + i as u32);
-            let has = RoaringBitmap::from_sorted_iter(ids).expect("ascending ids");
+            let bits = BooleanBuffer::collect_bool(st.len, |i| st.n[st.cap * l + i] > 0);
+            let has = bits_from(lo, &bits);
             let pass = if leaf.exists == Some(true) {
                 has.clone()
             } else {
@@ -619,11 +697,15 @@ impl Scan {
         let mut start = 0;
         while start < len {
             let end = (start + HAVING_CHUNK).min(len);
-            let ids: UInt32Array = (start..end).map(|i| lo + i as u32).collect();
             for test in &self.having {
                 let batch = self.having_batch(test, st, start, end)?;
                 let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
-                add_masked(&mut out[test.leaf].1, &ids, mask.as_boolean());
+                let mask = mask.as_boolean();
+                let bits = match mask.nulls() {
+                    Some(valid) => mask.values() & valid.inner(),
+                    None => mask.values().clone(),
+                };
+                out[test.leaf].1 |= bits_from(lo + start as u32, &bits);
             }
             start = end;
         }
@@ -641,18 +723,16 @@ impl Scan {
     ) -> Result<RecordBatch> {
         let k = test.leaf;
         let leaf = &self.leaves[k];
-        let n = &st.n[k][start..end];
+        let n = &st.n[st.cap * k + start..st.cap * k + end];
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(
             n.iter().map(|&c| c as i64),
         ))];
         match leaf.agg {
             Agg::Count => {}
             Agg::First | Agg::Last => {
-                let t = &st.t[k][start..end];
-                let a: TimestampMicrosecondArray = n
-                    .iter()
-                    .zip(t)
-                    .map(|(&c, &v)| (c > 0).then_some(v))
+                let a: TimestampMicrosecondArray = (start..end)
+                    .zip(n)
+                    .map(|(i, &c)| (c > 0).then(|| st.t[st.cap * leaf.time + i]))
                     .collect();
                 let tz = match &self.ts_type {
                     DataType::Timestamp(_, tz) => tz.clone(),
@@ -661,12 +741,12 @@ impl Scan {
                 columns.push(Arc::new(a.with_timezone_opt(tz)));
             }
             _ => {
-                let nn = &st.nn[k][start..end];
-                let f = &st.f[k][start..end];
-                let a: Float64Array = nn
-                    .iter()
-                    .zip(f)
-                    .map(|(&c, &v)| match leaf.agg {
+                let a: Float64Array = (start..end)
+                    .map(|i| {
+                        let at = st.cap * leaf.float + i;
+                        (st.nn[at], st.f[at])
+                    })
+                    .map(|(c, v)| match leaf.agg {
                         Agg::Sum => Some(v),
                         Agg::Avg => (c > 0).then(|| v / c as f64),
                         _ => (c > 0).then_some(v),
@@ -679,75 +759,96 @@ impl Scan {
     }
 }
 
-/// Per-contact state of one shard, per condition: matching rows, non-null
-/// values, and the float or timestamp accumulator (empty where unused).
+/// The columns of a batch of the scan, as the kernel reads them.
+struct Rows<'a> {
+    iid: &'a [u32],
+    ts: &'a [i64],
+    keys: ScalarBuffer<i32>,
+    type_valid: Option<NullBuffer>,
+    /// Event type code → the conditions that accept it.
+    dispatch: Vec<&'a [u32]>,
+    values: Vec<&'a Float64Array>,
+    extras: Vec<BooleanBuffer>,
+}
+
+/// Per-contact state of one shard, one array per condition (counts of
+/// matching rows), per float condition (non-null values and accumulator)
+/// and per first/last condition (timestamp), each `cap` contacts long and
+/// laid end to end.
 struct State {
     len: usize,
-    n: Vec<Vec<u32>>,
-    nn: Vec<Vec<u32>>,
-    f: Vec<Vec<f64>>,
-    t: Vec<Vec<i64>>,
+    cap: usize,
+    n: Vec<u32>,
+    nn: Vec<u32>,
+    f: Vec<f64>,
+    t: Vec<i64>,
 }
 
 impl State {
-    /// Zeroed state for `len` contacts; written now, so that the kernel does
+    /// Zeroed state for `cap` contacts; written now, so that the kernel does
     /// not fault on pages the allocator mapped lazily (`vec![0; n]` would
     /// map the zero page and copy it on the kernel's first write).
     #[allow(clippy::slow_vector_initialization)]
-    fn new(leaves: &[Leaf], len: usize) -> State {
-        let sized = |yes: bool| if yes { len } else { 0 };
-        let zeros = |n: usize| {
+    fn new(scan: &Scan, cap: usize) -> State {
+        fn zeroed<T: Copy>(n: usize, zero: T) -> Vec<T> {
             let mut v = Vec::with_capacity(n);
-            v.resize(n, 0u32);
+            v.resize(n, zero);
             v
-        };
-        State {
-            len,
-            n: leaves.iter().map(|_| zeros(len)).collect(),
-            nn: leaves
-                .iter()
-                .map(|l| zeros(sized(l.exists.is_none() && l.value.is_some())))
-                .collect(),
-            f: leaves
-                .iter()
-                .map(|l| {
-                    let mut v = Vec::with_capacity(len);
-                    v.resize(sized(l.exists.is_none() && l.value.is_some()), 0f64);
-                    v
-                })
-                .collect(),
-            t: leaves
-                .iter()
-                .map(|l| {
-                    let mut v = Vec::with_capacity(len);
-                    v.resize(
-                        sized(l.exists.is_none() && matches!(l.agg, Agg::First | Agg::Last)),
-                        0i64,
-                    );
-                    v
-                })
-                .collect(),
         }
-    }
-
-    /// Contacts the arrays hold.
-    fn capacity(&self) -> usize {
-        self.n.first().map(|v| v.len()).unwrap_or(usize::MAX)
+        State {
+            len: cap,
+            cap,
+            n: zeroed(cap * scan.leaves.len(), 0),
+            nn: zeroed(cap * scan.floats, 0),
+            f: zeroed(cap * scan.floats, 0.0),
+            t: zeroed(cap * scan.times, 0),
+        }
     }
 
     /// Zero the state for a shard of `len` contacts (at most the capacity).
     fn reset(&mut self, len: usize) {
         self.len = len;
-        for v in self.n.iter_mut().chain(self.nn.iter_mut()) {
-            v.fill(0);
-        }
-        for v in &mut self.f {
-            v.fill(0.0);
-        }
-        for v in &mut self.t {
-            v.fill(0);
-        }
+        self.n.fill(0);
+        self.nn.fill(0);
+        self.f.fill(0.0);
+        self.t.fill(0);
     }
+}
+
+/// The ids `lo + i` for the set bits `i`, built container by container.
+fn bits_from(lo: u32, bits: &BooleanBuffer) -> RoaringBitmap {
+    RoaringBitmap::from_lsb0_bytes(lo, bits.sliced().as_slice())
+}
+
+/// The plan without its filter operators. The scan keeps their predicate to
+/// skip row groups and pages by their statistics; the kernel checks the
+/// shard's id range and each condition's time window row by row, so
+/// copying the surviving rows into new batches would be wasted work.
+fn without_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let stripped = plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let input = filter.input().clone();
+        let replacement: Arc<dyn ExecutionPlan> = match filter.projection() {
+            None => input,
+            Some(columns) => {
+                let schema = input.schema();
+                let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = columns
+                    .iter()
+                    .map(|&i| {
+                        let name = schema.field(i).name().clone();
+                        let c: Arc<dyn PhysicalExpr> = Arc::new(Column::new(&name, i));
+                        (c, name)
+                    })
+                    .collect();
+                Arc::new(ProjectionExec::try_new(exprs, input)?)
+            }
+        };
+        Ok(Transformed::yes(replacement))
+    })?;
+    Ok(stripped.data)
 }
 
 /// The event type column as a dictionary (it is stored and read as one).

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use datafusion::common::ScalarValue;
 use datafusion::functions::expr_fn::{contains, ends_with, lower, octet_length, starts_with};
 use datafusion::functions_nested::expr_fn::{
-    array_has_all, array_has_any, cardinality, make_array,
+    array_empty, array_has, array_has_all, array_has_any, make_array,
 };
 use datafusion::logical_expr::{Expr, lit};
 
@@ -124,19 +124,19 @@ pub fn cond_expr(
 
 fn is_empty(ty: &FieldType, col: &Expr) -> Expr {
     match ty {
-        // The length, read from the offsets, rather than a comparison of
-        // every value with "".
+        // Lengths, read from the offsets, rather than a comparison of every
+        // value with "" or a count of the elements of every list.
         FieldType::Text => col
             .clone()
             .is_null()
             .or(octet_length(col.clone()).eq(lit(0i32))),
-        FieldType::Tags => col
-            .clone()
-            .is_null()
-            .or(cardinality(col.clone()).eq(lit(0u64))),
+        FieldType::Tags => col.clone().is_null().or(array_empty(col.clone())),
         _ => col.clone().is_null(),
     }
 }
+
+/// Up to this many values, a tags condition tests each value on its own.
+const FEW_TAGS: usize = 4;
 
 fn texts_lit(values: &[String], cs: bool) -> Vec<Expr> {
     values
@@ -220,12 +220,30 @@ pub fn op_expr(
             } else {
                 LowerTags::udf().call(vec![col.clone()])
             };
-            let list = make_array(texts_lit(vals, cs));
+            // A few values: one vectorized `array_has` per value; more: one
+            // lookup per tag.
+            let few = vals.len() <= FEW_TAGS;
+            let has = |v: Expr| array_has(tags.clone(), v);
+            let any = || {
+                match few {
+                    true => texts_lit(vals, cs).into_iter().map(has).reduce(Expr::or),
+                    false => None,
+                }
+                .unwrap_or_else(|| array_has_any(tags.clone(), make_array(texts_lit(vals, cs))))
+            };
             match op {
-                Op::ContainsAny => positive(array_has_any(tags, list)),
-                Op::ContainsAll => positive(array_has_all(tags, list)),
+                Op::ContainsAny => positive(any()),
+                Op::ContainsAll => positive(
+                    match few {
+                        true => texts_lit(vals, cs).into_iter().map(has).reduce(Expr::and),
+                        false => None,
+                    }
+                    .unwrap_or_else(|| {
+                        array_has_all(tags.clone(), make_array(texts_lit(vals, cs)))
+                    }),
+                ),
                 // Rule 5: contains_none matches empty tags.
-                _ => empty.clone().or(array_has_any(tags, list).not()),
+                _ => empty.clone().or(any().not()),
             }
         }
         (FieldType::Number { .. }, Operand::Number(n)) => {

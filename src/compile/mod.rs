@@ -10,6 +10,7 @@
 //! stored bitmaps and never rescan.
 
 pub mod behavior;
+mod contacts;
 pub mod expr;
 pub mod session;
 pub mod udf;
@@ -109,6 +110,8 @@ pub struct LeafResults {
     pub contacts: Vec<std::result::Result<RoaringBitmap, String>>,
     pub events: Vec<std::result::Result<RoaringBitmap, String>>,
     pub queries: Vec<std::result::Result<RoaringBitmap, String>>,
+    /// Wall time of each pass, in milliseconds: contacts, events, queries.
+    pub pass_ms: [u64; 3],
 }
 
 /// The boolean expression of a contacts-only subtree.
@@ -178,10 +181,19 @@ impl Session {
     /// Evaluate every leaf of a plan: one pass over contacts, one over events,
     /// then each query.
     pub async fn run_leaves(&self, plan: &Plan, clock: &Clock) -> LeafResults {
+        let t = std::time::Instant::now();
+        let contacts = self.contacts_pass(&plan.contact_leaves, clock).await;
+        let contacts_ms = t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
+        let events = self.events_pass(&plan.event_leaves, clock).await;
+        let events_ms = t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
+        let queries = self.queries_pass(&plan.queries).await;
         LeafResults {
-            contacts: self.contacts_pass(&plan.contact_leaves, clock).await,
-            events: self.events_pass(&plan.event_leaves, clock).await,
-            queries: self.queries_pass(&plan.queries).await,
+            contacts,
+            events,
+            queries,
+            pass_ms: [contacts_ms, events_ms, t.elapsed().as_millis() as u64],
         }
     }
 
@@ -207,7 +219,7 @@ impl Session {
         if exprs.is_empty() {
             return out;
         }
-        match self.project_bitmaps(&exprs).await {
+        match self.contact_bitmaps(&exprs).await {
             Ok(bitmaps) => {
                 for (slot, bm) in slots.into_iter().zip(bitmaps) {
                     out[slot] = Ok(bm);
@@ -218,7 +230,7 @@ impl Session {
             Err(_) if exprs.len() > 1 => {
                 for (slot, e) in slots.into_iter().zip(exprs) {
                     out[slot] = self
-                        .project_bitmaps(&[e])
+                        .contact_bitmaps(&[e])
                         .await
                         .map(|mut v| v.remove(0))
                         .map_err(|e| e.to_string());

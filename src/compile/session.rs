@@ -7,12 +7,17 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
 use crate::base::contacts::contacts_schema;
@@ -98,6 +103,22 @@ impl Session {
             manifest: m.clone(),
             all_contacts,
         })
+    }
+}
+
+impl Session {
+    /// A boolean or value expression ready to evaluate on batches of the
+    /// given schema: coerced, simplified (literal folding, `IN` lists,
+    /// `LIKE` prefixes), planned.
+    pub fn physical_expr(&self, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        let schema = Arc::new(schema.clone());
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(schema.clone())
+                .build(),
+        );
+        let e = simplifier.simplify(simplifier.coerce(e, &schema)?)?;
+        Ok(self.ctx.create_physical_expr(e, &schema)?)
     }
 }
 

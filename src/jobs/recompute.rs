@@ -29,6 +29,20 @@ pub struct Computation {
     pub event_leaves: usize,
     pub queries: usize,
     pub leaves_ms: u64,
+    /// Wall time of the contacts, events and queries passes, then of the
+    /// trees on bitmaps.
+    pub phases: Phases,
+}
+
+/// Where a run's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct Phases {
+    pub contacts_ms: u64,
+    pub events_ms: u64,
+    pub queries_ms: u64,
+    pub trees_ms: u64,
+    pub optins_ms: u64,
+    pub store_ms: u64,
 }
 
 struct Env<'a> {
@@ -124,6 +138,7 @@ pub async fn compute(
     let nodes: Vec<Node> = targets.iter().map(|(_, _, c)| plan.add(c)).collect();
     let leaves: LeafResults = session.run_leaves(&plan, clock).await;
     let leaves_ms = start.elapsed().as_millis() as u64;
+    let trees = Instant::now();
     let mut batch_keys = HashMap::new();
     for (id, name, _) in targets {
         batch_keys.insert(id.clone(), id.clone());
@@ -147,6 +162,13 @@ pub async fn compute(
         event_leaves: plan.event_leaves.len(),
         queries: plan.queries.len(),
         leaves_ms,
+        phases: Phases {
+            contacts_ms: leaves.pass_ms[0],
+            events_ms: leaves.pass_ms[1],
+            queries_ms: leaves.pass_ms[2],
+            trees_ms: trees.elapsed().as_millis() as u64,
+            ..Phases::default()
+        },
     }
 }
 
@@ -184,6 +206,8 @@ pub struct RunReport {
     pub contact_leaves: usize,
     pub event_leaves: usize,
     pub queries: usize,
+    #[serde(default)]
+    pub phases: Phases,
     pub segments: Vec<SegmentRun>,
 }
 
@@ -230,7 +254,13 @@ pub async fn compute_into(
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
     let comp = compute(&session, &w.next, &dir, &clock, &targets).await;
+    let t = Instant::now();
     let opt = optins(&session).await?;
+    let mut phases = Phases {
+        optins_ms: t.elapsed().as_millis() as u64,
+        ..comp.phases
+    };
+    let store = Instant::now();
     let at = Utc::now();
     let mut report = RunReport {
         started_at,
@@ -239,6 +269,7 @@ pub async fn compute_into(
         contact_leaves: comp.contact_leaves,
         event_leaves: comp.event_leaves,
         queries: comp.queries,
+        phases,
         segments: Vec::new(),
     };
     let mut segments = std::mem::take(&mut w.next.segments);
@@ -281,6 +312,8 @@ pub async fn compute_into(
         }
     }
     w.next.segments = segments;
+    phases.store_ms = store.elapsed().as_millis() as u64;
+    report.phases = phases;
     w.base.progress("publishing", total, total);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
