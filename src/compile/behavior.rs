@@ -39,7 +39,7 @@ use roaring::RoaringBitmap;
 use crate::base::schema::{FieldType, IID};
 use crate::compile::Session;
 use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
-use crate::compile::session::EVENTS;
+use crate::compile::session::{EVENTS, ScanLayout};
 use crate::criteria::operand::operand;
 use crate::criteria::{Agg, Behavior, Bound, Op, Operand, Window};
 use crate::error::{Error, Result};
@@ -193,7 +193,7 @@ impl Session {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = Arc::new(scan.shards(end, self.event_rows(), threads));
+        let shards = Arc::new(scan.shards(end, self.event_rows(), threads, self.scan_layout));
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // One worker per thread takes the next shard until none is left,
         // reusing its state arrays from shard to shard.
@@ -253,7 +253,9 @@ impl Session {
         let df = scan.frame(&self.ctx, 0, end).await?;
         let plan = df.into_optimized_plan()?.display_indent().to_string();
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = scan.shards(end as u64, self.event_rows(), threads).len();
+        let shards = scan
+            .shards(end as u64, self.event_rows(), threads, self.scan_layout)
+            .len();
         let mut types: Vec<String> = scan
             .by_type
             .iter()
@@ -308,6 +310,7 @@ struct Scan {
     /// Float and timestamp accumulators per contact.
     floats: usize,
     times: usize,
+    layout: ScanLayout,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its
@@ -434,6 +437,7 @@ impl Scan {
             ts_type,
             floats,
             times,
+            layout: session.scan_layout,
         })
     }
 
@@ -450,12 +454,15 @@ impl Scan {
     /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
     /// thread, each small enough for its state and its buffered rows to fit
     /// their budgets (`rows` is the number of events in the base).
-    fn shards(&self, end: u64, rows: u64, threads: usize) -> Vec<(u32, u32)> {
+    fn shards(&self, end: u64, rows: u64, threads: usize, layout: ScanLayout) -> Vec<(u32, u32)> {
         let state_fit = (SHARD_STATE_BYTES / self.bytes_per_contact()) as u64;
         let rows_per_contact = rows.div_ceil(end.max(1)).max(1);
         let rows_fit = (SHARD_ROW_BYTES / self.bytes_per_row()) as u64 / rows_per_contact;
         let even = end.div_ceil((threads * SHARDS_PER_THREAD) as u64);
-        let len = state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64);
+        let len = match layout.shard_contacts {
+            Some(n) => n.max(1) as u64,
+            None => state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64),
+        };
         let mut out = Vec::new();
         let mut lo = 0u64;
         while lo < end {
@@ -524,7 +531,10 @@ impl Scan {
             }
             let rows: Vec<Rows> = kept.iter().map(|b| self.rows(b)).collect::<Result<_>>()?;
             let mut cursors = vec![0usize; rows.len()];
-            let block = (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32;
+            let block = match self.layout.block_contacts {
+                Some(n) => n.max(1),
+                None => (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32,
+            };
             let mut a = lo;
             while a < hi {
                 let b = a.saturating_add(block).min(hi);
@@ -815,9 +825,19 @@ impl State {
     }
 }
 
-/// The ids `lo + i` for the set bits `i`, built container by container.
+/// The ids `lo + i` for the set bits `i < bits.len()`, built container by
+/// container. Kernels may leave bits set past the length in the last byte
+/// (a `NOT` flips the padding), so those are cleared first.
 fn bits_from(lo: u32, bits: &BooleanBuffer) -> RoaringBitmap {
-    RoaringBitmap::from_lsb0_bytes(lo, bits.sliced().as_slice())
+    let len = bits.len();
+    let sliced = bits.sliced();
+    let mut bytes = sliced.as_slice()[..len.div_ceil(8)].to_vec();
+    if let Some(last) = bytes.last_mut()
+        && !len.is_multiple_of(8)
+    {
+        *last &= (1u8 << (len % 8)) - 1;
+    }
+    RoaringBitmap::from_lsb0_bytes(lo, &bytes)
 }
 
 /// The plan without its filter operators. The scan keeps their predicate to

@@ -46,6 +46,18 @@ pub struct Session {
     /// The version this session reads.
     pub base: Base,
     pub manifest: Manifest,
+    /// How the scan of events cuts the contacts (sized by memory budgets
+    /// unless set).
+    pub scan_layout: ScanLayout,
+}
+
+/// Contacts per shard of the events scan and per block of its kernel; the
+/// default sizes them by memory and cache budgets. Setting them exercises
+/// the shard and block boundaries on small bases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanLayout {
+    pub shard_contacts: Option<u32>,
+    pub block_contacts: Option<u32>,
 }
 
 /// SQL options that refuse DDL, DML and statements such as SET or COPY.
@@ -102,6 +114,7 @@ impl Session {
             base: base.clone(),
             manifest: m.clone(),
             all_contacts,
+            scan_layout: ScanLayout::default(),
         })
     }
 }

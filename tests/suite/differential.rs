@@ -26,6 +26,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use proptest::prelude::any;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use roaring::RoaringBitmap;
+use segments::compile::session::ScanLayout;
 use serde_json::{Value, json};
 
 use segments::base::config::Config;
@@ -1039,11 +1040,13 @@ fn library_eval(
     dir: &Path,
     as_of: DateTime<Utc>,
     criteria: &[Criterion],
+    layout: ScanLayout,
     rt: &tokio::runtime::Runtime,
 ) -> Vec<Result<RoaringBitmap, String>> {
     let base = segments::base::Base::open(dir).expect("open");
     let snap = base.snapshot().expect("snapshot");
-    let session = segments::compile::Session::new(&snap.base, &snap.manifest).expect("session");
+    let mut session = segments::compile::Session::new(&snap.base, &snap.manifest).expect("session");
+    session.scan_layout = layout;
     let clock = segments::compile::expr::Clock::new(as_of, snap.base.tz());
     let targets: Vec<(String, String, Criterion)> = criteria
         .iter()
@@ -1166,7 +1169,17 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
             v => vec![v],
         }
     });
-    for as_of in instants {
+    for (k, as_of) in instants.into_iter().enumerate() {
+        // Every other instant, the events scan cuts the contacts into
+        // shards and blocks of a few contacts, so that rows straddling shard
+        // bounds and files interleaved block by block are checked too.
+        let layout = match k % 2 {
+            0 => ScanLayout::default(),
+            _ => ScanLayout {
+                shard_contacts: Some(2 + (seed % 7) as u32),
+                block_contacts: Some(1 + (seed % 3) as u32),
+            },
+        };
         let mut jsons = Vec::new();
         let mut criteria = Vec::new();
         if let Some(f) = &fixed {
@@ -1194,7 +1207,7 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
                 )),
             }
         }
-        let got = library_eval(&dir, as_of, &criteria, rt);
+        let got = library_eval(&dir, as_of, &criteria, layout, rt);
         for ((v, c), g) in jsons.iter().zip(&criteria).zip(&got) {
             trees += 1;
             let want = r.eval(c, as_of, &segs);
@@ -1236,7 +1249,16 @@ fn explain(
     // Each subtree alone, so that a failure of the shared batch is told apart.
     let got: Vec<Result<RoaringBitmap, String>> = criteria
         .iter()
-        .map(|c| library_eval(dir, as_of, std::slice::from_ref(c), rt).remove(0))
+        .map(|c| {
+            library_eval(
+                dir,
+                as_of,
+                std::slice::from_ref(c),
+                ScanLayout::default(),
+                rt,
+            )
+            .remove(0)
+        })
         .collect();
     let mut failing: Vec<(usize, String, Vec<u32>)> = Vec::new();
     for ((s, c), g) in subs.iter().zip(&criteria).zip(&got) {
