@@ -2,7 +2,7 @@
 //! scan of contacts.
 //!
 //! DataFusion reads the columns the conditions use and computes, once per
-//! row, the derived values several conditions share (`lower(city)`,
+//! row, the derived values several conditions share (`lower_text(city)`,
 //! `lower_tags(interests)`...). Each condition then runs as a physical
 //! expression over a batch of its own columns only, so that the selection
 //! `AND` makes for its right-hand side copies narrow batches, and its result
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 
 /// Functions of one column computed once per row when conditions use them:
 /// they return null for null and never fail.
-const SHARED_FUNCTIONS: [&str; 3] = ["lower", "lower_tags", "month_day"];
+const SHARED_FUNCTIONS: [&str; 4] = ["lower_text", "lower", "lower_tags", "month_day"];
 
 /// A condition over the columns it reads.
 struct Test {

@@ -7,7 +7,7 @@ use std::ops::Not;
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use datafusion::common::ScalarValue;
-use datafusion::functions::expr_fn::{contains, ends_with, lower, octet_length, starts_with};
+use datafusion::functions::expr_fn::{contains, ends_with, octet_length, starts_with};
 use datafusion::functions_nested::expr_fn::{
     array_empty, array_has, array_has_all, array_has_any, make_array,
 };
@@ -15,7 +15,7 @@ use datafusion::logical_expr::{Expr, lit};
 
 use crate::base::input::date_to_days;
 use crate::base::schema::FieldType;
-use crate::compile::udf::{LowerTags, MonthDay};
+use crate::compile::udf::{LowerTags, LowerText, MonthDay};
 use crate::criteria::operand::{Operand, operand};
 use crate::criteria::{FieldCond, Op};
 use crate::error::{Error, Result};
@@ -172,7 +172,13 @@ pub fn op_expr(
         Op::IsFalse => return holds(col.not()),
         _ => {}
     }
-    let text_col = |cs: bool| if cs { col.clone() } else { lower(col.clone()) };
+    let text_col = |cs: bool| {
+        if cs {
+            col.clone()
+        } else {
+            LowerText::udf().call(vec![col.clone()])
+        }
+    };
     let text_val = |s: &str| lit(if cs { s.to_string() } else { s.to_lowercase() });
     match (ty, v) {
         (FieldType::Choice { .. }, Operand::Text(s)) => {

@@ -25,7 +25,7 @@ use crate::base::events::events_schema;
 use crate::base::schema::FieldType;
 use crate::base::{Base, Manifest};
 use crate::bitmaps::read_bitmap;
-use crate::compile::udf::{LowerTags, MonthDay};
+use crate::compile::udf::{LowerTags, LowerText, MonthDay};
 use crate::error::Result;
 
 /// Internal name of the contacts table (with `_iid`) used by compiled plans.
@@ -86,6 +86,7 @@ impl Session {
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(MonthDay::udf(base.tz()));
         ctx.register_udf(LowerTags::udf());
+        ctx.register_udf(LowerText::udf());
         let contacts_schema = contacts_schema(&m.fields);
         let events_schema = events_schema(&m.event_columns);
         let contact_files: Vec<String> = m.contacts.iter().map(|f| abs(base, &f.path)).collect();

@@ -1,15 +1,17 @@
 //! Scalar functions the criteria need and DataFusion lacks: the local
 //! month-day of a date or timestamp (for anniversaries), and the lower-case
-//! form of a tags list (for case-insensitive tag matching).
+//! form of a text or of a tags list (for case-insensitive matching), which
+//! lower-cases ASCII values in place and allocates only for the others.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate};
 use chrono_tz::Tz;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Int32Array, ListArray, StringArray,
+    Array, ArrayRef, AsArray, Date32Array, Int32Array, ListArray, StringArray, StringBuilder,
     TimestampMicrosecondArray,
 };
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Result as DFResult, exec_err};
 use datafusion::logical_expr::{
@@ -117,10 +119,7 @@ impl ScalarUDFImpl for LowerTags {
         let Some(strings) = values.as_any().downcast_ref::<StringArray>() else {
             return exec_err!("lower_tags expects a list of strings");
         };
-        let lowered: StringArray = strings
-            .iter()
-            .map(|s| s.map(|s| s.to_lowercase()))
-            .collect();
+        let lowered = lowercase(strings);
         let field = Arc::new(datafusion::arrow::datatypes::Field::new(
             "item",
             DataType::Utf8,
@@ -134,4 +133,70 @@ impl ScalarUDFImpl for LowerTags {
         )?;
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
+}
+
+/// `lower_text(text)`: Unicode lower case, as `str::to_lowercase`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LowerText {
+    signature: Signature,
+}
+
+impl LowerText {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::from(LowerText {
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for LowerText {
+    fn name(&self) -> &str {
+        "lower_text"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arr = args.args[0].to_array(args.number_rows)?;
+        let arr = match arr.data_type() {
+            DataType::Utf8 => arr,
+            _ => datafusion::arrow::compute::cast(&arr, &DataType::Utf8)?,
+        };
+        Ok(ColumnarValue::Array(Arc::new(lowercase(
+            arr.as_string::<i32>(),
+        ))))
+    }
+}
+
+/// Every value in Unicode lower case (`str::to_lowercase`), ASCII values
+/// without an allocation of their own.
+fn lowercase(strings: &StringArray) -> StringArray {
+    if strings.is_ascii() {
+        // Only bytes A-Z change, and none of them is part of a multi-byte
+        // character, so the offsets and the null mask stay as they are.
+        let bytes = strings.value_data().to_ascii_lowercase();
+        return StringArray::new(
+            strings.offsets().clone(),
+            Buffer::from_vec(bytes),
+            strings.nulls().cloned(),
+        );
+    }
+    let mut out = StringBuilder::with_capacity(strings.len(), strings.value_data().len());
+    let mut ascii = String::new();
+    for v in strings.iter() {
+        match v {
+            None => out.append_null(),
+            Some(s) if s.is_ascii() => {
+                ascii.clear();
+                ascii.push_str(s);
+                ascii.make_ascii_lowercase();
+                out.append_value(&ascii);
+            }
+            Some(s) => out.append_value(s.to_lowercase()),
+        }
+    }
+    out.finish()
 }
