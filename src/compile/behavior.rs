@@ -11,8 +11,11 @@
 //! that accept that type only, and accumulates counts, sums, minima... in
 //! dense per-contact arrays. The `having` tests then run as DataFusion
 //! expressions over the accumulated values, and the results are written
-//! straight into bitmaps. Cost grows with the rows and the conditions that
-//! accept them, not with rows × conditions, and memory with the shard.
+//! straight into bitmaps. A shard's rows are kept until its scan ends and
+//! dispatched block of contacts by block, every file's rows for a block
+//! together, so that the block's state stays in cache. Cost grows with the
+//! rows and the conditions that accept them, not with rows × conditions,
+//! and memory with the shard (sized by state and row budgets).
 
 use std::collections::HashMap;
 use std::sync::Arc;
