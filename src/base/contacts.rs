@@ -1,25 +1,27 @@
 //! Contacts: the id map (user `contact_id` to dense internal id), the upsert
 //! import, and deletion (right to be forgotten).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, GenericListArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, GenericListArray, RecordBatch, StringArray,
+    UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{filter_record_batch, interleave};
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
 use roaring::RoaringBitmap;
 
 use crate::base::input::{ColumnData, InputTable};
-use crate::base::manifest::{ImportKind, ImportRecord, Manifest};
+use crate::base::manifest::{DataFile, ImportKind, ImportRecord, Manifest};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_contact_field,
 };
-use crate::base::table::{contacts_properties, read_parquet_one, schema_ref, write_parquet};
+use crate::base::table::{
+    contacts_properties, parquet_schema, read_parquet_one, schema_ref, write_parquet,
+};
 use crate::base::{Snapshot, Writer};
 use crate::bitmaps::{read_bitmap, write_bitmap};
 use crate::error::{Error, Result};
@@ -38,10 +40,116 @@ pub fn contacts_schema(fields: &[FieldDef]) -> datafusion::arrow::datatypes::Sch
     schema_ref(out)
 }
 
-/// All contacts of a version in one batch (empty batch when there are none).
+/// A text column is stored dictionary-encoded when it has at most one
+/// distinct value for this many values (cities, countries, choices...).
+const DICTIONARY_RATIO: usize = 4;
+/// ... and its distinct values fit in this many bytes, well within one
+/// Parquet dictionary page per row group.
+const DICTIONARY_BYTES: usize = 256 << 10;
+
+/// Values looked at first: a column with many distinct values among them is
+/// stored plain without encoding the rest.
+const DICTIONARY_SAMPLE: usize = 64 * 1024;
+
+/// Contacts as they are stored: text columns with few distinct values
+/// (cities, countries, choices...) dictionary-encoded, the others plain.
+/// Conditions on a dictionary column are tested once per distinct value,
+/// and its values are decoded once per page.
+pub fn for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, a) in batch.schema().fields().iter().zip(batch.columns()) {
+        match dictionary_of(a)? {
+            Some(dict) => {
+                fields.push(Field::new(
+                    f.name(),
+                    dict.data_type().clone(),
+                    f.is_nullable(),
+                ));
+                columns.push(dict);
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                columns.push(a.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(schema_ref(fields), columns)?)
+}
+
+/// A text column as a dictionary, when it has few distinct values.
+fn dictionary_of(a: &ArrayRef) -> Result<Option<ArrayRef>> {
+    let Some(text) = a.as_string_opt::<i32>() else {
+        return Ok(None);
+    };
+    if !few_distinct(&text.slice(0, text.len().min(DICTIONARY_SAMPLE))) {
+        return Ok(None);
+    }
+    let dict = datafusion::arrow::compute::cast(
+        a,
+        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+    )?;
+    let values = dict.as_dictionary::<Int32Type>().values();
+    let present = a.len() - a.null_count();
+    let few = values.len() <= (present / DICTIONARY_RATIO).max(1)
+        && values.as_string::<i32>().values().len() <= DICTIONARY_BYTES;
+    Ok(few.then_some(dict))
+}
+
+fn few_distinct(text: &StringArray) -> bool {
+    let present = text.len() - text.null_count();
+    if present == 0 {
+        return false;
+    }
+    let limit = (present / DICTIONARY_RATIO).max(1);
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut bytes = 0usize;
+    for v in text.iter().flatten() {
+        if seen.insert(v) {
+            bytes += v.len();
+            if seen.len() > limit || bytes > DICTIONARY_BYTES {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A batch of contacts with the types of a storage schema.
+pub fn to_storage(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(a, f)| datafusion::arrow::compute::cast(a, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Write all contacts as the base's new contacts file.
+fn write_contacts(w: &Writer, batch: &RecordBatch) -> Result<DataFile> {
+    let stored = for_storage(batch)?;
+    let sink = w.new_file("contacts", "contacts", "parquet")?;
+    write_parquet(sink, stored.schema(), &[stored], contacts_properties())
+}
+
+/// The schema of the contacts table as stored (dictionary-encoded text
+/// columns included).
+pub fn stored_contacts_schema(dir: &Path, m: &Manifest) -> Result<SchemaRef> {
+    match &m.contacts {
+        Some(f) => parquet_schema(&dir.join(&f.path)),
+        None => Ok(contacts_schema(&m.fields)),
+    }
+}
+
+/// All contacts of a version in one batch, every column with its plain
+/// type (empty batch when there are none).
 pub fn load_contacts(dir: &Path, m: &Manifest) -> Result<RecordBatch> {
     match &m.contacts {
-        Some(f) => read_parquet_one(&dir.join(&f.path), None),
+        Some(f) => {
+            let stored = read_parquet_one(&dir.join(&f.path), None)?;
+            to_storage(&stored, &contacts_schema(&m.fields))
+        }
         None => Ok(RecordBatch::new_empty(contacts_schema(&m.fields))),
     }
 }
@@ -331,11 +439,8 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
             &idx,
         )?);
     }
-    let schema = contacts_schema(&fields);
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-
-    let sink = w.new_file("contacts", "contacts", "parquet")?;
-    let contacts_file = write_parquet(sink, schema, &[batch], contacts_properties())?;
+    let batch = RecordBatch::try_new(contacts_schema(&fields), columns)?;
+    let contacts_file = write_contacts(w, &batch)?;
     let mut all = match &w.next.all_contacts {
         Some(f) => read_bitmap(&dir, f)?,
         None => RoaringBitmap::new(),
@@ -440,9 +545,7 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
         .map(|i| Some(!gone.contains(*i)))
         .collect();
     let kept = filter_record_batch(&existing, &keep)?;
-    let schema = kept.schema();
-    let sink = w.new_file("contacts", "contacts", "parquet")?;
-    w.next.contacts = Some(write_parquet(sink, schema, &[kept], contacts_properties())?);
+    w.next.contacts = Some(write_contacts(w, &kept)?);
 
     let mut all = match &w.next.all_contacts {
         Some(f) => read_bitmap(&dir, f)?,

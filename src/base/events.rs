@@ -21,7 +21,9 @@ use crate::base::Writer;
 use crate::base::contacts::{ContactIdMap, import_name, input_contact_ids};
 use crate::base::input::InputTable;
 use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
-use crate::base::schema::{CONTACT_ID, FieldDef, IID, check_field_name, recognised_event_field};
+use crate::base::schema::{
+    CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
+};
 use crate::base::table::{events_properties, read_parquet_one, schema_ref, write_parquet};
 use crate::bitmaps::write_bitmap;
 use crate::error::{Error, Result};
@@ -37,10 +39,14 @@ pub fn standard_event_columns() -> Vec<FieldDef> {
         .collect()
 }
 
-/// Event columns stored dictionary-encoded in memory as on disk: few distinct
-/// values, compared on every row by nearly every behaviour condition, so the
-/// comparisons run on dictionary codes rather than on strings.
-pub const DICTIONARY_COLUMNS: &[&str] = &["type", "operation_id"];
+/// Text event columns (types, operations, URLs, product names...) repeat a
+/// limited set of values: they are stored dictionary-encoded and read as
+/// dictionaries, so that conditions on them are tested once per distinct
+/// value rather than once per row (a chunk whose dictionary grows too large
+/// is written plain by the Parquet writer and still reads correctly).
+pub fn is_dictionary_column(ty: &FieldType) -> bool {
+    matches!(ty, FieldType::Text | FieldType::Choice { .. })
+}
 
 pub fn events_schema(columns: &[FieldDef]) -> SchemaRef {
     let mut out = vec![
@@ -49,7 +55,7 @@ pub fn events_schema(columns: &[FieldDef]) -> SchemaRef {
     ];
     out.extend(columns.iter().map(|f| {
         let required = f.name == "ts" || f.name == "type";
-        let dt = if DICTIONARY_COLUMNS.contains(&f.name.as_str()) {
+        let dt = if is_dictionary_column(&f.ty) {
             DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
         } else {
             f.ty.arrow_type()

@@ -50,6 +50,14 @@ pub fn read_parquet(
     Ok((schema, batches))
 }
 
+/// The Arrow schema a Parquet file is read with (from its footer).
+pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+    Ok(builder.schema().clone())
+}
+
 /// Read a whole Parquet file into one batch.
 pub fn read_parquet_one(path: &Path, columns: Option<&[&str]>) -> Result<RecordBatch> {
     let (schema, batches) = read_parquet(path, columns)?;

@@ -6,7 +6,9 @@
 //! as operations and `where` filters) and a per-contact aggregate with its
 //! `having` test. DataFusion scans events once per contact shard (a range of
 //! internal ids; the files are sorted by id, so row groups and pages outside
-//! the range are pruned) and computes the `where` booleans; the kernel below
+//! the range are pruned) and computes the `where` booleans (a filter on one
+//! dictionary-encoded column, such as an operation or a URL test, is
+//! evaluated on the dictionary's values and looked up by key); the kernel below
 //! dispatches each row on its event type's dictionary code to the conditions
 //! that accept that type only, and accumulates counts, sums, minima... in
 //! dense per-contact arrays. The `having` tests then run as DataFusion
@@ -21,14 +23,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type,
 };
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Expr, col, lit, when};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
@@ -41,6 +44,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::schema::{FieldType, IID};
 use crate::compile::Session;
+use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
 use crate::compile::session::{EVENTS, ScanLayout};
 use crate::criteria::operand::operand;
@@ -266,14 +270,21 @@ impl Session {
             .collect();
         types.sort();
         let aggregated = parts.iter().filter(|p| p.exists.is_none()).count();
+        let on_values = scan
+            .atoms
+            .iter()
+            .filter(|a| matches!(a, Atom::Dictionary(..)))
+            .count();
         let summary = format!(
             "{} condition(s) ({} on existence, {} aggregated) in {} shard(s) of contacts; \
-             conditions per event type: {}",
+             conditions per event type: {}; row filters: {} on dictionary values, {} per row",
             parts.len(),
             parts.len() - aggregated,
             aggregated,
             shards,
-            types.join(", ")
+            types.join(", "),
+            on_values,
+            scan.atoms.len() - on_values
         );
         Ok((plan, summary))
     }
@@ -301,9 +312,16 @@ struct Scan {
     leaves: Vec<Leaf>,
     /// Event type → the conditions that accept it.
     by_type: HashMap<String, Vec<u32>>,
-    /// Columns projected after `_iid`, `ts`, `type`: values, then extras.
+    /// Columns projected after `_iid`, `ts`, `type`: values, then the
+    /// filters DataFusion computes, then the dictionary columns read as
+    /// they are.
     values: Vec<Expr>,
-    extras: Vec<Expr>,
+    planned: Vec<Expr>,
+    dictionaries: Vec<String>,
+    /// The row filters conditions share, and each condition's filter as
+    /// the conjunction of some of them.
+    atoms: Vec<Atom>,
+    extras: Vec<Vec<usize>>,
     /// Rows outside `[ts_lo, ts_hi]` match no condition.
     ts_lo: i64,
     ts_hi: i64,
@@ -324,6 +342,14 @@ struct HavingTest {
     pass: Arc<dyn PhysicalExpr>,
 }
 
+/// A row filter of the scan.
+enum Atom {
+    /// Computed by DataFusion: the `j`th planned column.
+    Planned(usize),
+    /// A test of the `j`th dictionary column, on its distinct values.
+    Dictionary(usize, DictionaryTest),
+}
+
 /// Deduplicate expressions by their text.
 fn slot(exprs: &mut Vec<Expr>, e: &Expr) -> usize {
     let key = e.to_string();
@@ -332,6 +358,102 @@ fn slot(exprs: &mut Vec<Expr>, e: &Expr) -> usize {
         None => {
             exprs.push(e.clone());
             exprs.len() - 1
+        }
+    }
+}
+
+/// The row filters of a scan, as they are collected from its conditions.
+#[derive(Default)]
+struct Filters {
+    planned: Vec<Expr>,
+    dictionaries: Vec<String>,
+    atoms: Vec<Atom>,
+    /// The text of each atom's expression, to share it.
+    keys: Vec<String>,
+    extras: Vec<Vec<usize>>,
+}
+
+impl Filters {
+    /// The filter `e` of a condition on events of `types`, as a position in
+    /// `extras`. Each conjunct that reads one dictionary column is tested on
+    /// the dictionary's values; the others are computed together by
+    /// DataFusion, on the rows of the condition's event types only.
+    fn add(&mut self, session: &Session, e: &Expr, types: &[String]) -> Result<usize> {
+        let mut parts = Vec::new();
+        let mut rest: Option<Expr> = None;
+        for conjunct in split_conjunction(e) {
+            let refs = conjunct.column_refs();
+            let dictionary = match refs.iter().next() {
+                Some(c) if refs.len() == 1 => session
+                    .events_schema
+                    .field_with_name(&c.name)
+                    .ok()
+                    .filter(|f| is_dictionary(f.data_type()))
+                    .cloned(),
+                _ => None,
+            };
+            let test = match &dictionary {
+                Some(field) => DictionaryTest::new(session, conjunct, field)?,
+                None => None,
+            };
+            match (dictionary, test) {
+                (Some(field), Some(test)) => {
+                    let key = format!("dictionary: {conjunct}");
+                    let at = match self.keys.iter().position(|k| *k == key) {
+                        Some(at) => at,
+                        None => {
+                            let j = slot_name(&mut self.dictionaries, field.name());
+                            self.atoms.push(Atom::Dictionary(j, test));
+                            self.keys.push(key);
+                            self.atoms.len() - 1
+                        }
+                    };
+                    parts.push(at);
+                }
+                _ => {
+                    rest = Some(match rest.take() {
+                        None => conjunct.clone(),
+                        Some(x) => x.and(conjunct.clone()),
+                    })
+                }
+            }
+        }
+        if let Some(rest) = rest {
+            let types: Vec<Expr> = types.iter().map(|t| lit(t.clone())).collect();
+            let restricted = when(col("type").in_list(types, false), rest)
+                .otherwise(lit(false))
+                .expect("a case with one branch");
+            let key = format!("planned: {restricted}");
+            let at = match self.keys.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    self.planned.push(restricted);
+                    self.atoms.push(Atom::Planned(self.planned.len() - 1));
+                    self.keys.push(key);
+                    self.atoms.len() - 1
+                }
+            };
+            parts.push(at);
+        }
+        parts.sort_unstable();
+        parts.dedup();
+        Ok(match self.extras.iter().position(|x| *x == parts) {
+            Some(i) => i,
+            None => {
+                self.extras.push(parts);
+                self.extras.len() - 1
+            }
+        })
+    }
+}
+
+/// The position of a name in a list, added if missing.
+fn slot_name(names: &mut Vec<String>, name: &str) -> usize {
+    match names.iter().position(|n| n == name) {
+        Some(i) => i,
+        None => {
+            names.push(name.to_string());
+            names.len() - 1
         }
     }
 }
@@ -348,7 +470,8 @@ impl Scan {
             ));
         let mut leaves = Vec::with_capacity(parts.len());
         let mut by_type: HashMap<String, Vec<u32>> = HashMap::new();
-        let (mut values, mut extras) = (Vec::new(), Vec::new());
+        let mut values = Vec::new();
+        let mut filters = Filters::default();
         let (mut ts_lo, mut ts_hi) = (i64::MAX, i64::MIN);
         let mut having = Vec::new();
         let (mut floats, mut times) = (0, 0);
@@ -363,15 +486,10 @@ impl Scan {
                 ts_lo = ts_lo.min(p.lo);
                 ts_hi = ts_hi.max(p.hi);
             }
-            // The extra filter is evaluated on the rows of the condition's
-            // event types only.
-            let extra = p.extra.as_ref().map(|e| {
-                let types: Vec<Expr> = p.types.iter().map(|t| lit(t.clone())).collect();
-                let restricted = when(col("type").in_list(types, false), e.clone())
-                    .otherwise(lit(false))
-                    .expect("a case with one branch");
-                slot(&mut extras, &restricted)
-            });
+            let extra = match &p.extra {
+                Some(e) => Some(filters.add(session, e, &p.types)?),
+                None => None,
+            };
             let value = p.value.as_ref().map(|e| slot(&mut values, e));
             let (float, time) = (floats, times);
             if p.exists.is_none() {
@@ -433,7 +551,10 @@ impl Scan {
             leaves,
             by_type,
             values,
-            extras,
+            planned: filters.planned,
+            dictionaries: filters.dictionaries,
+            atoms: filters.atoms,
+            extras: filters.extras,
             ts_lo,
             ts_hi,
             having,
@@ -451,7 +572,12 @@ impl Scan {
 
     /// Bytes a scanned row takes while its shard is buffered.
     fn bytes_per_row(&self) -> usize {
-        4 + 8 + 4 + 8 * self.values.len() + self.extras.len().div_ceil(8) + 1
+        4 + 8
+            + 4
+            + 8 * self.values.len()
+            + self.planned.len().div_ceil(8)
+            + 1
+            + 4 * self.dictionaries.len()
     }
 
     /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
@@ -497,8 +623,11 @@ impl Scan {
         for (j, v) in self.values.iter().enumerate() {
             select.push(v.clone().alias(format!("v{j}")));
         }
-        for (j, x) in self.extras.iter().enumerate() {
+        for (j, x) in self.planned.iter().enumerate() {
             select.push(x.clone().alias(format!("x{j}")));
+        }
+        for (j, d) in self.dictionaries.iter().enumerate() {
+            select.push(col(d.as_str()).alias(format!("d{j}")));
         }
         Ok(ctx.table(EVENTS).await?.filter(filter)?.select(select)?)
     }
@@ -525,10 +654,14 @@ impl Scan {
             let mut kept = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                let rows = self.rows(&batch)?;
-                if rows.iid.is_sorted() {
+                let sorted = batch
+                    .column(0)
+                    .as_primitive_opt::<UInt32Type>()
+                    .is_some_and(|ids| ids.values().is_sorted());
+                if sorted {
                     kept.push(batch);
                 } else {
+                    let rows = self.rows(&batch)?;
                     self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
                 }
             }
@@ -583,14 +716,25 @@ impl Scan {
         let values: Vec<&Float64Array> = (0..self.values.len())
             .map(|j| batch.column(first_value + j).as_primitive::<Float64Type>())
             .collect();
-        let first_extra = first_value + self.values.len();
-        let extras: Vec<BooleanBuffer> = (0..self.extras.len())
-            .map(|j| {
-                let b: &BooleanArray = batch.column(first_extra + j).as_boolean();
-                match b.nulls() {
-                    Some(valid) => b.values() & valid.inner(),
-                    None => b.values().clone(),
+        let first_planned = first_value + self.values.len();
+        let first_dictionary = first_planned + self.planned.len();
+        let atoms: Vec<BooleanBuffer> = self
+            .atoms
+            .iter()
+            .map(|atom| match atom {
+                Atom::Planned(j) => Ok(true_bits(batch.column(first_planned + j).as_boolean())),
+                Atom::Dictionary(j, test) => test.evaluate(batch.column(first_dictionary + j)),
+            })
+            .collect::<Result<_>>()?;
+        let extras: Vec<BooleanBuffer> = self
+            .extras
+            .iter()
+            .map(|parts| {
+                let mut bits = atoms[parts[0]].clone();
+                for &a in &parts[1..] {
+                    bits = &bits & &atoms[a];
                 }
+                bits
             })
             .collect();
         Ok(Rows {
@@ -713,11 +857,7 @@ impl Scan {
             for test in &self.having {
                 let batch = self.having_batch(test, st, start, end)?;
                 let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let mask = mask.as_boolean();
-                let bits = match mask.nulls() {
-                    Some(valid) => mask.values() & valid.inner(),
-                    None => mask.values().clone(),
-                };
+                let bits = true_bits(mask.as_boolean());
                 out[test.leaf].1 |= bits_from(lo + start as u32, &bits);
             }
             start = end;

@@ -11,6 +11,7 @@
 
 pub mod behavior;
 mod contacts;
+mod dictionary;
 pub mod expr;
 pub mod session;
 pub mod udf;

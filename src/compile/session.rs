@@ -20,7 +20,7 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
-use crate::base::contacts::contacts_schema;
+use crate::base::contacts::stored_contacts_schema;
 use crate::base::events::events_schema;
 use crate::base::schema::FieldType;
 use crate::base::{Base, Manifest};
@@ -87,7 +87,7 @@ impl Session {
         ctx.register_udf(MonthDay::udf(base.tz()));
         ctx.register_udf(LowerTags::udf());
         ctx.register_udf(LowerText::udf());
-        let contacts_schema = contacts_schema(&m.fields);
+        let contacts_schema = stored_contacts_schema(base.dir(), m)?;
         let events_schema = events_schema(&m.event_columns);
         let contact_files: Vec<String> = m.contacts.iter().map(|f| abs(base, &f.path)).collect();
         let event_files: Vec<String> = m.events.iter().map(|e| abs(base, &e.file.path)).collect();

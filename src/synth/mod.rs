@@ -26,7 +26,7 @@ use rand_distr::{Distribution, LogNormal, Pareto, Zipf};
 use roaring::RoaringBitmap;
 
 use crate::base::config::Config;
-use crate::base::contacts::contacts_schema;
+use crate::base::contacts::{contacts_schema, for_storage, to_storage};
 use crate::base::events::{events_schema, month_of};
 use crate::base::manifest::EventFile;
 use crate::base::schema::{FieldDef, FieldType};
@@ -193,11 +193,8 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
         .collect();
     let campaign_id = |c: usize, ts: i64| format!("NL-{}-{:02}", month_of(ts), c % 100);
 
-    let mut contacts_writer = StreamWriter::new(
-        w.new_file("contacts", "contacts", "parquet")?,
-        cschema.clone(),
-        contacts_properties(),
-    )?;
+    // The storage types of contacts are chosen from the first chunk.
+    let mut contacts_writer: Option<(StreamWriter, datafusion::arrow::datatypes::SchemaRef)> = None;
     let mut month_writers: BTreeMap<String, (StreamWriter, EventRows)> = BTreeMap::new();
     let mut all = RoaringBitmap::new();
     let mut total_events = 0u64;
@@ -320,7 +317,20 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                 }
             }
         }
-        contacts_writer.write(&c.finish(&cschema)?)?;
+        let batch = c.finish(&cschema)?;
+        let (writer, stored) = match &mut contacts_writer {
+            Some(open) => open,
+            None => {
+                let stored = for_storage(&batch)?.schema();
+                let writer = StreamWriter::new(
+                    w.new_file("contacts", "contacts", "parquet")?,
+                    stored.clone(),
+                    contacts_properties(),
+                )?;
+                contacts_writer.insert((writer, stored))
+            }
+        };
+        writer.write(&to_storage(&batch, stored)?)?;
         start = end;
     }
     let mut files = Vec::new();
@@ -339,7 +349,10 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
             max_ts: hi,
         });
     }
-    w.next.contacts = Some(contacts_writer.finish()?);
+    w.next.contacts = match contacts_writer {
+        Some((writer, _)) => Some(writer.finish()?),
+        None => None,
+    };
     w.next.all_contacts = Some(write_bitmap(&w, "all-contacts", &all)?);
     w.next.contact_count = all.len();
     w.next.next_iid = opts.contacts;
@@ -516,9 +529,9 @@ struct EventRows {
     ts: TimestampMicrosecondBuilder,
     ty: StringDictionaryBuilder<Int32Type>,
     op: StringDictionaryBuilder<Int32Type>,
-    url: StringBuilder,
+    url: StringDictionaryBuilder<Int32Type>,
     amount: Float64Builder,
-    name: StringBuilder,
+    name: StringDictionaryBuilder<Int32Type>,
 }
 
 impl EventRows {

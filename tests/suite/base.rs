@@ -387,3 +387,124 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
     );
     assert!(killed >= 20, "only {killed} kills landed inside a run");
 }
+
+/// Text columns with few distinct values are stored as dictionaries and
+/// their conditions tested once per distinct value; the others stay plain.
+/// Both give the same answers, and an import that changes the spread of
+/// values changes the storage.
+#[test]
+fn text_columns_of_few_values_are_stored_as_dictionaries_with_the_same_answers() {
+    let tb = new_base("UTC");
+    let cities = ["Paris", "paris", "Lyon", ""];
+    let mut csv = String::from("contact_id,city,email,loyalty\n");
+    for i in 1..=40 {
+        let city = cities[i % cities.len()];
+        let loyalty = ["gold", "silver", ""][i % 3];
+        csv.push_str(&format!("{i},{city},c{i}@Exemple.fr,{loyalty}\n"));
+    }
+    tb.import_contacts("c", &csv).unwrap();
+    let mut events = String::from("contact_id,ts,type,url\n");
+    for i in 1..=40 {
+        let url = ["/Checkout/ÉTÉ", "/home", ""][i % 3];
+        events.push_str(&format!("{i},2026-03-01T10:00:00Z,web_visit,{url}\n"));
+    }
+    tb.import_events("e", &events).unwrap();
+
+    let types = |tb: &TestBase| -> Vec<String> {
+        let snap = tb.base.snapshot().unwrap();
+        let schema =
+            segments::base::contacts::stored_contacts_schema(snap.dir(), &snap.manifest).unwrap();
+        ["city", "email", "loyalty"]
+            .iter()
+            .map(|c| schema.field_with_name(c).unwrap().data_type().to_string())
+            .collect()
+    };
+    let dictionary = "Dictionary(Int32, Utf8)".to_string();
+    assert_eq!(
+        types(&tb),
+        [dictionary.clone(), "Utf8".into(), dictionary.clone()]
+    );
+
+    let as_of = at("2026-03-02T00:00:00Z");
+    let ids = |pred: &dyn Fn(usize) -> bool| -> Vec<u64> {
+        (1..=40).filter(|&i| pred(i)).map(|i| i as u64).collect()
+    };
+    let check = |tb: &TestBase, city_of: &dyn Fn(usize) -> &'static str| {
+        let cases: Vec<(serde_json::Value, Vec<u64>)> = vec![
+            (
+                json!({"field": "city", "op": "eq", "value": "PARIS"}),
+                ids(&|i| city_of(i).eq_ignore_ascii_case("paris")),
+            ),
+            (
+                json!({"field": "city", "op": "is_empty"}),
+                ids(&|i| city_of(i).is_empty()),
+            ),
+            (
+                json!({"field": "city", "op": "neq", "value": "lyon"}),
+                ids(&|i| !city_of(i).eq_ignore_ascii_case("lyon")),
+            ),
+            (
+                json!({"field": "loyalty", "op": "neq", "value": "gold"}),
+                ids(&|i| i % 3 == 1),
+            ),
+            (
+                json!({"field": "email", "op": "ends_with", "value": "0@exemple.FR"}),
+                ids(&|i| i % 10 == 0),
+            ),
+            (
+                json!({"behavior": {"event": "web_visit", "where": [
+                    {"field": "url", "op": "contains", "value": "été"}]}}),
+                ids(&|i| i % 3 == 0),
+            ),
+            (
+                json!({"behavior": {"event": "web_visit", "where": [
+                    {"field": "url", "op": "is_empty"}]}}),
+                ids(&|i| i % 3 == 2),
+            ),
+            (
+                json!({"behavior": {"event": "web_visit", "where": [
+                    {"field": "url", "op": "is_not_empty"},
+                    {"field": "url", "op": "not_contains", "value": "home"}]}}),
+                ids(&|i| i % 3 == 0),
+            ),
+        ];
+        for (criteria, want) in cases {
+            assert_eq!(tb.eval(&criteria, as_of).unwrap(), want, "{criteria}");
+        }
+    };
+    check(&tb, &|i| cities[i % cities.len()]);
+
+    // Forty distinct cities: the column is stored plain, same answers.
+    let mut csv = String::from("contact_id,city\n");
+    let many: Vec<&'static str> = (1..=40)
+        .map(|i| -> &'static str {
+            match i % 4 {
+                0 => "PARIS",
+                _ => Box::leak(format!("Ville {i}").into_boxed_str()),
+            }
+        })
+        .collect();
+    for (i, city) in many.iter().enumerate() {
+        csv.push_str(&format!("{},{city}\n", i + 1));
+    }
+    tb.import_contacts("c2", &csv).unwrap();
+    assert_eq!(types(&tb)[0], "Utf8");
+    check(&tb, &|i| many[i - 1]);
+
+    // Ad-hoc SQL reads the dictionary columns as text.
+    let snap = tb.base.snapshot().unwrap();
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(
+            &snap,
+            "SELECT count(*) AS n FROM contacts WHERE loyalty = 'gold' AND lower(city) LIKE 'ville%'",
+        ))
+        .unwrap();
+    let n = datafusion::arrow::array::AsArray::as_primitive::<
+        datafusion::arrow::datatypes::Int64Type,
+    >(rows[0].column(0))
+    .value(0);
+    assert_eq!(
+        n,
+        (1..=40).filter(|i| i % 3 == 1 && i % 4 != 0).count() as i64
+    );
+}

@@ -265,6 +265,15 @@ fn gen_ts(rng: &mut Rng, anchors: &[DateTime<Utc>]) -> i64 {
 fn gen_data(rng: &mut Rng) -> Data {
     let anchors = as_ofs();
     let n = rng.range(10, 40) as usize;
+    // Half of the bases draw cities from three values only, so that the
+    // column is stored dictionary-encoded (few distinct values) in some
+    // bases and plain in others.
+    let cities: &[&str] = if rng.chance(0.5) {
+        let at = rng.below(CITIES.len() - 2);
+        &CITIES[at..at + 3]
+    } else {
+        CITIES
+    };
     let mut contacts = Vec::new();
     let mut id = 0i64;
     for _ in 0..n {
@@ -275,7 +284,7 @@ fn gen_data(rng: &mut Rng) -> Data {
             city: if empty(rng) {
                 None
             } else {
-                Some(rng.pick(CITIES).to_string())
+                Some(rng.pick(cities).to_string())
             },
             email: if empty(rng) {
                 None
