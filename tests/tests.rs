@@ -9,6 +9,8 @@ mod suite {
     pub mod common;
     /// Random criteria trees: the DataFusion path equals the reference.
     pub mod differential;
+    /// Arbitrary and mutated definitions: a result or a clear error, never a panic.
+    pub mod fuzz;
     /// Segment lifecycle, recompute, history, audience.
     pub mod lifecycle;
     /// Every operator of every type, with the empty-value rules both ways.

@@ -26,7 +26,9 @@ impl Duration {
     pub fn parse(s: &str) -> Result<Duration, String> {
         let err = || format!("{s:?} is not a duration (e.g. \"12h\", \"30d\", \"2w\")");
         let s = s.trim();
-        let (num, unit) = s.split_at(s.len().saturating_sub(1));
+        // The unit is the last character, whatever its width.
+        let at = s.char_indices().last().map(|(i, _)| i).unwrap_or(0);
+        let (num, unit) = s.split_at(at);
         let unit = match unit {
             "h" => DurationUnit::Hours,
             "d" => DurationUnit::Days,

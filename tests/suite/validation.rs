@@ -146,6 +146,13 @@ fn hostile_definitions_get_clear_errors() {
         .collect();
     let e = err_of(json!({"name": "x", "criteria": {"any": many}}));
     assert!(e.contains("more than"), "{e}");
+    // A duration whose last character is not ASCII (found by the fuzz test).
+    for within in ["3é", "é", "30日", ""] {
+        let e = err_of(
+            json!({"name": "x", "criteria": {"behavior": {"event": "purchase", "within": within}}}),
+        );
+        assert!(e.contains("is not a duration"), "{within:?}: {e}");
+    }
 }
 
 #[test]
