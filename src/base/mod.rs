@@ -113,20 +113,26 @@ impl Base {
         self.config.tz().unwrap_or(chrono_tz::UTC)
     }
 
-    /// The newest version that has a complete manifest.
-    fn latest(&self) -> Result<(u64, Manifest)> {
-        let versions = list_versions(&self.dir)?;
-        let v = *versions
+    /// The newest version that has a complete manifest (manifests are
+    /// published whole, by a rename).
+    fn latest_version(&self) -> Result<u64> {
+        list_versions(&self.dir)?
             .last()
-            .ok_or_else(|| Error::base(&self.dir, "no manifest found"))?;
+            .copied()
+            .ok_or_else(|| Error::base(&self.dir, "no manifest found"))
+    }
+
+    /// The newest version and its manifest.
+    fn latest(&self) -> Result<(u64, Manifest)> {
+        let v = self.latest_version()?;
         Ok((v, read_manifest(&self.dir, v)?))
     }
 
     /// Pin the current version for reading.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let (version, _) = self.latest()?;
+        let version = self.latest_version()?;
         let pin = Pin::new(&self.dir, version)?;
-        // Re-read after pinning: from here on the files of `version` stay.
+        // Read after pinning: from here on the files of `version` stay.
         let manifest = read_manifest(&self.dir, version)?;
         Ok(Snapshot {
             base: self.clone(),

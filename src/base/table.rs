@@ -58,6 +58,57 @@ pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
     Ok(builder.schema().clone())
 }
 
+/// Read some columns of the row groups of a Parquet file whose `u32` column
+/// `key` may hold values in `lo..=hi` (by the row groups' statistics), in
+/// one batch.
+pub fn read_parquet_key_range(
+    path: &Path,
+    columns: &[&str],
+    key: &str,
+    lo: u32,
+    hi: u32,
+) -> Result<RecordBatch> {
+    use datafusion::parquet::file::statistics::Statistics;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet(path, e))?
+        .with_batch_size(64 * 1024);
+    let schema = builder.schema().clone();
+    let key_at = schema.index_of(key)?;
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| match rg.column(key_at).statistics() {
+            Some(Statistics::Int32(st)) => match (st.min_opt(), st.max_opt()) {
+                (Some(&min), Some(&max)) => (min as u32) <= hi && (max as u32) >= lo,
+                _ => true,
+            },
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let indices: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_row_groups(groups)
+        .with_projection(mask)
+        .build()
+        .map_err(|e| Error::parquet(path, e))?;
+    let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader);
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(datafusion::arrow::compute::concat_batches(
+        &schema, &batches,
+    )?)
+}
+
 /// Read a whole Parquet file into one batch.
 pub fn read_parquet_one(path: &Path, columns: Option<&[&str]>) -> Result<RecordBatch> {
     let (schema, batches) = read_parquet(path, columns)?;
@@ -155,4 +206,52 @@ impl StreamWriter {
 
 pub fn schema_ref(fields: Vec<datafusion::arrow::datatypes::Field>) -> SchemaRef {
     Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, UInt32Type};
+
+    use super::*;
+
+    /// Only the row groups whose id statistics meet the range are read.
+    #[test]
+    fn key_ranges_read_the_row_groups_that_may_hold_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.parquet");
+        let schema = schema_ref(vec![
+            Field::new("_iid", DataType::UInt32, false),
+            Field::new("contact_id", DataType::UInt64, false),
+        ]);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(UInt32Array::from_iter_values(0..1000)),
+                Arc::new(UInt64Array::from_iter_values((0..1000).map(|i| i * 7))),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        for (lo, hi, first, rows) in [
+            (250, 260, 200, 100),
+            (95, 105, 0, 200),
+            (999, 999, 900, 100),
+        ] {
+            let got =
+                read_parquet_key_range(&path, &["_iid", "contact_id"], "_iid", lo, hi).unwrap();
+            let ids = got.column(0).as_primitive::<UInt32Type>();
+            assert_eq!((ids.value(0), got.num_rows()), (first, rows), "{lo}..={hi}");
+        }
+        let none = read_parquet_key_range(&path, &["_iid"], "_iid", 5000, 6000).unwrap();
+        assert_eq!(none.num_rows(), 0);
+    }
 }

@@ -156,9 +156,18 @@ pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>
         return Ok(Vec::new());
     };
     let want: RoaringBitmap = iids.iter().copied().collect();
-    // Only the two id columns are read.
-    let batch =
-        crate::base::table::read_parquet_one(&dir.join(&f.path), Some(&[IID, "contact_id"]))?;
+    let (Some(lo), Some(hi)) = (want.min(), want.max()) else {
+        return Ok(Vec::new());
+    };
+    // Only the two id columns of the row groups that may hold the ids
+    // (contacts are stored in id order) are read.
+    let batch = crate::base::table::read_parquet_key_range(
+        &dir.join(&f.path),
+        &[IID, "contact_id"],
+        IID,
+        lo,
+        hi,
+    )?;
     let ids = batch
         .column_by_name(IID)
         .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
