@@ -47,7 +47,13 @@ pub enum Error {
 
     /// DataFusion failed while planning or executing.
     #[error("query engine: {0}")]
-    Engine(#[from] datafusion::error::DataFusionError),
+    Engine(datafusion::error::DataFusionError),
+
+    /// A query needed more memory than the limit of its memory pool.
+    #[error(
+        "query stopped: it needs more memory than its limit ({0}); raise the limit with --memory-limit or SEGMENTS_MEMORY_LIMIT"
+    )]
+    MemoryLimit(String),
 
     /// Arrow failed while building or converting record batches.
     #[error("arrow: {0}")]
@@ -70,6 +76,23 @@ pub enum Error {
     /// A broken invariant: a bug in segments.
     #[error("internal error (a bug in segments): {0}")]
     Internal(String),
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Error {
+        match e.find_root() {
+            datafusion::error::DataFusionError::ResourcesExhausted(m) => {
+                // DataFusion lists every consumer; the failed allocation says it all.
+                let line = m
+                    .lines()
+                    .find(|l| l.contains("Failed to allocate"))
+                    .or_else(|| m.lines().next())
+                    .unwrap_or_default();
+                Error::MemoryLimit(line.trim().trim_start_matches("Error: ").to_string())
+            }
+            _ => Error::Engine(e),
+        }
+    }
 }
 
 impl Error {

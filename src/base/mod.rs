@@ -44,6 +44,9 @@ pub struct Base {
     pub config: Config,
     /// Parallelism of query execution (default: the cores).
     pub jobs: Option<usize>,
+    /// Memory a query's operators (joins, sorts, aggregates) may hold, in
+    /// bytes (default: [`default_memory_limit`]).
+    pub memory_limit: Option<usize>,
     /// Told of the progress of long work (a progress bar on a terminal).
     pub progress: Option<ProgressHook>,
 }
@@ -101,6 +104,7 @@ impl Base {
             dir: dir.to_path_buf(),
             config,
             jobs: None,
+            memory_limit: None,
             progress: None,
         })
     }
@@ -335,4 +339,44 @@ fn remove_unreferenced(dir: &Path, rel: &Path, keep: &HashSet<String>) -> Result
         }
     }
     Ok(removed)
+}
+
+/// Half of the machine's memory (4 GiB where it cannot be read).
+pub fn default_memory_limit() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map(|kb| kb * 1024 / 2)
+        .unwrap_or(4 << 30)
+}
+
+/// A size in bytes: `1048576`, `512MiB`, `2GiB`, `1.5GB`, `800KB`.
+pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB, 2GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{text:?} is not a size (e.g. 512MiB, 2GiB)")),
+    };
+    let bytes = n * scale;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("{text:?} is not a size of at least one byte"));
+    }
+    Ok(bytes as usize)
 }

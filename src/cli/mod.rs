@@ -85,8 +85,17 @@ enum Command {
     /// Read-only SQL over contacts, events, imports and segments.
     Sql {
         query: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// table, csv or json (JSON lines); with --out, also parquet.
+        #[arg(long, value_enum)]
+        format: Option<SqlFormat>,
+        /// Write the rows to this file (format from --format, else from
+        /// the extension: .csv, .json, .jsonl, .parquet).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Memory the query's joins, sorts and aggregates may hold (e.g.
+        /// 512MiB, 2GiB; default: half the machine's memory).
+        #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
+        memory_limit: Option<usize>,
     },
     /// Verify the base: manifest, files, checksums, bitmaps, statistics.
     Check,
@@ -482,16 +491,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("{} contact(s)", bm.len()),
             }
         }
-        Command::Sql { query, format } => {
-            let base = open(&dir)?;
-            let snap = base.snapshot()?;
-            let batches = segments::sql::run_query(&snap, &query).await?;
-            let rf = match format {
-                Format::Table => RowFormat::Table,
-                Format::Csv => RowFormat::Csv,
-                Format::Json => RowFormat::JsonLines,
+        Command::Sql {
+            query,
+            format,
+            out,
+            memory_limit,
+        } => {
+            let mut base = open(&dir)?;
+            base.memory_limit = memory_limit;
+            let format = match (format, &out) {
+                (Some(f), _) => f,
+                (None, Some(path)) => SqlFormat::of_path(path)?,
+                (None, None) => SqlFormat::Table,
             };
-            segments::jobs::export::print_batches(&batches, rf)?;
+            let rf = match format {
+                SqlFormat::Table => RowFormat::Table,
+                SqlFormat::Csv => RowFormat::Csv,
+                SqlFormat::Json => RowFormat::JsonLines,
+                SqlFormat::Parquet => RowFormat::Parquet,
+            };
+            if rf == RowFormat::Parquet && out.is_none() {
+                anyhow::bail!("Parquet is written to a file: add --out FILE.parquet");
+            }
+            let snap = base.snapshot()?;
+            let (schema, batches) = segments::sql::query(&snap, &query).await?;
+            match &out {
+                Some(path) => {
+                    segments::jobs::export::save_batches(path, &schema, &batches, rf)?;
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    eprintln!("{rows} row(s) written to {}", path.display());
+                }
+                None => segments::jobs::export::print_batches(&batches, rf)?,
+            }
         }
         Command::Check => {
             let base = open(&dir)?;
@@ -1014,4 +1045,32 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Output formats of `segments sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+impl SqlFormat {
+    /// The format a file name asks for.
+    fn of_path(path: &Path) -> anyhow::Result<SqlFormat> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        Ok(match ext.as_str() {
+            "csv" => SqlFormat::Csv,
+            "json" | "jsonl" | "ndjson" => SqlFormat::Json,
+            "parquet" => SqlFormat::Parquet,
+            _ => anyhow::bail!(
+                "{}: say --format csv|json|parquet, or name the file .csv, .json or .parquet",
+                path.display()
+            ),
+        })
+    }
 }

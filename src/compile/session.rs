@@ -1,6 +1,8 @@
 //! A DataFusion session over one pinned snapshot: `contacts` and `events`
 //! registered as Parquet listing tables over exactly the snapshot's files.
 
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,8 +81,20 @@ impl Session {
             .with_target_partitions(threads)
             .with_batch_size(64 * 1024)
             .with_information_schema(true);
+        // Operators that would hold more than the limit stop the query with
+        // a clear error; nothing spills to files outside the base.
+        let limit = base
+            .memory_limit
+            .unwrap_or_else(crate::base::default_memory_limit);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limit, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);

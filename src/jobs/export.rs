@@ -39,14 +39,7 @@ pub fn write_batch(path: &Path, batch: &RecordBatch) -> Result<()> {
             )));
         }
     }
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::io(path, e))?
-            .join(path)
-    };
-    write_atomic(&abs, &bytes)
+    write_atomic(&absolute(path)?, &bytes)
 }
 
 /// CSV has no lists: tags become one cell joined with `;`.
@@ -81,7 +74,7 @@ fn flatten_lists(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
-/// How rows are printed on standard output.
+/// How rows are printed or saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowFormat {
     Table,
@@ -90,35 +83,83 @@ pub enum RowFormat {
     JsonArray,
     /// One JSON object per line.
     JsonLines,
+    /// A Parquet file (saved only, never printed).
+    Parquet,
 }
 
 /// Print rows as an aligned table, CSV, a JSON array or JSON lines.
 pub fn print_batches(batches: &[RecordBatch], format: RowFormat) -> Result<()> {
+    if format == RowFormat::Parquet {
+        return Err(Error::usage(
+            "Parquet is written to a file: add --out FILE.parquet",
+        ));
+    }
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let (json, csv) = (format == RowFormat::JsonLines, format == RowFormat::Csv);
-    if format == RowFormat::JsonArray {
-        let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
+    write_batches(&mut stdout.lock(), batches, format)
+}
+
+/// Save rows to a file in one atomic write (rows of `schema`, which also
+/// types an empty Parquet file).
+pub fn save_batches(
+    path: &Path,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+    format: RowFormat,
+) -> Result<()> {
+    let mut bytes: Vec<u8> = Vec::new();
+    if format == RowFormat::Parquet {
+        let mut w = ArrowWriter::try_new(&mut bytes, schema.clone(), None)
+            .map_err(|e| Error::parquet(path, e))?;
         for b in batches {
-            w.write(b)?;
+            w.write(b).map_err(|e| Error::parquet(path, e))?;
         }
-        w.finish()?;
-        drop(w);
-        writeln!(out).map_err(|e| Error::io("stdout", e))?;
-    } else if json {
-        let mut w = LineDelimitedWriter::new(&mut out);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    } else if csv {
-        let mut w = WriterBuilder::new().with_header(true).build(&mut out);
-        for b in batches {
-            w.write(&flatten_lists(b)?)?;
-        }
+        w.close().map_err(|e| Error::parquet(path, e))?;
     } else {
-        let t = pretty_format_batches(batches)?;
-        writeln!(out, "{t}").map_err(|e| Error::io("stdout", e))?;
+        write_batches(&mut bytes, batches, format)?;
+    }
+    write_atomic(&absolute(path)?, &bytes)
+}
+
+fn absolute(path: &Path) -> Result<std::path::PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(path, e))?
+            .join(path)
+    })
+}
+
+/// Rows as an aligned table, CSV, a JSON array or JSON lines.
+fn write_batches(out: &mut impl Write, batches: &[RecordBatch], format: RowFormat) -> Result<()> {
+    match format {
+        RowFormat::JsonArray => {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            drop(w);
+            writeln!(out).map_err(|e| Error::io("output", e))?;
+        }
+        RowFormat::JsonLines => {
+            let mut w = LineDelimitedWriter::new(&mut *out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        RowFormat::Csv => {
+            let mut w = WriterBuilder::new().with_header(true).build(&mut *out);
+            for b in batches {
+                w.write(&flatten_lists(b)?)?;
+            }
+        }
+        RowFormat::Table => {
+            let t = pretty_format_batches(batches)?;
+            writeln!(out, "{t}").map_err(|e| Error::io("output", e))?;
+        }
+        RowFormat::Parquet => return Err(Error::Internal("Parquet is not a text format".into())),
     }
     Ok(())
 }

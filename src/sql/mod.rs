@@ -50,7 +50,20 @@ pub async fn run_query(
     snap: &crate::base::Snapshot,
     sql: &str,
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    Ok(query(snap, sql).await?.1)
+}
+
+/// Run a read-only query over a snapshot: the schema of its result and the
+/// rows.
+pub async fn query(
+    snap: &crate::base::Snapshot,
+    sql: &str,
+) -> Result<(
+    datafusion::arrow::datatypes::SchemaRef,
+    Vec<datafusion::arrow::array::RecordBatch>,
+)> {
     let ctx = tables::user_context(&snap.base, &snap.manifest)?;
     let df = guarded(&ctx, sql).await?;
-    Ok(df.collect().await?)
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.collect().await?))
 }

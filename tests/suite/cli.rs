@@ -617,3 +617,113 @@ fn newest_file(dir: &std::path::Path, sub: &str) -> std::path::PathBuf {
         .max_by_key(|p| (std::fs::metadata(p).unwrap().modified().unwrap(), p.clone()))
         .unwrap()
 }
+
+/// `sql --out` writes CSV, JSON lines or Parquet in one atomic write;
+/// Parquet is never printed to a terminal.
+#[test]
+fn sql_results_are_saved_as_csv_json_or_parquet() {
+    let base = small_base();
+    let out = tempfile::tempdir().unwrap();
+    let query = "SELECT contact_id, city FROM contacts ORDER BY contact_id LIMIT 3";
+    let printed = segments(base.path())
+        .args(["sql", "--format", "csv", query])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    for (name, format) in [
+        ("rows.csv", None),
+        ("rows.txt", Some("csv")),
+        ("rows.jsonl", None),
+        ("rows.parquet", None),
+        ("rows.pq", Some("parquet")),
+    ] {
+        let path = out.path().join(name);
+        let mut cmd = segments(base.path());
+        cmd.arg("sql").arg("--out").arg(&path);
+        if let Some(f) = format {
+            cmd.args(["--format", f]);
+        }
+        cmd.arg(query).assert().success();
+        let bytes = std::fs::read(&path).unwrap();
+        match (name, format) {
+            (_, Some("csv")) | ("rows.csv", _) => {
+                assert_eq!(String::from_utf8_lossy(&bytes), printed, "{name}")
+            }
+            ("rows.jsonl", _) => {
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                let rows: Vec<Value> = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                assert_eq!(rows.len(), 3, "{text}");
+                assert!(rows[0].get("contact_id").is_some(), "{text}");
+            }
+            _ => {
+                assert_eq!(&bytes[..4], b"PAR1", "{name}");
+                let read = segments::base::table::read_parquet_one(&path, None).unwrap();
+                assert_eq!(read.num_rows(), 3, "{name}");
+                assert_eq!(read.schema().field(0).name(), "contact_id");
+            }
+        }
+    }
+    // An empty result still makes a typed Parquet file.
+    let empty = out.path().join("empty.parquet");
+    segments(base.path())
+        .args(["sql", "--out"])
+        .arg(&empty)
+        .arg("SELECT contact_id FROM contacts WHERE false")
+        .assert()
+        .success();
+    let read = segments::base::table::read_parquet_one(&empty, None).unwrap();
+    assert_eq!(
+        (read.num_rows(), read.schema().field(0).name().as_str()),
+        (0, "contact_id")
+    );
+    let err = segments(base.path())
+        .args(["sql", "--format", "parquet", query])
+        .assert()
+        .failure()
+        .get_output()
+        .stderr
+        .clone();
+    assert!(String::from_utf8_lossy(&err).contains("--out"));
+}
+
+/// A query whose operators need more memory than the limit is stopped by
+/// DataFusion's memory pool with a clear message; nothing spills to disk.
+#[test]
+fn a_query_over_its_memory_limit_is_stopped_with_a_clear_error() {
+    let base = small_base();
+    let query = "SELECT count(DISTINCT v) AS n FROM generate_series(1, 2000000) AS t(v)";
+    let out = segments(base.path())
+        .args(["sql", "--memory-limit", "1MiB", query])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.starts_with("error: query stopped: it needs more memory than its limit"),
+        "{err}"
+    );
+    assert!(err.contains("--memory-limit"), "{err}");
+    // The same limit from the environment; a bad size is refused.
+    let out = segments(base.path())
+        .env("SEGMENTS_MEMORY_LIMIT", "1MiB")
+        .args(["sql", query])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("query stopped"));
+    let out = segments(base.path())
+        .args(["sql", "--memory-limit", "lots", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+    // With the default limit it runs.
+    let out = segments(base.path())
+        .args(["sql", "--format", "csv", query])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n2000000\n");
+}
