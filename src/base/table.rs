@@ -27,16 +27,7 @@ pub fn read_parquet(
         .with_batch_size(64 * 1024);
     let builder = match columns {
         Some(cols) => {
-            let schema = builder.parquet_schema();
-            let indices: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| cols.contains(&f.name().as_str()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = ProjectionMask::roots(schema, indices);
+            let mask = columns_mask(&builder, cols);
             builder.with_projection(mask)
         }
         None => builder,
@@ -89,14 +80,7 @@ pub fn read_parquet_key_range(
         })
         .map(|(i, _)| i)
         .collect();
-    let indices: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| columns.contains(&f.name().as_str()))
-        .map(|(i, _)| i)
-        .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let mask = columns_mask(&builder, columns);
     let reader = builder
         .with_row_groups(groups)
         .with_projection(mask)
@@ -107,6 +91,19 @@ pub fn read_parquet_key_range(
     Ok(datafusion::arrow::compute::concat_batches(
         &schema, &batches,
     )?)
+}
+
+/// The projection of a file's columns with these names.
+fn columns_mask(builder: &ParquetRecordBatchReaderBuilder<File>, names: &[&str]) -> ProjectionMask {
+    let indices: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| names.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    ProjectionMask::roots(builder.parquet_schema(), indices)
 }
 
 /// Read a whole Parquet file into one batch.

@@ -336,15 +336,12 @@ fn report(what: &str, counts: &Counts) {
     );
 }
 
-#[test]
-fn arbitrary_json_definitions_give_a_result_or_a_clear_error() {
+/// Run `cases()` inputs of a strategy through [`exercise`] on a small base,
+/// print the counts and return them.
+fn fuzz(what: &str, strategy: impl Strategy<Value = Value>) -> Counts {
     let tb = base();
     let rt = super::common::rt();
     let counts = Counts::default();
-    let strategy = prop_oneof![
-        arbitrary_json().prop_map(|c| json!({"name": "fuzz", "criteria": c})),
-        arbitrary_json(),
-    ];
     let mut runner = TestRunner::new(PtConfig {
         cases: cases(),
         failure_persistence: None,
@@ -353,34 +350,30 @@ fn arbitrary_json_definitions_give_a_result_or_a_clear_error() {
     runner
         .run(&strategy, |input| exercise(&tb, &rt, &input, &counts))
         .unwrap();
-    report("arbitrary JSON", &counts);
+    report(what, &counts);
+    counts
+}
+
+#[test]
+fn arbitrary_json_definitions_give_a_result_or_a_clear_error() {
+    let strategy = prop_oneof![
+        arbitrary_json().prop_map(|c| json!({"name": "fuzz", "criteria": c})),
+        arbitrary_json(),
+    ];
+    let counts = fuzz("arbitrary JSON", strategy);
     assert!(counts.parse_errors.load(Ordering::Relaxed) > 0);
 }
 
 #[test]
 fn grammar_shaped_definitions_give_a_result_or_a_clear_error() {
-    let tb = base();
-    let rt = super::common::rt();
-    let counts = Counts::default();
     let strategy = grammar_criteria().prop_map(|c| json!({"name": "fuzz", "criteria": c}));
-    let mut runner = TestRunner::new(PtConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..PtConfig::default()
-    });
-    runner
-        .run(&strategy, |input| exercise(&tb, &rt, &input, &counts))
-        .unwrap();
-    report("grammar-shaped criteria", &counts);
+    let counts = fuzz("grammar-shaped criteria", strategy);
     assert!(counts.validation_errors.load(Ordering::Relaxed) > 0);
     assert!(counts.computed.load(Ordering::Relaxed) > 0);
 }
 
 #[test]
 fn mutated_example_definitions_give_a_result_or_a_clear_error() {
-    let tb = base();
-    let rt = super::common::rt();
-    let counts = Counts::default();
     let examples = examples();
     assert!(examples.len() >= 10, "the examples of testdata/segments");
     let strategy = (
@@ -399,15 +392,7 @@ fn mutated_example_definitions_give_a_result_or_a_clear_error() {
             }
             def
         });
-    let mut runner = TestRunner::new(PtConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..PtConfig::default()
-    });
-    runner
-        .run(&strategy, |input| exercise(&tb, &rt, &input, &counts))
-        .unwrap();
-    report("mutated examples", &counts);
+    let counts = fuzz("mutated examples", strategy);
     // The mutations reach every stage.
     assert!(counts.validation_errors.load(Ordering::Relaxed) > 0);
     assert!(counts.computed.load(Ordering::Relaxed) > 0);
