@@ -36,6 +36,26 @@ pub struct Config {
     /// Declared or overridden field types, by column name.
     #[serde(default)]
     pub fields: BTreeMap<String, FieldType>,
+    /// `segments serve`: who may connect.
+    #[serde(default, skip_serializing_if = "ServeConfig::is_empty")]
+    pub serve: ServeConfig,
+}
+
+/// The user and password of `segments serve` (the environment variables
+/// `SEGMENTS_USER` and `SEGMENTS_PASSWORD` take precedence).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl ServeConfig {
+    fn is_empty(&self) -> bool {
+        self.user.is_none() && self.password.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +103,7 @@ impl Default for Config {
             tags_separator: default_tags_separator(),
             activity: default_activity(),
             fields: BTreeMap::new(),
+            serve: ServeConfig::default(),
         }
     }
 }

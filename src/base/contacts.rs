@@ -12,6 +12,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::base::input::{ColumnData, InputTable};
@@ -58,8 +59,16 @@ const DICTIONARY_SAMPLE: usize = 64 * 1024;
 pub fn for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     let mut columns = Vec::with_capacity(batch.num_columns());
-    for (f, a) in batch.schema().fields().iter().zip(batch.columns()) {
-        match dictionary_of(a)? {
+    let dictionaries: Vec<Result<Option<ArrayRef>>> =
+        batch.columns().par_iter().map(dictionary_of).collect();
+    for ((f, a), dict) in batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .zip(dictionaries)
+    {
+        match dict? {
             Some(dict) => {
                 fields.push(Field::new(
                     f.name(),
@@ -277,6 +286,7 @@ pub struct ImportReport {
 /// the configuration, the recognised column, or inference, in that order.
 fn column_types(w: &Writer, input: &InputTable) -> Result<Vec<Option<FieldType>>> {
     let mut out = Vec::new();
+    let mut to_infer = Vec::new();
     for (idx, col) in input.columns.iter().enumerate() {
         if col.name == CONTACT_ID {
             out.push(None);
@@ -297,9 +307,14 @@ fn column_types(w: &Writer, input: &InputTable) -> Result<Vec<Option<FieldType>>
         } else if let Some(t) = recognised_contact_field(&col.name) {
             t
         } else {
-            input.infer(idx)
+            to_infer.push(idx);
+            FieldType::Text
         };
         out.push(Some(ty));
+    }
+    let inferred: Vec<FieldType> = to_infer.par_iter().map(|&i| input.infer(i)).collect();
+    for (idx, ty) in to_infer.into_iter().zip(inferred) {
+        out[idx] = Some(ty);
     }
     Ok(out)
 }
@@ -323,16 +338,17 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     let ids = input_contact_ids(&input)?;
     let types = column_types(w, &input)?;
     let sep = w.base.config.tags_separator.clone();
-    let mut typed: Vec<(String, FieldType, ArrayRef)> = Vec::new();
-    for (idx, ty) in types.iter().enumerate() {
-        if let Some(ty) = ty {
-            typed.push((
-                input.columns[idx].name.clone(),
-                ty.clone(),
-                input.typed(idx, ty, &sep)?,
-            ));
-        }
-    }
+    // Columns are converted in parallel; the first error in column order is reported.
+    let typed: Vec<Result<(String, FieldType, ArrayRef)>> = types
+        .par_iter()
+        .enumerate()
+        .filter_map(|(idx, ty)| ty.as_ref().map(|ty| (idx, ty)))
+        .map(|(idx, ty)| {
+            let name = input.columns[idx].name.clone();
+            Ok((name, ty.clone(), input.typed(idx, ty, &sep)?))
+        })
+        .collect();
+    let typed = typed.into_iter().collect::<Result<Vec<_>>>()?;
 
     // Duplicates within the file.
     let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
@@ -404,40 +420,45 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     let mut cids: Vec<u64> = old_cids.values().to_vec();
     cids.extend(new_rows.iter().map(|&r| ids[r]));
     columns.push(Arc::new(UInt64Array::from(cids)));
-    for f in &fields {
-        let dt = f.ty.arrow_type();
-        let old: ArrayRef = existing
-            .column_by_name(&f.name)
-            .cloned()
-            .unwrap_or_else(|| new_null_array(&dt, n_old));
-        let incoming = typed
-            .iter()
-            .find(|(n, _, _)| n == &f.name)
-            .map(|(_, _, a)| a.clone());
-        let null = new_null_array(&dt, 1);
-        let Some(inc) = incoming else {
-            let mut idx: Vec<(usize, usize)> = (0..n_old).map(|r| (0, r)).collect();
-            idx.extend(new_rows.iter().map(|_| (2, 0)));
-            columns.push(interleave(
-                &[old.as_ref(), old.as_ref(), null.as_ref()],
-                &idx,
-            )?);
-            continue;
-        };
-        let mut idx: Vec<(usize, usize)> = Vec::with_capacity(n_old + new_rows.len());
-        for (pos, upd) in update_of.iter().enumerate() {
-            match upd {
-                Some(row) if opts.overwrite_empty || !is_empty_at(inc.as_ref(), *row) => {
-                    idx.push((1, *row))
+    let merged = fields
+        .par_iter()
+        .map(|f| -> Result<ArrayRef> {
+            let dt = f.ty.arrow_type();
+            let old: ArrayRef = existing
+                .column_by_name(&f.name)
+                .cloned()
+                .unwrap_or_else(|| new_null_array(&dt, n_old));
+            let incoming = typed
+                .iter()
+                .find(|(n, _, _)| n == &f.name)
+                .map(|(_, _, a)| a.clone());
+            let null = new_null_array(&dt, 1);
+            let Some(inc) = incoming else {
+                let mut idx: Vec<(usize, usize)> = (0..n_old).map(|r| (0, r)).collect();
+                idx.extend(new_rows.iter().map(|_| (2, 0)));
+                return Ok(interleave(
+                    &[old.as_ref(), old.as_ref(), null.as_ref()],
+                    &idx,
+                )?);
+            };
+            let mut idx: Vec<(usize, usize)> = Vec::with_capacity(n_old + new_rows.len());
+            for (pos, upd) in update_of.iter().enumerate() {
+                match upd {
+                    Some(row) if opts.overwrite_empty || !is_empty_at(inc.as_ref(), *row) => {
+                        idx.push((1, *row))
+                    }
+                    _ => idx.push((0, pos)),
                 }
-                _ => idx.push((0, pos)),
             }
-        }
-        idx.extend(new_rows.iter().map(|&r| (1, r)));
-        columns.push(interleave(
-            &[old.as_ref(), inc.as_ref(), null.as_ref()],
-            &idx,
-        )?);
+            idx.extend(new_rows.iter().map(|&r| (1, r)));
+            Ok(interleave(
+                &[old.as_ref(), inc.as_ref(), null.as_ref()],
+                &idx,
+            )?)
+        })
+        .collect::<Vec<_>>();
+    for column in merged {
+        columns.push(column?);
     }
     let batch = RecordBatch::try_new(contacts_schema(&fields), columns)?;
     let contacts_file = write_contacts(w, &batch)?;

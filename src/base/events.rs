@@ -15,6 +15,7 @@ use datafusion::arrow::compute::{
     SortColumn, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::base::Writer;
@@ -145,12 +146,19 @@ pub fn import_events(
         Arc::new(UInt32Array::from(iids)),
         Arc::new(UInt64Array::from(ids.clone())),
     ];
-    for (c, field) in columns.iter().zip(schema.fields().iter().skip(2)) {
-        let a = match input.column(&c.name) {
-            Some(idx) => input.typed(idx, &c.ty, &sep)?,
-            None => new_null_array(&c.ty.arrow_type(), input.rows),
-        };
-        arrays.push(datafusion::arrow::compute::cast(&a, field.data_type())?);
+    let converted: Vec<Result<ArrayRef>> = columns
+        .par_iter()
+        .zip(schema.fields().par_iter().skip(2))
+        .map(|(c, field)| {
+            let a = match input.column(&c.name) {
+                Some(idx) => input.typed(idx, &c.ty, &sep)?,
+                None => new_null_array(&c.ty.arrow_type(), input.rows),
+            };
+            Ok(datafusion::arrow::compute::cast(&a, field.data_type())?)
+        })
+        .collect();
+    for a in converted {
+        arrays.push(a?);
     }
     for required in ["ts", "type"] {
         let a = &arrays[2 + columns

@@ -2,15 +2,19 @@
 //! and converted to the base's types with errors that name the file, the
 //! line and the column.
 
+use std::fs::File;
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, ListBuilder,
     StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat};
+use rayon::prelude::*;
 
 use crate::base::schema::FieldType;
 use crate::base::table::read_parquet_one;
@@ -75,6 +79,24 @@ impl InputTable {
     }
 
     fn read_csv(file: &Path) -> Result<InputTable> {
+        let size = std::fs::metadata(file)
+            .map_err(|e| Error::io(file, e))?
+            .len();
+        // Parts small enough that the raw bytes in flight stay bounded,
+        // and at least two per thread so that threads finish together.
+        let parts = if size >= PARALLEL_CSV_BYTES {
+            (rayon::current_num_threads() * 2).max(size.div_ceil(CSV_PART_BYTES) as usize)
+        } else {
+            1
+        };
+        Self::read_csv_in_parts(file, parts)
+    }
+
+    /// Read a CSV file cut into about `parts` byte ranges at record
+    /// boundaries, parsed in parallel. A boundary is a line break outside
+    /// quotes: with quotes escaped by doubling (RFC 4180), a position is
+    /// inside a quoted field exactly when an odd number of quotes precede it.
+    fn read_csv_in_parts(file: &Path, parts: usize) -> Result<InputTable> {
         let delimiter = if file.extension().is_some_and(|e| e == "tsv") {
             b'\t'
         } else {
@@ -82,7 +104,7 @@ impl InputTable {
         };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
-            .flexible(false)
+            .flexible(true)
             .from_path(file)
             .map_err(|e| csv_error(file, e))?;
         let headers = reader.headers().map_err(|e| csv_error(file, e))?.clone();
@@ -90,32 +112,34 @@ impl InputTable {
             .iter()
             .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
             .collect();
-        // Cells go straight into Arrow string builders: no allocation per cell.
-        let mut builders: Vec<StringBuilder> = names.iter().map(|_| StringBuilder::new()).collect();
-        let mut lines = Vec::new();
-        let mut record = csv::StringRecord::new();
-        while reader
-            .read_record(&mut record)
-            .map_err(|e| csv_error(file, e))?
-        {
-            lines.push(record.position().map(|p| p.line()).unwrap_or(0));
-            for (b, cell) in builders.iter_mut().zip(record.iter()) {
-                let cell = cell.trim();
-                if cell.is_empty() {
-                    b.append_null();
-                } else {
-                    b.append_value(cell);
-                }
-            }
-        }
+        let start = reader.position().byte();
+        drop(reader);
+        let ranges = record_ranges(file, start, parts)?;
+        let parsed: Vec<Result<CsvPart>> = ranges
+            .into_par_iter()
+            .map(|range| read_csv_range(file, delimiter, names.len(), range))
+            .collect();
+        let parsed = parsed.into_iter().collect::<Result<Vec<_>>>()?;
+        let lines: Vec<u64> = parsed
+            .iter()
+            .flat_map(|p| p.lines.iter().copied())
+            .collect();
         let columns = names
             .into_iter()
-            .zip(builders.iter_mut())
-            .map(|(name, b)| InputColumn {
-                name,
-                data: ColumnData::Cells(b.finish()),
+            .enumerate()
+            .map(|(i, name)| {
+                let cells: Vec<&dyn Array> =
+                    parsed.iter().map(|p| &p.columns[i] as &dyn Array).collect();
+                let data = match cells.as_slice() {
+                    [one] => one.as_string::<i32>().clone(),
+                    _ => concat(&cells)?.as_string::<i32>().clone(),
+                };
+                Ok(InputColumn {
+                    name,
+                    data: ColumnData::Cells(data),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(InputTable {
             file: file.to_path_buf(),
             rows: lines.len(),
@@ -199,6 +223,181 @@ fn csv_error(file: &Path, e: csv::Error) -> Error {
         .map(|p| format!("line {}", p.line()))
         .unwrap_or_else(|| "reading".into());
     Error::input(file, location, format!("malformed CSV: {e}"))
+}
+
+/// What went wrong in a CSV record, without the csv crate's position (which
+/// counts from the start of a range, not of the file).
+fn csv_message(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => format!("invalid UTF-8 ({err})"),
+        csv::ErrorKind::Io(err) => err.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// CSV files from this size on are parsed in parallel.
+const PARALLEL_CSV_BYTES: u64 = 8 << 20;
+/// The largest part of a CSV file read into memory at once (per thread).
+const CSV_PART_BYTES: u64 = 64 << 20;
+
+/// A byte range of a CSV file holding whole records, and the line it starts on.
+struct CsvRange {
+    start: u64,
+    end: u64,
+    line: u64,
+}
+
+/// The cells of one range, column by column, and the line of each record.
+struct CsvPart {
+    columns: Vec<StringArray>,
+    lines: Vec<u64>,
+}
+
+/// Cut `[start, file end)` into about `parts` ranges of whole records.
+fn record_ranges(file: &Path, start: u64, parts: usize) -> Result<Vec<CsvRange>> {
+    let end = std::fs::metadata(file)
+        .map_err(|e| Error::io(file, e))?
+        .len();
+    let mut header = Vec::new();
+    File::open(file)
+        .and_then(|f| f.take(start).read_to_end(&mut header))
+        .map_err(|e| Error::io(file, e))?;
+    let line = 1 + memchr::memchr_iter(b'\n', &header).count() as u64;
+    let step = (end.saturating_sub(start) / parts.max(1) as u64).max(1);
+    let mut targets = (1..parts as u64).map(|k| start + k * step).peekable();
+    let mut ranges = Vec::with_capacity(parts);
+    let mut current = CsvRange { start, end, line };
+    if targets.peek().is_some() {
+        let mut f = std::io::BufReader::with_capacity(
+            1 << 20,
+            File::open(file).map_err(|e| Error::io(file, e))?,
+        );
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io(file, e))?;
+        let (mut pos, mut quoted, mut newlines) = (start, false, 0u64);
+        loop {
+            let block = f.fill_buf().map_err(|e| Error::io(file, e))?;
+            if block.is_empty() {
+                break;
+            }
+            for i in memchr::memchr2_iter(b'"', b'\n', block) {
+                if block[i] == b'"' {
+                    quoted = !quoted;
+                    continue;
+                }
+                newlines += 1;
+                let at = pos + i as u64 + 1;
+                if !quoted && targets.peek().is_some_and(|&t| at >= t) {
+                    while targets.next_if(|&t| at >= t).is_some() {}
+                    current.end = at;
+                    let next = CsvRange {
+                        start: at,
+                        end,
+                        line: line + newlines,
+                    };
+                    ranges.push(std::mem::replace(&mut current, next));
+                }
+            }
+            let n = block.len();
+            pos += n as u64;
+            f.consume(n);
+            if targets.peek().is_none() {
+                break;
+            }
+        }
+    }
+    ranges.push(current);
+    Ok(ranges)
+}
+
+/// The line a record starts on. The csv crate's own line count lags behind
+/// after a CRLF or an empty line, so lines are counted here from the bytes.
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    /// Where the last record started, and its line.
+    at: usize,
+    line: u64,
+}
+
+impl LineCounter<'_> {
+    /// The line of the record the reader says starts at `byte`: line breaks
+    /// left over from the previous record and empty lines are skipped first.
+    fn line_at(&mut self, byte: usize) -> u64 {
+        let byte = byte.min(self.bytes.len()).max(self.at);
+        self.line += memchr::memchr_iter(b'\n', &self.bytes[self.at..byte]).count() as u64;
+        let mut start = byte;
+        while let Some(&b) = self.bytes.get(start).filter(|b| matches!(b, b'\r' | b'\n')) {
+            self.line += (b == b'\n') as u64;
+            start += 1;
+        }
+        self.at = start;
+        self.line
+    }
+}
+
+/// Parse the records of one range into string columns.
+fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: CsvRange) -> Result<CsvPart> {
+    let mut bytes = vec![0; (range.end - range.start) as usize];
+    File::open(file)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(range.start))?;
+            f.read_exact(&mut bytes)
+        })
+        .map_err(|e| Error::io(file, e))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes.as_slice());
+    let mut counter = LineCounter {
+        bytes: &bytes,
+        at: 0,
+        line: range.line,
+    };
+    let mut line_of =
+        |p: Option<&csv::Position>| counter.line_at(p.map(|p| p.byte() as usize).unwrap_or(0));
+    // Cells go straight into Arrow string builders: no allocation per cell.
+    let mut builders: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::new()).collect();
+    let mut lines = Vec::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = line_of(e.position());
+                return Err(Error::input(
+                    file,
+                    format!("line {line}"),
+                    format!("malformed CSV: {}", csv_message(&e)),
+                ));
+            }
+        }
+        let line = line_of(record.position());
+        if record.len() != width {
+            return Err(Error::input(
+                file,
+                format!("line {line}"),
+                format!(
+                    "malformed CSV: {} fields where the header has {width}",
+                    record.len()
+                ),
+            ));
+        }
+        lines.push(line);
+        for (b, cell) in builders.iter_mut().zip(record.iter()) {
+            let cell = cell.trim();
+            if cell.is_empty() {
+                b.append_null();
+            } else {
+                b.append_value(cell);
+            }
+        }
+    }
+    Ok(CsvPart {
+        columns: builders.iter_mut().map(|b| b.finish()).collect(),
+        lines,
+    })
 }
 
 fn infer_cells<'a>(values: impl Iterator<Item = &'a str> + Clone) -> FieldType {
@@ -372,4 +571,71 @@ fn check_choices(a: &ArrayRef, values: &[String]) -> std::result::Result<(), Cel
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(t: &InputTable) -> Vec<Vec<Option<String>>> {
+        t.columns
+            .iter()
+            .map(|c| match &c.data {
+                ColumnData::Cells(a) => a.iter().map(|v| v.map(str::to_string)).collect(),
+                ColumnData::Arrow(_) => unreachable!("CSV cells"),
+            })
+            .collect()
+    }
+
+    /// However a file is cut, quoted line breaks, doubled quotes, CRLF and
+    /// empty lines give the same cells and the same line numbers.
+    #[test]
+    fn csv_files_read_in_parts_give_the_same_cells_and_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        let mut text = String::from("\u{feff}contact_id,note,city\r\n");
+        for i in 0..200 {
+            match i % 5 {
+                0 => text += &format!("{i},\"two\nlines, \"\"quoted\"\"\",Paris\r\n"),
+                1 => text += &format!("{i},,\"Saint-\"\"Malo\"\"\"\n"),
+                2 => text += &format!("{i},\"\n\n\",\n\n"),
+                3 => text += &format!("{i},plain,\"a,b\"\n"),
+                _ => text += &format!("{i}, spaced ,Lyon\n"),
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let whole = InputTable::read_csv_in_parts(&path, 1).unwrap();
+        assert_eq!(whole.rows, 200);
+        assert_eq!(whole.columns[0].name, "contact_id");
+        assert_eq!(whole.lines.as_ref().unwrap()[..5], [2, 4, 5, 9, 10]);
+        for parts in 2..=16 {
+            let t = InputTable::read_csv_in_parts(&path, parts).unwrap();
+            assert_eq!(cells(&t), cells(&whole), "{parts} parts");
+            assert_eq!(t.lines, whole.lines, "{parts} parts");
+        }
+    }
+
+    /// A record with the wrong number of fields is named by its line in the
+    /// file, whichever part it falls in.
+    #[test]
+    fn csv_errors_name_the_line_in_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.csv");
+        let mut text = String::from("contact_id,city\n");
+        for i in 0..100 {
+            text += &format!("{i},\"x\ny\"\n");
+        }
+        text += "100,Paris,extra\n";
+        std::fs::write(&path, &text).unwrap();
+        for parts in [1, 2, 3, 7] {
+            let e = InputTable::read_csv_in_parts(&path, parts)
+                .err()
+                .expect("an error")
+                .to_string();
+            assert!(
+                e.contains("line 202: malformed CSV: 3 fields where the header has 2"),
+                "{parts} parts: {e}"
+            );
+        }
+    }
 }

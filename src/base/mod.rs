@@ -119,7 +119,7 @@ impl Base {
 
     /// The newest version that has a complete manifest (manifests are
     /// published whole, by a rename).
-    fn latest_version(&self) -> Result<u64> {
+    pub fn latest_version(&self) -> Result<u64> {
         list_versions(&self.dir)?
             .last()
             .copied()

@@ -1,6 +1,7 @@
 //! Argument parsing (clap derive) and the wiring of each command.
 
 pub mod output;
+mod shell;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,9 +83,11 @@ enum Command {
         #[arg(long, value_parser = parse_as_of)]
         as_of: Option<DateTime<Utc>>,
     },
-    /// Read-only SQL over contacts, events, imports and segments.
+    /// Read-only SQL over contacts, events, imports and segments. Without a
+    /// query: an interactive shell on a terminal, or the statements read
+    /// from standard input.
     Sql {
-        query: String,
+        query: Option<String>,
         /// table, csv or json (JSON lines); with --out, also parquet.
         #[arg(long, value_enum)]
         format: Option<SqlFormat>,
@@ -94,6 +97,17 @@ enum Command {
         out: Option<PathBuf>,
         /// Memory the query's joins, sorts and aggregates may hold (e.g.
         /// 512MiB, 2GiB; default: half the machine's memory).
+        #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
+        memory_limit: Option<usize>,
+    },
+    /// Serve the read-only SQL of `sql` over the PostgreSQL wire protocol,
+    /// for psql and BI tools. The user and password come from SEGMENTS_USER
+    /// and SEGMENTS_PASSWORD, or from [serve] in segments.toml.
+    Serve {
+        /// Address to listen on; loopback unless told otherwise.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        listen: std::net::SocketAddr,
+        /// Memory each query's joins, sorts and aggregates may hold.
         #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
         memory_limit: Option<usize>,
     },
@@ -513,6 +527,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if rf == RowFormat::Parquet && out.is_none() {
                 anyhow::bail!("Parquet is written to a file: add --out FILE.parquet");
             }
+            let Some(query) = query else {
+                if out.is_some() {
+                    anyhow::bail!("--out saves the rows of one query: give the query");
+                }
+                return shell::run(&base, rf).await.map(|()| ExitCode::SUCCESS);
+            };
             let snap = base.snapshot()?;
             let (schema, batches) = segments::sql::query(&snap, &query).await?;
             match &out {
@@ -523,6 +543,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => segments::jobs::export::print_batches(&batches, rf)?,
             }
+        }
+        Command::Serve {
+            listen,
+            memory_limit,
+        } => {
+            let mut base = open(&dir)?;
+            base.memory_limit = memory_limit;
+            let serve = &base.config.serve;
+            let user = std::env::var("SEGMENTS_USER")
+                .ok()
+                .or_else(|| serve.user.clone())
+                .unwrap_or_else(|| "segments".into());
+            let password = std::env::var("SEGMENTS_PASSWORD")
+                .ok()
+                .or_else(|| serve.password.clone())
+                .unwrap_or_default();
+            let opts = segments::sql::serve::ServeOptions {
+                listen,
+                user: user.clone(),
+                password,
+            };
+            segments::sql::serve::serve(
+                base,
+                opts,
+                |addr| {
+                    eprintln!(
+                        "serving {} on {addr} (PostgreSQL protocol, user {user}, read-only); Ctrl-C stops",
+                        dir.display()
+                    )
+                },
+                stop_signal(),
+            )
+            .await?;
+            eprintln!("stopped");
         }
         Command::Check => {
             let base = open(&dir)?;
@@ -1045,6 +1099,20 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }
 
 /// Output formats of `segments sql`.

@@ -817,3 +817,195 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
         "concurrent readers: {reads} queries, {during} of them started while a recompute ran; {saw_old} saw the old version, {saw_new} the new one, none a mix"
     );
 }
+
+/// A `segments serve` process, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(base: &std::path::Path, password: &str) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+            .env("SEGMENTS_BASE", base)
+            .env("SEGMENTS_PASSWORD", password)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let port = first
+            .split(" on 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        Server { child, port }
+    }
+
+    /// Run psql (unaligned, tuples only, stop on error).
+    fn psql(&self, password: &str, sql: &str) -> std::process::Output {
+        let psql = ["/usr/bin/psql", "/usr/local/bin/psql"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("psql not found: install the postgresql-client package (.ci/run does)");
+        std::process::Command::new(psql)
+            .args(["-h", "127.0.0.1", "-U", "segments", "-d", "segments"])
+            .args(["-p", &self.port.to_string()])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "20")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// psql against `segments serve`: a join of contacts and a segment gives the
+/// rows of `segments sql`; a wrong password and every write are refused;
+/// a statement after an import sees the new version.
+#[test]
+fn psql_queries_contacts_and_segments_over_the_postgresql_protocol() {
+    let dir = small_base();
+    let b = dir.path();
+    segments(b)
+        .args(["recompute", "--as-of", AS_OF])
+        .assert()
+        .success();
+    let server = Server::start(b, "s3cret pass");
+    let query = "SELECT c.contact_id, c.city FROM contacts c \
+                 JOIN segment_members m ON m.contact_id = c.contact_id \
+                 WHERE m.segment_id = 'email_subscribers' ORDER BY c.contact_id";
+    let expected: Vec<String> = String::from_utf8(
+        segments(b)
+            .args(["sql", "--format", "csv", query])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| l.replace(',', "|"))
+    .collect();
+    assert!(expected.len() >= 3, "{expected:?}");
+    let out = server.psql("s3cret pass", query);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, expected);
+
+    let out = server.psql("wrong", "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    let target = b.join("copied.csv");
+    for write in [
+        "CREATE TABLE t (a int)".to_string(),
+        "INSERT INTO contacts (contact_id) VALUES (1)".to_string(),
+        "DELETE FROM contacts".to_string(),
+        format!("COPY (SELECT 1) TO '{}'", target.display()),
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "DROP TABLE contacts".to_string(),
+        "WITH x AS (SELECT 1) INSERT INTO contacts (contact_id) SELECT 1".to_string(),
+    ] {
+        let out = server.psql("s3cret pass", &write);
+        assert!(!out.status.success(), "{write} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("read-only") || err.contains("not allowed"),
+            "{write}: {err}"
+        );
+    }
+    assert!(!target.exists());
+
+    let tables = server.psql("s3cret pass", "\\d");
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    for t in ["contacts", "events", "segment_members", "segments"] {
+        assert!(tables.contains(&format!("|{t}|")), "{t} in {tables}");
+    }
+
+    // A new version is seen by the next statement.
+    let imports = |s: &Server| {
+        String::from_utf8(s.psql("s3cret pass", "SELECT count(*) FROM imports").stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(imports(&server), "2");
+    segments(b)
+        .args(["import", "events"])
+        .arg(testdata("small/events.csv"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    assert_eq!(imports(&server), "3");
+}
+
+/// `segments sql` reading statements from standard input: dot commands,
+/// statements over several lines, several on a line; the first error stops
+/// the script with a non-zero status.
+#[test]
+fn sql_without_a_query_runs_the_statements_of_its_input() {
+    let dir = small_base();
+    let b = dir.path();
+    let script = ".tables\n.schema imports\n\
+                  SELECT city, count(*) AS n\n  FROM contacts -- where they live; by city\n  \
+                  GROUP BY city ORDER BY city;\n\
+                  .format csv\nSELECT 'a;b' AS s; SELECT 2 AS two\n";
+    let out = segments(b)
+        .arg("sql")
+        .write_stdin(script)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    for expected in [
+        "segment_members",
+        "rows_added",
+        "| Paris",
+        "s\na;b\n",
+        "two\n2\n",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in\n{out}");
+    }
+    let a = segments(b)
+        .arg("sql")
+        .write_stdin("SELECT 1;\nSELECT nope FROM contacts;\nSELECT 3 AS three;\n")
+        .assert()
+        .failure();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(!stdout.contains("three"), "{stdout}");
+    let a = segments(b)
+        .arg("sql")
+        .write_stdin(".schema nowhere\n")
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(stderr.contains("no table \"nowhere\""), "{stderr}");
+}
