@@ -7,6 +7,8 @@ mod suite {
     pub mod cli;
     /// Shared helpers: temporary bases, CSV writers, evaluation shortcuts.
     pub mod common;
+    /// Every durable step of every writing command, crashed in turn.
+    pub mod crash;
     /// Random criteria trees: the DataFusion path equals the reference.
     pub mod differential;
     /// Arbitrary and mutated definitions: a result or a clear error, never a panic.

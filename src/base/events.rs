@@ -11,9 +11,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
     UInt64Array, new_null_array,
 };
-use datafusion::arrow::compute::{
-    SortColumn, filter_record_batch, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
@@ -231,42 +229,66 @@ pub fn write_partitioned(
     schema: &SchemaRef,
     batch: &RecordBatch,
 ) -> Result<Vec<EventFile>> {
-    let ts = ts_column(batch);
-    let mut by_month: BTreeMap<String, Vec<bool>> = BTreeMap::new();
-    for (row, t) in ts.values().iter().enumerate() {
-        let m = month_of(*t);
+    let ts = ts_column(batch).values();
+    let iids = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .expect("u32 ids")
+        .values();
+    let mut by_month: BTreeMap<i64, Vec<(u32, i64, u32)>> = BTreeMap::new();
+    for (row, (&iid, &t)) in iids.iter().zip(ts.iter()).enumerate() {
         by_month
-            .entry(m)
-            .or_insert_with(|| vec![false; batch.num_rows()])[row] = true;
+            .entry(month_index(t))
+            .or_default()
+            .push((iid, t, row as u32));
     }
     let mut out = Vec::new();
-    for (month, mask) in by_month {
-        let part = filter_record_batch(batch, &BooleanArray::from(mask))?;
-        out.push(write_sorted(w, schema, &part, &month)?);
+    for (_, mut rows) in by_month {
+        rows.par_sort_unstable();
+        let month = month_of(rows[0].1);
+        let indices = UInt32Array::from_iter_values(rows.iter().map(|r| r.2));
+        drop(rows);
+        out.push(write_sorted(w, schema, batch, Some(&indices), &month)?);
     }
     Ok(out)
 }
 
+/// The month of a µs timestamp (UTC) as `year * 12 + month - 1`, by the
+/// civil-from-days arithmetic (no calendar object per row).
+fn month_index(micros: i64) -> i64 {
+    let days = micros.div_euclid(86_400_000_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    year * 12 + month - 1
+}
+
+/// Write the rows `indices` of a batch, which are in (`_iid`, `ts`) order,
+/// as one month's file (all rows, in their order, without indices).
 fn write_sorted(
     w: &Writer,
     schema: &SchemaRef,
-    part: &RecordBatch,
+    batch: &RecordBatch,
+    indices: Option<&UInt32Array>,
     month: &str,
 ) -> Result<EventFile> {
-    let indices = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: part.column(0).clone(),
-                options: None,
-            },
-            SortColumn {
-                values: part.column_by_name("ts").expect("ts").clone(),
-                options: None,
-            },
-        ],
-        None,
-    )?;
-    let sorted = take_record_batch(part, &indices)?;
+    let sorted = match indices {
+        Some(indices) => {
+            let columns = batch
+                .columns()
+                .par_iter()
+                .map(|c| take(c, indices, None))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(batch.schema(), columns)?
+        }
+        None => batch.clone(),
+    };
     let ts = ts_column(&sorted);
     let (min_ts, max_ts) = ts
         .values()
@@ -311,9 +333,31 @@ pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
             .collect();
         let kept = filter_record_batch(&batch, &keep)?;
         if kept.num_rows() > 0 {
-            out.push(write_sorted(w, &kept.schema(), &kept, &ef.month)?);
+            // Filtering keeps the (`_iid`, `ts`) order.
+            out.push(write_sorted(w, &kept.schema(), &kept, None, &ef.month)?);
         }
     }
     w.next.events = out;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The month arithmetic agrees with the calendar, before and after
+    /// 1970, across leap years and month ends.
+    #[test]
+    fn month_index_agrees_with_the_calendar() {
+        let step = 7 * 3_600_000_000 + 13 * 60_000_000 + 1;
+        let mut t: i64 = -40 * 365 * 86_400_000_000;
+        while t < 140 * 365 * 86_400_000_000 {
+            for at in [t, t - 1, t + 1] {
+                let m = month_index(at);
+                let label = format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1);
+                assert_eq!(label, month_of(at), "{at}");
+            }
+            t += step;
+        }
+    }
 }

@@ -34,8 +34,16 @@ use store::{SinkFile, write_atomic};
 
 const READERS_DIR: &str = "readers";
 /// Superseded versions stay readable this long even without a pin, which
-/// covers a reader between reading the manifest and writing its pin.
+/// covers a reader between reading the manifest and writing its pin
+/// (`SEGMENTS_GC_GRACE_SECS` changes it).
 const GC_GRACE: Duration = Duration::from_secs(300);
+
+fn gc_grace() -> Duration {
+    std::env::var("SEGMENTS_GC_GRACE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(GC_GRACE, Duration::from_secs)
+}
 
 /// An opened base directory.
 #[derive(Debug, Clone)]
@@ -276,7 +284,7 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
             Err(e) => return Err(e),
         };
         // `next_written` is when version v was superseded.
-        let fresh = (now - next_written).to_std().unwrap_or_default() < GC_GRACE;
+        let fresh = (now - next_written).to_std().unwrap_or_default() < gc_grace();
         if v == current || pinned.contains(&v) || fresh {
             keep_versions.push(v);
             keep.extend(m.files().into_iter().map(|f| f.path.clone()));
@@ -286,8 +294,21 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
     let mut removed = 0;
     for v in versions {
         if !keep_versions.contains(&v) {
+            crate::base::store::crash_point();
             let _ = std::fs::remove_file(manifest_path(dir, v));
             removed += 1;
+        }
+    }
+    // A manifest written to its temporary name but never renamed (the
+    // writer died in between): no other writer can be at it under the lock.
+    if let Ok(entries) = std::fs::read_dir(dir.join(manifest::MANIFEST_DIR)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                crate::base::store::crash_point();
+                let _ = std::fs::remove_file(entry.path());
+                removed += 1;
+            }
         }
     }
     for folder in ["contacts", "events", "bitmaps", "runs"] {
@@ -334,6 +355,7 @@ fn remove_unreferenced(dir: &Path, rel: &Path, keep: &HashSet<String>) -> Result
             removed += remove_unreferenced(dir, &child, keep)?;
             let _ = std::fs::remove_dir(entry.path()); // only succeeds when empty
         } else if !keep.contains(child.to_string_lossy().as_ref()) {
+            crate::base::store::crash_point();
             std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
             removed += 1;
         }

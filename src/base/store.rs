@@ -24,6 +24,7 @@ impl SinkFile {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         let file = File::create(&abs).map_err(|e| Error::io(&abs, e))?;
+        crash_point();
         Ok(SinkFile {
             file,
             hasher: crc32fast::Hasher::new(),
@@ -40,6 +41,7 @@ impl SinkFile {
     /// Flush to stable storage and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile> {
         self.file.sync_all().map_err(|e| Error::io(&self.abs, e))?;
+        crash_point();
         Ok(DataFile {
             path: self.rel,
             bytes: self.bytes,
@@ -76,8 +78,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
+    crash_point();
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    crash_point();
     sync_dir(dir)
+}
+
+/// Fault injection for crash tests. With `SEGMENTS_CRASH_AT=N` the process
+/// aborts at its N-th durable step (a data file created or flushed, a small
+/// file written or renamed into place, a superseded file collected), as a
+/// SIGKILL or a power cut would stop it there. Tests step N from 1 until the
+/// command finishes, which visits every point of a command.
+pub fn crash_point() {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| {
+        std::env::var("SEGMENTS_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == at {
+        std::process::abort();
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

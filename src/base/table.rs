@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use datafusion::parquet::arrow::arrow_writer::{ArrowColumnWriter, compute_leaves};
 use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -21,27 +24,45 @@ use crate::base::manifest::DataFile;
 use crate::base::store::SinkFile;
 use crate::error::{Error, Result};
 
-/// Read a whole Parquet file, optionally only some columns (by name).
+/// Read a whole Parquet file, optionally only some columns (by name). Row
+/// groups are decoded in parallel; batches come in file order.
 pub fn read_parquet(
     path: &Path,
     columns: Option<&[&str]>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::parquet(path, e))?
-        .with_batch_size(64 * 1024);
-    let builder = match columns {
-        Some(cols) => {
-            let mask = columns_mask(&builder, cols);
-            builder.with_projection(mask)
-        }
-        None => builder,
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default())
+        .map_err(|e| Error::parquet(path, e))?;
+    let reader = |row_groups: Option<Vec<usize>>| -> Result<ParquetRecordBatchReader> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+            .with_batch_size(64 * 1024);
+        let builder = match columns {
+            Some(cols) => {
+                let mask = columns_mask(&builder, cols);
+                builder.with_projection(mask)
+            }
+            None => builder,
+        };
+        let builder = match row_groups {
+            Some(groups) => builder.with_row_groups(groups),
+            None => builder,
+        };
+        builder.build().map_err(|e| Error::parquet(path, e))
     };
-    let reader = builder.build().map_err(|e| Error::parquet(path, e))?;
-    let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader);
+    let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader(Some(vec![]))?);
+    let groups = metadata.metadata().num_row_groups();
+    let parts: Vec<Result<Vec<RecordBatch>>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            reader(Some(vec![g]))?
+                .map(|b| b.map_err(Error::from))
+                .collect()
+        })
+        .collect();
     let mut batches = Vec::new();
-    for batch in reader {
-        batches.push(batch?);
+    for part in parts {
+        batches.extend(part?);
     }
     Ok((schema, batches))
 }

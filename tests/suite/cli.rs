@@ -1009,3 +1009,79 @@ fn sql_without_a_query_runs_the_statements_of_its_input() {
     let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
     assert!(stderr.contains("no table \"nowhere\""), "{stderr}");
 }
+
+/// The shell on a real terminal (a pseudo-terminal from `script`): a
+/// statement over two lines, a dot command, an error that does not end the
+/// session, Ctrl-D to leave, and the history saved.
+#[test]
+fn the_sql_shell_edits_statements_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = small_base();
+    let b = dir.path();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} sql", env!("CARGO_BIN_EXE_segments")),
+            "/dev/null",
+        ])
+        .env("SEGMENTS_BASE", b)
+        .env("HOME", home.path())
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the shell on a pseudo-terminal");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = 0;
+    // Wait for text to appear after what was already seen (input is typed
+    // only once the shell prompts for it).
+    let mut expect = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = screen.lock().unwrap().clone();
+            if let Some(p) = text[seen..].find(needle) {
+                seen += p + needle.len();
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} not shown; the screen:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let prompt = "segments> ";
+    expect(prompt);
+    stdin.write_all(b"SELECT\r  40 + 2 AS answer;\r").unwrap();
+    expect("| 42");
+    expect(prompt);
+    stdin.write_all(b".tables\r").unwrap();
+    expect("segment_members");
+    expect(prompt);
+    stdin.write_all(b"SELECT nope FROM contacts;\r").unwrap();
+    expect("error:");
+    expect(prompt);
+    stdin.write_all(b"\x04").unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    assert!(status.success());
+    let history = std::fs::read_to_string(home.path().join(".segments_history")).unwrap();
+    assert!(history.contains("40 + 2 AS answer"), "{history}");
+}

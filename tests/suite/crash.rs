@@ -1,0 +1,216 @@
+//! The crash matrix: each command that writes a base is stopped at each of
+//! its durable steps in turn (`SEGMENTS_CRASH_AT=N` aborts the process at
+//! its N-th step: a data file created or flushed, a manifest written or
+//! renamed, a superseded file collected). After each crash the base passes
+//! `segments check`, reads as the state before the command or after it, and
+//! the next command recovers the lock, completes, and leaves no stray file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::common::copy_base;
+
+const AS_OF: &str = "2026-11-23T12:00:00Z";
+/// A recompute at this instant changes who is active.
+const LATER: &str = "2027-09-01T12:00:00Z";
+
+fn testdata(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(p)
+}
+
+/// Run the binary on a base; superseded versions are collected at once so
+/// that garbage collection is part of every command.
+fn run(base: &Path, args: &[String], crash_at: Option<u32>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_segments"));
+    c.env("SEGMENTS_BASE", base)
+        .env("SEGMENTS_GC_GRACE_SECS", "0")
+        .args(args);
+    if let Some(n) = crash_at {
+        c.env("SEGMENTS_CRASH_AT", n.to_string());
+    }
+    c.output().unwrap()
+}
+
+fn ok(base: &Path, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = run(base, &args, None);
+    assert!(
+        out.status.success(),
+        "segments {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What a user can see of a base: contacts, events, imports, segments and
+/// their members, without times and file names.
+fn state(base: &Path) -> String {
+    let check = ok(base, &["check"]);
+    assert!(!check.contains("problem"), "{check}");
+    [
+        "SELECT count(*), sum(contact_id), count(city) FROM contacts",
+        "SELECT count(*), sum(contact_id) FROM events",
+        "SELECT name, kind, rows_added, rows_updated FROM imports ORDER BY name, rows_added",
+        "SELECT id, name, kind, status, contacts FROM segments ORDER BY id",
+        "SELECT segment_id, count(*), sum(contact_id) FROM segment_members GROUP BY 1 ORDER BY 1",
+    ]
+    .iter()
+    .map(|q| ok(base, &["sql", "--format", "csv", q]))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// Every file under the data folders and manifests is named by the
+/// current manifest (nothing else is kept once collection has run).
+fn stray_files(base: &Path) -> Vec<String> {
+    let m = segments::base::Base::open(base)
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    let named: std::collections::HashSet<String> = m
+        .manifest
+        .files()
+        .into_iter()
+        .map(|f| f.path.clone())
+        .collect();
+    let mut stray = Vec::new();
+    for folder in ["contacts", "events", "bitmaps", "runs", "manifests"] {
+        let mut stack = vec![base.join(folder)];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
+                let current_manifest = folder == "manifests"
+                    && rel.ends_with(&format!("{:020}.json", m.manifest.version));
+                if !named.contains(&rel) && !current_manifest {
+                    stray.push(rel);
+                }
+            }
+        }
+    }
+    stray
+}
+
+#[test]
+fn every_durable_step_of_every_writing_command_survives_a_crash() {
+    let scratch = tempfile::tempdir().unwrap();
+    let template = scratch.path().join("template");
+    ok(&template, &["init", "--time-zone", "Europe/Paris"]);
+    let contacts = testdata("small/contacts.csv").display().to_string();
+    let events = testdata("small/events.csv").display().to_string();
+    ok(
+        &template,
+        &["import", "contacts", &contacts, "--as-of", AS_OF],
+    );
+    ok(&template, &["import", "events", &events, "--as-of", AS_OF]);
+    let parisiens = testdata("segments/04-parisiens.json").display().to_string();
+    ok(
+        &template,
+        &["segment", "create", &parisiens, "--as-of", AS_OF],
+    );
+    let edited = scratch.path().join("edited.json");
+    std::fs::write(
+        &edited,
+        r#"{"id": "parisiens", "name": "Parisiens et Lyonnais", "criteria":
+            {"field": "city", "op": "in", "value": ["Paris", "Lyon"]}}"#,
+    )
+    .unwrap();
+    let buyers = testdata("segments/03-gros-acheteurs.json")
+        .display()
+        .to_string();
+    let edited_s = edited.display().to_string();
+    let commands: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "import contacts",
+            vec![
+                "import", "contacts", &contacts, "--name", "again", "--as-of", AS_OF,
+            ],
+        ),
+        (
+            "import events",
+            vec![
+                "import", "events", &events, "--name", "again", "--as-of", AS_OF,
+            ],
+        ),
+        (
+            "segment create",
+            vec!["segment", "create", &buyers, "--as-of", AS_OF],
+        ),
+        (
+            "segment edit",
+            vec!["segment", "edit", "parisiens", &edited_s, "--as-of", AS_OF],
+        ),
+        ("segment delete", vec!["segment", "delete", "parisiens"]),
+        ("recompute", vec!["recompute", "--as-of", LATER]),
+        ("contacts delete", vec!["contacts", "delete", "101", "102"]),
+    ];
+    let old = state(&template);
+    let mut total = 0;
+    let mut report = Vec::new();
+    for (name, args) in &commands {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let reference = scratch.path().join("reference");
+        copy_base(&template, &reference);
+        let out = run(&reference, &args, None);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let new = state(&reference);
+        assert_ne!(new, old, "{name} changes what users see");
+        std::fs::remove_dir_all(&reference).unwrap();
+        let (mut points, mut saw_old, mut saw_new) = (0, 0, 0);
+        for n in 1.. {
+            let dir = scratch.path().join(format!("crash-{n}"));
+            copy_base(&template, &dir);
+            let out = run(&dir, &args, Some(n));
+            if out.status.success() {
+                std::fs::remove_dir_all(&dir).unwrap();
+                break;
+            }
+            points += 1;
+            assert!(n < 500, "{name}: no end to the durable steps");
+            let now = state(&dir);
+            if now == old {
+                saw_old += 1;
+                // The command runs again on the crashed base and completes.
+                let again = run(&dir, &args, None);
+                assert!(
+                    again.status.success(),
+                    "{name}, crash at step {n}, rerun: {}",
+                    String::from_utf8_lossy(&again.stderr)
+                );
+                assert_eq!(state(&dir), new, "{name}, crash at step {n}: rerun");
+            } else {
+                assert_eq!(now, new, "{name}, crash at step {n}: neither old nor new");
+                saw_new += 1;
+                // The next writer collects what the crash left behind.
+                ok(&dir, &["recompute", "--as-of", AS_OF]);
+            }
+            let stray = stray_files(&dir);
+            assert!(
+                stray.is_empty(),
+                "{name}, crash at step {n}: stray files {stray:?}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        assert!(points >= 2, "{name}: only {points} durable steps");
+        total += points;
+        report.push(format!("{name}: {points} ({saw_old} old, {saw_new} new)"));
+    }
+    println!(
+        "crash matrix: {total} crash points over {} commands; {}",
+        commands.len(),
+        report.join("; ")
+    );
+}
