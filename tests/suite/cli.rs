@@ -1085,3 +1085,83 @@ fn the_sql_shell_edits_statements_on_a_terminal() {
     let history = std::fs::read_to_string(home.path().join(".segments_history")).unwrap();
     assert!(history.contains("40 + 2 AS answer"), "{history}");
 }
+
+/// Readers in other processes while an import of contacts runs: each query
+/// sees the contacts before the import or after it, never a mix.
+#[test]
+fn readers_in_other_processes_see_one_snapshot_during_an_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    segments(&base).args(["init"]).assert().success();
+    let write_csv = |name: &str, ids: std::ops::Range<u32>, city: &str| {
+        let path = dir.path().join(name);
+        let mut text = String::from("contact_id,city,score\n");
+        for i in ids {
+            text.push_str(&format!("{i},{city}{},{}\n", i % 30, i % 997));
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = write_csv("first.csv", 0..150_000, "Ville");
+    let second = write_csv("second.csv", 100_000..300_000, "Town");
+    segments(&base)
+        .args(["import", "contacts"])
+        .arg(&first)
+        .assert()
+        .success();
+    let query = "SELECT count(*) AS n, sum(score) AS s, count(*) FILTER (WHERE city LIKE 'Town%') AS towns FROM contacts";
+    let read = |base: &std::path::Path| -> String {
+        let out = segments(base)
+            .args(["sql", "--format", "csv", query])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let old = read(&base);
+    let copy = dir.path().join("copy");
+    super::common::copy_base(&base, &copy);
+    segments(&copy)
+        .args(["import", "contacts"])
+        .arg(&second)
+        .assert()
+        .success();
+    let new = read(&copy);
+    assert_ne!(old, new);
+    let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+        .env("SEGMENTS_BASE", &base)
+        .args(["import", "contacts"])
+        .arg(&second)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut saw_old, mut saw_new, mut reads, mut during) = (0, 0, 0, 0);
+    loop {
+        let done = writer.try_wait().unwrap().is_some();
+        let seen = read(&base);
+        reads += 1;
+        if !done {
+            during += 1;
+        }
+        if seen == old {
+            saw_old += 1;
+        } else if seen == new {
+            saw_new += 1;
+        } else {
+            panic!("a reader saw a mix:\n{seen}\nold:\n{old}\nnew:\n{new}");
+        }
+        if done && reads >= 5 {
+            break;
+        }
+    }
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(read(&base), new);
+    println!(
+        "readers during an import: {reads} queries, {during} started while the import ran; {saw_old} saw the old contacts, {saw_new} the new ones, none a mix"
+    );
+}
