@@ -39,12 +39,44 @@ struct IdBook {
     by_iid: Vec<u64>,
 }
 
+impl IdBook {
+    /// From the two id columns of the contacts file.
+    fn load(dir: &std::path::Path, m: &Manifest) -> Result<IdBook> {
+        let mut by_iid = vec![0u64; m.next_iid as usize];
+        if let Some(f) = &m.contacts {
+            let path = dir.join(&f.path);
+            let (_, batches) = crate::base::table::read_parquet(&path, Some(&[IID, CONTACT_ID]))?;
+            for b in batches {
+                let (Some(iids), Some(cids)) = (
+                    b.column_by_name(IID).and_then(|a| {
+                        a.as_primitive_opt::<datafusion::arrow::datatypes::UInt32Type>()
+                    }),
+                    b.column_by_name(CONTACT_ID)
+                        .and_then(|a| a.as_primitive_opt::<UInt64Type>()),
+                ) else {
+                    return Err(crate::error::Error::base(
+                        dir,
+                        format!("{}: the id columns are missing or mistyped", f.path),
+                    ));
+                };
+                for (i, c) in iids.values().iter().zip(cids.values()) {
+                    if let Some(slot) = by_iid.get_mut(*i as usize) {
+                        *slot = *c;
+                    }
+                }
+            }
+        }
+        Ok(IdBook { by_iid })
+    }
+}
+
 /// Segment members of one snapshot, loaded on first use.
 #[derive(Debug)]
 struct MemberStore {
     dir: PathBuf,
     manifest: Manifest,
-    ids: IdBook,
+    /// Read on first use: queries that name no segment never need it.
+    ids: std::sync::OnceLock<std::result::Result<IdBook, String>>,
     loaded: Mutex<HashMap<String, Arc<Members>>>,
 }
 
@@ -63,11 +95,18 @@ impl MemberStore {
         Ok(m)
     }
 
-    fn contact_ids(&self, members: &RoaringBitmap) -> RoaringTreemap {
-        members
-            .iter()
-            .map(|i| self.ids.by_iid[i as usize])
-            .collect()
+    fn ids(&self) -> std::result::Result<&IdBook, String> {
+        self.ids
+            .get_or_init(|| IdBook::load(&self.dir, &self.manifest).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn contact_ids(&self, members: &RoaringBitmap) -> std::result::Result<RoaringTreemap, String> {
+        let ids = self.ids()?;
+        let mut cids: Vec<u64> = members.iter().map(|i| ids.by_iid[i as usize]).collect();
+        cids.sort_unstable();
+        RoaringTreemap::from_sorted_iter(cids).map_err(|e| e.to_string())
     }
 }
 
@@ -95,15 +134,10 @@ pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
         user.register_table(name, view)?;
     }
 
-    let map = crate::base::contacts::ContactIdMap::load(base.dir(), m)?;
-    let mut by_iid = vec![0u64; m.next_iid as usize];
-    for (c, i) in &map.to_iid {
-        by_iid[*i as usize] = *c;
-    }
     let store = Arc::new(MemberStore {
         dir: base.dir().to_path_buf(),
         manifest: m.clone(),
-        ids: IdBook { by_iid },
+        ids: std::sync::OnceLock::new(),
         loaded: Mutex::new(HashMap::new()),
     });
     user.register_table("segments", Arc::new(segments_table(base, m)?))?;
@@ -316,9 +350,13 @@ impl TableProvider for SegmentMembers {
                 .members(&id)
                 .map_err(datafusion::error::DataFusionError::Execution)?;
             let iids: Vec<u32> = members.members.iter().collect();
+            let book = self
+                .store
+                .ids()
+                .map_err(datafusion::error::DataFusionError::Execution)?;
             let cids: UInt64Array = iids
                 .iter()
-                .map(|i| Some(self.store.ids.by_iid[*i as usize]))
+                .map(|i| Some(book.by_iid[*i as usize]))
                 .collect();
             let entered: TimestampMicrosecondArray = iids
                 .iter()
@@ -374,7 +412,11 @@ impl InSegment {
             .store
             .members(key)
             .map_err(datafusion::error::DataFusionError::Execution)?;
-        let t = Arc::new(self.store.contact_ids(&members.members));
+        let t = Arc::new(
+            self.store
+                .contact_ids(&members.members)
+                .map_err(datafusion::error::DataFusionError::Execution)?,
+        );
         cache.insert(key.to_string(), t.clone());
         Ok(t)
     }
