@@ -10,18 +10,19 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, GenericListArray, RecordBatch, StringArray,
     UInt32Array, UInt64Array, new_null_array,
 };
-use datafusion::arrow::compute::{filter_record_batch, interleave};
-use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use datafusion::arrow::compute::{filter_record_batch, interleave, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use rayon::prelude::*;
-use roaring::RoaringBitmap;
+use roaring::{RoaringBitmap, RoaringTreemap};
 
-use crate::base::input::{ColumnData, InputTable};
+use crate::base::input::{ColumnData, Inference, InputChunks, InputTable, chunk_bytes};
 use crate::base::manifest::{DataFile, ImportKind, ImportRecord, Manifest};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_contact_field,
 };
 use crate::base::table::{
-    contacts_properties, parquet_schema, read_parquet_one, schema_ref, write_parquet,
+    ParallelWriter, ParquetFile, Spool, Taker, contacts_properties, parquet_schema, read_parquet,
+    read_parquet_one, schema_ref, write_parquet,
 };
 use crate::base::{Snapshot, Writer};
 use crate::bitmaps::{read_bitmap, write_bitmap};
@@ -48,61 +49,50 @@ const DICTIONARY_RATIO: usize = 4;
 /// Parquet dictionary page per row group.
 const DICTIONARY_BYTES: usize = 256 << 10;
 
-/// Values looked at first: a column with many distinct values among them is
-/// stored plain without encoding the rest.
+/// Values looked at to choose.
 const DICTIONARY_SAMPLE: usize = 64 * 1024;
 
-/// Contacts as they are stored: text columns with few distinct values
-/// (cities, countries, choices...) dictionary-encoded, the others plain.
-/// Conditions on a dictionary column are tested once per distinct value,
-/// and its values are decoded once per page.
+/// Contacts as they are stored (see [`storage_schema`]).
 pub fn for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut fields = Vec::with_capacity(batch.num_columns());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    let dictionaries: Vec<Result<Option<ArrayRef>>> =
-        batch.columns().par_iter().map(dictionary_of).collect();
-    for ((f, a), dict) in batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .zip(dictionaries)
-    {
-        match dict? {
-            Some(dict) => {
-                fields.push(Field::new(
-                    f.name(),
-                    dict.data_type().clone(),
-                    f.is_nullable(),
-                ));
-                columns.push(dict);
-            }
-            None => {
-                fields.push(f.as_ref().clone());
-                columns.push(a.clone());
-            }
-        }
-    }
-    Ok(RecordBatch::try_new(schema_ref(fields), columns)?)
+    let schema = storage_schema(&batch.schema(), std::slice::from_ref(batch))?;
+    to_storage(batch, &schema)
 }
 
-/// A text column as a dictionary, when it has few distinct values.
-fn dictionary_of(a: &ArrayRef) -> Result<Option<ArrayRef>> {
-    let Some(text) = a.as_string_opt::<i32>() else {
-        return Ok(None);
-    };
-    if !few_distinct(&text.slice(0, text.len().min(DICTIONARY_SAMPLE))) {
-        return Ok(None);
-    }
-    let dict = datafusion::arrow::compute::cast(
-        a,
-        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-    )?;
-    let values = dict.as_dictionary::<Int32Type>().values();
-    let present = a.len() - a.null_count();
-    let few = values.len() <= (present / DICTIONARY_RATIO).max(1)
-        && values.as_string::<i32>().values().len() <= DICTIONARY_BYTES;
-    Ok(few.then_some(dict))
+/// The types contacts are stored with: text columns with few distinct
+/// values among the first rows of the samples (cities, countries,
+/// choices...) dictionary-encoded, the others plain. Conditions on a
+/// dictionary column are tested once per distinct value, and its values are
+/// decoded once per page.
+fn storage_schema(plain: &SchemaRef, samples: &[RecordBatch]) -> Result<SchemaRef> {
+    let fields: Vec<Result<Field>> = plain
+        .fields()
+        .par_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.data_type() != &DataType::Utf8 {
+                return Ok(f.as_ref().clone());
+            }
+            let mut left = DICTIONARY_SAMPLE;
+            let mut parts: Vec<ArrayRef> = Vec::new();
+            for b in samples {
+                let k = left.min(b.num_rows());
+                parts.push(b.column(i).slice(0, k));
+                left -= k;
+            }
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            let sample = datafusion::arrow::compute::concat(&refs)?;
+            Ok(if few_distinct(sample.as_string::<i32>()) {
+                Field::new(
+                    f.name(),
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    f.is_nullable(),
+                )
+            } else {
+                f.as_ref().clone()
+            })
+        })
+        .collect();
+    Ok(schema_ref(fields.into_iter().collect::<Result<_>>()?))
 }
 
 fn few_distinct(text: &StringArray) -> bool {
@@ -284,27 +274,28 @@ pub struct ImportReport {
 
 /// Decide the type of each input column: the base's field, the declaration in
 /// the configuration, the recognised column, or inference, in that order.
-fn column_types(w: &Writer, input: &InputTable) -> Result<Vec<Option<FieldType>>> {
+/// Columns whose type is inferred take one more read of the file.
+fn column_types(w: &Writer, input: &InputChunks) -> Result<Vec<Option<FieldType>>> {
     let mut out = Vec::new();
     let mut to_infer = Vec::new();
-    for (idx, col) in input.columns.iter().enumerate() {
-        if col.name == CONTACT_ID {
+    for (idx, name) in input.names.iter().enumerate() {
+        if name == CONTACT_ID {
             out.push(None);
             continue;
         }
-        check_field_name(&col.name).map_err(|m| Error::input(&input.file, "header", m))?;
-        if input.columns[..idx].iter().any(|c| c.name == col.name) {
+        check_field_name(name).map_err(|m| Error::input(&input.file, "header", m))?;
+        if input.names[..idx].contains(name) {
             return Err(Error::input(
                 &input.file,
                 "header",
-                format!("column {:?} appears twice", col.name),
+                format!("column {name:?} appears twice"),
             ));
         }
-        let ty = if let Some(f) = w.next.fields.iter().find(|f| f.name == col.name) {
+        let ty = if let Some(f) = w.next.fields.iter().find(|f| &f.name == name) {
             f.ty.clone()
-        } else if let Some(t) = w.base.config.fields.get(&col.name) {
+        } else if let Some(t) = w.base.config.fields.get(name) {
             t.clone()
-        } else if let Some(t) = recognised_contact_field(&col.name) {
+        } else if let Some(t) = recognised_contact_field(name) {
             t
         } else {
             to_infer.push(idx);
@@ -312,9 +303,18 @@ fn column_types(w: &Writer, input: &InputTable) -> Result<Vec<Option<FieldType>>
         };
         out.push(Some(ty));
     }
-    let inferred: Vec<FieldType> = to_infer.par_iter().map(|&i| input.infer(i)).collect();
-    for (idx, ty) in to_infer.into_iter().zip(inferred) {
-        out[idx] = Some(ty);
+    if !to_infer.is_empty() {
+        let mut inferences = vec![Inference::default(); to_infer.len()];
+        for chunk in input.iter() {
+            let chunk = chunk?;
+            inferences
+                .par_iter_mut()
+                .zip(&to_infer)
+                .for_each(|(inference, &idx)| chunk.narrow(idx, inference));
+        }
+        for (idx, inference) in to_infer.into_iter().zip(inferences) {
+            out[idx] = Some(inference.result());
+        }
     }
     Ok(out)
 }
@@ -332,152 +332,219 @@ fn is_empty_at(a: &dyn Array, row: usize) -> bool {
     false
 }
 
+/// The contacts of a version by position in its file: internal ids, and
+/// `contact_id`s sorted for lookup (16 bytes a contact).
+struct ExistingIds {
+    iids: Vec<u32>,
+    by_contact: Vec<(u64, u32)>,
+}
+
+impl ExistingIds {
+    fn load(dir: &Path, m: &Manifest) -> Result<ExistingIds> {
+        let Some(f) = &m.contacts else {
+            return Ok(ExistingIds {
+                iids: Vec::new(),
+                by_contact: Vec::new(),
+            });
+        };
+        let (_, batches) = read_parquet(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
+        let mut iids = Vec::new();
+        let mut by_contact = Vec::new();
+        for b in &batches {
+            let (i, c) = id_columns(b)?;
+            iids.extend_from_slice(i.values());
+            by_contact.extend(c.values().iter().map(|&c| (c, 0)));
+        }
+        for (pos, entry) in by_contact.iter_mut().enumerate() {
+            entry.1 = pos as u32;
+        }
+        by_contact.par_sort_unstable();
+        Ok(ExistingIds { iids, by_contact })
+    }
+
+    fn position(&self, contact_id: u64) -> Option<u32> {
+        self.by_contact
+            .binary_search_by_key(&contact_id, |e| e.0)
+            .ok()
+            .map(|k| self.by_contact[k].1)
+    }
+}
+
+/// The input rows that update existing contacts, one run per chunk of the
+/// file, each sorted by the position of the contact it updates.
+struct Run<'a> {
+    positions: Vec<u32>,
+    at: usize,
+    rows: Taker<'a>,
+}
+
 /// Upsert the contacts of a file. On any error nothing is written.
+///
+/// The file is read chunk by chunk, so that its size does not bound the
+/// import by memory: each chunk's rows are typed and split into updates of
+/// existing contacts (sorted by position) and new contacts, both kept in
+/// spools that go to disk past a budget. The new contacts file is then
+/// written in one pass over the old one, row group by row group, each with
+/// its updates merged in, followed by the new contacts.
 pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Result<ImportReport> {
-    let input = InputTable::read(file)?;
-    let ids = input_contact_ids(&input)?;
+    let input = InputChunks::open(file)?;
+    if input.column(CONTACT_ID).is_none() {
+        return Err(Error::input(
+            file,
+            "header",
+            "the required column \"contact_id\" is missing",
+        ));
+    }
     let types = column_types(w, &input)?;
     let sep = w.base.config.tags_separator.clone();
-    // Columns are converted in parallel; the first error in column order is reported.
-    let typed: Vec<Result<(String, FieldType, ArrayRef)>> = types
-        .par_iter()
+    let dir = w.dir().to_path_buf();
+
+    // The file's fields with their types, in file order.
+    let incoming: Vec<(usize, FieldDef)> = types
+        .iter()
         .enumerate()
-        .filter_map(|(idx, ty)| ty.as_ref().map(|ty| (idx, ty)))
-        .map(|(idx, ty)| {
-            let name = input.columns[idx].name.clone();
-            Ok((name, ty.clone(), input.typed(idx, ty, &sep)?))
+        .filter_map(|(idx, ty)| {
+            let ty = ty.clone()?;
+            let name = input.names[idx].clone();
+            Some((idx, FieldDef { name, ty }))
         })
         .collect();
-    let typed = typed.into_iter().collect::<Result<Vec<_>>>()?;
-
-    // Duplicates within the file.
-    let mut seen: HashMap<u64, usize> = HashMap::with_capacity(ids.len());
-    for (row, id) in ids.iter().enumerate() {
-        if let Some(first) = seen.insert(*id, row) {
-            return Err(input.error(
-                row,
-                CONTACT_ID,
-                format!(
-                    "duplicate contact_id {id} (first seen at {})",
-                    input.locate(first, CONTACT_ID)
-                ),
-            ));
-        }
-    }
-
-    let dir = w.dir().to_path_buf();
-    let existing = load_contacts(&dir, &w.next)?;
-    let (old_iids, old_cids) = id_columns(&existing)?;
-    let mut position: HashMap<u64, usize> = HashMap::with_capacity(existing.num_rows());
-    for (pos, c) in old_cids.values().iter().enumerate() {
-        position.insert(*c, pos);
-    }
-
-    // Which input row updates which existing row; new contacts get new ids.
-    let mut update_of: Vec<Option<usize>> = vec![None; existing.num_rows()];
-    let mut new_rows: Vec<usize> = Vec::new();
-    let mut touched = RoaringBitmap::new();
-    let mut next_iid = w.next.next_iid;
-    let mut new_iids: Vec<u32> = Vec::new();
-    for (row, id) in ids.iter().enumerate() {
-        match position.get(id) {
-            Some(&pos) => {
-                update_of[pos] = Some(row);
-                touched.insert(old_iids.value(pos));
-            }
-            None => {
-                new_rows.push(row);
-                let iid = next_iid;
-                next_iid = next_iid
-                    .checked_add(1)
-                    .ok_or_else(|| Error::base(&dir, "more than 4 billion contacts"))?;
-                new_iids.push(iid);
-                touched.insert(iid);
-            }
-        }
-    }
+    let mut spooled = vec![Field::new(CONTACT_ID, DataType::UInt64, false)];
+    spooled.extend(
+        incoming
+            .iter()
+            .map(|(_, f)| Field::new(&f.name, f.ty.arrow_type(), true)),
+    );
+    let spooled = schema_ref(spooled);
 
     // The new field list: existing fields, then the file's new columns.
     let mut fields = w.next.fields.clone();
     let mut new_fields = Vec::new();
-    for (name, ty, _) in &typed {
-        if !fields.iter().any(|f| &f.name == name) {
-            fields.push(FieldDef {
-                name: name.clone(),
-                ty: ty.clone(),
-            });
-            new_fields.push(name.clone());
+    for (_, f) in &incoming {
+        if !fields.iter().any(|g| g.name == f.name) {
+            fields.push(f.clone());
+            new_fields.push(f.name.clone());
         }
     }
 
-    // Build each output column by interleaving the existing column (source 0),
-    // the input column (source 1) and a single null (source 2).
-    let n_old = existing.num_rows();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len() + 2);
-    let mut iids: Vec<u32> = old_iids.values().to_vec();
-    iids.extend(&new_iids);
-    columns.push(Arc::new(UInt32Array::from(iids)));
-    let mut cids: Vec<u64> = old_cids.values().to_vec();
-    cids.extend(new_rows.iter().map(|&r| ids[r]));
-    columns.push(Arc::new(UInt64Array::from(cids)));
-    let merged = fields
-        .par_iter()
-        .map(|f| -> Result<ArrayRef> {
-            let dt = f.ty.arrow_type();
-            let old: ArrayRef = existing
-                .column_by_name(&f.name)
-                .cloned()
-                .unwrap_or_else(|| new_null_array(&dt, n_old));
-            let incoming = typed
-                .iter()
-                .find(|(n, _, _)| n == &f.name)
-                .map(|(_, _, a)| a.clone());
-            let null = new_null_array(&dt, 1);
-            let Some(inc) = incoming else {
-                let mut idx: Vec<(usize, usize)> = (0..n_old).map(|r| (0, r)).collect();
-                idx.extend(new_rows.iter().map(|_| (2, 0)));
-                return Ok(interleave(
-                    &[old.as_ref(), old.as_ref(), null.as_ref()],
-                    &idx,
-                )?);
-            };
-            let mut idx: Vec<(usize, usize)> = Vec::with_capacity(n_old + new_rows.len());
-            for (pos, upd) in update_of.iter().enumerate() {
-                match upd {
-                    Some(row) if opts.overwrite_empty || !is_empty_at(inc.as_ref(), *row) => {
-                        idx.push((1, *row))
-                    }
-                    _ => idx.push((0, pos)),
-                }
+    let existing = ExistingIds::load(&dir, &w.next)?;
+    let budget = 2 * chunk_bytes() as usize;
+    let mut updates = Spool::new(&dir, spooled.clone(), budget);
+    let mut added = Spool::new(&dir, spooled.clone(), budget);
+    let mut run_positions: Vec<Vec<u32>> = Vec::new();
+    let mut seen = RoaringTreemap::new();
+    let mut touched = RoaringBitmap::new();
+    for chunk in input.iter() {
+        let chunk = chunk?;
+        let ids = input_contact_ids(&chunk)?;
+        for (row, id) in ids.iter().enumerate() {
+            if !seen.insert(*id) {
+                return Err(duplicate(&input, &chunk, row, *id));
             }
-            idx.extend(new_rows.iter().map(|&r| (1, r)));
-            Ok(interleave(
-                &[old.as_ref(), inc.as_ref(), null.as_ref()],
-                &idx,
-            )?)
-        })
-        .collect::<Vec<_>>();
-    for column in merged {
-        columns.push(column?);
+        }
+        // Columns are converted in parallel; the first error in column order is reported.
+        let typed: Vec<Result<ArrayRef>> = incoming
+            .par_iter()
+            .map(|(idx, f)| chunk.typed(*idx, &f.ty, &sep))
+            .collect();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids.clone()))];
+        for c in typed {
+            columns.push(c?);
+        }
+        let batch = RecordBatch::try_new(spooled.clone(), columns)?;
+        let mut upd: Vec<(u32, u32)> = Vec::new();
+        let mut new_rows: Vec<u32> = Vec::new();
+        for (row, id) in ids.iter().enumerate() {
+            match existing.position(*id) {
+                Some(pos) => {
+                    upd.push((pos, row as u32));
+                    touched.insert(existing.iids[pos as usize]);
+                }
+                None => new_rows.push(row as u32),
+            }
+        }
+        upd.sort_unstable();
+        let rows = UInt32Array::from_iter_values(upd.iter().map(|u| u.1));
+        updates.push(take_record_batch(&batch, &rows)?)?;
+        run_positions.push(upd.into_iter().map(|u| u.0).collect());
+        added.push(take_record_batch(&batch, &UInt32Array::from(new_rows))?)?;
     }
-    let batch = RecordBatch::try_new(contacts_schema(&fields), columns)?;
-    let contacts_file = write_contacts(w, &batch)?;
+    updates.close()?;
+    added.close()?;
+    let first_new = w.next.next_iid;
+    let next_iid = u32::try_from(added.rows())
+        .ok()
+        .and_then(|n| first_new.checked_add(n))
+        .ok_or_else(|| Error::base(&dir, "more than 4 billion contacts"))?;
+    touched.insert_range(first_new..next_iid);
+
+    // The runs, each read from its place in the spool of updates.
+    let mut runs = Vec::with_capacity(run_positions.len());
+    let mut offset = 0;
+    for positions in run_positions {
+        let rows = Taker::new(spooled.clone(), updates.read(offset, positions.len())?);
+        offset += positions.len();
+        runs.push(Run {
+            positions,
+            at: 0,
+            rows,
+        });
+    }
+
+    let plain = contacts_schema(&fields);
+    let new_sample = Taker::new(spooled.clone(), added.read(0, DICTIONARY_SAMPLE)?)
+        .take(DICTIONARY_SAMPLE)
+        .and_then(|b| new_rows_batch(&b, first_new, &fields, &plain))?;
+    let mut out = Output::default();
+
+    // The old contacts, row group by row group (a few decoded in parallel),
+    // with their updates.
+    if let Some(f) = &w.next.contacts {
+        let old = ParquetFile::open(&dir.join(&f.path))?;
+        let old_plain = contacts_schema(&w.next.fields);
+        let groups: Vec<usize> = (0..old.row_groups()).collect();
+        let mut position = 0usize;
+        for some in groups.chunks(rayon::current_num_threads().max(1)) {
+            for batch in old.read(None, some)? {
+                let batch = to_storage(&batch, &old_plain)?;
+                let n = batch.num_rows();
+                let merged = merge_updates(&batch, position, &mut runs, &fields, &spooled, opts)?;
+                position += n;
+                out.write(w, merged, &new_sample)?;
+            }
+        }
+    }
+    // Then the new contacts, in file order.
+    let mut rows = Taker::new(spooled.clone(), added.read(0, added.rows())?);
+    let mut iid = first_new;
+    loop {
+        let b = rows.take(64 * 1024)?;
+        if b.num_rows() == 0 {
+            break;
+        }
+        let n = b.num_rows() as u32;
+        out.write(w, new_rows_batch(&b, iid, &fields, &plain)?, &new_sample)?;
+        iid += n;
+    }
+    let contacts_file = out.finish(w, &new_sample)?;
+
     let mut all = match &w.next.all_contacts {
         Some(f) => read_bitmap(&dir, f)?,
         None => RoaringBitmap::new(),
     };
-    all.extend(new_iids.iter().copied());
+    all.insert_range(first_new..next_iid);
     let all_file = write_bitmap(w, "all-contacts", &all)?;
     let touched_file = write_bitmap(w, "import", &touched)?;
 
     let now = Utc::now();
     let (id, name) = import_name(&w.next, file, opts.name.as_deref(), now)?;
+    let rows_added = u64::from(next_iid - first_new);
     let report = ImportReport {
         id: id.clone(),
         name: name.clone(),
         file: file.display().to_string(),
-        rows_added: new_rows.len() as u64,
-        rows_updated: (ids.len() - new_rows.len()) as u64,
+        rows_added,
+        rows_updated: seen.len() - rows_added,
         rows_skipped: 0,
         new_fields,
     };
@@ -500,6 +567,158 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     Ok(report)
 }
 
+/// The new contacts file, written once the storage types are chosen on a
+/// sample of the first old contacts (updated) and the first new ones.
+#[derive(Default)]
+struct Output {
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    writer: Option<(ParallelWriter, SchemaRef)>,
+}
+
+impl Output {
+    fn write(&mut self, w: &Writer, batch: RecordBatch, new_sample: &RecordBatch) -> Result<()> {
+        if let Some((out, schema)) = &mut self.writer {
+            return out.write(to_storage(&batch, schema)?);
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= DICTIONARY_SAMPLE {
+            self.start(w, new_sample)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, w: &Writer, new_sample: &RecordBatch) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut samples = pending.clone();
+        samples.push(new_sample.clone());
+        let schema = storage_schema(&new_sample.schema(), &samples)?;
+        let sink = w.new_file("contacts", "contacts", "parquet")?;
+        let mut out = ParallelWriter::new(sink, schema.clone(), contacts_properties())?;
+        for b in pending {
+            out.write(to_storage(&b, &schema)?)?;
+        }
+        self.writer = Some((out, schema));
+        Ok(())
+    }
+
+    fn finish(mut self, w: &Writer, new_sample: &RecordBatch) -> Result<DataFile> {
+        if self.writer.is_none() {
+            self.start(w, new_sample)?;
+        }
+        self.writer.expect("contacts writer").0.finish()
+    }
+}
+
+/// A duplicate `contact_id`, with where it was first seen (found again by
+/// reading the file from the start).
+fn duplicate(input: &InputChunks, at: &InputTable, row: usize, id: u64) -> Error {
+    let first = || -> Result<Option<String>> {
+        for chunk in input.iter() {
+            let chunk = chunk?;
+            let ids = input_contact_ids(&chunk)?;
+            if let Some(r) = ids.iter().position(|&x| x == id) {
+                return Ok(Some(chunk.locate(r, CONTACT_ID)));
+            }
+        }
+        Ok(None)
+    };
+    match first() {
+        Ok(Some(first)) => at.error(
+            row,
+            CONTACT_ID,
+            format!("duplicate contact_id {id} (first seen at {first})"),
+        ),
+        Ok(None) => at.error(row, CONTACT_ID, format!("duplicate contact_id {id}")),
+        Err(e) => e,
+    }
+}
+
+/// Old contacts at `position` in the old file, with the updates of the runs
+/// that fall on them. An empty input cell keeps the old value unless
+/// `overwrite_empty`.
+fn merge_updates(
+    old: &RecordBatch,
+    position: usize,
+    runs: &mut [Run],
+    fields: &[FieldDef],
+    spooled: &SchemaRef,
+    opts: &ImportOptions,
+) -> Result<RecordBatch> {
+    let n = old.num_rows();
+    let end = position + n;
+    let mut slices = Vec::with_capacity(runs.len());
+    let mut source: Vec<Option<(usize, usize)>> = vec![None; n];
+    for (r, run) in runs.iter_mut().enumerate() {
+        let here = &run.positions[run.at..];
+        let k = here.partition_point(|&p| (p as usize) < end);
+        for (offset, &p) in here[..k].iter().enumerate() {
+            source[p as usize - position] = Some((r, offset));
+        }
+        run.at += k;
+        slices.push(run.rows.take(k)?);
+    }
+    let mut columns: Vec<ArrayRef> = vec![old.column(0).clone(), old.column(1).clone()];
+    let merged: Vec<Result<ArrayRef>> = fields
+        .par_iter()
+        .map(|f| -> Result<ArrayRef> {
+            let dt = f.ty.arrow_type();
+            let old_column = old
+                .column_by_name(&f.name)
+                .cloned()
+                .unwrap_or_else(|| new_null_array(&dt, n));
+            let Some((c, _)) = spooled.column_with_name(&f.name) else {
+                return Ok(old_column);
+            };
+            if slices.iter().all(|s| s.num_rows() == 0) {
+                return Ok(old_column);
+            }
+            let mut sources: Vec<&dyn Array> = vec![old_column.as_ref()];
+            sources.extend(slices.iter().map(|s| s.column(c).as_ref()));
+            let idx: Vec<(usize, usize)> = source
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match *s {
+                    Some((r, offset))
+                        if opts.overwrite_empty
+                            || !is_empty_at(slices[r].column(c).as_ref(), offset) =>
+                    {
+                        (1 + r, offset)
+                    }
+                    _ => (0, i),
+                })
+                .collect();
+            Ok(interleave(&sources, &idx)?)
+        })
+        .collect();
+    for column in merged {
+        columns.push(column?);
+    }
+    Ok(RecordBatch::try_new(contacts_schema(fields), columns)?)
+}
+
+/// New contacts from spooled input rows, with internal ids from `first`.
+fn new_rows_batch(
+    rows: &RecordBatch,
+    first: u32,
+    fields: &[FieldDef],
+    plain: &SchemaRef,
+) -> Result<RecordBatch> {
+    let n = rows.num_rows();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(first..first + n as u32)),
+        rows.column(0).clone(),
+    ];
+    for f in fields {
+        columns.push(match rows.column_by_name(&f.name) {
+            Some(c) => c.clone(),
+            None => new_null_array(&f.ty.arrow_type(), n),
+        });
+    }
+    Ok(RecordBatch::try_new(plain.clone(), columns)?)
+}
+
 /// The id and name of a new import: the given name, or the file's stem and the time.
 pub fn import_name(
     m: &Manifest,
@@ -507,19 +726,30 @@ pub fn import_name(
     name: Option<&str>,
     now: chrono::DateTime<Utc>,
 ) -> Result<(String, String)> {
+    let taken = |n: &str| m.imports.iter().any(|i| i.name == n);
     let name = match name {
+        Some(n) if taken(n) => {
+            return Err(Error::usage(format!(
+                "an import named {n:?} already exists"
+            )));
+        }
         Some(n) => n.to_string(),
-        None => format!(
-            "{} {}",
-            file.file_stem().unwrap_or_default().to_string_lossy(),
-            now.format("%Y-%m-%d %H:%M:%S")
-        ),
+        None => {
+            // Two imports of one file within a second get numbered names.
+            let stem = format!(
+                "{} {}",
+                file.file_stem().unwrap_or_default().to_string_lossy(),
+                now.format("%Y-%m-%d %H:%M:%S")
+            );
+            (1..)
+                .map(|k| match k {
+                    1 => stem.clone(),
+                    _ => format!("{stem} ({k})"),
+                })
+                .find(|n| !taken(n))
+                .expect("a free name")
+        }
     };
-    if m.imports.iter().any(|i| i.name == name) {
-        return Err(Error::usage(format!(
-            "an import named {name:?} already exists"
-        )));
-    }
     let mut id = crate::criteria::slug(&name);
     if m.imports.iter().any(|i| i.id == id) {
         id = format!("{id}-{}", m.imports.len() + 1);

@@ -18,7 +18,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::Writer;
 use crate::base::contacts::{ContactIdMap, import_name, input_contact_ids};
-use crate::base::input::InputTable;
+use crate::base::input::{Inference, InputChunks};
 use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
@@ -69,15 +69,19 @@ pub struct EventImportOptions {
     pub skip_unknown: bool,
 }
 
-/// Append the events of a file. On any error nothing is written.
+/// Append the events of a file. On any error nothing is published (files
+/// written for earlier chunks stay unreferenced and are collected).
+///
+/// The file is read chunk by chunk; each chunk's events are written as
+/// files of their own, one per month, so that the size of the file does not
+/// bound the import by memory.
 pub fn import_events(
     w: &mut Writer,
     file: &Path,
     opts: &EventImportOptions,
 ) -> Result<crate::base::contacts::ImportReport> {
-    let input = InputTable::read(file)?;
-    let ids = input_contact_ids(&input)?;
-    for required in ["ts", "type"] {
+    let input = InputChunks::open(file)?;
+    for required in [CONTACT_ID, "ts", "type"] {
         if input.column(required).is_none() {
             return Err(Error::input(
                 file,
@@ -86,101 +90,94 @@ pub fn import_events(
             ));
         }
     }
+    let columns = event_columns(w, &input)?;
+    let schema = events_schema(&columns);
+    let sep = w.base.config.tags_separator.clone();
     let dir = w.dir().to_path_buf();
     let map = ContactIdMap::load(&dir, &w.next)?;
-    let mut keep = Vec::with_capacity(ids.len());
-    let mut iids = Vec::with_capacity(ids.len());
+
     let mut unknown = 0u64;
-    let mut first_unknown = None;
-    for (row, id) in ids.iter().enumerate() {
-        match map.to_iid.get(id) {
-            Some(&iid) => {
-                keep.push(true);
-                iids.push(iid);
-            }
-            None => {
-                keep.push(false);
-                iids.push(0);
-                unknown += 1;
-                first_unknown.get_or_insert(row);
+    // The first event of an unknown contact: where, and whose.
+    let mut first_unknown: Option<(String, u64)> = None;
+    let mut files = Vec::new();
+    let mut touched = RoaringBitmap::new();
+    let mut added = 0u64;
+    for chunk in input.iter() {
+        let chunk = chunk?;
+        let ids = input_contact_ids(&chunk)?;
+        let mut keep = Vec::with_capacity(ids.len());
+        let mut iids = Vec::with_capacity(ids.len());
+        for (row, id) in ids.iter().enumerate() {
+            match map.to_iid.get(id) {
+                Some(&iid) => {
+                    keep.push(true);
+                    iids.push(iid);
+                }
+                None => {
+                    keep.push(false);
+                    iids.push(0);
+                    unknown += 1;
+                    if first_unknown.is_none() && !opts.skip_unknown {
+                        first_unknown = Some((chunk.locate(row, CONTACT_ID), *id));
+                    }
+                }
             }
         }
+        // Past an unknown contact, the rest of the file is only counted.
+        if first_unknown.is_some() {
+            continue;
+        }
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(iids)),
+            Arc::new(UInt64Array::from(ids)),
+        ];
+        let converted: Vec<Result<ArrayRef>> = columns
+            .par_iter()
+            .zip(schema.fields().par_iter().skip(2))
+            .map(|(c, field)| {
+                let a = match chunk.column(&c.name) {
+                    Some(idx) => chunk.typed(idx, &c.ty, &sep)?,
+                    None => new_null_array(&c.ty.arrow_type(), chunk.rows),
+                };
+                Ok(datafusion::arrow::compute::cast(&a, field.data_type())?)
+            })
+            .collect();
+        for a in converted {
+            arrays.push(a?);
+        }
+        for required in ["ts", "type"] {
+            let a = &arrays[2 + columns
+                .iter()
+                .position(|c| c.name == required)
+                .expect("standard")];
+            if let Some(row) = (0..a.len()).find(|&r| a.is_null(r) && keep[r]) {
+                return Err(chunk.error(row, required, format!("{required} is missing")));
+            }
+        }
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        touched.extend(
+            batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .expect("u32 ids")
+                .values()
+                .iter()
+                .copied(),
+        );
+        files.extend(write_partitioned(w, &schema, &batch)?);
+        added += batch.num_rows() as u64;
     }
-    if unknown > 0 && !opts.skip_unknown {
-        let row = first_unknown.expect("one unknown row");
-        return Err(input.error(
-            row,
-            CONTACT_ID,
+    if let Some((at, id)) = first_unknown {
+        return Err(Error::input(
+            file,
+            at,
             format!(
-                "{unknown} event(s) belong to contacts not in the base (first: contact_id {}); import the contacts first or pass --skip-unknown",
-                ids[row]
+                "{unknown} event(s) belong to contacts not in the base (first: contact_id {id}); import the contacts first or pass --skip-unknown"
             ),
         ));
     }
-
-    // Columns: the base's, then new ones from the file.
-    let mut columns = w.next.event_columns.clone();
-    for (idx, col) in input.columns.iter().enumerate() {
-        if col.name == CONTACT_ID || columns.iter().any(|c| c.name == col.name) {
-            continue;
-        }
-        check_field_name(&col.name).map_err(|m| Error::input(file, "header", m))?;
-        let ty = w
-            .base
-            .config
-            .fields
-            .get(&col.name)
-            .cloned()
-            .or_else(|| recognised_event_field(&col.name))
-            .unwrap_or_else(|| input.infer(idx));
-        columns.push(FieldDef {
-            name: col.name.clone(),
-            ty,
-        });
-    }
-    let schema = events_schema(&columns);
-    let sep = w.base.config.tags_separator.clone();
-    let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from(iids)),
-        Arc::new(UInt64Array::from(ids.clone())),
-    ];
-    let converted: Vec<Result<ArrayRef>> = columns
-        .par_iter()
-        .zip(schema.fields().par_iter().skip(2))
-        .map(|(c, field)| {
-            let a = match input.column(&c.name) {
-                Some(idx) => input.typed(idx, &c.ty, &sep)?,
-                None => new_null_array(&c.ty.arrow_type(), input.rows),
-            };
-            Ok(datafusion::arrow::compute::cast(&a, field.data_type())?)
-        })
-        .collect();
-    for a in converted {
-        arrays.push(a?);
-    }
-    for required in ["ts", "type"] {
-        let a = &arrays[2 + columns
-            .iter()
-            .position(|c| c.name == required)
-            .expect("standard")];
-        if let Some(row) = (0..a.len()).find(|&r| a.is_null(r) && keep[r]) {
-            return Err(input.error(row, required, format!("{required} is missing")));
-        }
-    }
-    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-    let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-
-    let touched: RoaringBitmap = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<UInt32Array>()
-        .expect("u32 ids")
-        .values()
-        .iter()
-        .copied()
-        .collect();
-    let files = write_partitioned(w, &schema, &batch)?;
-    let added = batch.num_rows() as u64;
     w.next.events.extend(files);
     w.next.event_columns = columns;
 
@@ -208,6 +205,48 @@ pub fn import_events(
         contacts: touched_file,
     });
     Ok(report)
+}
+
+/// The event columns after an import: the base's, then new ones from the
+/// file (typed by the configuration, by name, or inferred from a read of
+/// the file).
+fn event_columns(w: &Writer, input: &InputChunks) -> Result<Vec<FieldDef>> {
+    let mut columns = w.next.event_columns.clone();
+    let mut to_infer = Vec::new();
+    for (idx, name) in input.names.iter().enumerate() {
+        if name == CONTACT_ID || columns.iter().any(|c| &c.name == name) {
+            continue;
+        }
+        check_field_name(name).map_err(|m| Error::input(&input.file, "header", m))?;
+        let ty = w
+            .base
+            .config
+            .fields
+            .get(name)
+            .cloned()
+            .or_else(|| recognised_event_field(name));
+        if ty.is_none() {
+            to_infer.push((idx, columns.len()));
+        }
+        columns.push(FieldDef {
+            name: name.clone(),
+            ty: ty.unwrap_or(FieldType::Text),
+        });
+    }
+    if !to_infer.is_empty() {
+        let mut inferences = vec![Inference::default(); to_infer.len()];
+        for chunk in input.iter() {
+            let chunk = chunk?;
+            inferences
+                .par_iter_mut()
+                .zip(&to_infer)
+                .for_each(|(inference, &(idx, _))| chunk.narrow(idx, inference));
+        }
+        for ((_, c), inference) in to_infer.into_iter().zip(inferences) {
+            columns[c].ty = inference.result();
+        }
+    }
+    Ok(columns)
 }
 
 fn ts_column(batch: &RecordBatch) -> &TimestampMicrosecondArray {

@@ -17,16 +17,21 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options, concat};
 use rayon::prelude::*;
 
 use crate::base::schema::FieldType;
-use crate::base::table::read_parquet_one;
 use crate::error::{Error, Result};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 
-/// One imported file, column by column.
+/// One imported file, or one chunk of it, column by column.
 pub struct InputTable {
     pub file: PathBuf,
     pub rows: usize,
     pub columns: Vec<InputColumn>,
     /// The 1-based line of each row in a CSV file (None for Parquet).
     lines: Option<Vec<u64>>,
+    /// Rows of the file before this chunk (for Parquet row numbers).
+    first_row: usize,
 }
 
 pub struct InputColumn {
@@ -41,15 +46,68 @@ pub enum ColumnData {
     Arrow(ArrayRef),
 }
 
-impl InputTable {
-    pub fn read(file: &Path) -> Result<InputTable> {
+/// An input file cut into chunks of whole records read one at a time, so
+/// that a file of any size is imported in bounded memory: a CSV file in byte
+/// ranges (the ranges of a chunk parsed in parallel), a Parquet file in runs
+/// of row groups.
+pub struct InputChunks {
+    pub file: PathBuf,
+    /// Column names, from the header or the Parquet schema.
+    pub names: Vec<String>,
+    source: Source,
+}
+
+enum Source {
+    Csv {
+        delimiter: u8,
+        chunks: Vec<Vec<CsvRange>>,
+    },
+    Parquet {
+        metadata: ArrowReaderMetadata,
+        /// Row groups of each chunk and the rows before it.
+        chunks: Vec<(Vec<usize>, usize)>,
+    },
+}
+
+/// The bytes of a file read at once: CSV text, or uncompressed Parquet row
+/// groups (`SEGMENTS_IMPORT_CHUNK_BYTES` sets it, mostly for tests).
+pub fn chunk_bytes() -> u64 {
+    std::env::var("SEGMENTS_IMPORT_CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(rayon::current_num_threads() as u64 * CHUNK_BYTES_PER_THREAD)
+}
+
+impl InputChunks {
+    /// Open a file to be read in chunks of about `SEGMENTS_IMPORT_CHUNK_BYTES`.
+    pub fn open(file: &Path) -> Result<InputChunks> {
+        Self::open_with(file, chunk_bytes())
+    }
+
+    fn open_with(file: &Path, chunk_bytes: u64) -> Result<InputChunks> {
         let ext = file
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
         match ext.as_str() {
-            "parquet" | "pq" => Self::read_parquet(file),
-            "csv" | "txt" | "tsv" => Self::read_csv(file),
+            "parquet" | "pq" => Self::open_parquet(file, chunk_bytes),
+            "csv" | "txt" | "tsv" => {
+                let size = std::fs::metadata(file)
+                    .map_err(|e| Error::io(file, e))?
+                    .len();
+                let per_chunk = rayon::current_num_threads() * 2;
+                // Parts small enough that the raw bytes in flight stay
+                // bounded, and at least two per thread so that threads
+                // finish together.
+                let chunks = size.div_ceil(chunk_bytes.max(1)).max(1) as usize;
+                let parts = if size >= PARALLEL_CSV_BYTES || chunks > 1 {
+                    (chunks * per_chunk).max(size.div_ceil(CSV_PART_BYTES) as usize)
+                } else {
+                    1
+                };
+                Self::open_csv(file, parts, parts.div_ceil(chunks))
+            }
             _ => Err(Error::input(
                 file,
                 "file name",
@@ -58,45 +116,42 @@ impl InputTable {
         }
     }
 
-    fn read_parquet(file: &Path) -> Result<InputTable> {
-        let batch = read_parquet_one(file, None)?;
-        let columns = batch
+    fn open_parquet(file: &Path, chunk_bytes: u64) -> Result<InputChunks> {
+        let f = File::open(file).map_err(|e| Error::io(file, e))?;
+        let metadata = ArrowReaderMetadata::load(&f, ArrowReaderOptions::default())
+            .map_err(|e| Error::parquet(file, e))?;
+        let names = metadata
             .schema()
             .fields()
             .iter()
-            .zip(batch.columns())
-            .map(|(f, a)| InputColumn {
-                name: f.name().clone(),
-                data: ColumnData::Arrow(a.clone()),
-            })
+            .map(|f| f.name().clone())
             .collect();
-        Ok(InputTable {
+        let mut chunks: Vec<(Vec<usize>, usize)> = vec![(Vec::new(), 0)];
+        let (mut bytes, mut rows) = (0u64, 0usize);
+        for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
+            let size = group.total_byte_size().max(0) as u64;
+            let last = chunks.last_mut().expect("one chunk");
+            if !last.0.is_empty() && bytes + size > chunk_bytes {
+                chunks.push((vec![g], rows));
+                bytes = size;
+            } else {
+                last.0.push(g);
+                bytes += size;
+            }
+            rows += group.num_rows().max(0) as usize;
+        }
+        Ok(InputChunks {
             file: file.to_path_buf(),
-            rows: batch.num_rows(),
-            columns,
-            lines: None,
+            names,
+            source: Source::Parquet { metadata, chunks },
         })
     }
 
-    fn read_csv(file: &Path) -> Result<InputTable> {
-        let size = std::fs::metadata(file)
-            .map_err(|e| Error::io(file, e))?
-            .len();
-        // Parts small enough that the raw bytes in flight stay bounded,
-        // and at least two per thread so that threads finish together.
-        let parts = if size >= PARALLEL_CSV_BYTES {
-            (rayon::current_num_threads() * 2).max(size.div_ceil(CSV_PART_BYTES) as usize)
-        } else {
-            1
-        };
-        Self::read_csv_in_parts(file, parts)
-    }
-
-    /// Read a CSV file cut into about `parts` byte ranges at record
-    /// boundaries, parsed in parallel. A boundary is a line break outside
+    /// Cut a CSV file into about `parts` byte ranges at record boundaries,
+    /// `per_chunk` ranges to a chunk. A boundary is a line break outside
     /// quotes: with quotes escaped by doubling (RFC 4180), a position is
     /// inside a quoted field exactly when an odd number of quotes precede it.
-    fn read_csv_in_parts(file: &Path, parts: usize) -> Result<InputTable> {
+    fn open_csv(file: &Path, parts: usize, per_chunk: usize) -> Result<InputChunks> {
         let delimiter = if file.extension().is_some_and(|e| e == "tsv") {
             b'\t'
         } else {
@@ -114,18 +169,108 @@ impl InputTable {
             .collect();
         let start = reader.position().byte();
         drop(reader);
-        let ranges = record_ranges(file, start, parts)?;
+        let mut ranges = record_ranges(file, start, parts)?.into_iter().peekable();
+        let mut chunks = Vec::new();
+        while ranges.peek().is_some() {
+            chunks.push(ranges.by_ref().take(per_chunk.max(1)).collect());
+        }
+        Ok(InputChunks {
+            file: file.to_path_buf(),
+            names,
+            source: Source::Csv { delimiter, chunks },
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.source {
+            Source::Csv { chunks, .. } => chunks.len(),
+            Source::Parquet { chunks, .. } => chunks.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|c| c == name)
+    }
+
+    /// The chunks one after the other.
+    pub fn iter(&self) -> impl Iterator<Item = Result<InputTable>> + '_ {
+        (0..self.len()).map(|i| self.read(i))
+    }
+
+    /// Read chunk `i`.
+    pub fn read(&self, i: usize) -> Result<InputTable> {
+        match &self.source {
+            Source::Csv { delimiter, chunks } => self.read_csv(*delimiter, &chunks[i]),
+            Source::Parquet { metadata, chunks } => {
+                let (groups, first_row) = &chunks[i];
+                self.read_parquet(metadata, groups, *first_row)
+            }
+        }
+    }
+
+    fn read_parquet(
+        &self,
+        metadata: &ArrowReaderMetadata,
+        groups: &[usize],
+        first_row: usize,
+    ) -> Result<InputTable> {
+        let file = &self.file;
+        let parts: Vec<Result<Vec<RecordBatch>>> = groups
+            .par_iter()
+            .map(|&g| {
+                let f = File::open(file).map_err(|e| Error::io(file, e))?;
+                ParquetRecordBatchReaderBuilder::new_with_metadata(f, metadata.clone())
+                    .with_batch_size(64 * 1024)
+                    .with_row_groups(vec![g])
+                    .build()
+                    .map_err(|e| Error::parquet(file, e))?
+                    .map(|b| b.map_err(|e| Error::parquet(file, e.into())))
+                    .collect()
+            })
+            .collect();
+        let mut batches = Vec::new();
+        for part in parts {
+            batches.extend(part?);
+        }
+        let schema = metadata.schema().clone();
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        let columns = self
+            .names
+            .iter()
+            .zip(batch.columns())
+            .map(|(name, a)| InputColumn {
+                name: name.clone(),
+                data: ColumnData::Arrow(a.clone()),
+            })
+            .collect();
+        Ok(InputTable {
+            file: file.clone(),
+            rows: batch.num_rows(),
+            columns,
+            lines: None,
+            first_row,
+        })
+    }
+
+    fn read_csv(&self, delimiter: u8, ranges: &[CsvRange]) -> Result<InputTable> {
+        let file = &self.file;
+        let width = self.names.len();
         let parsed: Vec<Result<CsvPart>> = ranges
-            .into_par_iter()
-            .map(|range| read_csv_range(file, delimiter, names.len(), range))
+            .par_iter()
+            .map(|range| read_csv_range(file, delimiter, width, range))
             .collect();
         let parsed = parsed.into_iter().collect::<Result<Vec<_>>>()?;
         let lines: Vec<u64> = parsed
             .iter()
             .flat_map(|p| p.lines.iter().copied())
             .collect();
-        let columns = names
-            .into_iter()
+        let columns = self
+            .names
+            .iter()
             .enumerate()
             .map(|(i, name)| {
                 let cells: Vec<&dyn Array> =
@@ -135,17 +280,26 @@ impl InputTable {
                     _ => concat(&cells)?.as_string::<i32>().clone(),
                 };
                 Ok(InputColumn {
-                    name,
+                    name: name.clone(),
                     data: ColumnData::Cells(data),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(InputTable {
-            file: file.to_path_buf(),
+            file: file.clone(),
             rows: lines.len(),
             columns,
             lines: Some(lines),
+            first_row: 0,
         })
+    }
+}
+
+impl InputTable {
+    /// A whole file at once (for small files such as lists of ids).
+    pub fn read(file: &Path) -> Result<InputTable> {
+        let chunks = InputChunks::open_with(file, u64::MAX)?;
+        chunks.read(0)
     }
 
     pub fn column(&self, name: &str) -> Option<usize> {
@@ -156,7 +310,7 @@ impl InputTable {
     pub fn locate(&self, row: usize, column: &str) -> String {
         match &self.lines {
             Some(lines) => format!("line {}, column {column:?}", lines[row]),
-            None => format!("row {}, column {column:?}", row + 1),
+            None => format!("row {}, column {column:?}", self.first_row + row + 1),
         }
     }
 
@@ -164,11 +318,12 @@ impl InputTable {
         Error::input(&self.file, self.locate(row, column), message)
     }
 
-    /// Infer the type of a column whose type is not fixed by the base.
-    pub fn infer(&self, idx: usize) -> FieldType {
+    /// Narrow the type of a column whose type is not fixed by the base by
+    /// the values of this table.
+    pub fn narrow(&self, idx: usize, inference: &mut Inference) {
         match &self.columns[idx].data {
-            ColumnData::Arrow(a) => FieldType::from_arrow(a.data_type()).unwrap_or(FieldType::Text),
-            ColumnData::Cells(cells) => infer_cells(cells.iter().flatten()),
+            ColumnData::Arrow(a) => inference.arrow(a.data_type()),
+            ColumnData::Cells(cells) => inference.cells(cells.iter().flatten()),
         }
     }
 
@@ -239,6 +394,8 @@ fn csv_message(e: &csv::Error) -> String {
 const PARALLEL_CSV_BYTES: u64 = 8 << 20;
 /// The largest part of a CSV file read into memory at once (per thread).
 const CSV_PART_BYTES: u64 = 64 << 20;
+/// The bytes of input read at once per thread.
+const CHUNK_BYTES_PER_THREAD: u64 = 64 << 20;
 
 /// A byte range of a CSV file holding whole records, and the line it starts on.
 struct CsvRange {
@@ -336,7 +493,7 @@ impl LineCounter<'_> {
 }
 
 /// Parse the records of one range into string columns.
-fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: CsvRange) -> Result<CsvPart> {
+fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: &CsvRange) -> Result<CsvPart> {
     let mut bytes = vec![0; (range.end - range.start) as usize];
     File::open(file)
         .and_then(|mut f| {
@@ -400,23 +557,68 @@ fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: CsvRange) -> 
     })
 }
 
-fn infer_cells<'a>(values: impl Iterator<Item = &'a str> + Clone) -> FieldType {
-    let all = |f: &dyn Fn(&str) -> bool| values.clone().all(f);
-    if values.clone().next().is_none() {
-        return FieldType::Text;
+/// The type of a column inferred from its values, narrowed chunk by chunk:
+/// the first of boolean, integer, number, date and timestamp that every
+/// value reads as, else text (also for a column without values).
+#[derive(Debug, Clone)]
+pub struct Inference {
+    /// The type of a Parquet column.
+    arrow: Option<FieldType>,
+    /// Bit `k` set: every value so far reads as candidate `k`.
+    may: u8,
+    seen: bool,
+}
+
+impl Default for Inference {
+    fn default() -> Self {
+        Inference {
+            arrow: None,
+            may: (1 << Self::CANDIDATES.len()) - 1,
+            seen: false,
+        }
     }
-    if all(&|v| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false")) {
-        FieldType::Bool
-    } else if all(&|v| v.parse::<i64>().is_ok()) {
-        FieldType::Number { integer: true }
-    } else if all(&|v| v.parse::<f64>().is_ok_and(f64::is_finite)) {
-        FieldType::Number { integer: false }
-    } else if all(&|v| parse_date(v).is_some()) {
-        FieldType::Date
-    } else if all(&|v| parse_timestamp(v).is_some()) {
-        FieldType::Timestamp
-    } else {
-        FieldType::Text
+}
+
+impl Inference {
+    const CANDIDATES: [fn(&str) -> bool; 5] = [
+        |v| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false"),
+        |v| v.parse::<i64>().is_ok(),
+        |v| v.parse::<f64>().is_ok_and(f64::is_finite),
+        |v| parse_date(v).is_some(),
+        |v| parse_timestamp(v).is_some(),
+    ];
+
+    fn arrow(&mut self, dt: &DataType) {
+        self.arrow = Some(FieldType::from_arrow(dt).unwrap_or(FieldType::Text));
+    }
+
+    fn cells<'a>(&mut self, values: impl Iterator<Item = &'a str>) {
+        for v in values {
+            self.seen = true;
+            for (k, reads) in Self::CANDIDATES.iter().enumerate() {
+                if self.may & (1 << k) != 0 && !reads(v) {
+                    self.may &= !(1 << k);
+                }
+            }
+            if self.may == 0 {
+                return;
+            }
+        }
+    }
+
+    pub fn result(&self) -> FieldType {
+        if let Some(t) = &self.arrow {
+            return t.clone();
+        }
+        let first = (0..Self::CANDIDATES.len()).find(|k| self.may & (1 << k) != 0);
+        match first.filter(|_| self.seen) {
+            Some(0) => FieldType::Bool,
+            Some(1) => FieldType::Number { integer: true },
+            Some(2) => FieldType::Number { integer: false },
+            Some(3) => FieldType::Date,
+            Some(4) => FieldType::Timestamp,
+            _ => FieldType::Text,
+        }
     }
 }
 
@@ -436,6 +638,13 @@ pub fn parse_date(v: &str) -> Option<NaiveDate> {
 pub fn parse_timestamp(v: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Some(t.with_timezone(&Utc));
+    }
+    // With an offset of hours, or hours and minutes (`+00`, `+0530`), as
+    // PostgreSQL and DuckDB print them.
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(v, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
     }
     for fmt in [
         "%Y-%m-%d %H:%M:%S%.f",
@@ -529,7 +738,7 @@ fn build_from_cells(
             each(
                 cells,
                 |s| parse_timestamp(s).map(|t| t.timestamp_micros()),
-                "a timestamp (RFC 3339 or YYYY-MM-DD HH:MM:SS)",
+                "a timestamp (RFC 3339, or YYYY-MM-DD HH:MM:SS with an optional offset)",
                 |v| b.append_option(v),
             )?;
             Arc::new(b.finish())
@@ -604,14 +813,51 @@ mod tests {
             }
         }
         std::fs::write(&path, &text).unwrap();
-        let whole = InputTable::read_csv_in_parts(&path, 1).unwrap();
+        let whole = InputChunks::open_csv(&path, 1, 1).unwrap().read(0).unwrap();
         assert_eq!(whole.rows, 200);
         assert_eq!(whole.columns[0].name, "contact_id");
         assert_eq!(whole.lines.as_ref().unwrap()[..5], [2, 4, 5, 9, 10]);
         for parts in 2..=16 {
-            let t = InputTable::read_csv_in_parts(&path, parts).unwrap();
+            let t = InputChunks::open_csv(&path, parts, parts)
+                .unwrap()
+                .read(0)
+                .unwrap();
             assert_eq!(cells(&t), cells(&whole), "{parts} parts");
             assert_eq!(t.lines, whole.lines, "{parts} parts");
+            // The same parts read as chunks of one to three parts.
+            for per_chunk in 1..=3 {
+                let chunks = InputChunks::open_csv(&path, parts, per_chunk).unwrap();
+                assert_eq!(chunks.len(), parts.div_ceil(per_chunk).min(chunks.len()));
+                let (mut all, mut lines) = (vec![vec![]; 3], vec![]);
+                for chunk in chunks.iter() {
+                    let chunk = chunk.unwrap();
+                    for (a, c) in all.iter_mut().zip(cells(&chunk)) {
+                        a.extend(c);
+                    }
+                    lines.extend(chunk.lines.unwrap());
+                }
+                assert_eq!(all, cells(&whole), "{parts} parts by {per_chunk}");
+                assert_eq!(Some(lines), whole.lines, "{parts} parts by {per_chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_read_with_and_without_offsets() {
+        let utc = |s: &str| parse_timestamp(s).map(|t| t.to_rfc3339());
+        let noon = Some("2026-11-04T12:00:50.500+00:00".to_string());
+        for v in [
+            "2026-11-04T12:00:50.5Z",
+            "2026-11-04 12:00:50.5",
+            "2026-11-04 12:00:50.5+00",
+            "2026-11-04 14:00:50.5+02",
+            "2026-11-04T17:30:50.5+0530",
+            "2026-11-04 10:00:50.5-02:00",
+        ] {
+            assert_eq!(utc(v), noon, "{v}");
+        }
+        for v in ["2026-11-04 12:00:50+2", "2026-11-04 12:00:50+", "noon"] {
+            assert_eq!(utc(v), None, "{v}");
         }
     }
 
@@ -627,14 +873,16 @@ mod tests {
         }
         text += "100,Paris,extra\n";
         std::fs::write(&path, &text).unwrap();
-        for parts in [1, 2, 3, 7] {
-            let e = InputTable::read_csv_in_parts(&path, parts)
-                .err()
+        for (parts, per_chunk) in [(1, 1), (2, 2), (3, 3), (7, 7), (7, 2), (16, 1)] {
+            let chunks = InputChunks::open_csv(&path, parts, per_chunk).unwrap();
+            let e = chunks
+                .iter()
+                .find_map(|c| c.err())
                 .expect("an error")
                 .to_string();
             assert!(
                 e.contains("line 202: malformed CSV: 3 fields where the header has 2"),
-                "{parts} parts: {e}"
+                "{parts} parts by {per_chunk}: {e}"
             );
         }
     }

@@ -172,6 +172,8 @@ impl Base {
             next,
             _lock: lock,
             counter: AtomicU64::new(0),
+            created: std::sync::Mutex::new(Vec::new()),
+            committed: false,
         })
     }
 }
@@ -234,6 +236,22 @@ pub struct Writer {
     pub next: Manifest,
     _lock: WriteLock,
     counter: AtomicU64,
+    /// Data files created, removed if the writer is dropped without
+    /// publishing (a failed import leaves no file behind).
+    created: std::sync::Mutex<Vec<PathBuf>>,
+    committed: bool,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let created = std::mem::take(self.created.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for path in created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Writer {
@@ -245,6 +263,10 @@ impl Writer {
     pub fn new_file(&self, folder: &str, stem: &str, ext: &str) -> Result<SinkFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let rel = format!("{folder}/{stem}-v{}-{n}.{ext}", self.next.version);
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.base.dir().join(&rel));
         SinkFile::create(self.base.dir(), rel)
     }
 
@@ -253,6 +275,8 @@ impl Writer {
         self.next.written_at = Utc::now();
         let bytes = serde_json::to_vec_pretty(&self.next).expect("manifest serializes");
         let path = manifest_path(self.base.dir(), self.next.version);
+        // From here the manifest may be in place: its files are kept.
+        self.committed = true;
         write_atomic(&path, &bytes)?;
         let published = self.next.clone();
         // Collection failures never undo a published version.
@@ -305,6 +329,17 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') && name.contains(".tmp-") {
+                crate::base::store::crash_point();
+                let _ = std::fs::remove_file(entry.path());
+                removed += 1;
+            }
+        }
+    }
+    // Spool files of an import that died: only the lock holder writes them.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(crate::base::table::SPOOL_PREFIX) {
                 crate::base::store::crash_point();
                 let _ = std::fs::remove_file(entry.path());
                 removed += 1;

@@ -10,13 +10,16 @@ use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
 };
-use datafusion::parquet::arrow::arrow_writer::{ArrowColumnWriter, compute_leaves};
+use datafusion::parquet::arrow::arrow_writer::{
+    ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::properties::{
     DEFAULT_MAX_ROW_GROUP_ROW_COUNT, EnabledStatistics, WriterProperties,
 };
+use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 
@@ -24,19 +27,37 @@ use crate::base::manifest::DataFile;
 use crate::base::store::SinkFile;
 use crate::error::{Error, Result};
 
-/// Read a whole Parquet file, optionally only some columns (by name). Row
-/// groups are decoded in parallel; batches come in file order.
-pub fn read_parquet(
-    path: &Path,
-    columns: Option<&[&str]>,
-) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default())
-        .map_err(|e| Error::parquet(path, e))?;
-    let reader = |row_groups: Option<Vec<usize>>| -> Result<ParquetRecordBatchReader> {
+/// A Parquet file opened once, read row group by row group.
+pub struct ParquetFile {
+    path: std::path::PathBuf,
+    metadata: ArrowReaderMetadata,
+}
+
+impl ParquetFile {
+    pub fn open(path: &Path) -> Result<ParquetFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
-            .with_batch_size(64 * 1024);
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default())
+            .map_err(|e| Error::parquet(path, e))?;
+        Ok(ParquetFile {
+            path: path.to_path_buf(),
+            metadata,
+        })
+    }
+
+    pub fn row_groups(&self) -> usize {
+        self.metadata.metadata().num_row_groups()
+    }
+
+    fn reader(
+        &self,
+        columns: Option<&[&str]>,
+        row_groups: Vec<usize>,
+    ) -> Result<ParquetRecordBatchReader> {
+        let path = &self.path;
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_batch_size(64 * 1024);
         let builder = match columns {
             Some(cols) => {
                 let mask = columns_mask(&builder, cols);
@@ -44,27 +65,46 @@ pub fn read_parquet(
             }
             None => builder,
         };
-        let builder = match row_groups {
-            Some(groups) => builder.with_row_groups(groups),
-            None => builder,
-        };
-        builder.build().map_err(|e| Error::parquet(path, e))
-    };
-    let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader(Some(vec![]))?);
-    let groups = metadata.metadata().num_row_groups();
-    let parts: Vec<Result<Vec<RecordBatch>>> = (0..groups)
-        .into_par_iter()
-        .map(|g| {
-            reader(Some(vec![g]))?
-                .map(|b| b.map_err(Error::from))
-                .collect()
-        })
-        .collect();
-    let mut batches = Vec::new();
-    for part in parts {
-        batches.extend(part?);
+        builder
+            .with_row_groups(row_groups)
+            .build()
+            .map_err(|e| Error::parquet(path, e))
     }
-    Ok((schema, batches))
+
+    /// The schema batches are read with.
+    pub fn schema(&self, columns: Option<&[&str]>) -> Result<SchemaRef> {
+        Ok(datafusion::arrow::array::RecordBatchReader::schema(
+            &self.reader(columns, vec![])?,
+        ))
+    }
+
+    /// Some row groups, decoded in parallel; batches come in file order.
+    pub fn read(&self, columns: Option<&[&str]>, groups: &[usize]) -> Result<Vec<RecordBatch>> {
+        let parts: Vec<Result<Vec<RecordBatch>>> = groups
+            .par_iter()
+            .map(|&g| {
+                self.reader(columns, vec![g])?
+                    .map(|b| b.map_err(|e| Error::parquet(&self.path, e.into())))
+                    .collect()
+            })
+            .collect();
+        let mut batches = Vec::new();
+        for part in parts {
+            batches.extend(part?);
+        }
+        Ok(batches)
+    }
+}
+
+/// Read a whole Parquet file, optionally only some columns (by name). Row
+/// groups are decoded in parallel; batches come in file order.
+pub fn read_parquet(
+    path: &Path,
+    columns: Option<&[&str]>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let file = ParquetFile::open(path)?;
+    let groups: Vec<usize> = (0..file.row_groups()).collect();
+    Ok((file.schema(columns)?, file.read(columns, &groups)?))
 }
 
 /// The Arrow schema a Parquet file is read with (from its footer).
@@ -175,29 +215,87 @@ pub fn events_properties() -> WriterProperties {
         .build()
 }
 
-/// Write batches to a new data file. Each row group's columns are encoded
-/// in parallel, then appended in order; only one row group's encoded pages
-/// are held in memory at a time.
+/// Write batches to a new data file (see [`ParallelWriter`]).
 pub fn write_parquet(
     sink: SinkFile,
     schema: SchemaRef,
     batches: &[RecordBatch],
     props: WriterProperties,
 ) -> Result<DataFile> {
-    let path = sink.path().to_path_buf();
-    let perr = |e| Error::parquet(&path, e);
-    let group_rows = props
-        .max_row_group_row_count()
-        .unwrap_or(DEFAULT_MAX_ROW_GROUP_ROW_COUNT)
-        .max(1);
-    let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(perr)?;
-    let (mut file, factory) = writer.into_serialized_writer().map_err(perr)?;
-    for (index, group) in row_groups(batches, group_rows).iter().enumerate() {
-        let writers = factory.create_column_writers(index).map_err(perr)?;
+    let mut w = ParallelWriter::new(sink, schema, props)?;
+    for b in batches {
+        w.write(b.clone())?;
+    }
+    w.finish()
+}
+
+/// A Parquet writer into a data file that takes batches as they come. Each
+/// row group's columns are encoded in parallel, then appended in order; only
+/// one row group's batches and encoded pages are held in memory at a time.
+pub struct ParallelWriter {
+    file: SerializedFileWriter<SinkFile>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    path: std::path::PathBuf,
+    group_rows: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    groups: usize,
+    pub rows: u64,
+}
+
+impl ParallelWriter {
+    pub fn new(sink: SinkFile, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
+        let path = sink.path().to_path_buf();
+        let perr = |e| Error::parquet(&path, e);
+        let group_rows = props
+            .max_row_group_row_count()
+            .unwrap_or(DEFAULT_MAX_ROW_GROUP_ROW_COUNT)
+            .max(1);
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(perr)?;
+        let (file, factory) = writer.into_serialized_writer().map_err(perr)?;
+        Ok(ParallelWriter {
+            file,
+            factory,
+            schema,
+            path,
+            group_rows,
+            pending: Vec::new(),
+            pending_rows: 0,
+            groups: 0,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (self.group_rows - self.pending_rows).min(batch.num_rows() - offset);
+            self.pending.push(batch.slice(offset, take));
+            self.pending_rows += take;
+            offset += take;
+            if self.pending_rows == self.group_rows {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode the pending batches as one row group.
+    fn flush(&mut self) -> Result<()> {
+        let perr = |e| Error::parquet(&self.path, e);
+        let group = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        let writers = self
+            .factory
+            .create_column_writers(self.groups)
+            .map_err(perr)?;
+        self.groups += 1;
         // Each field's leaf writers, taken in schema order.
         let mut writers = writers.into_iter();
-        let mut tasks = Vec::with_capacity(schema.fields().len());
-        for (column, field) in schema.fields().iter().enumerate() {
+        let mut tasks = Vec::with_capacity(self.schema.fields().len());
+        for (column, field) in self.schema.fields().iter().enumerate() {
             let leaves = compute_leaves(field, &new_null_array(field.data_type(), 0))
                 .map_err(perr)?
                 .len();
@@ -210,7 +308,7 @@ pub fn write_parquet(
         let chunks = tasks
             .into_par_iter()
             .map(|(column, field, mut leaf_writers)| {
-                for batch in group {
+                for batch in &group {
                     let leaves = compute_leaves(field, batch.column(column))?;
                     for (w, leaf) in leaf_writers.iter_mut().zip(&leaves) {
                         w.write(leaf)?;
@@ -223,71 +321,197 @@ pub fn write_parquet(
             })
             .collect::<ParquetResult<Vec<_>>>()
             .map_err(perr)?;
-        let mut row_group = file.next_row_group().map_err(perr)?;
+        let mut row_group = self.file.next_row_group().map_err(perr)?;
         for chunk in chunks.into_iter().flatten() {
             chunk.append_to_row_group(&mut row_group).map_err(perr)?;
         }
         row_group.close().map_err(perr)?;
+        Ok(())
     }
-    file.into_inner().map_err(perr)?.finish()
+
+    pub fn finish(mut self) -> Result<DataFile> {
+        if !self.pending.is_empty() {
+            self.flush()?;
+        }
+        let path = self.path.clone();
+        self.file
+            .into_inner()
+            .map_err(|e| Error::parquet(&path, e))?
+            .finish()
+    }
 }
 
-/// The batches cut into row groups of `rows` rows (the last one shorter).
-fn row_groups(batches: &[RecordBatch], rows: usize) -> Vec<Vec<RecordBatch>> {
-    let mut groups = vec![];
-    let mut current: Vec<RecordBatch> = vec![];
-    let mut filled = 0;
-    for batch in batches {
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let take = (rows - filled).min(batch.num_rows() - offset);
-            current.push(batch.slice(offset, take));
-            offset += take;
-            filled += take;
-            if filled == rows {
-                groups.push(std::mem::take(&mut current));
-                filled = 0;
-            }
+/// Batches kept in order to be read back later in ranges of rows: in
+/// memory up to a budget, then in a temporary Parquet file in the base's
+/// folder (removed when the spool is dropped, or by garbage collection
+/// after a crash).
+pub struct Spool {
+    schema: SchemaRef,
+    dir: std::path::PathBuf,
+    budget: usize,
+    memory: Vec<RecordBatch>,
+    memory_rows: usize,
+    memory_bytes: usize,
+    file: Option<(tempfile::NamedTempFile, Option<ArrowWriter<File>>)>,
+    rows: usize,
+}
+
+/// Name prefix of spool files, for garbage collection.
+pub const SPOOL_PREFIX: &str = ".spool-";
+
+impl Spool {
+    pub fn new(dir: &Path, schema: SchemaRef, budget: usize) -> Spool {
+        Spool {
+            schema,
+            dir: dir.to_path_buf(),
+            budget,
+            memory: Vec::new(),
+            memory_rows: 0,
+            memory_bytes: 0,
+            file: None,
+            rows: 0,
         }
     }
-    if !current.is_empty() {
-        groups.push(current);
+
+    pub fn rows(&self) -> usize {
+        self.rows
     }
-    groups
+
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows();
+        let bytes = batch.get_array_memory_size();
+        if self.file.is_none() && self.memory_bytes + bytes <= self.budget {
+            self.memory_rows += batch.num_rows();
+            self.memory_bytes += bytes;
+            self.memory.push(batch);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let tmp = tempfile::Builder::new()
+                .prefix(SPOOL_PREFIX)
+                .suffix(".parquet")
+                .tempfile_in(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            // A crash from here leaves the file for the next writer to collect.
+            crate::base::store::crash_point();
+            let out = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(64 * 1024))
+                .set_statistics_enabled(EnabledStatistics::None)
+                .build();
+            let writer = ArrowWriter::try_new(out, self.schema.clone(), Some(props))
+                .map_err(|e| Error::parquet(tmp.path(), e))?;
+            self.file = Some((tmp, Some(writer)));
+        }
+        let (tmp, writer) = self.file.as_mut().expect("spool file");
+        let writer = writer
+            .as_mut()
+            .ok_or_else(|| Error::Internal("spool written after it was read".into()))?;
+        writer
+            .write(&batch)
+            .map_err(|e| Error::parquet(tmp.path(), e))
+    }
+
+    /// End the writing: nothing can be pushed after.
+    pub fn close(&mut self) -> Result<()> {
+        if let Some((tmp, writer)) = &mut self.file
+            && let Some(w) = writer.take()
+        {
+            w.close().map_err(|e| Error::parquet(tmp.path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// The rows `[start, start + len)` in batches (after [`Spool::close`]).
+    pub fn read(
+        &self,
+        start: usize,
+        len: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send + '_>> {
+        let end = (start + len).min(self.rows);
+        let mut in_memory = Vec::new();
+        let mut at = 0;
+        for b in &self.memory {
+            let (lo, hi) = (at.max(start), (at + b.num_rows()).min(end));
+            if lo < hi {
+                in_memory.push(Ok(b.slice(lo - at, hi - lo)));
+            }
+            at += b.num_rows();
+        }
+        let from_file = match &self.file {
+            Some((tmp, _)) if end > self.memory_rows => {
+                use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+                let skip = start.saturating_sub(self.memory_rows);
+                let take = end - self.memory_rows.max(start);
+                let path = tmp.path().to_path_buf();
+                let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+                    .map_err(|e| Error::parquet(&path, e))?
+                    .with_batch_size(64 * 1024)
+                    .with_row_selection(RowSelection::from(vec![
+                        RowSelector::skip(skip),
+                        RowSelector::select(take),
+                    ]))
+                    .build()
+                    .map_err(|e| Error::parquet(&path, e))?;
+                Some(reader.map(move |b| b.map_err(|e| Error::parquet(&path, e.into()))))
+            }
+            _ => None,
+        };
+        Ok(Box::new(
+            in_memory.into_iter().chain(from_file.into_iter().flatten()),
+        ))
+    }
 }
 
-/// A streaming Parquet writer into a data file (for generators and large imports).
-pub struct StreamWriter {
-    writer: ArrowWriter<SinkFile>,
-    path: std::path::PathBuf,
-    pub rows: u64,
+/// Rows taken from a stream of batches a number at a time.
+pub struct Taker<'a> {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'a>,
+    schema: SchemaRef,
+    rest: Option<RecordBatch>,
 }
 
-impl StreamWriter {
-    pub fn new(sink: SinkFile, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
-        let path = sink.path().to_path_buf();
-        let writer = ArrowWriter::try_new(sink, schema, Some(props))
-            .map_err(|e| Error::parquet(&path, e))?;
-        Ok(StreamWriter {
-            writer,
-            path,
-            rows: 0,
-        })
+impl<'a> Taker<'a> {
+    pub fn new(
+        schema: SchemaRef,
+        batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'a>,
+    ) -> Self {
+        Taker {
+            batches,
+            schema,
+            rest: None,
+        }
     }
 
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::parquet(&self.path, e))
-    }
-
-    pub fn finish(self) -> Result<DataFile> {
-        let sink = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::parquet(&self.path, e))?;
-        sink.finish()
+    /// The next `n` rows (fewer when the stream ends).
+    pub fn take(&mut self, n: usize) -> Result<RecordBatch> {
+        let mut parts = Vec::new();
+        let mut got = 0;
+        while got < n {
+            let b = match self.rest.take() {
+                Some(b) => b,
+                None => match self.batches.next() {
+                    Some(b) => b?,
+                    None => break,
+                },
+            };
+            let k = (n - got).min(b.num_rows());
+            if k < b.num_rows() {
+                self.rest = Some(b.slice(k, b.num_rows() - k));
+            }
+            parts.push(b.slice(0, k));
+            got += k;
+        }
+        match parts.len() {
+            1 => Ok(parts.pop().expect("one part")),
+            _ => Ok(datafusion::arrow::compute::concat_batches(
+                &self.schema,
+                &parts,
+            )?),
+        }
     }
 }
 

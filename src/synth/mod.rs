@@ -30,7 +30,7 @@ use crate::base::contacts::{contacts_schema, for_storage, to_storage};
 use crate::base::events::{events_schema, month_of};
 use crate::base::manifest::EventFile;
 use crate::base::schema::{FieldDef, FieldType};
-use crate::base::table::{StreamWriter, contacts_properties, events_properties};
+use crate::base::table::{ParallelWriter, contacts_properties, events_properties};
 use crate::bitmaps::write_bitmap;
 use crate::error::Result;
 pub use examples::{create_examples, example_definitions};
@@ -194,8 +194,9 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
     let campaign_id = |c: usize, ts: i64| format!("NL-{}-{:02}", month_of(ts), c % 100);
 
     // The storage types of contacts are chosen from the first chunk.
-    let mut contacts_writer: Option<(StreamWriter, datafusion::arrow::datatypes::SchemaRef)> = None;
-    let mut month_writers: BTreeMap<String, (StreamWriter, EventRows)> = BTreeMap::new();
+    let mut contacts_writer: Option<(ParallelWriter, datafusion::arrow::datatypes::SchemaRef)> =
+        None;
+    let mut month_writers: BTreeMap<String, (ParallelWriter, EventRows)> = BTreeMap::new();
     let mut all = RoaringBitmap::new();
     let mut total_events = 0u64;
     let chunk = 65_536u32;
@@ -304,7 +305,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                     month_writers.insert(
                         m.clone(),
                         (
-                            StreamWriter::new(sink, eschema.clone(), events_properties())?,
+                            ParallelWriter::new(sink, eschema.clone(), events_properties())?,
                             EventRows::default(),
                         ),
                     );
@@ -313,7 +314,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                 rows.push(iid, 1_000 + iid as u64 * 3, ts, ty, op, url, amt, name);
                 total_events += 1;
                 if rows.len >= 65_536 {
-                    writer.write(&rows.finish(&eschema)?)?;
+                    writer.write(rows.finish(&eschema)?)?;
                 }
             }
         }
@@ -322,7 +323,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
             Some(open) => open,
             None => {
                 let stored = for_storage(&batch)?.schema();
-                let writer = StreamWriter::new(
+                let writer = ParallelWriter::new(
                     w.new_file("contacts", "contacts", "parquet")?,
                     stored.clone(),
                     contacts_properties(),
@@ -330,13 +331,13 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                 contacts_writer.insert((writer, stored))
             }
         };
-        writer.write(&to_storage(&batch, stored)?)?;
+        writer.write(to_storage(&batch, stored)?)?;
         start = end;
     }
     let mut files = Vec::new();
     for (month, (mut writer, mut rows)) in month_writers {
         if rows.len > 0 {
-            writer.write(&rows.finish(&eschema)?)?;
+            writer.write(rows.finish(&eschema)?)?;
         }
         let n = writer.rows;
         let file = writer.finish()?;

@@ -1165,3 +1165,172 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         "readers during an import: {reads} queries, {during} started while the import ran; {saw_old} saw the old contacts, {saw_new} the new ones, none a mix"
     );
 }
+
+/// Files read in chunks of a few kilobytes, with updates and new contacts
+/// spooled to disk, import exactly what they import read whole: the same
+/// contacts (updates merged, empty cells kept, types inferred over the
+/// whole file), the same events, the same counts; no spool file is left.
+#[test]
+fn imports_read_in_small_chunks_give_what_whole_files_give() {
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let mut first = String::from("contact_id,email,city,score,joined,note\n");
+    for i in 0..3000 {
+        // `score` reads as integers until the last rows, which make it decimal.
+        let score = if i > 2990 {
+            format!("{i}.5")
+        } else {
+            i.to_string()
+        };
+        let note = match i % 4 {
+            0 => format!("\"line one\nline two, {i}\""),
+            1 => String::new(),
+            _ => format!("n{i}"),
+        };
+        first += &format!(
+            "{id},c{i}@example.com,{city},{score},2025-{m:02}-{d:02},{note}\n",
+            id = 10_000 + i * 7,
+            city = ["Paris", "Lyon", "Évry", ""][i % 4],
+            m = 1 + i % 12,
+            d = 1 + i % 28,
+        );
+    }
+    let mut second = String::from("contact_id,city,note,tier\n");
+    for i in (0..3000).step_by(3) {
+        let city = if i % 2 == 0 { "" } else { "Nantes" };
+        second += &format!("{},{city},u{i},t{}\n", 10_000 + i * 7, i % 3);
+    }
+    for i in 0..700 {
+        second += &format!("{},Brest,,t{}\n", 90_000 + i, i % 5);
+    }
+    let mut events = String::from("contact_id,ts,type,amount\n");
+    for i in 0..12_000 {
+        events += &format!(
+            "{},2026-{:02}-{:02}T10:00:00Z,{},{}\n",
+            10_000 + (i * 13 % 3000) * 7,
+            1 + i % 11,
+            1 + i % 28,
+            ["purchase", "email_open"][i % 2],
+            i % 97
+        );
+    }
+    let first = write("first.csv", first);
+    let second = write("second.csv", second);
+    let bad_events = write(
+        "bad-events.csv",
+        events.clone() + "77,2026-01-05T10:00:00Z,purchase,1\n",
+    );
+    let events = write("events.csv", events);
+
+    let run = |chunk: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = |args: &[&str]| {
+            let mut c = segments(dir.path());
+            if let Some(bytes) = chunk {
+                c.env("SEGMENTS_IMPORT_CHUNK_BYTES", bytes);
+            }
+            c.args(args);
+            c
+        };
+        cmd(&["init", "--time-zone", "Europe/Paris"])
+            .assert()
+            .success();
+        let mut said = Vec::new();
+        for (what, name, file) in [
+            ("contacts", "first", &first),
+            ("contacts", "second", &second),
+            ("events", "events", &events),
+        ] {
+            let out = cmd(&["import", what, "--as-of", AS_OF, "--name", name])
+                .arg(file)
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone();
+            // What the import says, without the recompute's duration.
+            let out = String::from_utf8(out).unwrap();
+            said.extend(
+                out.lines()
+                    .filter(|l| !l.starts_with("recomputed"))
+                    .map(String::from),
+            );
+        }
+        let query = |q: &str| {
+            let out = cmd(&["sql", "--format", "csv", q])
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone();
+            String::from_utf8(out).unwrap()
+        };
+        let contacts = query("SELECT * FROM contacts ORDER BY contact_id");
+        let events = query("SELECT * FROM events ORDER BY contact_id, ts, type, amount");
+        let fields = query(
+            "SELECT column_name, data_type FROM information_schema.columns \
+             WHERE table_name = 'contacts' ORDER BY ordinal_position",
+        );
+        let counts = query(
+            "SELECT (SELECT count(*) FROM contacts) AS c, (SELECT count(*) FROM events) AS e",
+        );
+        cmd(&["check"]).assert().success();
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(".spool-"))
+            .collect();
+        assert!(left.is_empty(), "spool files left: {left:?}");
+        assert!(counts.ends_with("3700,12000\n"), "{counts}");
+        // An unknown contact in the last chunk fails the import after the
+        // files of the chunks before were written: none is left.
+        let files_of = |root: &std::path::Path| -> Vec<String> {
+            let mut out = Vec::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if !p.starts_with(root.join("readers")) && !p.ends_with("LOCK") {
+                        out.push(p.strip_prefix(root).unwrap().display().to_string());
+                    }
+                }
+            }
+            out.sort();
+            out
+        };
+        let before = files_of(dir.path());
+        let failed = cmd(&["import", "events", "--as-of", AS_OF])
+            .arg(&bad_events)
+            .assert()
+            .failure()
+            .get_output()
+            .stderr
+            .clone();
+        let failed = String::from_utf8(failed).unwrap();
+        assert!(
+            failed.contains(
+                "line 12002, column \"contact_id\": 1 event(s) belong to contacts not in the base \
+                 (first: contact_id 77)"
+            ),
+            "{failed}"
+        );
+        assert_eq!(files_of(dir.path()), before);
+        (said, contacts, events, fields)
+    };
+    let whole = run(None);
+    assert!(whole.3.contains("score,Float64"), "{}", whole.3);
+    assert!(whole.3.contains("joined,Date32"), "{}", whole.3);
+    for bytes in ["3000", "20000"] {
+        let chunked = run(Some(bytes));
+        assert_eq!(chunked.1, whole.1, "contacts, chunks of {bytes} bytes");
+        assert_eq!(chunked.2, whole.2, "events, chunks of {bytes} bytes");
+        assert_eq!(chunked.3, whole.3, "fields, chunks of {bytes} bytes");
+        assert_eq!(chunked.0, whole.0, "reports, chunks of {bytes} bytes");
+    }
+}

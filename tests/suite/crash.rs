@@ -23,9 +23,17 @@ fn testdata(p: &str) -> PathBuf {
 /// Run the binary on a base; superseded versions are collected at once so
 /// that garbage collection is part of every command.
 fn run(base: &Path, args: &[String], crash_at: Option<u32>) -> Output {
+    run_with(base, args, crash_at, &[])
+}
+
+/// Environment variables of a command.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+fn run_with(base: &Path, args: &[String], crash_at: Option<u32>, env: Env) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_segments"));
     c.env("SEGMENTS_BASE", base)
         .env("SEGMENTS_GC_GRACE_SECS", "0")
+        .envs(env.iter().copied())
         .args(args);
     if let Some(n) = crash_at {
         c.env("SEGMENTS_CRASH_AT", n.to_string());
@@ -75,7 +83,12 @@ fn stray_files(base: &Path) -> Vec<String> {
         .into_iter()
         .map(|f| f.path.clone())
         .collect();
-    let mut stray = Vec::new();
+    let mut stray: Vec<String> = std::fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".spool-"))
+        .collect();
     for folder in ["contacts", "events", "bitmaps", "runs", "manifests"] {
         let mut stack = vec![base.join(folder)];
         while let Some(d) = stack.pop() {
@@ -128,39 +141,74 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
         .display()
         .to_string();
     let edited_s = edited.display().to_string();
-    let commands: Vec<(&str, Vec<&str>)> = vec![
+    let updates = scratch.path().join("updates.csv");
+    std::fs::write(
+        &updates,
+        "contact_id,city,score\n101,Nantes,\n102,,7\n900,Brest,3\n901,Paris,4\n103,Lyon,5\n",
+    )
+    .unwrap();
+    let updates = updates.display().to_string();
+    // Imports read in chunks of a few records, spooled to disk.
+    let chunked: Env = &[("SEGMENTS_IMPORT_CHUNK_BYTES", "40")];
+    let commands: Vec<(&str, Vec<&str>, Env)> = vec![
         (
             "import contacts",
             vec![
                 "import", "contacts", &contacts, "--name", "again", "--as-of", AS_OF,
             ],
+            &[],
+        ),
+        (
+            "import contacts in chunks",
+            vec![
+                "import", "contacts", &updates, "--name", "again", "--as-of", AS_OF,
+            ],
+            chunked,
         ),
         (
             "import events",
             vec![
                 "import", "events", &events, "--name", "again", "--as-of", AS_OF,
             ],
+            &[],
+        ),
+        (
+            "import events in chunks",
+            vec![
+                "import", "events", &events, "--name", "again", "--as-of", AS_OF,
+            ],
+            chunked,
         ),
         (
             "segment create",
             vec!["segment", "create", &buyers, "--as-of", AS_OF],
+            &[],
         ),
         (
             "segment edit",
             vec!["segment", "edit", "parisiens", &edited_s, "--as-of", AS_OF],
+            &[],
         ),
-        ("segment delete", vec!["segment", "delete", "parisiens"]),
-        ("recompute", vec!["recompute", "--as-of", LATER]),
-        ("contacts delete", vec!["contacts", "delete", "101", "102"]),
+        (
+            "segment delete",
+            vec!["segment", "delete", "parisiens"],
+            &[],
+        ),
+        ("recompute", vec!["recompute", "--as-of", LATER], &[]),
+        (
+            "contacts delete",
+            vec!["contacts", "delete", "101", "102"],
+            &[],
+        ),
     ];
     let old = state(&template);
     let mut total = 0;
     let mut report = Vec::new();
-    for (name, args) in &commands {
+    for (name, args, env) in &commands {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let reference = scratch.path().join("reference");
         copy_base(&template, &reference);
-        let out = run(&reference, &args, None);
+        let out = run_with(&reference, &args, None, env);
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -173,7 +221,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
         for n in 1.. {
             let dir = scratch.path().join(format!("crash-{n}"));
             copy_base(&template, &dir);
-            let out = run(&dir, &args, Some(n));
+            let out = run_with(&dir, &args, Some(n), env);
             if out.status.success() {
                 std::fs::remove_dir_all(&dir).unwrap();
                 break;
@@ -184,7 +232,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
             if now == old {
                 saw_old += 1;
                 // The command runs again on the crashed base and completes.
-                let again = run(&dir, &args, None);
+                let again = run_with(&dir, &args, None, env);
                 assert!(
                     again.status.success(),
                     "{name}, crash at step {n}, rerun: {}",
