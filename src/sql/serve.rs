@@ -396,6 +396,22 @@ struct ReadOnly {
     versions: Arc<Versions>,
 }
 
+/// The hook's answer to a statement that is not a query: a refusal, or
+/// nothing (the crate's own hooks handle it) once a cursor's query is
+/// checked. `None` for a query.
+async fn not_a_query<T>(versions: &Versions, stmt: &Statement) -> Option<Option<PgWireResult<T>>> {
+    match kind(stmt) {
+        Kind::Refused => Some(Some(Err(refuse_statement(stmt)))),
+        Kind::Session => Some(
+            check_cursor(versions, stmt)
+                .await
+                .err()
+                .map(|e| Err(to_wire(e))),
+        ),
+        Kind::Query => None,
+    }
+}
+
 #[async_trait]
 impl QueryHook for ReadOnly {
     async fn handle_simple_query(
@@ -404,29 +420,23 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        match kind(stmt) {
-            Kind::Refused => Some(Err(refuse_statement(stmt))),
-            Kind::Session => check_cursor(&self.versions, stmt)
-                .await
-                .err()
-                .map(|e| Err(to_wire(e))),
-            Kind::Query => {
-                let version = match self.versions.latest() {
-                    Ok(v) => v,
-                    Err(e) => return Some(Err(to_wire(e))),
-                };
-                let df = match guarded(&version.ctx, &stmt.to_string()).await {
-                    Ok(df) => df,
-                    Err(e) => return Some(Err(to_wire(e))),
-                };
-                let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                Some(
-                    encode_dataframe(df, &Format::UnifiedText, Some(format))
-                        .await
-                        .map(Response::Query),
-                )
-            }
+        if let Some(answer) = not_a_query(&self.versions, stmt).await {
+            return answer;
         }
+        let version = match self.versions.latest() {
+            Ok(v) => v,
+            Err(e) => return Some(Err(to_wire(e))),
+        };
+        let df = match guarded(&version.ctx, &stmt.to_string()).await {
+            Ok(df) => df,
+            Err(e) => return Some(Err(to_wire(e))),
+        };
+        let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        Some(
+            encode_dataframe(df, &Format::UnifiedText, Some(format))
+                .await
+                .map(Response::Query),
+        )
     }
 
     async fn handle_extended_parse_query(
@@ -435,14 +445,10 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        match kind(stmt) {
-            Kind::Refused => Some(Err(refuse_statement(stmt))),
-            Kind::Session => check_cursor(&self.versions, stmt)
-                .await
-                .err()
-                .map(|e| Err(to_wire(e))),
-            Kind::Query => Some(checked_plan(&self.versions, stmt).await.map_err(to_wire)),
+        if let Some(answer) = not_a_query(&self.versions, stmt).await {
+            return answer;
         }
+        Some(checked_plan(&self.versions, stmt).await.map_err(to_wire))
     }
 
     /// Plans were checked when parsed; checked again before they run.

@@ -783,39 +783,75 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
     }
 
     let bin = assert_cmd::cargo::cargo_bin("segments");
-    let mut writer = std::process::Command::new(&bin)
+    let writer = std::process::Command::new(&bin)
         .env("SEGMENTS_BASE", &base)
         .args(["recompute", "--as-of", new_at])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let (mut saw_old, mut saw_new, mut reads, mut during) = (0, 0, 0, 0);
-    loop {
-        let done = writer.try_wait().unwrap().is_some();
-        let seen = read_with(&base, quick);
-        reads += 1;
-        if !done {
-            during += 1;
-        }
-        if seen == old_quick {
-            saw_old += 1;
-        } else if seen == new_quick {
-            saw_new += 1;
-        } else {
-            panic!(
-                "a reader saw a mix of two versions:\n{seen}\nold:\n{old_quick}\nnew:\n{new_quick}"
-            );
-        }
-        if done && reads >= 10 {
-            break;
-        }
-    }
-    assert!(writer.wait().unwrap().success());
+    let Watched {
+        reads,
+        during,
+        saw_old,
+        saw_new,
+    } = watch_readers(
+        writer,
+        || read_with(&base, quick),
+        &old_quick,
+        &new_quick,
+        10,
+    );
     assert_eq!(read(&base), new);
     println!(
         "concurrent readers: {reads} queries, {during} of them started while a recompute ran; {saw_old} saw the old version, {saw_new} the new one, none a mix"
     );
+}
+
+/// What readers saw while a writer ran.
+struct Watched {
+    reads: usize,
+    /// Reads started before the writer had finished.
+    during: usize,
+    saw_old: usize,
+    saw_new: usize,
+}
+
+/// Read again and again while `writer` runs, and at least `min_reads`
+/// times: every answer is the old state or the new one, never a mix.
+fn watch_readers(
+    mut writer: std::process::Child,
+    read: impl Fn() -> String,
+    old: &str,
+    new: &str,
+    min_reads: usize,
+) -> Watched {
+    let mut w = Watched {
+        reads: 0,
+        during: 0,
+        saw_old: 0,
+        saw_new: 0,
+    };
+    loop {
+        let done = writer.try_wait().unwrap().is_some();
+        let seen = read();
+        w.reads += 1;
+        if !done {
+            w.during += 1;
+        }
+        if seen == old {
+            w.saw_old += 1;
+        } else if seen == new {
+            w.saw_new += 1;
+        } else {
+            panic!("a reader saw a mix of two versions:\n{seen}\nold:\n{old}\nnew:\n{new}");
+        }
+        if done && w.reads >= min_reads {
+            break;
+        }
+    }
+    assert!(writer.wait().unwrap().success());
+    w
 }
 
 /// A `segments serve` process, stopped when dropped.
@@ -1132,7 +1168,7 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         .success();
     let new = read(&copy);
     assert_ne!(old, new);
-    let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+    let writer = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
         .env("SEGMENTS_BASE", &base)
         .args(["import", "contacts"])
         .arg(&second)
@@ -1140,26 +1176,12 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let (mut saw_old, mut saw_new, mut reads, mut during) = (0, 0, 0, 0);
-    loop {
-        let done = writer.try_wait().unwrap().is_some();
-        let seen = read(&base);
-        reads += 1;
-        if !done {
-            during += 1;
-        }
-        if seen == old {
-            saw_old += 1;
-        } else if seen == new {
-            saw_new += 1;
-        } else {
-            panic!("a reader saw a mix:\n{seen}\nold:\n{old}\nnew:\n{new}");
-        }
-        if done && reads >= 5 {
-            break;
-        }
-    }
-    assert!(writer.wait().unwrap().success());
+    let Watched {
+        reads,
+        during,
+        saw_old,
+        saw_new,
+    } = watch_readers(writer, || read(&base), &old, &new, 5);
     assert_eq!(read(&base), new);
     println!(
         "readers during an import: {reads} queries, {during} started while the import ran; {saw_old} saw the old contacts, {saw_new} the new ones, none a mix"
@@ -1332,5 +1354,29 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
         assert_eq!(chunked.2, whole.2, "events, chunks of {bytes} bytes");
         assert_eq!(chunked.3, whole.3, "fields, chunks of {bytes} bytes");
         assert_eq!(chunked.0, whole.0, "reports, chunks of {bytes} bytes");
+    }
+}
+
+/// A closed pipe (`segments ... | head`) ends a command quietly: no panic,
+/// no message.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let b = small_base();
+    for args in [
+        vec!["segment", "preview", "--as-of", AS_OF],
+        vec!["sql", "--format", "csv", "SELECT * FROM contacts"],
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_segments"));
+        cmd.env("SEGMENTS_BASE", b.path())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if args[0] == "segment" {
+            cmd.arg(testdata("segments/04-parisiens.json"));
+        }
+        let mut child = cmd.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
     }
 }
