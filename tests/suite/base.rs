@@ -338,16 +338,13 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
     let probe = scratch.path().join("probe");
     super::common::copy_base(template.path(), &probe);
     let t0 = Instant::now();
-    let out = std::process::Command::new(&bin)
-        .env("SEGMENTS_BASE", &probe)
-        .args(["import", "contacts"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    super::common::succeeded(
+        std::process::Command::new(&bin)
+            .env("SEGMENTS_BASE", &probe)
+            .args(["import", "contacts"])
+            .arg(&f)
+            .output()
+            .unwrap(),
     );
     let full = t0.elapsed();
     let new = contacts_of(&probe);
@@ -368,17 +365,14 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
                 panic!("round {k}: the contacts are neither the old nor the new state");
             }
             // The next writer recovers: the import completes on the killed base.
-            let again = std::process::Command::new(&bin)
-                .env("SEGMENTS_BASE", dir)
-                .args(["import", "contacts"])
-                .arg(&f)
-                .args(["--name", "again"])
-                .output()
-                .unwrap();
-            assert!(
-                again.status.success(),
-                "{}",
-                String::from_utf8_lossy(&again.stderr)
+            super::common::succeeded(
+                std::process::Command::new(&bin)
+                    .env("SEGMENTS_BASE", dir)
+                    .args(["import", "contacts"])
+                    .arg(&f)
+                    .args(["--name", "again"])
+                    .output()
+                    .unwrap(),
             );
         },
     );

@@ -749,14 +749,11 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
                  FROM segments s LEFT JOIN segment_members m ON m.segment_id = s.id \
                  GROUP BY s.id, s.contacts ORDER BY s.id";
     let read_with = |base: &std::path::Path, query: &str| -> String {
-        let out = segments(base)
-            .args(["sql", "--format", "csv", query])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = super::common::succeeded(
+            segments(base)
+                .args(["sql", "--format", "csv", query])
+                .output()
+                .unwrap(),
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -764,7 +761,6 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
     // What readers ask while the recompute runs: every segment's statistics.
     let quick = "SELECT id, contacts, email_optins, sms_optins FROM segments ORDER BY id";
     let old = read(&base);
-    let old_quick = read_with(&base, quick);
     // The state the recompute will publish, computed on a copy.
     let copy = dir.path().join("copy");
     super::common::copy_base(&base, &copy);
@@ -773,7 +769,6 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
         .assert()
         .success();
     let new = read(&copy);
-    let new_quick = read_with(&copy, quick);
     assert_ne!(old, new, "the two instants give different segments");
     for state in [&old, &new] {
         for line in state.lines().skip(1) {
@@ -782,6 +777,49 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
         }
     }
 
+    // Three readers: SQL over the statistics, a segment's members (without
+    // their entry times, which the copy's run does not share) and its export.
+    let members = |b: &std::path::Path| -> String {
+        let out = super::common::succeeded(
+            segments(b)
+                .args(["segment", "members", "active_contacts", "--format", "json"])
+                .args(["--limit", "2000"])
+                .output()
+                .unwrap(),
+        );
+        let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for m in v.as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("entered_at");
+        }
+        v.to_string()
+    };
+    let exported = dir.path().join("export.csv");
+    let export = |b: &std::path::Path| -> String {
+        segments(b)
+            .args([
+                "segment",
+                "export",
+                "active_contacts",
+                "--columns",
+                "contact_id,email",
+            ])
+            .arg("--out")
+            .arg(&exported)
+            .assert()
+            .success();
+        std::fs::read_to_string(&exported).unwrap()
+    };
+    let readers = [
+        Reader::new(|b| read_with(b, quick), &base, &copy),
+        Reader::new(members, &base, &copy),
+        Reader::new(export, &base, &copy),
+    ];
+    for r in &readers[1..] {
+        assert_ne!(
+            r.old, r.new,
+            "active contacts change between the two instants"
+        );
+    }
     let bin = assert_cmd::cargo::cargo_bin("segments");
     let writer = std::process::Command::new(&bin)
         .env("SEGMENTS_BASE", &base)
@@ -795,17 +833,34 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
         during,
         saw_old,
         saw_new,
-    } = watch_readers(
-        writer,
-        || read_with(&base, quick),
-        &old_quick,
-        &new_quick,
-        10,
-    );
+    } = watch_readers(writer, &readers, &base, 12);
     assert_eq!(read(&base), new);
     println!(
-        "concurrent readers: {reads} queries, {during} of them started while a recompute ran; {saw_old} saw the old version, {saw_new} the new one, none a mix"
+        "concurrent readers (sql, members, export): {reads} reads, {during} of them started while a recompute ran; {saw_old} saw the old version, {saw_new} the new one, none a mix"
     );
+}
+
+/// A reader command, with what it gives before and after the writer.
+struct Reader<'a> {
+    read: Box<dyn Fn(&std::path::Path) -> String + 'a>,
+    old: String,
+    new: String,
+}
+
+impl<'a> Reader<'a> {
+    /// `old` read on the base, `new` on a copy the writer already ran on.
+    fn new(
+        read: impl Fn(&std::path::Path) -> String + 'a,
+        base: &std::path::Path,
+        after: &std::path::Path,
+    ) -> Self {
+        let (old, new) = (read(base), read(after));
+        Reader {
+            read: Box::new(read),
+            old,
+            new,
+        }
+    }
 }
 
 /// What readers saw while a writer ran.
@@ -817,13 +872,13 @@ struct Watched {
     saw_new: usize,
 }
 
-/// Read again and again while `writer` runs, and at least `min_reads`
-/// times: every answer is the old state or the new one, never a mix.
+/// Run the readers in turn on `base` while `writer` runs, and at least
+/// `min_reads` times: every answer is the old state or the new one, never
+/// a mix.
 fn watch_readers(
     mut writer: std::process::Child,
-    read: impl Fn() -> String,
-    old: &str,
-    new: &str,
+    readers: &[Reader],
+    base: &std::path::Path,
     min_reads: usize,
 ) -> Watched {
     let mut w = Watched {
@@ -834,16 +889,18 @@ fn watch_readers(
     };
     loop {
         let done = writer.try_wait().unwrap().is_some();
-        let seen = read();
+        let r = &readers[w.reads % readers.len()];
+        let seen = (r.read)(base);
         w.reads += 1;
         if !done {
             w.during += 1;
         }
-        if seen == old {
+        if seen == r.old {
             w.saw_old += 1;
-        } else if seen == new {
+        } else if seen == r.new {
             w.saw_new += 1;
         } else {
+            let (old, new) = (&r.old, &r.new);
             panic!("a reader saw a mix of two versions:\n{seen}\nold:\n{old}\nnew:\n{new}");
         }
         if done && w.reads >= min_reads {
@@ -1147,14 +1204,11 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         .success();
     let query = "SELECT count(*) AS n, sum(score) AS s, count(*) FILTER (WHERE city LIKE 'Town%') AS towns FROM contacts";
     let read = |base: &std::path::Path| -> String {
-        let out = segments(base)
-            .args(["sql", "--format", "csv", query])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = super::common::succeeded(
+            segments(base)
+                .args(["sql", "--format", "csv", query])
+                .output()
+                .unwrap(),
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -1181,7 +1235,7 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         during,
         saw_old,
         saw_new,
-    } = watch_readers(writer, || read(&base), &old, &new, 5);
+    } = watch_readers(writer, &[Reader::new(read, &base, &copy)], &base, 5);
     assert_eq!(read(&base), new);
     println!(
         "readers during an import: {reads} queries, {during} started while the import ran; {saw_old} saw the old contacts, {saw_new} the new ones, none a mix"

@@ -182,3 +182,14 @@ pub fn kill_rounds(
     }
     (killed, finished)
 }
+
+/// The output of a command that must succeed (failing with its standard
+/// error otherwise).
+pub fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

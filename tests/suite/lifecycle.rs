@@ -482,15 +482,12 @@ fn deleting_contacts_keeps_statistics_equal_to_a_recount() {
 fn computing_while_a_recompute_holds_the_base() {
     let tb = base();
     let list = || -> serde_json::Value {
-        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
-            .env("SEGMENTS_BASE", tb.path())
-            .args(["segment", "list", "--format", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = super::common::succeeded(
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
+                .env("SEGMENTS_BASE", tb.path())
+                .args(["segment", "list", "--format", "json"])
+                .output()
+                .unwrap(),
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
