@@ -155,7 +155,12 @@ pub fn import_events(
             }
         }
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-        let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        // Rows of unknown contacts (skipped) are left out; often there are none.
+        let batch = if keep.iter().all(|&k| k) {
+            batch
+        } else {
+            filter_record_batch(&batch, &BooleanArray::from(keep))?
+        };
         touched.extend(
             batch
                 .column(0)

@@ -543,7 +543,15 @@ fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: &CsvRange) ->
         }
         lines.push(line);
         for (b, cell) in builders.iter_mut().zip(record.iter()) {
-            let cell = cell.trim();
+            // Most cells start and end with a visible ASCII character:
+            // nothing to trim.
+            let visible = |c: Option<&u8>| c.is_some_and(|&c| c.is_ascii_graphic());
+            let bytes = cell.as_bytes();
+            let cell = if visible(bytes.first()) && visible(bytes.last()) {
+                cell
+            } else {
+                cell.trim()
+            };
             if cell.is_empty() {
                 b.append_null();
             } else {
@@ -631,6 +639,21 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 }
 
 pub fn parse_date(v: &str) -> Option<NaiveDate> {
+    // `YYYY-MM-DD` read directly: the format string would be parsed again
+    // for every value.
+    let b = v.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b[r].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10))
+    {
+        return NaiveDate::from_ymd_opt(y as i32, m, d);
+    }
     NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
 }
 
@@ -839,6 +862,29 @@ mod tests {
                 assert_eq!(all, cells(&whole), "{parts} parts by {per_chunk}");
                 assert_eq!(Some(lines), whole.lines, "{parts} parts by {per_chunk}");
             }
+        }
+    }
+
+    #[test]
+    fn dates_read_as_the_format_reads_them() {
+        for v in [
+            "2024-02-05",
+            "2024-02-30",
+            "0000-01-01",
+            "2024-2-5",
+            "2024-02-5",
+            "+2024-02-05",
+            "2024/02/05",
+            "2024-02-05x",
+            "２０２４-02-05",
+            "2024-00-10",
+            "9999-12-31",
+        ] {
+            assert_eq!(
+                parse_date(v),
+                NaiveDate::parse_from_str(v, "%Y-%m-%d").ok(),
+                "{v}"
+            );
         }
     }
 
