@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use rayon::prelude::*;
 use roaring::{RoaringBitmap, RoaringTreemap};
 
-use crate::base::input::{ColumnData, Inference, InputChunks, InputTable, chunk_bytes};
+use crate::base::input::{ColumnData, InputChunks, InputTable, chunk_bytes};
 use crate::base::manifest::{DataFile, ImportKind, ImportRecord, Manifest};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_contact_field,
@@ -303,18 +303,8 @@ fn column_types(w: &Writer, input: &InputChunks) -> Result<Vec<Option<FieldType>
         };
         out.push(Some(ty));
     }
-    if !to_infer.is_empty() {
-        let mut inferences = vec![Inference::default(); to_infer.len()];
-        for chunk in input.iter() {
-            let chunk = chunk?;
-            inferences
-                .par_iter_mut()
-                .zip(&to_infer)
-                .for_each(|(inference, &idx)| chunk.narrow(idx, inference));
-        }
-        for (idx, inference) in to_infer.into_iter().zip(inferences) {
-            out[idx] = Some(inference.result());
-        }
+    for (idx, ty) in to_infer.iter().zip(input.infer(&to_infer)?) {
+        out[*idx] = Some(ty);
     }
     Ok(out)
 }

@@ -18,7 +18,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::Writer;
 use crate::base::contacts::{ContactIdMap, import_name, input_contact_ids};
-use crate::base::input::{Inference, InputChunks};
+use crate::base::input::InputChunks;
 use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
@@ -238,18 +238,9 @@ fn event_columns(w: &Writer, input: &InputChunks) -> Result<Vec<FieldDef>> {
             ty: ty.unwrap_or(FieldType::Text),
         });
     }
-    if !to_infer.is_empty() {
-        let mut inferences = vec![Inference::default(); to_infer.len()];
-        for chunk in input.iter() {
-            let chunk = chunk?;
-            inferences
-                .par_iter_mut()
-                .zip(&to_infer)
-                .for_each(|(inference, &(idx, _))| chunk.narrow(idx, inference));
-        }
-        for ((_, c), inference) in to_infer.into_iter().zip(inferences) {
-            columns[c].ty = inference.result();
-        }
+    let (idx, at): (Vec<usize>, Vec<usize>) = to_infer.into_iter().unzip();
+    for (c, ty) in at.into_iter().zip(input.infer(&idx)?) {
+        columns[c].ty = ty;
     }
     Ok(columns)
 }

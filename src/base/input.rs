@@ -196,6 +196,22 @@ impl InputChunks {
         self.names.iter().position(|c| c == name)
     }
 
+    /// The types of some columns inferred from all their values, read
+    /// chunk by chunk.
+    pub fn infer(&self, columns: &[usize]) -> Result<Vec<FieldType>> {
+        let mut inferences = vec![Inference::default(); columns.len()];
+        if !columns.is_empty() {
+            for chunk in self.iter() {
+                let chunk = chunk?;
+                inferences
+                    .par_iter_mut()
+                    .zip(columns)
+                    .for_each(|(inference, &idx)| chunk.narrow(idx, inference));
+            }
+        }
+        Ok(inferences.iter().map(Inference::result).collect())
+    }
+
     /// The chunks one after the other.
     pub fn iter(&self) -> impl Iterator<Item = Result<InputTable>> + '_ {
         (0..self.len()).map(|i| self.read(i))

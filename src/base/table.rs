@@ -594,53 +594,58 @@ mod tests {
             ],
         )
         .unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(100))
-            .build();
-        let mut w =
-            ArrowWriter::try_new(File::create(&path).unwrap(), schema, Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        for (lo, hi, first, rows) in [
-            (250, 260, 200, 100),
-            (95, 105, 0, 200),
-            (999, 999, 900, 100),
-        ] {
+        let write = |path: &Path, props: WriterProperties| {
+            let mut w =
+                ArrowWriter::try_new(File::create(path).unwrap(), schema.clone(), Some(props))
+                    .unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        };
+        write(
+            &path,
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(100))
+                .build(),
+        );
+        // The rows read for `lo..=hi` start at `first` and are `rows` long.
+        let check = |path: &Path, lo: u32, hi: u32, first: u32, rows: usize| {
             let got =
-                read_parquet_key_range(&path, &["_iid", "contact_id"], "_iid", lo, hi).unwrap();
-            let ids = got.column(0).as_primitive::<UInt32Type>();
-            assert_eq!((ids.value(0), got.num_rows()), (first, rows), "{lo}..={hi}");
-        }
-        let none = read_parquet_key_range(&path, &["_iid"], "_iid", 5000, 6000).unwrap();
-        assert_eq!(none.num_rows(), 0);
-
-        // With pages of 10 rows and a page index, only the pages in range.
-        let paged = dir.path().join("paged.parquet");
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(100))
-            .set_data_page_row_count_limit(10)
-            .set_write_batch_size(10)
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .build();
-        let mut w =
-            ArrowWriter::try_new(File::create(&paged).unwrap(), batch.schema(), Some(props))
-                .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        for (lo, hi, first, rows) in [
-            (255, 256, 250, 10),
-            (95, 105, 90, 20),
-            (999, 999, 990, 10),
-            (3, 3, 0, 10),
-        ] {
-            let got =
-                read_parquet_key_range(&paged, &["_iid", "contact_id"], "_iid", lo, hi).unwrap();
+                read_parquet_key_range(path, &["_iid", "contact_id"], "_iid", lo, hi).unwrap();
             let ids = got.column(0).as_primitive::<UInt32Type>();
             assert_eq!((ids.value(0), got.num_rows()), (first, rows), "{lo}..={hi}");
             let cids = got
                 .column(1)
                 .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
             assert_eq!(cids.value(0), u64::from(first) * 7);
+        };
+        for (lo, hi, first, rows) in [
+            (250, 260, 200, 100),
+            (95, 105, 0, 200),
+            (999, 999, 900, 100),
+        ] {
+            check(&path, lo, hi, first, rows);
+        }
+        let none = read_parquet_key_range(&path, &["_iid"], "_iid", 5000, 6000).unwrap();
+        assert_eq!(none.num_rows(), 0);
+
+        // With pages of 10 rows and a page index, only the pages in range.
+        let paged = dir.path().join("paged.parquet");
+        write(
+            &paged,
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(100))
+                .set_data_page_row_count_limit(10)
+                .set_write_batch_size(10)
+                .set_statistics_enabled(EnabledStatistics::Page)
+                .build(),
+        );
+        for (lo, hi, first, rows) in [
+            (255, 256, 250, 10),
+            (95, 105, 90, 20),
+            (999, 999, 990, 10),
+            (3, 3, 0, 10),
+        ] {
+            check(&paged, lo, hi, first, rows);
         }
     }
 

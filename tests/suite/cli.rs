@@ -38,6 +38,11 @@ fn small_base() -> tempfile::TempDir {
     dir
 }
 
+/// The standard output of a command that must succeed, as text.
+fn stdout_of(cmd: &mut Command) -> String {
+    String::from_utf8(cmd.assert().success().get_output().stdout.clone()).unwrap()
+}
+
 fn json_of(cmd: &mut Command) -> Value {
     let out = cmd.assert().success().get_output().stdout.clone();
     serde_json::from_slice(&out)
@@ -349,18 +354,8 @@ fn sql_tables_agree_with_the_segment_export() {
     let dir = small_base();
     let b = dir.path();
     let sql = |q: &str| -> Vec<String> {
-        let out = segments(b)
-            .args(["sql", q, "--format", "csv"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        String::from_utf8_lossy(&out)
-            .lines()
-            .skip(1)
-            .map(str::to_string)
-            .collect()
+        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
+        out.lines().skip(1).map(str::to_string).collect()
     };
     let out = b.join("subs.csv");
     segments(b)
@@ -1067,15 +1062,7 @@ fn sql_without_a_query_runs_the_statements_of_its_input() {
                   SELECT city, count(*) AS n\n  FROM contacts -- where they live; by city\n  \
                   GROUP BY city ORDER BY city;\n\
                   .format csv\nSELECT 'a;b' AS s; SELECT 2 AS two\n";
-    let out = segments(b)
-        .arg("sql")
-        .write_stdin(script)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let out = String::from_utf8(out).unwrap();
+    let out = stdout_of(segments(b).arg("sql").write_stdin(script));
     for expected in [
         "segment_members",
         "rows_added",
@@ -1321,30 +1308,15 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
             ("contacts", "second", &second),
             ("events", "events", &events),
         ] {
-            let out = cmd(&["import", what, "--as-of", AS_OF, "--name", name])
-                .arg(file)
-                .assert()
-                .success()
-                .get_output()
-                .stdout
-                .clone();
             // What the import says, without the recompute's duration.
-            let out = String::from_utf8(out).unwrap();
+            let out = stdout_of(cmd(&["import", what, "--as-of", AS_OF, "--name", name]).arg(file));
             said.extend(
                 out.lines()
                     .filter(|l| !l.starts_with("recomputed"))
                     .map(String::from),
             );
         }
-        let query = |q: &str| {
-            let out = cmd(&["sql", "--format", "csv", q])
-                .assert()
-                .success()
-                .get_output()
-                .stdout
-                .clone();
-            String::from_utf8(out).unwrap()
-        };
+        let query = |q: &str| stdout_of(&mut cmd(&["sql", "--format", "csv", q]));
         let contacts = query("SELECT * FROM contacts ORDER BY contact_id");
         let events = query("SELECT * FROM events ORDER BY contact_id, ts, type, amount");
         let fields = query(
