@@ -9,14 +9,17 @@
 //! the range are pruned) and computes the `where` booleans (a filter on one
 //! dictionary-encoded column, such as an operation or a URL test, is
 //! evaluated on the dictionary's values and looked up by key); the kernel below
-//! dispatches each row on its event type's dictionary code to the conditions
-//! that accept that type only, and accumulates counts, sums, minima... in
-//! dense per-contact arrays. The `having` tests then run as DataFusion
-//! expressions over the accumulated values, and the results are written
-//! straight into bitmaps. A shard's rows are kept until its scan ends and
-//! dispatched block of contacts by block, every file's rows for a block
-//! together, so that the block's state stays in cache. Cost grows with the
-//! rows and the conditions that accept them, not with rows × conditions,
+//! groups rows by their event type's dictionary code and runs each
+//! condition over the rows of its types only, skipping ranges of rows whose
+//! times all fall outside its window (files hold a month each), and
+//! accumulates counts, sums, minima... in dense per-contact arrays. The
+//! `having` tests then run as DataFusion expressions over the accumulated
+//! values, and the results are written straight into bitmaps. When a
+//! shard's state fits in cache, batches are taken as they come; otherwise
+//! its rows are kept until its scan ends and dispatched block of contacts
+//! by block, every file's rows for a block together, so that the block's
+//! state stays in cache. Cost grows with the rows and the conditions that
+//! accept them, not with rows × conditions,
 //! and memory with the shard (sized by state and row budgets).
 
 use std::collections::HashMap;
@@ -63,6 +66,11 @@ const SHARDS_PER_THREAD: usize = 4;
 /// State per block of contacts: the rows of one block, from every file of
 /// the shard, are dispatched together while its state stays in cache.
 const BLOCK_STATE_BYTES: usize = 512 << 10;
+/// State small enough to stay in cache while a shard's batches are
+/// dispatched as they come, in any order of contacts.
+const DIRECT_STATE_BYTES: usize = 4 << 20;
+/// Separate counts of the kernel's type histogram.
+const LANES: usize = 4;
 /// Contacts per chunk when the `having` tests turn state into bitmaps.
 const HAVING_CHUNK: usize = 64 * 1024;
 
@@ -651,6 +659,10 @@ impl Scan {
             // are kept and dispatched block of contacts by block, so that a
             // block's state stays in cache while the rows of every file for
             // it are added.
+            // A shard whose whole state fits in cache takes each batch as it
+            // comes, while the batch is in cache too.
+            let direct = self.layout.block_contacts.is_none()
+                && (hi - lo) as usize * self.bytes_per_contact() <= DIRECT_STATE_BYTES;
             let mut kept = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
@@ -658,7 +670,7 @@ impl Scan {
                     .column(0)
                     .as_primitive_opt::<UInt32Type>()
                     .is_some_and(|ids| ids.values().is_sorted());
-                if sorted {
+                if sorted && !direct {
                     kept.push(batch);
                 } else {
                     let rows = self.rows(&batch)?;
@@ -712,6 +724,12 @@ impl Scan {
                     .unwrap_or(empty)
             })
             .collect();
+        let skip = dispatch.len() as u32;
+        let code_of = dispatch
+            .iter()
+            .enumerate()
+            .map(|(k, d)| if d.is_empty() { skip } else { k as u32 })
+            .collect();
         let first_value = 3;
         let values: Vec<&Float64Array> = (0..self.values.len())
             .map(|j| batch.column(first_value + j).as_primitive::<Float64Type>())
@@ -743,12 +761,21 @@ impl Scan {
             keys: types.keys().values().clone(),
             type_valid: types.nulls().cloned(),
             dispatch,
+            code_of,
             values,
             extras,
         })
     }
 
     /// The kernel: add rows `range` of a batch to the state.
+    ///
+    /// The rows are first grouped by event type (a counting sort on the
+    /// type's dictionary code that keeps their order, so contacts stay
+    /// ascending within a type), with the rows of other shards and of types
+    /// no condition accepts left out. Then each condition runs over the rows
+    /// of its types alone: a count or an existence test adds its window and
+    /// filter test to the contact's count without a branch; the other
+    /// aggregates update their accumulator where the row matches.
     fn accumulate(
         &self,
         st: &mut State,
@@ -757,77 +784,161 @@ impl Scan {
         rows: &Rows,
         range: std::ops::Range<usize>,
     ) {
-        let Rows {
-            iid,
-            ts,
-            keys,
-            type_valid,
-            dispatch,
-            values,
-            extras,
-        } = rows;
-        for r in range {
-            if type_valid.as_ref().is_some_and(|v| v.is_null(r)) {
+        let State {
+            cap,
+            n,
+            nn,
+            f,
+            t,
+            scratch: sc,
+            ..
+        } = st;
+        let cap = *cap;
+        let codes = rows.dispatch.len();
+        let skip = codes;
+        // Each row's code, `skip` for rows no condition takes, without a
+        // branch per row.
+        let span = hi - lo;
+        sc.codes.clear();
+        sc.codes.resize(range.len(), 0);
+        for (code, r) in sc.codes.iter_mut().zip(range.clone()) {
+            let c = rows
+                .code_of
+                .get(rows.keys[r] as usize)
+                .copied()
+                .unwrap_or(skip as u32);
+            *code = if rows.iid[r].wrapping_sub(lo) < span {
+                c
+            } else {
+                skip as u32
+            };
+        }
+        if let Some(valid) = &rows.type_valid {
+            for (code, r) in sc.codes.iter_mut().zip(range.clone()) {
+                if valid.is_null(r) {
+                    *code = skip as u32;
+                }
+            }
+        }
+        // Rows per code, counted in separate lanes so that a run of one
+        // code does not wait on its own count.
+        let stride = codes + 1;
+        sc.hist.clear();
+        sc.hist.resize(LANES * stride, 0);
+        for (j, &code) in sc.codes.iter().enumerate() {
+            sc.hist[(j % LANES) * stride + code as usize] += 1;
+        }
+        sc.starts.clear();
+        sc.starts.resize(codes + 2, 0);
+        for k in 0..=codes {
+            let rows_of_k: usize = (0..LANES).map(|lane| sc.hist[lane * stride + k]).sum();
+            sc.starts[k + 1] = sc.starts[k] + rows_of_k;
+        }
+        let taken = sc.starts[skip];
+        if taken == 0 {
+            return;
+        }
+        sc.order.clear();
+        sc.order.resize(taken, 0);
+        sc.fill.clear();
+        sc.fill.extend_from_slice(&sc.starts[..codes]);
+        for (r, &code) in range.zip(&sc.codes) {
+            if (code as usize) < skip {
+                let at = &mut sc.fill[code as usize];
+                sc.order[*at] = r as u32;
+                *at += 1;
+            }
+        }
+        sc.at.clear();
+        sc.at
+            .extend(sc.order.iter().map(|&r| rows.iid[r as usize] - lo));
+        sc.ts.clear();
+        sc.ts.extend(sc.order.iter().map(|&r| rows.ts[r as usize]));
+        for (k, leaves) in rows.dispatch.iter().enumerate() {
+            let (a, b) = (sc.starts[k], sc.starts[k + 1]);
+            if a == b {
                 continue;
             }
-            let leaves = dispatch[keys[r] as usize];
-            if leaves.is_empty() {
-                continue;
-            }
-            // Pages that straddle the shard's bounds bring rows of others.
-            let id = iid[r];
-            if id < lo || id >= hi {
-                continue;
-            }
-            let t = ts[r];
-            let i = (id - lo) as usize;
-            for &l in leaves {
+            let (order, at, ts) = (&sc.order[a..b], &sc.at[a..b], &sc.ts[a..b]);
+            // Files hold a month each: most windows take all of a range's
+            // rows or none.
+            let (first, last) = ts
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
+            for &l in leaves.iter() {
                 let l = l as usize;
                 let leaf = &self.leaves[l];
-                if t < leaf.lo || t > leaf.hi {
+                if leaf.hi < first || leaf.lo > last {
                     continue;
                 }
-                if let Some(x) = leaf.extra
-                    && !extras[x].value(r)
-                {
-                    continue;
-                }
-                let n = &mut st.n[st.cap * l + i];
-                *n = n.saturating_add(1);
-                let first = *n == 1;
-                if leaf.exists.is_some() {
-                    continue;
-                }
-                match leaf.agg {
-                    Agg::Count => {}
-                    Agg::First => {
-                        let v = &mut st.t[st.cap * leaf.time + i];
-                        if first || t < *v {
-                            *v = t;
+                let all_in = leaf.lo <= first && last <= leaf.hi;
+                let counts = &mut n[cap * l..cap * (l + 1)];
+                let (lo_ts, hi_ts) = (leaf.lo, leaf.hi);
+                let extra = leaf.extra.map(|x| &rows.extras[x]);
+                if leaf.exists.is_some() || leaf.agg == Agg::Count {
+                    match extra {
+                        None if all_in => {
+                            for &i in at {
+                                let c = &mut counts[i as usize];
+                                *c = c.saturating_add(1);
+                            }
+                        }
+                        None => {
+                            for (&i, &t) in at.iter().zip(ts) {
+                                let ok = (t >= lo_ts) & (t <= hi_ts);
+                                let c = &mut counts[i as usize];
+                                *c = c.saturating_add(ok as u32);
+                            }
+                        }
+                        Some(x) => {
+                            for ((&i, &t), &r) in at.iter().zip(ts).zip(order) {
+                                let ok = (t >= lo_ts) & (t <= hi_ts) & x.value(r as usize);
+                                let c = &mut counts[i as usize];
+                                *c = c.saturating_add(ok as u32);
+                            }
                         }
                     }
-                    Agg::Last => {
-                        let v = &mut st.t[st.cap * leaf.time + i];
-                        if first || t > *v {
-                            *v = t;
-                        }
+                    continue;
+                }
+                for ((&i, &tv), &r) in at.iter().zip(ts).zip(order) {
+                    let (i, r) = (i as usize, r as usize);
+                    if tv < lo_ts || tv > hi_ts || extra.is_some_and(|x| !x.value(r)) {
+                        continue;
                     }
-                    Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
-                        let column = values[leaf.value.expect("value column")];
-                        if column.is_null(r) {
-                            continue;
+                    let c = &mut counts[i];
+                    *c = c.saturating_add(1);
+                    let first = *c == 1;
+                    match leaf.agg {
+                        Agg::Count => {}
+                        Agg::First => {
+                            let v = &mut t[cap * leaf.time + i];
+                            if first || tv < *v {
+                                *v = tv;
+                            }
                         }
-                        let x = column.value(r);
-                        let at = st.cap * leaf.float + i;
-                        let nn = &mut st.nn[at];
-                        let v = &mut st.f[at];
-                        match leaf.agg {
-                            Agg::Sum | Agg::Avg => *v += x,
-                            Agg::Min if *nn == 0 || x < *v => *v = x,
-                            Agg::Max if *nn == 0 || x > *v => *v = x,
-                            _ => {}
+                        Agg::Last => {
+                            let v = &mut t[cap * leaf.time + i];
+                            if first || tv > *v {
+                                *v = tv;
+                            }
                         }
-                        *nn += 1;
+                        Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
+                            let column = rows.values[leaf.value.expect("value column")];
+                            if column.is_null(r) {
+                                continue;
+                            }
+                            let x = column.value(r);
+                            let at = cap * leaf.float + i;
+                            let count = &mut nn[at];
+                            let v = &mut f[at];
+                            match leaf.agg {
+                                Agg::Sum | Agg::Avg => *v += x,
+                                Agg::Min if *count == 0 || x < *v => *v = x,
+                                Agg::Max if *count == 0 || x > *v => *v = x,
+                                _ => {}
+                            }
+                            *count += 1;
+                        }
                     }
                 }
             }
@@ -920,6 +1031,9 @@ struct Rows<'a> {
     type_valid: Option<NullBuffer>,
     /// Event type code → the conditions that accept it.
     dispatch: Vec<&'a [u32]>,
+    /// Type code → itself if some condition accepts it, else the number
+    /// of codes.
+    code_of: Vec<u32>,
     values: Vec<&'a Float64Array>,
     extras: Vec<BooleanBuffer>,
 }
@@ -935,6 +1049,24 @@ struct State {
     nn: Vec<u32>,
     f: Vec<f64>,
     t: Vec<i64>,
+    scratch: Scratch,
+}
+
+/// The kernel's working space, reused from call to call: the rows of a
+/// range grouped by event type.
+#[derive(Default)]
+struct Scratch {
+    /// Each row's type code, or the code past the last for rows left out.
+    codes: Vec<u32>,
+    /// Where each code's rows start in `order` (and, last, the end).
+    starts: Vec<usize>,
+    hist: Vec<usize>,
+    fill: Vec<usize>,
+    /// Row positions, grouped by code.
+    order: Vec<u32>,
+    /// The contact (its position in the shard) and time of each row of `order`.
+    at: Vec<u32>,
+    ts: Vec<i64>,
 }
 
 impl State {
@@ -955,6 +1087,7 @@ impl State {
             nn: zeroed(cap * scan.floats, 0),
             f: zeroed(cap * scan.floats, 0.0),
             t: zeroed(cap * scan.times, 0),
+            scratch: Scratch::default(),
         }
     }
 

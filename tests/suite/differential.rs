@@ -1179,13 +1179,19 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
         }
     });
     for (k, as_of) in instants.into_iter().enumerate() {
-        // Every other instant, the events scan cuts the contacts into
-        // shards and blocks of a few contacts, so that rows straddling shard
-        // bounds and files interleaved block by block are checked too.
-        let layout = match k % 2 {
+        // At two instants in three, the events scan cuts the contacts into
+        // shards of a few contacts, so that rows straddling shard bounds are
+        // checked too: once dispatched batch by batch as they come, once
+        // block of contacts by block, files interleaved.
+        let shard_contacts = Some(2 + (seed % 7) as u32);
+        let layout = match k % 3 {
             0 => ScanLayout::default(),
+            1 => ScanLayout {
+                shard_contacts,
+                block_contacts: None,
+            },
             _ => ScanLayout {
-                shard_contacts: Some(2 + (seed % 7) as u32),
+                shard_contacts,
                 block_contacts: Some(1 + (seed % 3) as u32),
             },
         };
