@@ -37,7 +37,8 @@ pub struct BenchOptions {
     /// Timed runs per workload (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// nightly, preview, nested-count, sql, import, or all.
+    /// nightly, preview (or one of them: preview:parisiens), nested-count,
+    /// sql, import, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub workloads: Vec<String>,
 }

@@ -171,9 +171,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         })
         .map(|d| json!({"id": d.id, "name": d.name, "criteria": d.criteria_json}))
         .collect();
-    if wants("preview") {
-        for p in &previews {
-            let def = Definition::parse(p)?;
+    for p in &previews {
+        let def = Definition::parse(p)?;
+        if wants("preview") || wants(&format!("preview:{}", def.id)) {
             let (runs, count) = time_runs(opts.runs, || {
                 let snap = base.snapshot()?;
                 Ok(rt

@@ -27,9 +27,35 @@ pub fn add_masked(bitmap: &mut RoaringBitmap, ids: &UInt32Array, mask: &BooleanA
         None => mask.values().clone(),
     };
     let values = ids.values();
+    // Contacts are stored in id order, and without deletions their ids
+    // are contiguous: the mask is then the bitmap's bits.
+    if let Some(&first) = values.first()
+        && values
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v.wrapping_sub(first) == i as u32)
+    {
+        *bitmap |= bits_from(first, &bits);
+        return;
+    }
     let mut run: Vec<u32> = Vec::with_capacity(bits.count_set_bits());
     run.extend(bits.set_indices().map(|i| values[i]));
     add_ids(bitmap, run);
+}
+
+/// The ids `lo + i` for the set bits `i < bits.len()`, built container by
+/// container. Kernels may leave bits set past the length in the last byte
+/// (a `NOT` flips the padding), so those are cleared first.
+pub fn bits_from(lo: u32, bits: &BooleanBuffer) -> RoaringBitmap {
+    let len = bits.len();
+    let sliced = bits.sliced();
+    let mut bytes = sliced.as_slice()[..len.div_ceil(8)].to_vec();
+    if let Some(last) = bytes.last_mut()
+        && !len.is_multiple_of(8)
+    {
+        *last &= (1u8 << (len % 8)) - 1;
+    }
+    RoaringBitmap::from_lsb0_bytes(lo, &bytes)
 }
 
 /// Insert every id of the batch.

@@ -46,6 +46,7 @@ use futures::StreamExt;
 use roaring::RoaringBitmap;
 
 use crate::base::schema::{FieldType, IID};
+use crate::bitmaps::materialize::bits_from;
 use crate::compile::Session;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
@@ -63,6 +64,7 @@ const SHARD_ROW_BYTES: usize = 192 << 20;
 /// Shards per thread: more shards balance the threads; each costs a plan
 /// and a look at every file's page index.
 const SHARDS_PER_THREAD: usize = 4;
+const DIRECT_SHARDS_PER_THREAD: usize = 2;
 /// State per block of contacts: the rows of one block, from every file of
 /// the shard, are dispatched together while its state stays in cache.
 const BLOCK_STATE_BYTES: usize = 512 << 10;
@@ -596,8 +598,13 @@ impl Scan {
         let rows_per_contact = rows.div_ceil(end.max(1)).max(1);
         let rows_fit = (SHARD_ROW_BYTES / self.bytes_per_row()) as u64 / rows_per_contact;
         let even = end.div_ceil((threads * SHARDS_PER_THREAD) as u64);
+        // A state small enough to take batches as they come needs no
+        // blocks: fewer shards then save plans.
+        let wide = end.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
+        let direct = wide * self.bytes_per_contact() as u64 <= DIRECT_STATE_BYTES as u64;
         let len = match layout.shard_contacts {
             Some(n) => n.max(1) as u64,
+            None if direct => wide.max(HAVING_CHUNK as u64),
             None => state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64),
         };
         let mut out = Vec::new();
@@ -1099,21 +1106,6 @@ impl State {
         self.f.fill(0.0);
         self.t.fill(0);
     }
-}
-
-/// The ids `lo + i` for the set bits `i < bits.len()`, built container by
-/// container. Kernels may leave bits set past the length in the last byte
-/// (a `NOT` flips the padding), so those are cleared first.
-fn bits_from(lo: u32, bits: &BooleanBuffer) -> RoaringBitmap {
-    let len = bits.len();
-    let sliced = bits.sliced();
-    let mut bytes = sliced.as_slice()[..len.div_ceil(8)].to_vec();
-    if let Some(last) = bytes.last_mut()
-        && !len.is_multiple_of(8)
-    {
-        *last &= (1u8 << (len % 8)) - 1;
-    }
-    RoaringBitmap::from_lsb0_bytes(lo, &bytes)
 }
 
 /// The plan without its filter operators. The scan keeps their predicate to
