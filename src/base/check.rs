@@ -14,8 +14,8 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
     let dir = snap.dir();
     let m = &snap.manifest;
     let mut problems = Vec::new();
-    for f in m.files() {
-        if let Err(e) = read_checked(dir, f) {
+    for f in m.files(dir)? {
+        if let Err(e) = read_checked(dir, &f) {
             problems.push(e.to_string());
         }
     }

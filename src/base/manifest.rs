@@ -104,7 +104,75 @@ pub struct SegmentRecord {
     pub members: Option<DataFile>,
     /// One point per computation that changed or confirmed the members.
     #[serde(default)]
-    pub history: Vec<HistoryPoint>,
+    pub history: History,
+}
+
+/// The history of a segment. A base recomputed every night holds years of
+/// it, which most commands never look at: it is kept as the manifest's
+/// JSON text when the manifest is read, and parsed when first used.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    raw: Option<Box<serde_json::value::RawValue>>,
+    points: Vec<HistoryPoint>,
+}
+
+impl History {
+    /// The points, oldest first.
+    pub fn points(&self, dir: &Path) -> Result<std::borrow::Cow<'_, [HistoryPoint]>> {
+        Ok(match &self.raw {
+            None => std::borrow::Cow::Borrowed(&self.points),
+            Some(raw) => std::borrow::Cow::Owned(parse_history(dir, raw)?),
+        })
+    }
+
+    /// The points, to change them or add one.
+    pub fn points_mut(&mut self, dir: &Path) -> Result<&mut Vec<HistoryPoint>> {
+        if let Some(raw) = self.raw.take() {
+            self.points = parse_history(dir, &raw)?;
+        }
+        Ok(&mut self.points)
+    }
+
+    /// The bitmaps of entries and exits the points refer to.
+    pub fn deltas(&self, dir: &Path) -> Result<Vec<DataFile>> {
+        /// A point as far as its files go: the rest is not parsed.
+        #[derive(Deserialize)]
+        struct Delta {
+            #[serde(default)]
+            delta: Option<DataFile>,
+        }
+        Ok(match &self.raw {
+            None => self.points.iter().filter_map(|p| p.delta.clone()).collect(),
+            Some(raw) => serde_json::from_str::<Vec<Delta>>(raw.get())
+                .map_err(|e| Error::base(dir, format!("damaged segment history: {e}")))?
+                .into_iter()
+                .filter_map(|p| p.delta)
+                .collect(),
+        })
+    }
+}
+
+fn parse_history(dir: &Path, raw: &serde_json::value::RawValue) -> Result<Vec<HistoryPoint>> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Error::base(dir, format!("damaged segment history: {e}")))
+}
+
+impl Serialize for History {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match &self.raw {
+            Some(raw) => raw.serialize(s),
+            None => self.points.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(History {
+            raw: Some(Deserialize::deserialize(d)?),
+            points: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,19 +226,20 @@ impl Manifest {
         }
     }
 
-    /// Every data file this version refers to.
-    pub fn files(&self) -> Vec<&DataFile> {
-        let mut out: Vec<&DataFile> = Vec::new();
-        out.extend(self.contacts.iter());
-        out.extend(self.all_contacts.iter());
-        out.extend(self.events.iter().map(|e| &e.file));
-        out.extend(self.imports.iter().map(|i| &i.contacts));
+    /// Every data file this version refers to (`dir`, the base's, names it
+    /// in errors).
+    pub fn files(&self, dir: &Path) -> Result<Vec<DataFile>> {
+        let mut out: Vec<DataFile> = Vec::new();
+        out.extend(self.contacts.iter().cloned());
+        out.extend(self.all_contacts.iter().cloned());
+        out.extend(self.events.iter().map(|e| e.file.clone()));
+        out.extend(self.imports.iter().map(|i| i.contacts.clone()));
         for s in &self.segments {
-            out.extend(s.members.iter());
-            out.extend(s.history.iter().filter_map(|h| h.delta.as_ref()));
+            out.extend(s.members.iter().cloned());
+            out.extend(s.history.deltas(dir)?);
         }
-        out.extend(self.runs.iter());
-        out
+        out.extend(self.runs.iter().cloned());
+        Ok(out)
     }
 
     pub fn segment(&self, key: &str) -> Option<&SegmentRecord> {
@@ -242,4 +311,61 @@ pub fn read_manifest(dir: &Path, version: u64) -> Result<Manifest> {
         ));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POINTS: &str = r#"[{"at":"2026-11-01T03:00:00Z","as_of":"2026-11-01T03:00:00Z","size":3,"entries":3,"exits":0,"delta":{"path":"bitmaps/delta-a-v2-1.bm","bytes":40,"crc32":7}},{"at":"2026-11-02T03:00:00Z","as_of":"2026-11-02T03:00:00Z","size":3,"entries":0,"exits":0}]"#;
+
+    #[test]
+    fn history_is_read_when_used_and_written_back_as_it_was() {
+        let dir = Path::new("base");
+        let h: History = serde_json::from_str(POINTS).unwrap();
+        // Not touched: written back verbatim.
+        assert_eq!(serde_json::to_string(&h).unwrap(), POINTS);
+        let points = h.points(dir).unwrap();
+        assert_eq!(
+            points.iter().map(|p| p.size).collect::<Vec<_>>(),
+            vec![3, 3]
+        );
+        let deltas = h.deltas(dir).unwrap();
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].path, "bitmaps/delta-a-v2-1.bm");
+        // Changed: parsed once, then written from the points.
+        let at = points[1].at;
+        drop(points);
+        let mut h = h;
+        h.points_mut(dir).unwrap().push(HistoryPoint {
+            at,
+            as_of: at,
+            size: 4,
+            entries: 1,
+            exits: 0,
+            delta: None,
+        });
+        let again: History = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        let sizes: Vec<u64> = again.points(dir).unwrap().iter().map(|p| p.size).collect();
+        assert_eq!(sizes, vec![3, 3, 4]);
+        assert_eq!(again.deltas(dir).unwrap(), deltas);
+    }
+
+    #[test]
+    fn a_damaged_history_is_an_error_of_the_base() {
+        let dir = Path::new("base");
+        let h: History = serde_json::from_str(r#"[{"at":"yesterday"}]"#).unwrap();
+        for e in [
+            h.points(dir).map(|_| ()).unwrap_err(),
+            h.clone().points_mut(dir).map(|_| ()).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                text.contains("base base: damaged segment history"),
+                "{text}"
+            );
+        }
+        let h: History = serde_json::from_str(r#"[{"delta":7}]"#).unwrap();
+        assert!(h.deltas(dir).is_err());
+    }
 }

@@ -311,7 +311,11 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
         let fresh = (now - next_written).to_std().unwrap_or_default() < gc_grace();
         if v == current || pinned.contains(&v) || fresh {
             keep_versions.push(v);
-            keep.extend(m.files().into_iter().map(|f| f.path.clone()));
+            match m.files(dir) {
+                Ok(files) => keep.extend(files.into_iter().map(|f| f.path)),
+                Err(_) if v != current => continue,
+                Err(e) => return Err(e),
+            }
         }
         next_written = m.written_at;
     }

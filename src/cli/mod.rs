@@ -904,7 +904,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             let mut row = segment_row(rec, &base.config, computing);
             row["description"] = json!(rec.description);
             row["criteria"] = json!(rec.criteria);
-            row["history"] = json!(rec.history.iter().rev().take(10).map(|h| json!({"at": h.at, "size": h.size, "entries": h.entries, "exits": h.exits})).collect::<Vec<_>>());
+            row["history"] = json!(rec.history.points(snap.dir())?.iter().rev().take(10).map(|h| json!({"at": h.at, "size": h.size, "entries": h.entries, "exits": h.exits})).collect::<Vec<_>>());
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
                 _ => {
@@ -927,6 +927,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
             let rows: Vec<_> = rec
                 .history
+                .points(snap.dir())?
                 .iter()
                 .map(|h| json!({"at": h.at.to_rfc3339(), "as_of": h.as_of.to_rfc3339(), "size": h.size, "entries": h.entries, "exits": h.exits}))
                 .collect();

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::base::Base;
 use crate::base::config::Config;
-use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
+use crate::base::manifest::{History, Manifest, SegmentRecord, SegmentStatus};
 use crate::base::schema::{FieldType, recognised_contact_field};
 use crate::criteria::validate::Catalog;
 use crate::error::Result;
@@ -83,7 +83,7 @@ pub fn init(dir: &std::path::Path, config: Config) -> Result<Base> {
             updated_at: now,
             stats: None,
             members: None,
-            history: Vec::new(),
+            history: History::default(),
         });
     }
     w.commit()?;

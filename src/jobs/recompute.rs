@@ -282,9 +282,9 @@ pub async fn compute_into(
         let t0 = Instant::now();
         match result {
             Ok(bm) => {
-                let before = rec.history.len();
                 store_result(w, rec, bm.clone(), &opt, at, as_of, comp.leaves_ms)?;
-                let p = &rec.history[before];
+                let history = rec.history.points(w.dir())?;
+                let p = history.last().expect("a point was just added");
                 report.segments.push(SegmentRun {
                     id: id.clone(),
                     status: "up_to_date".into(),

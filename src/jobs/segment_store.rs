@@ -107,7 +107,7 @@ pub fn store_result(
             .write(w, &format!("delta-{}", rec.id))?,
         )
     };
-    rec.history.push(HistoryPoint {
+    rec.history.points_mut(w.dir())?.push(HistoryPoint {
         at,
         as_of,
         size: new.len(),
@@ -173,7 +173,7 @@ pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap, gone_optins: &OptIn
         }
         // Replay the history to know which deleted contacts were members at each point.
         let mut were = RoaringBitmap::new();
-        for p in &mut rec.history {
+        for p in rec.history.points_mut(&dir)? {
             let (entries, exits) = read_delta(&dir, p)?;
             let (ge, gx) = (&entries & gone, &exits & gone);
             were |= &ge;

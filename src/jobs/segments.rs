@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use roaring::RoaringBitmap;
 
 use crate::base::contacts::load_contacts;
-use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
+use crate::base::manifest::{History, Manifest, SegmentRecord, SegmentStatus};
 use crate::base::schema::{IID, timestamp_type};
 use crate::base::{Base, Snapshot, Writer};
 use crate::compile::Session;
@@ -203,7 +203,7 @@ pub fn new_record(def: &Definition, criteria: Option<serde_json::Value>) -> Segm
         updated_at: now,
         stats: None,
         members: None,
-        history: Vec::new(),
+        history: History::default(),
     }
 }
 

@@ -79,9 +79,10 @@ fn stray_files(base: &Path) -> Vec<String> {
         .unwrap();
     let named: std::collections::HashSet<String> = m
         .manifest
-        .files()
+        .files(base)
+        .unwrap()
         .into_iter()
-        .map(|f| f.path.clone())
+        .map(|f| f.path)
         .collect();
     let mut stray: Vec<String> = std::fs::read_dir(base)
         .unwrap()

@@ -96,7 +96,8 @@ fn entry_dates_over_three_recomputes_stay_exit_and_reenter() {
         let snap = tb.base.snapshot().unwrap();
         let (rec, m) = seg::members_of(&snap, "recent").unwrap();
         assert_eq!(m.members.len(), want, "as of {as_of}");
-        assert_eq!(rec.history.last().unwrap().size, m.members.len());
+        let history = rec.history.points(snap.dir()).unwrap();
+        assert_eq!(history.last().unwrap().size, m.members.len());
         if as_of == "2026-02-15T00:00:00Z" {
             // Contact 1 (iid 0) left; 2 and 3 stayed with their first entry date.
             assert!(!m.members.contains(0));
@@ -107,10 +108,11 @@ fn entry_dates_over_three_recomputes_stay_exit_and_reenter() {
     let (rec, m) = seg::members_of(&snap, "recent").unwrap();
     // Re-entered: a new entry date.
     assert!(m.entered_at(0).unwrap() > entered_1);
-    let sizes: Vec<u64> = rec.history.iter().map(|h| h.size).collect();
+    let history = rec.history.points(snap.dir()).unwrap();
+    let sizes: Vec<u64> = history.iter().map(|h| h.size).collect();
     assert_eq!(sizes, vec![3, 2, 0, 3]);
-    let entries: Vec<u64> = rec.history.iter().map(|h| h.entries).collect();
-    let exits: Vec<u64> = rec.history.iter().map(|h| h.exits).collect();
+    let entries: Vec<u64> = history.iter().map(|h| h.entries).collect();
+    let exits: Vec<u64> = history.iter().map(|h| h.exits).collect();
     assert_eq!(entries, vec![3, 0, 0, 3]);
     assert_eq!(exits, vec![0, 1, 2, 0]);
 }
