@@ -64,6 +64,8 @@ const SHARD_ROW_BYTES: usize = 192 << 20;
 /// Shards per thread: more shards balance the threads; each costs a plan
 /// and a look at every file's page index.
 const SHARDS_PER_THREAD: usize = 4;
+/// Shards per thread when the state fits in cache: without blocks, a
+/// larger shard costs nothing but saves a plan.
 const DIRECT_SHARDS_PER_THREAD: usize = 2;
 /// State per block of contacts: the rows of one block, from every file of
 /// the shard, are dispatched together while its state stays in cache.
@@ -580,6 +582,12 @@ impl Scan {
         (4 * self.leaves.len() + 12 * self.floats + 8 * self.times).max(1)
     }
 
+    /// Whether the state of `contacts` stays in cache while batches are
+    /// dispatched as they come.
+    fn fits_in_cache(&self, contacts: u32) -> bool {
+        contacts as usize * self.bytes_per_contact() <= DIRECT_STATE_BYTES
+    }
+
     /// Bytes a scanned row takes while its shard is buffered.
     fn bytes_per_row(&self) -> usize {
         4 + 8
@@ -601,10 +609,11 @@ impl Scan {
         // A state small enough to take batches as they come needs no
         // blocks: fewer shards then save plans.
         let wide = end.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
-        let direct = wide * self.bytes_per_contact() as u64 <= DIRECT_STATE_BYTES as u64;
         let len = match layout.shard_contacts {
             Some(n) => n.max(1) as u64,
-            None if direct => wide.max(HAVING_CHUNK as u64),
+            None if self.fits_in_cache(wide.min(u32::MAX as u64) as u32) => {
+                wide.max(HAVING_CHUNK as u64)
+            }
             None => state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64),
         };
         let mut out = Vec::new();
@@ -662,22 +671,22 @@ impl Scan {
                 .await?;
             let plan = without_filters(plan)?;
             let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
-            // Each file brings the shard's contacts in id order; the batches
-            // are kept and dispatched block of contacts by block, so that a
-            // block's state stays in cache while the rows of every file for
-            // it are added.
             // A shard whose whole state fits in cache takes each batch as it
-            // comes, while the batch is in cache too.
-            let direct = self.layout.block_contacts.is_none()
-                && (hi - lo) as usize * self.bytes_per_contact() <= DIRECT_STATE_BYTES;
+            // comes, while the batch is in cache too. Otherwise, as each file
+            // brings the shard's contacts in id order, the batches are kept
+            // and dispatched block of contacts by block, so that a block's
+            // state stays in cache while the rows of every file for it are
+            // added.
+            let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
             let mut kept = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                let sorted = batch
-                    .column(0)
-                    .as_primitive_opt::<UInt32Type>()
-                    .is_some_and(|ids| ids.values().is_sorted());
-                if sorted && !direct {
+                let blockwise = !direct
+                    && batch
+                        .column(0)
+                        .as_primitive_opt::<UInt32Type>()
+                        .is_some_and(|ids| ids.values().is_sorted());
+                if blockwise {
                     kept.push(batch);
                 } else {
                     let rows = self.rows(&batch)?;
