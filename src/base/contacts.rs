@@ -1,7 +1,7 @@
 //! Contacts: the id map (user `contact_id` to dense internal id), the upsert
 //! import, and deletion (right to be forgotten).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -153,10 +153,11 @@ pub fn load_contacts(dir: &Path, m: &Manifest) -> Result<RecordBatch> {
     }
 }
 
-/// `contact_id` → internal id, for every live contact.
+/// `contact_id` → internal id, for every live contact (a fast hash: an
+/// events import looks up every row).
 #[derive(Debug, Default, Clone)]
 pub struct ContactIdMap {
-    pub to_iid: HashMap<u64, u32>,
+    pub to_iid: datafusion::common::HashMap<u64, u32>,
 }
 
 impl ContactIdMap {
@@ -165,7 +166,7 @@ impl ContactIdMap {
             return Ok(ContactIdMap::default());
         };
         let batch = read_parquet_one(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
-        let mut to_iid = HashMap::with_capacity(batch.num_rows());
+        let mut to_iid = datafusion::common::HashMap::with_capacity(batch.num_rows());
         let (iids, cids) = id_columns(&batch)?;
         for (i, c) in iids.values().iter().zip(cids.values()) {
             to_iid.insert(*c, *i);

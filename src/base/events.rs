@@ -105,22 +105,19 @@ pub fn import_events(
     for chunk in input.iter() {
         let chunk = chunk?;
         let ids = input_contact_ids(&chunk)?;
-        let mut keep = Vec::with_capacity(ids.len());
-        let mut iids = Vec::with_capacity(ids.len());
-        for (row, id) in ids.iter().enumerate() {
-            match map.to_iid.get(id) {
-                Some(&iid) => {
-                    keep.push(true);
-                    iids.push(iid);
-                }
-                None => {
-                    keep.push(false);
-                    iids.push(0);
-                    unknown += 1;
-                    if first_unknown.is_none() && !opts.skip_unknown {
-                        first_unknown = Some((chunk.locate(row, CONTACT_ID), *id));
-                    }
-                }
+        // The internal id of each row, `None` for a contact not in the base.
+        let found: Vec<Option<u32>> = ids
+            .par_iter()
+            .with_min_len(64 * 1024)
+            .map(|id| map.to_iid.get(id).copied())
+            .collect();
+        let keep: Vec<bool> = found.iter().map(Option::is_some).collect();
+        let iids: Vec<u32> = found.iter().map(|f| f.unwrap_or(0)).collect();
+        drop(found);
+        if let Some(row) = keep.iter().position(|k| !k) {
+            unknown += keep.iter().filter(|k| !**k).count() as u64;
+            if first_unknown.is_none() && !opts.skip_unknown {
+                first_unknown = Some((chunk.locate(row, CONTACT_ID), ids[row]));
             }
         }
         // Past an unknown contact, the rest of the file is only counted.
@@ -161,16 +158,16 @@ pub fn import_events(
         } else {
             filter_record_batch(&batch, &BooleanArray::from(keep))?
         };
-        touched.extend(
-            batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .expect("u32 ids")
-                .values()
-                .iter()
-                .copied(),
-        );
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .expect("u32 ids")
+            .values();
+        touched |= ids
+            .par_chunks(256 * 1024)
+            .map(|part| part.iter().copied().collect::<RoaringBitmap>())
+            .reduce(RoaringBitmap::new, |a, b| a | b);
         files.extend(write_partitioned(w, &schema, &batch)?);
         added += batch.num_rows() as u64;
     }
@@ -271,19 +268,38 @@ pub fn write_partitioned(
         .downcast_ref::<UInt32Array>()
         .expect("u32 ids")
         .values();
-    let mut by_month: BTreeMap<i64, Vec<(u32, i64, u32)>> = BTreeMap::new();
-    for (row, (&iid, &t)) in iids.iter().zip(ts.iter()).enumerate() {
-        by_month
-            .entry(month_index(t))
-            .or_default()
-            .push((iid, t, row as u32));
-    }
+    // Rows by month, grouped in parallel (an import often holds one month,
+    // or months in order, so the latest month is looked up first).
+    let by_month: BTreeMap<i64, Vec<u32>> = (0..ts.len() as u32)
+        .into_par_iter()
+        .with_min_len(64 * 1024)
+        .fold(BTreeMap::new, |mut acc: BTreeMap<i64, Vec<u32>>, row| {
+            let month = month_index(ts[row as usize]);
+            match acc.last_entry() {
+                Some(mut last) if *last.key() == month => last.get_mut().push(row),
+                _ => acc.entry(month).or_default().push(row),
+            }
+            acc
+        })
+        .reduce(BTreeMap::new, |mut a, b| {
+            for (month, mut rows) in b {
+                a.entry(month).or_default().append(&mut rows);
+            }
+            a
+        });
     let mut out = Vec::new();
-    for (_, mut rows) in by_month {
-        rows.par_sort_unstable();
-        let month = month_of(rows[0].1);
-        let indices = UInt32Array::from_iter_values(rows.iter().map(|r| r.2));
+    for (_, rows) in by_month {
+        // Sorted by (`_iid`, `ts`), then by row so that the order is the
+        // same however the rows were grouped.
+        let mut keyed: Vec<(u32, i64, u32)> = rows
+            .par_iter()
+            .map(|&r| (iids[r as usize], ts[r as usize], r))
+            .collect();
         drop(rows);
+        keyed.par_sort_unstable();
+        let month = month_of(keyed[0].1);
+        let indices = UInt32Array::from_iter_values(keyed.iter().map(|r| r.2));
+        drop(keyed);
         out.push(write_sorted(w, schema, batch, Some(&indices), &month)?);
     }
     Ok(out)
