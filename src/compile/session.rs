@@ -1,10 +1,13 @@
 //! A DataFusion session over one pinned snapshot: `contacts` and `events`
 //! registered as Parquet listing tables over exactly the snapshot's files.
 
+use datafusion::execution::cache::cache_manager::{
+    CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
+};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
@@ -91,6 +94,7 @@ impl Session {
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
+            .with_cache_manager(shared_caches()?)
             .build_arc()?;
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -154,6 +158,31 @@ fn abs(base: &Base, rel: &str) -> String {
     base.dir().join(rel).to_string_lossy().to_string()
 }
 
+/// Parquet footers and file statistics, shared by every session of the
+/// process: a server or a bench that opens a session per query reads each
+/// file's metadata once. Files of a base are never rewritten in place (a
+/// new version writes new files), and each entry is checked against the
+/// file's size and modification time; both caches are bounded LRUs.
+fn shared_caches() -> Result<CacheManagerConfig> {
+    type Shared = (Arc<FileStatisticsCache>, Arc<FileMetadataCache>);
+    static CACHES: OnceLock<Shared> = OnceLock::new();
+    let (stats, metadata) = match CACHES.get() {
+        Some(c) => c,
+        None => {
+            let m = CacheManager::try_new(&CacheManagerConfig::default())?;
+            let stats = m.get_file_statistic_cache().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(
+                    "the default file statistics cache is disabled".into(),
+                )
+            })?;
+            CACHES.get_or_init(|| (stats, m.get_file_metadata_cache()))
+        }
+    };
+    Ok(CacheManagerConfig::default()
+        .with_file_statistics_cache(Some(stats.clone()))
+        .with_file_metadata_cache(Some(metadata.clone())))
+}
+
 fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String]) -> Result<()> {
     if files.is_empty() {
         let t = MemTable::try_new(schema, vec![vec![]])?;
@@ -169,6 +198,10 @@ fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    ctx.register_table(
+        name,
+        Arc::new(ListingTable::try_new(config)?.with_cache(stats)),
+    )?;
     Ok(())
 }
