@@ -80,7 +80,7 @@ pub fn import_events(
     file: &Path,
     opts: &EventImportOptions,
 ) -> Result<crate::base::contacts::ImportReport> {
-    let input = InputChunks::open(file)?;
+    let input = InputChunks::open(file)?.text_as_dictionaries()?;
     for required in [CONTACT_ID, "ts", "type"] {
         if input.column(required).is_none() {
             return Err(Error::input(
@@ -133,7 +133,10 @@ pub fn import_events(
             .zip(schema.fields().par_iter().skip(2))
             .map(|(c, field)| {
                 let a = match chunk.column(&c.name) {
-                    Some(idx) => chunk.typed(idx, &c.ty, &sep)?,
+                    Some(idx) => match (&c.ty, chunk.text_dictionary(idx)?) {
+                        (FieldType::Text, Some(dictionary)) => dictionary,
+                        _ => chunk.typed(idx, &c.ty, &sep)?,
+                    },
                     None => new_null_array(&c.ty.arrow_type(), chunk.rows),
                 };
                 Ok(datafusion::arrow::compute::cast(&a, field.data_type())?)

@@ -502,3 +502,143 @@ fn text_columns_of_few_values_are_stored_as_dictionaries_with_the_same_answers()
         (1..=40).filter(|i| i % 3 == 1 && i % 4 != 0).count() as i64
     );
 }
+
+#[test]
+fn events_text_from_parquet_reads_the_same_however_it_was_written() {
+    use datafusion::arrow::array::{
+        Array, ArrayRef, DictionaryArray, Int64Array, LargeStringArray, RecordBatch, StringArray,
+        TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema};
+    use datafusion::arrow::util::display::array_value_to_string;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::parquet::schema::types::ColumnPath;
+    use std::sync::Arc;
+
+    let tb = new_base("UTC");
+    tb.import_contacts("a", "contact_id\n1\n2\n3\n").unwrap();
+    // Each row group has its own dictionaries, and values recur across
+    // groups in another order; `operation_id` is stored without a
+    // dictionary, `url` comes from an Arrow dictionary with its own keys.
+    let types = [
+        "purchase",
+        "web_visit",
+        "web_visit",
+        "purchase",
+        "email_open",
+        "purchase",
+        "web_visit",
+    ];
+    let operations = [
+        Some("NL-1"),
+        None,
+        Some("NL-2"),
+        Some("NL-1"),
+        None,
+        Some("NL-3"),
+        Some("NL-2"),
+    ];
+    let urls = [
+        None,
+        Some("/a"),
+        Some("/b"),
+        None,
+        Some("/b"),
+        None,
+        Some("/a"),
+    ];
+    let n = types.len();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("contact_id", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
+            false,
+        ),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("operation_id", DataType::LargeUtf8, true),
+        Field::new(
+            "url",
+            DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8)),
+            true,
+        ),
+    ]));
+    let day = 86_400_000_000i64;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            (0..n as i64).map(|i| i % 3 + 1),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                (0..n as i64).map(|i| 1_767_225_600_000_000 + i * day),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from(types.to_vec())),
+        Arc::new(LargeStringArray::from(operations.to_vec())),
+        Arc::new(urls.iter().copied().collect::<DictionaryArray<Int8Type>>()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let path = tb.path().join("input/events.parquet");
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(3))
+        .set_column_dictionary_enabled(ColumnPath::from("operation_id"), false)
+        .build();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mut w = tb.base.writer("t").unwrap();
+    segments::base::events::import_events(
+        &mut w,
+        &path,
+        &segments::base::events::EventImportOptions {
+            name: None,
+            skip_unknown: false,
+        },
+    )
+    .unwrap();
+    w.commit().unwrap();
+
+    let snap = tb.base.snapshot().unwrap();
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(
+            &snap,
+            "SELECT type, operation_id, url FROM events ORDER BY ts",
+        ))
+        .unwrap();
+    let mut got = Vec::new();
+    for b in &rows {
+        for r in 0..b.num_rows() {
+            let cell = |c: usize| {
+                let a = b.column(c);
+                (!a.is_null(r)).then(|| array_value_to_string(a, r).unwrap())
+            };
+            got.push((cell(0).unwrap(), cell(1), cell(2)));
+        }
+    }
+    let want: Vec<(String, Option<String>, Option<String>)> = (0..n)
+        .map(|i| {
+            (
+                types[i].to_string(),
+                operations[i].map(String::from),
+                urls[i].map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Behaviour conditions see the same values.
+    assert_eq!(
+        tb.eval(
+            &json!({"behavior": {"event": "web_visit", "where": [
+                {"field": "url", "op": "eq", "value": "/a"}]}}),
+            at(AS_OF)
+        )
+        .unwrap(),
+        vec![1, 2]
+    );
+}
