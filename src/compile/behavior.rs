@@ -788,7 +788,8 @@ impl Scan {
     /// The rows are first grouped by event type (a counting sort on the
     /// type's dictionary code that keeps their order, so contacts stay
     /// ascending within a type), with the rows of other shards and of types
-    /// no condition accepts left out. Then each condition runs over the rows
+    /// no condition accepts left out; when a single type is taken, they are
+    /// picked in one pass instead. Then each condition runs over the rows
     /// of its types alone: a count or an existence test adds its window and
     /// filter test to the contact's count without a branch; the other
     /// aggregates update their accumulator where the row matches.
@@ -800,21 +801,65 @@ impl Scan {
         rows: &Rows,
         range: std::ops::Range<usize>,
     ) {
-        let State {
-            cap,
-            n,
-            nn,
-            f,
-            t,
-            scratch: sc,
-            ..
-        } = st;
-        let cap = *cap;
+        let sc = &mut st.scratch;
+        let codes = rows.dispatch.len();
+        let span = hi - lo;
+        let mut live = rows
+            .dispatch
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.is_empty());
+        match (live.next(), live.next()) {
+            (None, _) => return,
+            // One type taken (a preview, or a batch of a month without the
+            // others): the rows are picked in one pass, without a branch.
+            (Some((only, _)), None) => {
+                sc.order.clear();
+                sc.order.resize(range.len(), 0);
+                let mut taken = 0;
+                let keys = &rows.keys[range.clone()];
+                let ids = &rows.iid[range.clone()];
+                for ((r, &key), &id) in range.clone().zip(keys).zip(ids) {
+                    let ok = (key as u32 == only as u32)
+                        & (id.wrapping_sub(lo) < span)
+                        & rows.type_valid.as_ref().is_none_or(|v| v.is_valid(r));
+                    sc.order[taken] = r as u32;
+                    taken += ok as usize;
+                }
+                sc.order.truncate(taken);
+                sc.starts.clear();
+                sc.starts
+                    .extend((0..codes + 2).map(|k| if k <= only { 0 } else { taken }));
+            }
+            _ => self.group_by_code(sc, lo, hi, rows, range),
+        }
+        if sc.order.is_empty() {
+            return;
+        }
+        sc.at.clear();
+        sc.at
+            .extend(sc.order.iter().map(|&r| rows.iid[r as usize] - lo));
+        sc.ts.clear();
+        sc.ts.extend(sc.order.iter().map(|&r| rows.ts[r as usize]));
+        self.run_conditions(st, rows);
+    }
+
+    /// Rows of `range` in `sc.order`, grouped by type code (a counting
+    /// sort that keeps their order), with `sc.starts` where each code's
+    /// rows start.
+    fn group_by_code(
+        &self,
+        sc: &mut Scratch,
+        lo: u32,
+        hi: u32,
+        rows: &Rows,
+        range: std::ops::Range<usize>,
+    ) {
         let codes = rows.dispatch.len();
         let skip = codes;
+        let span = hi - lo;
         // Each row's code, `skip` for rows no condition takes, without a
         // branch per row.
-        let span = hi - lo;
         sc.codes.clear();
         sc.codes.resize(range.len(), 0);
         for (code, r) in sc.codes.iter_mut().zip(range.clone()) {
@@ -851,9 +896,6 @@ impl Scan {
             sc.starts[k + 1] = sc.starts[k] + rows_of_k;
         }
         let taken = sc.starts[skip];
-        if taken == 0 {
-            return;
-        }
         sc.order.clear();
         sc.order.resize(taken, 0);
         sc.fill.clear();
@@ -865,11 +907,21 @@ impl Scan {
                 *at += 1;
             }
         }
-        sc.at.clear();
-        sc.at
-            .extend(sc.order.iter().map(|&r| rows.iid[r as usize] - lo));
-        sc.ts.clear();
-        sc.ts.extend(sc.order.iter().map(|&r| rows.ts[r as usize]));
+    }
+
+    /// Each condition over the rows of its types (`sc.order` grouped by
+    /// code, with their contacts and times).
+    fn run_conditions(&self, st: &mut State, rows: &Rows) {
+        let State {
+            cap,
+            n,
+            nn,
+            f,
+            t,
+            scratch: sc,
+            ..
+        } = st;
+        let cap = *cap;
         for (k, leaves) in rows.dispatch.iter().enumerate() {
             let (a, b) = (sc.starts[k], sc.starts[k + 1]);
             if a == b {
