@@ -3,6 +3,7 @@
 //! fsync directory); the newest complete manifest is the current state.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -293,7 +294,37 @@ pub fn list_versions(dir: &Path) -> Result<Vec<u64>> {
 pub fn read_manifest(dir: &Path, version: u64) -> Result<Manifest> {
     let path = manifest_path(dir, version);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let m: Manifest = serde_json::from_slice(&bytes)
+    parse_manifest(dir, version, &path, &bytes)
+}
+
+/// Manifests last read by [`read_manifest_again`], most recent first.
+static RECENT_MANIFESTS: Mutex<Vec<(PathBuf, Vec<u8>, Manifest)>> = Mutex::new(Vec::new());
+const RECENT_MANIFESTS_KEPT: usize = 4;
+
+/// The same as [`read_manifest`], for a process that reads the same
+/// version over and over (a server or a bench takes a snapshot per query):
+/// a manifest holds every segment with its history, and parsing it was a
+/// tenth of a small preview. The file is still read, and the parsed
+/// manifest is reused only if its bytes are the ones parsed before, as a
+/// base deleted and created again in the same folder numbers its versions
+/// from the start again.
+pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Manifest> {
+    let path = manifest_path(dir, version);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let recent = || RECENT_MANIFESTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((.., m)) = recent().iter().find(|(p, b, _)| *p == path && *b == bytes) {
+        return Ok(m.clone());
+    }
+    let m = parse_manifest(dir, version, &path, &bytes)?;
+    let mut kept = recent();
+    kept.retain(|(p, ..)| *p != path);
+    kept.insert(0, (path, bytes, m.clone()));
+    kept.truncate(RECENT_MANIFESTS_KEPT);
+    Ok(m)
+}
+
+fn parse_manifest(dir: &Path, version: u64, path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| Error::base(dir, format!("damaged manifest {}: {e}", path.display())))?;
     if m.format != FORMAT {
         return Err(Error::base(

@@ -29,7 +29,7 @@ pub use config::Config;
 pub use manifest::Manifest;
 
 use lock::WriteLock;
-use manifest::{MANIFEST_DIR, list_versions, manifest_path, read_manifest};
+use manifest::{MANIFEST_DIR, list_versions, manifest_path, read_manifest, read_manifest_again};
 use store::{SinkFile, write_atomic};
 
 const READERS_DIR: &str = "readers";
@@ -137,7 +137,7 @@ impl Base {
     /// The newest version and its manifest.
     fn latest(&self) -> Result<(u64, Manifest)> {
         let v = self.latest_version()?;
-        Ok((v, read_manifest(&self.dir, v)?))
+        Ok((v, read_manifest_again(&self.dir, v)?))
     }
 
     /// Pin the current version for reading.
@@ -145,7 +145,7 @@ impl Base {
         let version = self.latest_version()?;
         let pin = Pin::new(&self.dir, version)?;
         // Read after pinning: from here on the files of `version` stay.
-        let manifest = read_manifest(&self.dir, version)?;
+        let manifest = read_manifest_again(&self.dir, version)?;
         Ok(Snapshot {
             base: self.clone(),
             manifest,

@@ -642,3 +642,41 @@ fn events_text_from_parquet_reads_the_same_however_it_was_written() {
         vec![1, 2]
     );
 }
+
+#[test]
+fn a_base_created_again_in_the_same_folder_is_read_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base");
+    let import = |csv: &str| {
+        let base = segments::jobs::init(&path, segments::base::config::Config::default()).unwrap();
+        let f = dir.path().join("contacts.csv");
+        std::fs::write(&f, csv).unwrap();
+        let mut w = base.writer("t").unwrap();
+        segments::base::contacts::import_contacts(
+            &mut w,
+            &f,
+            &segments::base::contacts::ImportOptions {
+                name: None,
+                overwrite_empty: false,
+            },
+        )
+        .unwrap();
+        w.commit().unwrap();
+        // Read twice: the second snapshot may reuse what the first parsed.
+        base.snapshot().unwrap();
+        let snap = base.snapshot().unwrap();
+        let fields: Vec<String> = snap
+            .manifest
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        (snap.manifest.version, fields)
+    };
+    let (v1, fields1) = import("contact_id,city\n1,Paris\n");
+    std::fs::remove_dir_all(&path).unwrap();
+    let (v2, fields2) = import("contact_id,score\n1,3\n");
+    assert_eq!(v1, v2, "the same version number, another manifest");
+    assert_eq!(fields1, vec!["city"]);
+    assert_eq!(fields2, vec!["score"]);
+}
