@@ -161,13 +161,7 @@ pub fn import_events(
         } else {
             filter_record_batch(&batch, &BooleanArray::from(keep))?
         };
-        let ids = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .expect("u32 ids")
-            .values();
-        touched |= ids
+        touched |= iid_column(&batch)
             .par_chunks(256 * 1024)
             .map(|part| part.iter().copied().collect::<RoaringBitmap>())
             .reduce(RoaringBitmap::new, |a, b| a | b);
@@ -252,6 +246,16 @@ fn ts_column(batch: &RecordBatch) -> &TimestampMicrosecondArray {
         .expect("events have a µs ts column")
 }
 
+/// The internal ids of a batch of events (its first column).
+fn iid_column(batch: &RecordBatch) -> &[u32] {
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .expect("events have u32 ids first")
+        .values()
+}
+
 pub fn month_of(micros: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .map(|t| t.format("%Y-%m").to_string())
@@ -265,12 +269,7 @@ pub fn write_partitioned(
     batch: &RecordBatch,
 ) -> Result<Vec<EventFile>> {
     let ts = ts_column(batch).values();
-    let iids = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<UInt32Array>()
-        .expect("u32 ids")
-        .values();
+    let iids = iid_column(batch);
     // Rows by month, grouped in parallel (an import often holds one month,
     // or months in order, so the latest month is looked up first).
     let by_month: BTreeMap<i64, Vec<u32>> = (0..ts.len() as u32)
