@@ -3,7 +3,7 @@
 //! fsync directory); the newest complete manifest is the current state.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -297,8 +297,10 @@ pub fn read_manifest(dir: &Path, version: u64) -> Result<Manifest> {
     parse_manifest(dir, version, &path, &bytes)
 }
 
+/// A manifest file's path, its bytes, and the manifest parsed from them.
+type Parsed = (PathBuf, Vec<u8>, Arc<Manifest>);
 /// Manifests last read by [`read_manifest_again`], most recent first.
-static RECENT_MANIFESTS: Mutex<Vec<(PathBuf, Vec<u8>, Manifest)>> = Mutex::new(Vec::new());
+static RECENT_MANIFESTS: Mutex<Vec<Parsed>> = Mutex::new(Vec::new());
 const RECENT_MANIFESTS_KEPT: usize = 4;
 
 /// The same as [`read_manifest`], for a process that reads the same
@@ -308,14 +310,14 @@ const RECENT_MANIFESTS_KEPT: usize = 4;
 /// manifest is reused only if its bytes are the ones parsed before, as a
 /// base deleted and created again in the same folder numbers its versions
 /// from the start again.
-pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Manifest> {
+pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Arc<Manifest>> {
     let path = manifest_path(dir, version);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let recent = || RECENT_MANIFESTS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((.., m)) = recent().iter().find(|(p, b, _)| *p == path && *b == bytes) {
         return Ok(m.clone());
     }
-    let m = parse_manifest(dir, version, &path, &bytes)?;
+    let m = Arc::new(parse_manifest(dir, version, &path, &bytes)?);
     let mut kept = recent();
     kept.retain(|(p, ..)| *p != path);
     kept.insert(0, (path, bytes, m.clone()));

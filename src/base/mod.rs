@@ -13,12 +13,14 @@ pub mod events;
 pub mod input;
 pub mod lock;
 pub mod manifest;
+pub mod pages;
 pub mod schema;
 pub mod store;
 pub mod table;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -135,7 +137,7 @@ impl Base {
     }
 
     /// The newest version and its manifest.
-    fn latest(&self) -> Result<(u64, Manifest)> {
+    fn latest(&self) -> Result<(u64, Arc<Manifest>)> {
         let v = self.latest_version()?;
         Ok((v, read_manifest_again(&self.dir, v)?))
     }
@@ -163,7 +165,7 @@ impl Base {
             ));
         }
         let (version, manifest) = self.latest()?;
-        let mut next = manifest.clone();
+        let mut next = Manifest::clone(&manifest);
         next.version = version + 1;
         next.written_by = command.to_string();
         Ok(Writer {
@@ -213,7 +215,7 @@ impl Drop for Pin {
 #[derive(Debug)]
 pub struct Snapshot {
     pub base: Base,
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     _pin: Pin,
 }
 
@@ -232,7 +234,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Writer {
     pub base: Base,
-    pub previous: Manifest,
+    pub previous: Arc<Manifest>,
     pub next: Manifest,
     _lock: WriteLock,
     counter: AtomicU64,

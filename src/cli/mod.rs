@@ -107,7 +107,8 @@ enum Command {
         /// Address to listen on; loopback unless told otherwise.
         #[arg(long, default_value = "127.0.0.1:5433")]
         listen: std::net::SocketAddr,
-        /// Memory each query's joins, sorts and aggregates may hold.
+        /// Memory the joins, sorts and aggregates of the queries running at
+        /// once may hold together (default: half the machine's memory).
         #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
         memory_limit: Option<usize>,
     },

@@ -13,21 +13,26 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::{Expr, ExprSchemable, col};
+use datafusion::parquet::file::metadata::RowGroupMetaData;
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+use datafusion::parquet::file::statistics::Statistics;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execute_stream_partitioned;
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 
+use crate::base::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
 use crate::base::schema::IID;
-use crate::bitmaps::materialize::{add_masked, iid_column};
+use crate::bitmaps::materialize::{add_masked, bits_from, iid_column};
 use crate::compile::Session;
-use crate::compile::dictionary::{DictionaryTest, is_dictionary};
+use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::session::CONTACTS;
 use crate::error::{Error, Result};
 
@@ -83,6 +88,13 @@ impl Session {
                     columns.insert(c.name.clone());
                 }
             }
+        }
+        if shared.is_empty()
+            && let Some(out) = self
+                .contact_bitmaps_from_pages(&rewritten, &atom_exprs)
+                .await?
+        {
+            return Ok(out);
         }
         columns.extend(atom_exprs.iter().map(|(_, c)| c.clone()));
         let mut select = vec![col(IID)];
@@ -147,6 +159,135 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// The contacts pass read straight from the pages of the contacts file
+    /// (see [`crate::base::pages`]), when every condition is made of tests
+    /// of dictionary columns and each row group's internal ids are
+    /// contiguous: contacts are stored in id order, so that, in a base
+    /// without deletions, the rows of a row group are the ids from its
+    /// first one on, and no column is read but the tested ones. `None` when
+    /// that does not hold.
+    async fn contact_bitmaps_from_pages(
+        &self,
+        exprs: &[Expr],
+        atom_exprs: &[(Expr, String)],
+    ) -> Result<Option<Vec<RoaringBitmap>>> {
+        let only_atoms = exprs.iter().all(|e| {
+            let refs = e.column_refs();
+            !refs.is_empty() && refs.iter().all(|c| is_atom_name(&c.name))
+        });
+        let Some(file) = &self.manifest.contacts else {
+            return Ok(None);
+        };
+        if atom_exprs.is_empty() || !only_atoms {
+            return Ok(None);
+        }
+        let path = self.base.dir().join(&file.path);
+        let opened = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let reader = SerializedFileReader::new(PositionedFile(opened))
+            .map_err(|e| Error::parquet(&path, e))?;
+        let meta = reader.metadata();
+        let leaves = meta.file_metadata().schema_descr();
+        let leaf = |name: &str| {
+            leaves
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == [name])
+        };
+        let Some(iid) = leaf(IID) else {
+            return Ok(None);
+        };
+        let mut atoms = Vec::with_capacity(atom_exprs.len());
+        let mut fields = Vec::with_capacity(atom_exprs.len());
+        for (i, (e, column)) in atom_exprs.iter().enumerate() {
+            let field = self.contacts_schema.field_with_name(column)?;
+            let (Some(at), Some(test)) = (leaf(column), DictionaryTest::new(self, e, field)?)
+            else {
+                return Ok(None);
+            };
+            atoms.push((at, test));
+            fields.push(Field::new(atom_name(i), DataType::Boolean, false));
+        }
+        let mut firsts = Vec::with_capacity(meta.num_row_groups());
+        for rg in meta.row_groups() {
+            let Some(first) = contiguous_ids(rg, iid) else {
+                return Ok(None);
+            };
+            if !atoms
+                .iter()
+                .all(|(at, _)| is_dictionary_chunk(rg.column(*at)))
+            {
+                return Ok(None);
+            }
+            firsts.push(first);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let tests: Vec<Test> = exprs
+            .iter()
+            .map(|e| self.test(e.clone(), &schema))
+            .collect::<Result<_>>()?;
+        let workers = self
+            .ctx
+            .copied_config()
+            .target_partitions()
+            .clamp(1, firsts.len().max(1));
+        let read = move || -> Result<Option<Vec<RoaringBitmap>>> {
+            let next = AtomicUsize::new(0);
+            // One row group at a time per worker: its tested columns, then
+            // each condition over them.
+            let work = || -> Result<Option<Vec<RoaringBitmap>>> {
+                let mut out = vec![RoaringBitmap::new(); tests.len()];
+                loop {
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&first) = firsts.get(g) else {
+                        return Ok(Some(out));
+                    };
+                    let rg = reader
+                        .get_row_group(g)
+                        .map_err(|e| Error::parquet(&path, e))?;
+                    let rows = usize::try_from(rg.metadata().num_rows()).unwrap_or(0);
+                    let mut columns: Vec<ArrayRef> = Vec::with_capacity(atoms.len());
+                    for (at, test) in &atoms {
+                        let truth = |values: ArrayRef| test.truth(values);
+                        match dictionary_rows(&path, rg.as_ref(), *at, &truth, test.on_null())? {
+                            Some(bits) => columns.push(Arc::new(BooleanArray::new(bits, None))),
+                            None => return Ok(None),
+                        }
+                    }
+                    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+                    for (test, bm) in tests.iter().zip(out.iter_mut()) {
+                        let narrow = batch.project(&test.columns)?;
+                        let mask = test.pass.evaluate(&narrow)?.into_array(rows)?;
+                        *bm |= bits_from(first, &true_bits(mask.as_boolean()));
+                    }
+                }
+            };
+            let parts: Vec<Result<Option<Vec<RoaringBitmap>>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Internal("contacts page reader panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut out = vec![RoaringBitmap::new(); tests.len()];
+            for part in parts {
+                let Some(part) = part? else {
+                    return Ok(None);
+                };
+                for (acc, bm) in out.iter_mut().zip(part) {
+                    *acc |= bm;
+                }
+            }
+            Ok(Some(out))
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| Error::Internal(format!("contacts page reader: {e}")))?
     }
 
     /// A condition compiled over a batch of the columns it reads.
@@ -253,7 +394,26 @@ fn atom_name(i: usize) -> String {
     format!("__dict_{i}")
 }
 
+fn is_atom_name(name: &str) -> bool {
+    name.starts_with("__dict_")
+}
+
+/// The first internal id of a row group whose ids, by its statistics, are
+/// as many consecutive ids as it has rows.
+fn contiguous_ids(rg: &RowGroupMetaData, iid: usize) -> Option<u32> {
+    let Some(Statistics::Int32(st)) = rg.column(iid).statistics() else {
+        return None;
+    };
+    if st.null_count_opt() != Some(0) || !st.min_is_exact() || !st.max_is_exact() {
+        return None;
+    }
+    // Unsigned ids are kept in the statistics' signed integers.
+    let (min, max) = (*st.min_opt()? as u32, *st.max_opt()? as u32);
+    let rows = u64::try_from(rg.num_rows()).ok()?;
+    (rows > 0 && u64::from(max.checked_sub(min)?) + 1 == rows).then_some(min)
+}
+
 /// Columns computed by the pass rather than read.
 fn is_derived_name(name: &str) -> bool {
-    name.starts_with("__shared_") || name.starts_with("__dict_")
+    name.starts_with("__shared_") || is_atom_name(name)
 }

@@ -59,6 +59,25 @@ impl DictionaryTest {
         }))
     }
 
+    /// The outcome of the test for each of a dictionary's values.
+    pub fn truth(&self, values: ArrayRef) -> Result<Vec<bool>> {
+        let value_type = self.schema.field(0).data_type();
+        let values = if values.data_type() == value_type {
+            values
+        } else {
+            datafusion::arrow::compute::cast(&values, value_type)?
+        };
+        let n = values.len();
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![values])?;
+        let truth = self.test.evaluate(&batch)?.into_array(n)?;
+        Ok(true_bits(truth.as_boolean()).iter().collect())
+    }
+
+    /// The outcome of the test for a null value.
+    pub fn on_null(&self) -> bool {
+        self.on_null
+    }
+
     /// The rows of a column (a dictionary, or plain values that are
     /// encoded first) for which the test is true.
     pub fn evaluate(&self, column: &ArrayRef) -> Result<BooleanBuffer> {
@@ -72,11 +91,7 @@ impl DictionaryTest {
             .as_dictionary::<Int32Type>()
             .clone(),
         };
-        let values = dict.values();
-        let batch = RecordBatch::try_new(self.schema.clone(), vec![values.clone()])?;
-        let truth = self.test.evaluate(&batch)?.into_array(values.len())?;
-        let truth = true_bits(truth.as_boolean());
-        let lut: Vec<bool> = truth.iter().collect();
+        let lut = self.truth(dict.values().clone())?;
         // Keys of null rows may be anything: they are looked up safely and
         // their outcome replaced below.
         let keys = dict.keys().values();

@@ -7,18 +7,19 @@ use datafusion::execution::cache::cache_manager::{
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use roaring::RoaringBitmap;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder, SessionStateDefaults};
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
@@ -50,7 +51,7 @@ pub struct Session {
     pub all_contacts: RoaringBitmap,
     /// The version this session reads.
     pub base: Base,
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// How the scan of events cuts the contacts (sized by memory budgets
     /// unless set).
     pub scan_layout: ScanLayout,
@@ -74,38 +75,12 @@ pub fn read_only() -> SQLOptions {
 }
 
 impl Session {
-    pub fn new(base: &Base, m: &Manifest) -> Result<Session> {
-        let threads = base.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
-        let config = SessionConfig::new()
-            .with_target_partitions(threads)
-            .with_batch_size(64 * 1024)
-            .with_information_schema(true);
-        // Operators that would hold more than the limit stop the query with
-        // a clear error; nothing spills to files outside the base.
-        let limit = base
-            .memory_limit
-            .unwrap_or_else(crate::base::default_memory_limit);
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limit, 1.0)
-            .with_disk_manager_builder(
-                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-            )
-            .with_cache_manager(shared_caches()?)
-            .build_arc()?;
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+    pub fn new(base: &Base, m: Arc<Manifest>) -> Result<Session> {
+        let ctx = SessionContext::new_with_state(fresh_state(base)?);
         ctx.register_udf(MonthDay::udf(base.tz()));
         ctx.register_udf(LowerTags::udf());
         ctx.register_udf(LowerText::udf());
-        let contacts_schema = stored_contacts_schema(base.dir(), m)?;
+        let contacts_schema = stored_contacts_schema(base.dir(), &m)?;
         let events_schema = events_schema(&m.event_columns);
         let contact_files: Vec<String> = m.contacts.iter().map(|f| abs(base, &f.path)).collect();
         let event_files: Vec<String> = m.events.iter().map(|e| abs(base, &e.file.path)).collect();
@@ -131,7 +106,7 @@ impl Session {
                 .collect(),
             config_fields: base.config.fields.clone(),
             base: base.clone(),
-            manifest: m.clone(),
+            manifest: m,
             all_contacts,
             scan_layout: ScanLayout::default(),
         })
@@ -152,6 +127,68 @@ impl Session {
         let e = simplifier.simplify(simplifier.coerce(e, &schema)?)?;
         Ok(self.ctx.create_physical_expr(e, &schema)?)
     }
+}
+
+/// A session state with no tables, for the base's threads and memory
+/// limit. Building one registers every function, planner and rule of
+/// DataFusion, a tenth of a small preview; so one is built per setting and
+/// process, and each session takes a copy with a catalog of its own. The
+/// copies share the runtime: the memory limit holds for the queries of a
+/// process together.
+fn fresh_state(base: &Base) -> Result<SessionState> {
+    type Key = (usize, usize);
+    static TEMPLATES: Mutex<Vec<(Key, SessionState)>> = Mutex::new(Vec::new());
+    let threads = base.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    // Operators that would hold more than the limit stop the query with a
+    // clear error; nothing spills to files outside the base.
+    let limit = base
+        .memory_limit
+        .unwrap_or_else(crate::base::default_memory_limit);
+    let key = (threads, limit);
+    let templates = || TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    let found = templates()
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, s)| s.clone());
+    let mut state = match found {
+        Some(s) => s,
+        None => {
+            let config = SessionConfig::new()
+                .with_target_partitions(threads)
+                .with_batch_size(64 * 1024)
+                .with_information_schema(true);
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_limit(limit, 1.0)
+                .with_disk_manager_builder(
+                    DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+                )
+                .with_cache_manager(shared_caches()?)
+                .build_arc()?;
+            let s = SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime)
+                .with_default_features()
+                .build();
+            templates().push((key, s.clone()));
+            s
+        }
+    };
+    let catalogs = MemoryCatalogProviderList::new();
+    let config = state.config().clone();
+    catalogs.register_catalog(
+        config.options().catalog.default_catalog.clone(),
+        Arc::new(SessionStateDefaults::default_catalog(
+            &config,
+            state.table_factories(),
+            state.runtime_env(),
+        )),
+    );
+    state.register_catalog_list(Arc::new(catalogs));
+    Ok(state)
 }
 
 fn abs(base: &Base, rel: &str) -> String {

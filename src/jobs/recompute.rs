@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -250,7 +251,7 @@ pub async fn compute_into(
     let targets = targets_of(&w.next, ids)?;
     let total = targets.len() as u64;
     w.base.progress("scanning contacts and events", 0, total);
-    let session = Session::new(&w.base, &w.next)?;
+    let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
     let comp = compute(&session, &w.next, &dir, &clock, &targets).await;
@@ -394,7 +395,7 @@ pub async fn dry_run(
         plan.add(c);
         references += c.segment_refs().len();
     }
-    let session = Session::new(base, m)?;
+    let session = Session::new(base, Arc::new(m.clone()))?;
     let clock = Clock::new(as_of, base.tz());
     let (contacts, events) = session.explain(&plan, &clock).await?;
     let mut out = String::new();

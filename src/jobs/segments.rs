@@ -48,7 +48,11 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
     def.criteria
         .visit(&mut |c| has_sql |= matches!(c, Criterion::Sql(_)));
     if has_sql {
-        check_sql(&def.criteria, "criteria", &Session::new(base, m)?)?;
+        check_sql(
+            &def.criteria,
+            "criteria",
+            &Session::new(base, Arc::new(m.clone()))?,
+        )?;
     }
     let mut g = graph_of(m)?;
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
@@ -131,7 +135,7 @@ pub struct Preview {
 pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) -> Result<Preview> {
     let t0 = std::time::Instant::now();
     check_definition(&snap.manifest, &snap.base, def)?;
-    let session = Session::new(&snap.base, &snap.manifest)?;
+    let session = Session::new(&snap.base, snap.manifest.clone())?;
     let clock = Clock::new(as_of, snap.base.tz());
     let targets = vec![(def.id.clone(), def.name.clone(), def.criteria.clone())];
     let comp = compute(&session, &snap.manifest, snap.dir(), &clock, &targets).await;
@@ -484,7 +488,7 @@ async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitma
             Ok(out)
         }
         StaticSource::Query(q) => {
-            let session = Session::new(&w.base, &w.next)?;
+            let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
             session.query_bitmap(q).await
         }
     }
@@ -492,7 +496,7 @@ async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitma
 
 async fn store_static(w: &mut Writer, id: &str, members: RoaringBitmap) -> Result<u64> {
     let t0 = std::time::Instant::now();
-    let session = Session::new(&w.base, &w.next)?;
+    let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
     let opt = crate::jobs::recompute::optins(&session).await?;
     let mut segments = std::mem::take(&mut w.next.segments);
     let rec = segments

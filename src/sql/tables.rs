@@ -74,7 +74,7 @@ impl IdBook {
 #[derive(Debug)]
 struct MemberStore {
     dir: PathBuf,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     /// Read on first use: queries that name no segment never need it.
     ids: std::sync::OnceLock<std::result::Result<IdBook, String>>,
     loaded: Mutex<HashMap<String, Arc<Members>>>,
@@ -112,8 +112,8 @@ impl MemberStore {
 
 /// The ad-hoc SQL context of a version of the base, built on a session of
 /// its own (its internal tables are replaced by the user-facing ones).
-pub fn user_context(base: &Base, m: &Manifest) -> Result<SessionContext> {
-    let session = Session::new(base, m)?;
+pub fn user_context(base: &Base, m: &Arc<Manifest>) -> Result<SessionContext> {
+    let session = Session::new(base, m.clone())?;
     // `contacts` and `events` as users know them: without the internal id.
     let user = session.ctx.clone();
     for name in [

@@ -116,7 +116,7 @@ impl TestBase {
             config: &snap.base.config,
         };
         segments::criteria::validate::validate(&c, "criteria", &cat).map_err(|e| e.to_string())?;
-        let session = Session::new(&snap.base, &snap.manifest).map_err(|e| e.to_string())?;
+        let session = Session::new(&snap.base, snap.manifest.clone()).map_err(|e| e.to_string())?;
         let clock = Clock::new(as_of, snap.base.tz());
         let targets = vec![("t".to_string(), "t".to_string(), c)];
         let comp = rt().block_on(compute(

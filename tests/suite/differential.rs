@@ -1054,7 +1054,8 @@ fn library_eval(
 ) -> Vec<Result<RoaringBitmap, String>> {
     let base = segments::base::Base::open(dir).expect("open");
     let snap = base.snapshot().expect("snapshot");
-    let mut session = segments::compile::Session::new(&snap.base, &snap.manifest).expect("session");
+    let mut session =
+        segments::compile::Session::new(&snap.base, snap.manifest.clone()).expect("session");
     session.scan_layout = layout;
     let clock = segments::compile::expr::Clock::new(as_of, snap.base.tz());
     let targets: Vec<(String, String, Criterion)> = criteria
