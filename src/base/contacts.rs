@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use rayon::prelude::*;
 use roaring::{RoaringBitmap, RoaringTreemap};
 
-use crate::base::input::{ColumnData, InputChunks, InputTable, chunk_bytes};
+use crate::base::input::{ColumnData, Inference, InputChunks, InputTable, chunk_bytes, typed_text};
 use crate::base::manifest::{DataFile, ImportKind, ImportRecord, Manifest};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_contact_field,
@@ -275,8 +275,10 @@ pub struct ImportReport {
 
 /// Decide the type of each input column: the base's field, the declaration in
 /// the configuration, the recognised column, or inference, in that order.
-/// Columns whose type is inferred take one more read of the file.
-fn column_types(w: &Writer, input: &InputChunks) -> Result<Vec<Option<FieldType>>> {
+/// A Parquet column is inferred from its schema. A CSV column to infer is
+/// returned as text with its index in the second list: its values are
+/// narrowed while the file is read, and typed after.
+fn column_types(w: &Writer, input: &InputChunks) -> Result<(Vec<Option<FieldType>>, Vec<usize>)> {
     let mut out = Vec::new();
     let mut to_infer = Vec::new();
     for (idx, name) in input.names.iter().enumerate() {
@@ -298,16 +300,26 @@ fn column_types(w: &Writer, input: &InputChunks) -> Result<Vec<Option<FieldType>
             t.clone()
         } else if let Some(t) = recognised_contact_field(name) {
             t
+        } else if let Some(t) = input.schema_type(idx) {
+            t
         } else {
             to_infer.push(idx);
             FieldType::Text
         };
         out.push(Some(ty));
     }
-    for (idx, ty) in to_infer.iter().zip(input.infer(&to_infer)?) {
-        out[*idx] = Some(ty);
-    }
-    Ok(out)
+    Ok((out, to_infer))
+}
+
+/// The schema of the spooled input rows: `contact_id`, then the file's fields.
+fn spooled_schema(incoming: &[(usize, FieldDef)]) -> SchemaRef {
+    let mut spooled = vec![Field::new(CONTACT_ID, DataType::UInt64, false)];
+    spooled.extend(
+        incoming
+            .iter()
+            .map(|(_, f)| Field::new(&f.name, f.ty.arrow_type(), true)),
+    );
+    schema_ref(spooled)
 }
 
 fn is_empty_at(a: &dyn Array, row: usize) -> bool {
@@ -386,12 +398,13 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
             "the required column \"contact_id\" is missing",
         ));
     }
-    let types = column_types(w, &input)?;
+    let (types, to_infer) = column_types(w, &input)?;
     let sep = w.base.config.tags_separator.clone();
     let dir = w.dir().to_path_buf();
 
-    // The file's fields with their types, in file order.
-    let incoming: Vec<(usize, FieldDef)> = types
+    // The file's fields with their types, in file order (as text for those
+    // still to infer).
+    let mut incoming: Vec<(usize, FieldDef)> = types
         .iter()
         .enumerate()
         .filter_map(|(idx, ty)| {
@@ -400,23 +413,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
             Some((idx, FieldDef { name, ty }))
         })
         .collect();
-    let mut spooled = vec![Field::new(CONTACT_ID, DataType::UInt64, false)];
-    spooled.extend(
-        incoming
-            .iter()
-            .map(|(_, f)| Field::new(&f.name, f.ty.arrow_type(), true)),
-    );
-    let spooled = schema_ref(spooled);
-
-    // The new field list: existing fields, then the file's new columns.
-    let mut fields = w.next.fields.clone();
-    let mut new_fields = Vec::new();
-    for (_, f) in &incoming {
-        if !fields.iter().any(|g| g.name == f.name) {
-            fields.push(f.clone());
-            new_fields.push(f.name.clone());
-        }
-    }
+    let spooled = spooled_schema(&incoming);
 
     let existing = ExistingIds::load(&dir, &w.next)?;
     let budget = 2 * chunk_bytes() as usize;
@@ -425,6 +422,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     let mut run_positions: Vec<Vec<u32>> = Vec::new();
     let mut seen = RoaringTreemap::new();
     let mut touched = RoaringBitmap::new();
+    let mut inferences = vec![Inference::default(); to_infer.len()];
     for chunk in input.iter() {
         let chunk = chunk?;
         let ids = input_contact_ids(&chunk)?;
@@ -433,16 +431,22 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
                 return Err(duplicate(&input, &chunk, row, *id));
             }
         }
-        // Columns are converted in parallel; the first error in column order is reported.
-        let typed: Vec<Result<ArrayRef>> = incoming
-            .par_iter()
-            .map(|(idx, f)| chunk.typed(*idx, &f.ty, &sep))
-            .collect();
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids.clone()))];
-        for c in typed {
-            columns.push(c?);
-        }
-        let batch = RecordBatch::try_new(spooled.clone(), columns)?;
+        // Columns are converted in parallel, while the columns to infer are
+        // narrowed; the first error in column order is reported.
+        let (typed, ()) = rayon::join(
+            || -> Vec<Result<ArrayRef>> {
+                incoming
+                    .par_iter()
+                    .map(|(idx, f)| chunk.typed(*idx, &f.ty, &sep))
+                    .collect()
+            },
+            || {
+                inferences
+                    .par_iter_mut()
+                    .zip(&to_infer)
+                    .for_each(|(inference, &idx)| chunk.narrow(idx, inference))
+            },
+        );
         let mut upd: Vec<(u32, u32)> = Vec::new();
         let mut new_rows: Vec<u32> = Vec::new();
         for (row, id) in ids.iter().enumerate() {
@@ -454,14 +458,77 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
                 None => new_rows.push(row as u32),
             }
         }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids))];
+        for c in typed {
+            columns.push(c?);
+        }
+        let batch = RecordBatch::try_new(spooled.clone(), columns)?;
         upd.sort_unstable();
-        let rows = UInt32Array::from_iter_values(upd.iter().map(|u| u.1));
-        updates.push(take_record_batch(&batch, &rows)?)?;
+        if !upd.is_empty() {
+            let rows = UInt32Array::from_iter_values(upd.iter().map(|u| u.1));
+            updates.push(take_record_batch(&batch, &rows)?)?;
+        }
         run_positions.push(upd.into_iter().map(|u| u.0).collect());
-        added.push(take_record_batch(&batch, &UInt32Array::from(new_rows))?)?;
+        if new_rows.len() == batch.num_rows() {
+            added.push(batch)?;
+        } else {
+            added.push(take_record_batch(&batch, &UInt32Array::from(new_rows))?)?;
+        }
     }
     updates.close()?;
     added.close()?;
+
+    // The inferred types, and the spooled text of those columns typed as
+    // it is read back.
+    let mut to_type = Vec::new();
+    for (inference, idx) in inferences.iter().zip(&to_infer) {
+        let at = incoming
+            .iter()
+            .position(|(i, _)| i == idx)
+            .expect("an input column");
+        let ty = inference.result();
+        if ty != FieldType::Text {
+            to_type.push((1 + at, ty.clone()));
+        }
+        incoming[at].1.ty = ty;
+    }
+    let spooled_text = spooled;
+    let spooled = spooled_schema(&incoming);
+    let typed = |b: Result<RecordBatch>| -> Result<RecordBatch> {
+        let b = b?;
+        if to_type.is_empty() {
+            return Ok(b);
+        }
+        let mut columns = b.columns().to_vec();
+        let converted: Vec<Result<(usize, ArrayRef)>> = to_type
+            .par_iter()
+            .map(|(c, ty)| {
+                let a = typed_text(&columns[*c], ty, &sep).map_err(|(_, m)| {
+                    Error::Internal(format!(
+                        "column {:?} inferred as {}: {m}",
+                        spooled_text.field(*c).name(),
+                        ty.name()
+                    ))
+                })?;
+                Ok((*c, a))
+            })
+            .collect();
+        for c in converted {
+            let (c, a) = c?;
+            columns[c] = a;
+        }
+        Ok(RecordBatch::try_new(spooled.clone(), columns)?)
+    };
+
+    // The new field list: existing fields, then the file's new columns.
+    let mut fields = w.next.fields.clone();
+    let mut new_fields = Vec::new();
+    for (_, f) in &incoming {
+        if !fields.iter().any(|g| g.name == f.name) {
+            fields.push(f.clone());
+            new_fields.push(f.name.clone());
+        }
+    }
     let first_new = w.next.next_iid;
     let next_iid = u32::try_from(added.rows())
         .ok()
@@ -473,7 +540,10 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     let mut runs = Vec::with_capacity(run_positions.len());
     let mut offset = 0;
     for positions in run_positions {
-        let rows = Taker::new(spooled.clone(), updates.read(offset, positions.len())?);
+        let rows = Taker::new(
+            spooled.clone(),
+            Box::new(updates.read(offset, positions.len())?.map(typed)),
+        );
         offset += positions.len();
         runs.push(Run {
             positions,
@@ -483,9 +553,12 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     }
 
     let plain = contacts_schema(&fields);
-    let new_sample = Taker::new(spooled.clone(), added.read(0, DICTIONARY_SAMPLE)?)
-        .take(DICTIONARY_SAMPLE)
-        .and_then(|b| new_rows_batch(&b, first_new, &fields, &plain))?;
+    let new_sample = Taker::new(
+        spooled.clone(),
+        Box::new(added.read(0, DICTIONARY_SAMPLE)?.map(typed)),
+    )
+    .take(DICTIONARY_SAMPLE)
+    .and_then(|b| new_rows_batch(&b, first_new, &fields, &plain))?;
     let mut out = Output::default();
 
     // The old contacts, row group by row group (a few decoded in parallel),
@@ -506,7 +579,10 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
         }
     }
     // Then the new contacts, in file order.
-    let mut rows = Taker::new(spooled.clone(), added.read(0, added.rows())?);
+    let mut rows = Taker::new(
+        spooled.clone(),
+        Box::new(added.read(0, added.rows())?.map(typed)),
+    );
     let mut iid = first_new;
     loop {
         let b = rows.take(64 * 1024)?;

@@ -227,9 +227,24 @@ impl InputChunks {
         self.names.iter().position(|c| c == name)
     }
 
-    /// The types of some columns inferred from all their values, read
-    /// chunk by chunk.
+    /// The type of a column known without reading its values: the Arrow
+    /// type of a Parquet column (None for CSV, whose types are inferred).
+    pub fn schema_type(&self, idx: usize) -> Option<FieldType> {
+        match &self.source {
+            Source::Csv { .. } => None,
+            Source::Parquet { metadata, .. } => {
+                let dt = metadata.schema().field(idx).data_type();
+                Some(FieldType::from_arrow(dt).unwrap_or(FieldType::Text))
+            }
+        }
+    }
+
+    /// The types of some columns: a Parquet column's from the schema, a CSV
+    /// column's inferred from all its values, read chunk by chunk.
     pub fn infer(&self, columns: &[usize]) -> Result<Vec<FieldType>> {
+        if let Some(types) = columns.iter().map(|&c| self.schema_type(c)).collect() {
+            return Ok(types);
+        }
         let mut inferences = vec![Inference::default(); columns.len()];
         if !columns.is_empty() {
             for chunk in self.iter() {
@@ -365,12 +380,12 @@ impl InputTable {
         Error::input(&self.file, self.locate(row, column), message)
     }
 
-    /// Narrow the type of a column whose type is not fixed by the base by
-    /// the values of this table.
+    /// Narrow the type of a CSV column whose type is not fixed by the base
+    /// by the values of this table (a Parquet column has its schema's type:
+    /// [`InputChunks::schema_type`]).
     pub fn narrow(&self, idx: usize, inference: &mut Inference) {
-        match &self.columns[idx].data {
-            ColumnData::Arrow(a) => inference.arrow(a.data_type()),
-            ColumnData::Cells(cells) => inference.cells(cells.iter().flatten()),
+        if let ColumnData::Cells(cells) = &self.columns[idx].data {
+            inference.cells(cells.iter().flatten());
         }
     }
 
@@ -637,8 +652,6 @@ fn read_csv_range(file: &Path, delimiter: u8, width: usize, range: &CsvRange) ->
 /// value reads as, else text (also for a column without values).
 #[derive(Debug, Clone)]
 pub struct Inference {
-    /// The type of a Parquet column.
-    arrow: Option<FieldType>,
     /// Bit `k` set: every value so far reads as candidate `k`.
     may: u8,
     seen: bool,
@@ -647,7 +660,6 @@ pub struct Inference {
 impl Default for Inference {
     fn default() -> Self {
         Inference {
-            arrow: None,
             may: (1 << Self::CANDIDATES.len()) - 1,
             seen: false,
         }
@@ -662,10 +674,6 @@ impl Inference {
         |v| parse_date(v).is_some(),
         |v| parse_timestamp(v).is_some(),
     ];
-
-    fn arrow(&mut self, dt: &DataType) {
-        self.arrow = Some(FieldType::from_arrow(dt).unwrap_or(FieldType::Text));
-    }
 
     fn cells<'a>(&mut self, values: impl Iterator<Item = &'a str>) {
         for v in values {
@@ -682,9 +690,6 @@ impl Inference {
     }
 
     pub fn result(&self) -> FieldType {
-        if let Some(t) = &self.arrow {
-            return t.clone();
-        }
         let first = (0..Self::CANDIDATES.len()).find(|k| self.may & (1 << k) != 0);
         match first.filter(|_| self.seen) {
             Some(0) => FieldType::Bool,
@@ -755,6 +760,16 @@ pub fn date_to_days(d: NaiveDate) -> i32 {
 }
 
 type CellError = (usize, String);
+
+/// Text cells (a `Utf8` array, nulls for empty cells) converted to `ty`,
+/// or the first cell that does not read as it: its row and a message.
+pub fn typed_text(
+    cells: &ArrayRef,
+    ty: &FieldType,
+    tags_sep: &str,
+) -> std::result::Result<ArrayRef, CellError> {
+    build_from_cells(cells.as_string::<i32>(), ty, tags_sep)
+}
 
 fn build_from_cells(
     cells: &StringArray,

@@ -1241,13 +1241,19 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
         std::fs::write(&p, text).unwrap();
         p
     };
-    let mut first = String::from("contact_id,email,city,score,joined,note\n");
+    let mut first = String::from("contact_id,email,city,score,joined,note,code\n");
     for i in 0..3000 {
-        // `score` reads as integers until the last rows, which make it decimal.
+        // `score` reads as integers until the last rows, which make it
+        // decimal; `code` until its last row, which makes it text.
         let score = if i > 2990 {
             format!("{i}.5")
         } else {
             i.to_string()
+        };
+        let code = if i == 2999 {
+            "X1".to_string()
+        } else {
+            format!("{:04}", i % 50)
         };
         let note = match i % 4 {
             0 => format!("\"line one\nline two, {i}\""),
@@ -1255,7 +1261,7 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
             _ => format!("n{i}"),
         };
         first += &format!(
-            "{id},c{i}@example.com,{city},{score},2025-{m:02}-{d:02},{note}\n",
+            "{id},c{i}@example.com,{city},{score},2025-{m:02}-{d:02},{note},{code}\n",
             id = 10_000 + i * 7,
             city = ["Paris", "Lyon", "Évry", ""][i % 4],
             m = 1 + i % 12,
@@ -1374,6 +1380,15 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
     let whole = run(None);
     assert!(whole.3.contains("score,Float64"), "{}", whole.3);
     assert!(whole.3.contains("joined,Date32"), "{}", whole.3);
+    assert!(
+        whole.3.contains("code,\"Dictionary(Int32, Utf8)\""),
+        "{}",
+        whole.3
+    );
+    // The first contact's code keeps its leading zeros, and the last
+    // contact's decimal score is read as it was written.
+    assert!(whole.1.contains(",0000,"), "{}", &whole.1[..300]);
+    assert!(whole.1.contains(",2999.5,"), "{}", &whole.1[..300]);
     for bytes in ["3000", "20000"] {
         let chunked = run(Some(bytes));
         assert_eq!(chunked.1, whole.1, "contacts, chunks of {bytes} bytes");
