@@ -1268,13 +1268,14 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
             d = 1 + i % 28,
         );
     }
-    let mut second = String::from("contact_id,city,note,tier\n");
+    // `visits`, a new whole-number column, comes mostly with updates.
+    let mut second = String::from("contact_id,city,note,tier,visits\n");
     for i in (0..3000).step_by(3) {
         let city = if i % 2 == 0 { "" } else { "Nantes" };
-        second += &format!("{},{city},u{i},t{}\n", 10_000 + i * 7, i % 3);
+        second += &format!("{},{city},u{i},t{},{}\n", 10_000 + i * 7, i % 3, i % 9);
     }
     for i in 0..700 {
-        second += &format!("{},Brest,,t{}\n", 90_000 + i, i % 5);
+        second += &format!("{},Brest,,t{},\n", 90_000 + i, i % 5);
     }
     let mut events = String::from("contact_id,ts,type,amount\n");
     for i in 0..12_000 {
@@ -1380,6 +1381,7 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
     let whole = run(None);
     assert!(whole.3.contains("score,Float64"), "{}", whole.3);
     assert!(whole.3.contains("joined,Date32"), "{}", whole.3);
+    assert!(whole.3.contains("visits,Int64"), "{}", whole.3);
     assert!(
         whole.3.contains("code,\"Dictionary(Int32, Utf8)\""),
         "{}",
