@@ -5,9 +5,10 @@
 use roaring::RoaringBitmap;
 
 use crate::base::Snapshot;
+use crate::base::manifest::Manifest;
 use crate::base::store::read_checked;
 use crate::bitmaps::{TaggedBitmaps, read_bitmap};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Problems found, each naming the file or segment; empty when the base is sound.
 pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
@@ -80,4 +81,37 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+/// A read that failed inside the query engine does not say which file it
+/// read. When the error comes from reading data (Parquet, Arrow, the
+/// engine), name the first Parquet file of this version that is missing or
+/// not the size its manifest says, and keep the engine's words after it;
+/// any other error is returned as it is. Costs one `stat` per file, and
+/// only on failure.
+pub fn name_damaged_file(dir: &std::path::Path, m: &Manifest, e: Error) -> Error {
+    if !matches!(
+        e,
+        Error::Engine(_) | Error::Parquet { .. } | Error::Arrow(_)
+    ) {
+        return e;
+    }
+    let files = m.contacts.iter().chain(m.events.iter().map(|f| &f.file));
+    for f in files {
+        let problem = match std::fs::metadata(dir.join(&f.path)) {
+            Err(err) => format!("cannot be read ({err})"),
+            Ok(md) if md.len() != f.bytes => {
+                format!("has {} bytes where the manifest says {}", md.len(), f.bytes)
+            }
+            Ok(_) => continue,
+        };
+        return Error::base(
+            dir,
+            format!(
+                "{} {problem}: the base is damaged (`segments check` names every damaged file); {e}",
+                f.path
+            ),
+        );
+    }
+    e
 }

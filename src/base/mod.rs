@@ -324,8 +324,9 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
     let mut removed = 0;
     for v in versions {
         if !keep_versions.contains(&v) {
-            crate::base::store::crash_point();
-            let _ = std::fs::remove_file(manifest_path(dir, v));
+            let path = manifest_path(dir, v);
+            crate::base::store::crash_point(format_args!("collected {}", path.display()));
+            let _ = std::fs::remove_file(path);
             removed += 1;
         }
     }
@@ -335,7 +336,10 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') && name.contains(".tmp-") {
-                crate::base::store::crash_point();
+                crate::base::store::crash_point(format_args!(
+                    "collected {}",
+                    entry.path().display()
+                ));
                 let _ = std::fs::remove_file(entry.path());
                 removed += 1;
             }
@@ -346,7 +350,10 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with(crate::base::table::SPOOL_PREFIX) {
-                crate::base::store::crash_point();
+                crate::base::store::crash_point(format_args!(
+                    "collected {}",
+                    entry.path().display()
+                ));
                 let _ = std::fs::remove_file(entry.path());
                 removed += 1;
             }
@@ -396,7 +403,7 @@ fn remove_unreferenced(dir: &Path, rel: &Path, keep: &HashSet<String>) -> Result
             removed += remove_unreferenced(dir, &child, keep)?;
             let _ = std::fs::remove_dir(entry.path()); // only succeeds when empty
         } else if !keep.contains(child.to_string_lossy().as_ref()) {
-            crate::base::store::crash_point();
+            crate::base::store::crash_point(format_args!("collected {}", child.display()));
             std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
             removed += 1;
         }

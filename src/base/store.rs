@@ -24,7 +24,7 @@ impl SinkFile {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         let file = File::create(&abs).map_err(|e| Error::io(&abs, e))?;
-        crash_point();
+        crash_point(format_args!("created {rel}"));
         Ok(SinkFile {
             file,
             hasher: crc32fast::Hasher::new(),
@@ -41,7 +41,7 @@ impl SinkFile {
     /// Flush to stable storage and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile> {
         self.file.sync_all().map_err(|e| Error::io(&self.abs, e))?;
-        crash_point();
+        crash_point(format_args!("flushed {}", self.rel));
         Ok(DataFile {
             path: self.rel,
             bytes: self.bytes,
@@ -78,29 +78,81 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
-    crash_point();
+    crash_point(format_args!("wrote {}", tmp.display()));
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    crash_point();
+    crash_point(format_args!("renamed into {}", path.display()));
     sync_dir(dir)
 }
 
-/// Fault injection for crash tests. With `SEGMENTS_CRASH_AT=N` the process
-/// aborts at its N-th durable step (a data file created or flushed, a small
-/// file written or renamed into place, a superseded file collected), as a
-/// SIGKILL or a power cut would stop it there. Tests step N from 1 until the
-/// command finishes, which visits every point of a command.
-pub fn crash_point() {
-    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+/// Fault injection for the tests of durability, at each durable step of a
+/// writer (a data file created or flushed, a small file written or renamed
+/// into place, a spool file created, a superseded file collected):
+///
+/// - `SEGMENTS_CRASH_AT=N` aborts the process at its N-th step, as a SIGKILL
+///   or a power cut would stop it there. Tests step N from 1 until the
+///   command finishes, which visits every step of a command.
+/// - `SEGMENTS_PAUSE_AT=N[,M…]` with `SEGMENTS_PAUSE_FILE=PATH` holds the
+///   process at those steps: it writes `N what` to PATH and waits until PATH
+///   is removed (ten minutes at most), so that a test can read the base, or
+///   kill the writer, at a chosen step.
+/// - `SEGMENTS_STEP_LOG=PATH` appends `N what` to PATH for every step, so
+///   that a test can choose its steps by what they do.
+///
+/// `what` names the step ("renamed into …/manifests/…json"); it is only
+/// formatted when one of these is set.
+pub fn crash_point(what: std::fmt::Arguments<'_>) {
+    struct Hooks {
+        crash_at: Option<u64>,
+        pause_at: Vec<u64>,
+        pause_file: Option<PathBuf>,
+        step_log: Option<PathBuf>,
+    }
+    static HOOKS: std::sync::OnceLock<Option<Hooks>> = std::sync::OnceLock::new();
     static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(at) = *AT.get_or_init(|| {
-        std::env::var("SEGMENTS_CRASH_AT")
-            .ok()
-            .and_then(|v| v.parse().ok())
+    let Some(hooks) = HOOKS.get_or_init(|| {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let crash_at = var("SEGMENTS_CRASH_AT").and_then(|v| v.to_str()?.parse().ok());
+        let pause_at: Vec<u64> = var("SEGMENTS_PAUSE_AT")
+            .and_then(|v| v.into_string().ok())
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let pause_file = var("SEGMENTS_PAUSE_FILE").map(PathBuf::from);
+        let step_log = var("SEGMENTS_STEP_LOG").map(PathBuf::from);
+        let any = crash_at.is_some() || (!pause_at.is_empty() && pause_file.is_some());
+        (any || step_log.is_some()).then_some(Hooks {
+            crash_at,
+            pause_at,
+            pause_file,
+            step_log,
+        })
     }) else {
         return;
     };
-    if STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == at {
+    let n = STEP.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if let Some(log) = &hooks.step_log {
+        let line = format!("{n} {what}\n");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+    if hooks.crash_at == Some(n) {
         std::process::abort();
+    }
+    if let Some(file) = &hooks.pause_file
+        && hooks.pause_at.contains(&n)
+    {
+        // Written whole under another name, so that the test reads it whole.
+        let tmp = file.with_extension("writing");
+        if std::fs::write(&tmp, format!("{n} {what}")).is_ok()
+            && std::fs::rename(&tmp, file).is_ok()
+        {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while file.exists() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 }
 

@@ -445,7 +445,7 @@ impl Spool {
                 .tempfile_in(&self.dir)
                 .map_err(|e| Error::io(&self.dir, e))?;
             // A crash from here leaves the file for the next writer to collect.
-            crate::base::store::crash_point();
+            crate::base::store::crash_point(format_args!("created {}", tmp.path().display()));
             let out = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
             let props = WriterProperties::builder()
                 .set_max_row_group_row_count(Some(64 * 1024))

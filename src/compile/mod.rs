@@ -239,10 +239,10 @@ impl Session {
                         .contact_bitmaps(&[e])
                         .await
                         .map(|mut v| v.remove(0))
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| self.name_damaged_file(e).to_string());
                 }
             }
-            Err(e) => out[slots[0]] = Err(e.to_string()),
+            Err(e) => out[slots[0]] = Err(self.name_damaged_file(e).to_string()),
         }
         out
     }
@@ -322,7 +322,7 @@ impl Session {
             // A run-time failure: evaluate the conditions one by one to pin
             // it on the conditions that cause it.
             Err(e) => {
-                let msg = e.to_string();
+                let msg = self.name_damaged_file(e).to_string();
                 for (slot, p) in &compiled {
                     out[*slot] = match self.behavior_bitmaps(std::slice::from_ref(p), clock).await {
                         Ok(mut r) => {
@@ -330,7 +330,7 @@ impl Session {
                             Ok(p.finish(has, pass, all))
                         }
                         Err(_) if compiled.len() > 1 => Err(msg.clone()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(self.name_damaged_file(e).to_string()),
                     };
                 }
             }

@@ -32,7 +32,7 @@ use crate::base::schema::FieldType;
 use crate::base::{Base, Manifest};
 use crate::bitmaps::read_bitmap;
 use crate::compile::udf::{LowerTags, LowerText, MonthDay};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Internal name of the contacts table (with `_iid`) used by compiled plans.
 pub const CONTACTS: &str = "contacts";
@@ -114,6 +114,12 @@ impl Session {
 }
 
 impl Session {
+    /// A failed read, with the damaged data file of this version named
+    /// when there is one ([`crate::base::check::name_damaged_file`]).
+    pub fn name_damaged_file(&self, e: Error) -> Error {
+        crate::base::check::name_damaged_file(self.base.dir(), &self.manifest, e)
+    }
+
     /// A boolean or value expression ready to evaluate on batches of the
     /// given schema: coerced, simplified (literal folding, `IN` lists,
     /// `LIKE` prefixes), planned.

@@ -66,7 +66,11 @@ pub async fn query(
     let ctx = tables::user_context(&snap.base, &snap.manifest)?;
     let df = guarded(&ctx, sql).await?;
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    Ok((schema, df.collect().await?))
+    let rows = df
+        .collect()
+        .await
+        .map_err(|e| crate::base::check::name_damaged_file(snap.dir(), &snap.manifest, e.into()))?;
+    Ok((schema, rows))
 }
 
 /// The tables a query can read, with their columns, in name order.

@@ -9,11 +9,15 @@ fn versions(tb: &TestBase) -> Vec<u64> {
     list_versions(tb.path()).unwrap()
 }
 
-fn files(tb: &TestBase) -> Vec<String> {
+/// Every file of a base with its contents, but for the test's own input
+/// files and the pins of this process's readers (the lock is empty between
+/// writers).
+fn files(tb: &TestBase) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in walk(tb.path()) {
-        if !entry.contains("/input/") && !entry.contains("/readers/") && !entry.ends_with("LOCK") {
-            out.push(entry);
+        if !entry.contains("/input/") && !entry.contains("/readers/") {
+            let bytes = std::fs::read(&entry).unwrap();
+            out.push((entry, bytes));
         }
     }
     out.sort();
@@ -63,6 +67,26 @@ fn every_field_type_round_trips_through_csv_and_parquet() {
             ("loyalty".into(), "choice"),
             ("interests".into(), "tags"),
         ]
+    );
+    // The values are the file's, typed.
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(
+            &snap,
+            "SELECT contact_id, name, score, ratio, birth, seen, optin, loyalty, interests \
+             FROM contacts ORDER BY contact_id",
+        ))
+        .unwrap();
+    assert_eq!(
+        datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string(),
+        "\
++------------+------+-------+-------+------------+----------------------+-------+---------+-----------+
+| contact_id | name | score | ratio | birth      | seen                 | optin | loyalty | interests |
++------------+------+-------+-------+------------+----------------------+-------+---------+-----------+
+| 1          | Zoé  | 3     | 0.5   | 2001-02-03 | 2026-01-02T03:04:05Z | true  | gold    | [a, B]    |
+| 2          |      |       |       |            |                      |       |         |           |
++------------+------+-------+-------+------------+----------------------+-------+---------+-----------+"
     );
     // Export to Parquet, import the Parquet file into a second base: same values.
     let (_, members) = (0, segments::jobs::segment_store::Members::default());
@@ -202,9 +226,12 @@ fn bad_input_names_file_line_column_and_leaves_the_base_unchanged() {
             before_versions,
             "a failed import published a version"
         );
-        let mut now = files(&tb);
-        now.retain(|f| !f.contains(".tmp-"));
-        assert_eq!(now, before_files, "a failed import left files");
+        let now = files(&tb);
+        assert!(
+            now == before_files,
+            "a failed import changed the base's files: {:?}",
+            now.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -212,11 +239,19 @@ fn bad_input_names_file_line_column_and_leaves_the_base_unchanged() {
 fn unknown_contact_events_fail_with_count_or_are_skipped() {
     let tb = new_base("UTC");
     tb.import_contacts("a", "contact_id\n1\n").unwrap();
+    let (before_versions, before_files) = (versions(&tb), files(&tb));
     let err = tb
         .import_events("e", "contact_id,ts,type\n1,2026-01-01T00:00:00Z,web_visit\n9,2026-01-01T00:00:00Z,web_visit\n8,2026-01-01T00:00:00Z,web_visit\n")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("2 event(s)"), "{err}");
+    // The file, the first row of an unknown contact and its column, the count.
+    assert!(
+        err.contains("e.csv: line 3, column \"contact_id\": 2 event(s)")
+            && err.contains("contact_id 9"),
+        "{err}"
+    );
+    assert_eq!(versions(&tb), before_versions, "a failed import published");
+    assert!(files(&tb) == before_files, "a failed import changed files");
     let f = tb.file(
         "e2.csv",
         "contact_id,ts,type\n1,2026-01-01T00:00:00Z,web_visit\n9,2026-01-01T00:00:00Z,web_visit\n",
@@ -233,6 +268,20 @@ fn unknown_contact_events_fail_with_count_or_are_skipped() {
     .unwrap();
     w.commit().unwrap();
     assert_eq!((r.rows_added, r.rows_skipped), (1, 1));
+    let snap = tb.base.snapshot().unwrap();
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(
+            &snap,
+            "SELECT contact_id, type FROM events",
+        ))
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("| 1          | web_visit |") && !text.contains("| 9 "),
+        "only the known contact's event is kept:\n{text}"
+    );
 }
 
 #[test]
@@ -245,14 +294,37 @@ fn ids_are_stable_and_never_reused_after_deletion() {
         "contact_id,ts,type\n20,2026-01-01T00:00:00Z,purchase\n30,2026-01-01T00:00:00Z,purchase\n",
     )
     .unwrap();
+    // A segment that holds contact 20, with history, before the deletion.
+    let def = segments::criteria::Definition::parse(
+        &json!({"id": "b-or-c", "name": "B or C", "criteria":
+            {"field": "city", "op": "in", "value": ["B", "C"]}}),
+    )
+    .unwrap();
+    {
+        let mut w = tb.base.writer("t").unwrap();
+        super::common::rt()
+            .block_on(segments::jobs::segments::create(&mut w, &def, at(AS_OF)))
+            .unwrap();
+        w.commit().unwrap();
+    }
     let map1 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
         .unwrap();
+    let gone = map1.to_iid[&20];
+    assert!(
+        member_everywhere(&tb, gone),
+        "contact 20 is in segments and imports before its deletion"
+    );
     let mut w = tb.base.writer("t").unwrap();
     assert_eq!(
         segments::base::contacts::delete_contacts(&mut w, &[20, 999]).unwrap(),
         1
     );
     w.commit().unwrap();
+    assert!(
+        !member_everywhere(&tb, gone),
+        "the deleted contact is left nowhere"
+    );
+    no_trace_of(&tb, gone, 20);
     tb.import_contacts("b", "contact_id,city\n40,D\n20,B\n")
         .unwrap();
     let map2 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
@@ -284,26 +356,189 @@ fn ids_are_stable_and_never_reused_after_deletion() {
     );
 }
 
+/// True when an internal id is in any segment's members or cohorts, any
+/// import's contacts, or the base's contacts.
+fn member_everywhere(tb: &TestBase, iid: u32) -> bool {
+    let snap = tb.base.snapshot().unwrap();
+    let m = &snap.manifest;
+    let all = segments::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
+    let in_imports = m.imports.iter().any(|i| {
+        segments::bitmaps::read_bitmap(snap.dir(), &i.contacts)
+            .unwrap()
+            .contains(iid)
+    });
+    let in_segments = m.segments.iter().any(|rec| {
+        let members = segments::jobs::segment_store::Members::load(snap.dir(), rec).unwrap();
+        members.members.contains(iid) || members.cohorts.iter().any(|(_, b)| b.contains(iid))
+    });
+    all.contains(iid) && in_imports && in_segments
+}
+
+/// After a deletion: no segment, cohort, history delta or import holds the
+/// id, and every segment's statistics and last history point are a recount.
+fn no_trace_of(tb: &TestBase, iid: u32, contact_id: u64) {
+    use segments::jobs::segment_store::{Members, read_delta};
+    let snap = tb.base.snapshot().unwrap();
+    let m = &snap.manifest;
+    let all = segments::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
+    assert!(!all.contains(iid));
+    assert_eq!(m.contact_count, all.len());
+    for i in &m.imports {
+        let touched = segments::bitmaps::read_bitmap(snap.dir(), &i.contacts).unwrap();
+        assert!(!touched.contains(iid), "import {} keeps it", i.name);
+    }
+    for rec in &m.segments {
+        let members = Members::load(snap.dir(), rec).unwrap();
+        assert!(
+            !members.members.contains(iid),
+            "segment {} keeps it",
+            rec.id
+        );
+        for (t, b) in &members.cohorts {
+            assert!(!b.contains(iid), "segment {}: cohort {t} keeps it", rec.id);
+        }
+        let stats = rec.stats.as_ref().unwrap();
+        assert_eq!(stats.contacts, members.members.len(), "segment {}", rec.id);
+        let points = rec.history.points(snap.dir()).unwrap();
+        let mut size = 0u64;
+        for p in points.iter() {
+            let (entries, exits) = read_delta(snap.dir(), p).unwrap();
+            assert!(
+                !entries.contains(iid) && !exits.contains(iid),
+                "segment {}",
+                rec.id
+            );
+            assert_eq!(
+                (p.entries, p.exits),
+                (entries.len(), exits.len()),
+                "segment {}",
+                rec.id
+            );
+            size = size + p.entries - p.exits;
+            assert_eq!(
+                p.size, size,
+                "segment {}: history replays to its sizes",
+                rec.id
+            );
+        }
+        assert_eq!(size, members.members.len(), "segment {}", rec.id);
+    }
+    let query = format!(
+        "SELECT (SELECT count(*) FROM segment_members WHERE contact_id = {contact_id}) + \
+                (SELECT count(*) FROM contacts WHERE contact_id = {contact_id}) + \
+                (SELECT count(*) FROM events WHERE contact_id = {contact_id}) AS n"
+    );
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(&snap, &query))
+        .unwrap();
+    let n = datafusion::arrow::array::AsArray::as_primitive::<
+        datafusion::arrow::datatypes::Int64Type,
+    >(rows[0].column(0))
+    .value(0);
+    assert_eq!(n, 0, "SQL still sees contact {contact_id}");
+}
+
+/// Everything a reader of a snapshot can see: contacts, events, and the
+/// members of every segment.
+fn read_all(snap: &segments::base::Snapshot) -> String {
+    let contacts = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
+    let events = super::common::rt()
+        .block_on(segments::sql::run_query(
+            snap,
+            "SELECT * FROM events ORDER BY contact_id, ts, type",
+        ))
+        .unwrap();
+    let mut out = datafusion::arrow::util::pretty::pretty_format_batches(&[contacts])
+        .unwrap()
+        .to_string();
+    out += &datafusion::arrow::util::pretty::pretty_format_batches(&events)
+        .unwrap()
+        .to_string();
+    for rec in &snap.manifest.segments {
+        let m = segments::jobs::segment_store::Members::load(snap.dir(), rec).unwrap();
+        out += &format!("\n{}: {:?}", rec.id, m.members.iter().collect::<Vec<_>>());
+    }
+    out
+}
+
+/// Writers in other processes, collecting superseded files at once
+/// (`SEGMENTS_GC_GRACE_SECS=0`), leave the files of a pinned version in
+/// place: the reader reads all of its version, contacts, events and
+/// members, as it was. Once the pin is gone the next writer collects them.
 #[test]
 fn a_reader_pinned_before_an_import_keeps_its_snapshot() {
     let tb = new_base("UTC");
-    tb.import_contacts("a", "contact_id,city\n1,A\n").unwrap();
-    let snap = tb.base.snapshot().unwrap();
-    for i in 0..3 {
-        tb.import_contacts(
-            &format!("b{i}"),
-            &format!("contact_id,city\n{},B\n", 100 + i),
-        )
+    tb.import_contacts("a", "contact_id,city,score\n1,A,1\n2,B,2\n")
         .unwrap();
+    tb.import_events(
+        "e",
+        "contact_id,ts,type\n1,2026-01-01T00:00:00Z,purchase\n2,2026-01-02T00:00:00Z,web_visit\n",
+    )
+    .unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    let before = read_all(&snap);
+    let pinned: Vec<String> = snap
+        .manifest
+        .files(snap.dir())
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let write = |args: &[&str], file: &std::path::Path| {
+        super::common::succeeded(
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
+                .env("SEGMENTS_BASE", tb.path())
+                .env("SEGMENTS_GC_GRACE_SECS", "0")
+                .args(args)
+                .arg(file)
+                .output()
+                .unwrap(),
+        );
+    };
+    for i in 0..3 {
+        let c = tb.file(
+            &format!("b{i}.csv"),
+            &format!("contact_id,city,score\n1,Z{i},{i}0\n{},B,3\n", 100 + i),
+        );
+        write(&["import", "contacts"], &c);
+        let e = tb.file(
+            &format!("e{i}.csv"),
+            &format!(
+                "contact_id,ts,type\n1,2026-02-0{}T00:00:00Z,email_open\n",
+                i + 1
+            ),
+        );
+        write(&["import", "events"], &e);
     }
-    let all = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
-    assert_eq!(
-        all.num_rows(),
-        1,
-        "the pinned snapshot still reads its own files"
-    );
     let now = tb.base.snapshot().unwrap();
-    assert_eq!(now.manifest.contact_count, 4);
+    assert_eq!(now.manifest.contact_count, 5);
+    let superseded: Vec<&String> = pinned
+        .iter()
+        .filter(|p| {
+            !now.manifest
+                .files(now.dir())
+                .unwrap()
+                .iter()
+                .any(|f| &&f.path == p)
+        })
+        .collect();
+    assert!(
+        superseded.len() >= 3,
+        "the writers replaced the contacts, bitmaps and segments: {superseded:?}"
+    );
+    drop(now);
+    assert_eq!(
+        read_all(&snap),
+        before,
+        "the pinned snapshot reads its own version whole"
+    );
+    // Without the pin, the next writer collects the superseded files.
+    drop(snap);
+    let c = tb.file("last.csv", "contact_id,city\n1,Y\n");
+    write(&["import", "contacts"], &c);
+    for p in superseded {
+        assert!(!tb.path().join(p).exists(), "{p} outlived its version");
+    }
 }
 
 #[test]
@@ -317,12 +552,13 @@ fn a_second_writer_is_refused_with_the_holder_named() {
     );
 }
 
-/// SIGKILL a child `segments import contacts` at many points; after each
-/// kill the base passes the integrity check and holds exactly the old or the
-/// new state (same contacts, same values).
+/// SIGKILL a child `segments import contacts` at random points once it
+/// holds the lock; after each kill the base passes the integrity check and
+/// holds exactly the old or the new state (same contacts, same values), and
+/// the import completes when run again. Kills held just before and just
+/// after the manifest is published see both states.
 #[test]
 fn import_killed_at_random_points_leaves_old_or_new_state() {
-    use std::time::Instant;
     let template = new_base("UTC");
     let mut csv = String::from("contact_id,city,score\n");
     for i in 0..20_000 {
@@ -343,37 +579,29 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
         segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap()
     };
     let old = contacts_of(template.path());
-    // One full run gives the new state and the time to spread kills over.
     let scratch = tempfile::tempdir().unwrap();
-    let probe = scratch.path().join("probe");
-    super::common::copy_base(template.path(), &probe);
-    let t0 = Instant::now();
-    super::common::succeeded(
-        std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", &probe)
-            .args(["import", "contacts"])
-            .arg(&f)
-            .output()
-            .unwrap(),
-    );
-    let full = t0.elapsed();
-    let new = contacts_of(&probe);
-    let (mut saw_old, mut saw_new) = (0, 0);
     let f_arg = f.to_string_lossy().to_string();
-    let (killed, finished) = super::common::kill_rounds(
+    let args = ["import", "contacts", &f_arg];
+    // One full run gives the new state, the time to spread kills over, and
+    // the steps where the manifest is published.
+    let probe = super::common::Probe::run(template.path(), &scratch.path().join("probe"), &args);
+    let new = contacts_of(&probe.dir);
+    assert_ne!(old, new);
+    let kills = super::common::kill_rounds(
         template.path(),
         scratch.path(),
-        &["import", "contacts", &f_arg],
-        full,
+        &args,
+        &probe,
+        20,
         |k, dir| {
             let now = contacts_of(dir);
-            if now == old {
-                saw_old += 1;
+            let seen = if now == old {
+                super::common::Seen::Old
             } else if now == new {
-                saw_new += 1;
+                super::common::Seen::New
             } else {
                 panic!("round {k}: the contacts are neither the old nor the new state");
-            }
+            };
             // The next writer recovers: the import completes on the killed base.
             super::common::succeeded(
                 std::process::Command::new(&bin)
@@ -384,12 +612,15 @@ fn import_killed_at_random_points_leaves_old_or_new_state() {
                     .output()
                     .unwrap(),
             );
+            assert_eq!(contacts_of(dir), new, "round {k}: after the import again");
+            seen
         },
     );
     println!(
-        "import crash test: {killed} kill points inside a run ({saw_old} old state, {saw_new} new state), {finished} runs finished first"
+        "import crash test: {} kills at random points while holding the lock ({} old state, {} new state), {} runs finished first; killed before and after publishing: old, then new",
+        kills.killed, kills.saw_old, kills.saw_new, kills.finished
     );
-    assert!(killed >= 20, "only {killed} kills landed inside a run");
+    assert!(kills.killed >= 20 && kills.saw_old > 0, "{kills:?}");
 }
 
 /// Text columns with few distinct values are stored as dictionaries and

@@ -86,12 +86,25 @@ fn create_list_show_export_and_recompute() {
 
     let run = json_of(segments(b).args(["recompute", "--as-of", AS_OF, "--format", "json"]));
     assert_eq!(run.as_array().unwrap().len(), 12);
-    let members = json_of(
-        segments(b)
-            .args(["segment", "members", "ouvreurs-recents", "--format", "json"])
-            .env("X", "1"),
+    // The members, with the columns the README lists, as the CSV gave them.
+    let mut members =
+        json_of(segments(b).args(["segment", "members", "ouvreurs-recents", "--format", "json"]));
+    for m in members.as_array_mut().unwrap() {
+        let entered = m.as_object_mut().unwrap().remove("entered_at").unwrap();
+        assert!(
+            entered.as_str().is_some_and(|t| t.len() >= 20),
+            "an entry time: {entered}"
+        );
+    }
+    assert_eq!(
+        members,
+        serde_json::json!([
+            {"contact_id": 101, "first_name": "Camille", "last_name": "Martin",
+             "email": "camille@example.fr", "email_optin": true, "sms_optin": true},
+            {"contact_id": 105, "first_name": "Inès", "last_name": "Petit",
+             "email": "ines@example.fr", "email_optin": true, "sms_optin": true},
+        ])
     );
-    let _ = members;
 }
 
 #[test]
@@ -130,25 +143,57 @@ fn sql_reads_and_refuses_writes() {
         .get_output()
         .stdout
         .clone();
-    assert!(String::from_utf8_lossy(&out).contains("Paris,1"));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "city,n\nBruxelles,1\nGenève,1\nLyon,1\nParis,1\nparis,1\nÉvry,1\n"
+    );
+    // Writes are refused by the read-only guard, and touch no file.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("x.csv");
+    let folder = outside.path().join("table");
+    let before = std::fs::read_dir(b).unwrap().count();
     for q in [
-        "COPY (SELECT 1) TO '/tmp/x.csv'",
-        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc'",
-        "CREATE TABLE t AS SELECT 1",
-        "INSERT INTO contacts SELECT * FROM contacts",
-        "DROP TABLE contacts",
+        format!("COPY (SELECT 1) TO '{}'", target.display()),
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'",
+            folder.display()
+        ),
+        "CREATE TABLE t AS SELECT 1".to_string(),
+        "INSERT INTO contacts SELECT * FROM contacts".to_string(),
+        "DELETE FROM contacts".to_string(),
+        "DROP TABLE contacts".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
     ] {
-        let a = segments(b).args(["sql", q]).assert().failure();
+        let a = segments(b).args(["sql", &q]).assert().failure();
         let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
         assert!(
-            err.contains("refused") || err.contains("not supported") || err.contains("not allowed"),
+            err.starts_with("error: refused: ") && err.contains("(SQL over a base is read-only)"),
             "{q}: {err}"
         );
+        assert_eq!(err.lines().count(), 1, "{q}: {err}");
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "{q} created a file"
+        );
+        assert_eq!(std::fs::read_dir(b).unwrap().count(), before, "{q}");
     }
-    segments(b)
+    // The contacts are still all there.
+    let n = stdout_of(segments(b).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM contacts",
+    ]));
+    assert_eq!(n, "n\n6\n");
+    let a = segments(b)
         .args(["sql", "SELEC nonsense"])
         .assert()
         .failure();
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        err.starts_with("error: ") && !err.contains("read-only"),
+        "a syntax error is not a refusal: {err}"
+    );
 }
 
 #[test]
@@ -494,6 +539,55 @@ fn edit_duplicate_refresh_pause_resume_delete() {
 
 /// Files of a base damaged on disk: `check` names each one, and the
 /// commands that read it fail with a message naming it, never a panic.
+/// What a damage does to one file of a base (given its path), and which
+/// commands must then fail naming that file.
+struct Damage {
+    what: &'static str,
+    /// The file damaged: its path in the base, from the current manifest.
+    file: fn(&segments::base::Manifest) -> String,
+    damage: fn(&std::path::Path),
+    /// The commands that read the file and must fail with one line naming it.
+    fail: &'static [&'static [&'static str]],
+    /// The commands that do not read the file and must still succeed.
+    pass: &'static [&'static [&'static str]],
+}
+
+const RECOMPUTE: &[&str] = &["recompute", "--as-of", AS_OF];
+const LIST: &[&str] = &["segment", "list"];
+const COUNT_CONTACTS: &[&str] = &["sql", "SELECT count(*) FROM contacts"];
+const COUNT_EVENTS: &[&str] = &["sql", "SELECT count(*), sum(amount) FROM events"];
+const MEMBERS: &[&str] = &["segment", "members", "all_contacts"];
+const SHOW: &[&str] = &["segment", "show", "all_contacts"];
+const COUNT_MEMBERS: &[&str] = &[
+    "sql",
+    "SELECT count(*) FROM segment_members WHERE segment_id = 'all_contacts'",
+];
+
+fn cut_in_half(f: &std::path::Path) {
+    let len = std::fs::metadata(f).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+    file.set_len(len / 2).unwrap();
+}
+
+fn contacts_file(m: &segments::base::Manifest) -> String {
+    m.contacts.as_ref().unwrap().path.clone()
+}
+
+fn events_file(m: &segments::base::Manifest) -> String {
+    m.events
+        .iter()
+        .max_by_key(|e| e.rows)
+        .unwrap()
+        .file
+        .path
+        .clone()
+}
+
+fn all_contacts_members(m: &segments::base::Manifest) -> String {
+    let rec = m.segments.iter().find(|s| s.id == "all_contacts").unwrap();
+    rec.members.as_ref().unwrap().path.clone()
+}
+
 #[test]
 fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
     let pristine = small_base();
@@ -502,66 +596,106 @@ fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
         .assert()
         .success();
     segments(pristine.path()).arg("check").assert().success();
-    type Damage = fn(&std::path::Path) -> std::path::PathBuf;
-    let damages: Vec<(&str, Damage, bool)> = vec![
-        (
-            "contacts file cut in half",
-            |dir| {
-                let f = newest_file(dir, "contacts");
-                let len = std::fs::metadata(&f).unwrap().len();
-                let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
-                file.set_len(len / 2).unwrap();
-                f
-            },
-            true,
-        ),
-        (
-            "contacts file emptied",
-            |dir| {
-                let f = newest_file(dir, "contacts");
-                std::fs::write(&f, b"").unwrap();
-                f
-            },
-            true,
-        ),
-        (
-            "one byte of an events file changed",
-            |dir| {
-                let f = newest_file(dir, "events");
-                let mut bytes = std::fs::read(&f).unwrap();
+    let damages = [
+        Damage {
+            what: "contacts file cut in half",
+            file: contacts_file,
+            damage: cut_in_half,
+            // Events and members name their contacts by `contact_id`, read
+            // from contacts.
+            fail: &[
+                RECOMPUTE,
+                COUNT_CONTACTS,
+                MEMBERS,
+                COUNT_EVENTS,
+                COUNT_MEMBERS,
+            ],
+            pass: &[LIST, SHOW],
+        },
+        Damage {
+            what: "contacts file emptied",
+            file: contacts_file,
+            damage: |f| std::fs::write(f, b"").unwrap(),
+            // Events and members name their contacts by `contact_id`, read
+            // from contacts.
+            fail: &[
+                RECOMPUTE,
+                COUNT_CONTACTS,
+                MEMBERS,
+                COUNT_EVENTS,
+                COUNT_MEMBERS,
+            ],
+            pass: &[LIST, SHOW],
+        },
+        Damage {
+            what: "contacts file removed",
+            file: contacts_file,
+            damage: |f| std::fs::remove_file(f).unwrap(),
+            // Events and members name their contacts by `contact_id`, read
+            // from contacts.
+            fail: &[
+                RECOMPUTE,
+                COUNT_CONTACTS,
+                MEMBERS,
+                COUNT_EVENTS,
+                COUNT_MEMBERS,
+            ],
+            pass: &[LIST, SHOW],
+        },
+        Damage {
+            what: "events file cut in half",
+            file: events_file,
+            damage: cut_in_half,
+            fail: &[RECOMPUTE, COUNT_EVENTS],
+            pass: &[LIST, SHOW, COUNT_CONTACTS, MEMBERS, COUNT_MEMBERS],
+        },
+        Damage {
+            what: "one byte of an events file changed",
+            file: events_file,
+            damage: |f| {
+                let mut bytes = std::fs::read(f).unwrap();
                 let at = bytes.len() / 2;
                 bytes[at] ^= 0x5a;
-                std::fs::write(&f, bytes).unwrap();
-                f
+                std::fs::write(f, bytes).unwrap();
             },
-            false,
-        ),
-        (
-            "a bitmap file removed",
-            |dir| {
-                let f = newest_file(dir, "bitmaps");
-                std::fs::remove_file(&f).unwrap();
-                f
-            },
-            true,
-        ),
-        (
-            "a bitmap file overwritten with garbage",
-            |dir| {
-                let f = newest_file(dir, "bitmaps");
-                std::fs::write(&f, b"not a bitmap at all").unwrap();
-                f
-            },
-            true,
-        ),
+            // Found by the checksums of `check`, not by every read.
+            fail: &[],
+            pass: &[LIST, SHOW, COUNT_CONTACTS, MEMBERS, COUNT_MEMBERS],
+        },
+        Damage {
+            what: "a bitmap file removed",
+            file: all_contacts_members,
+            damage: |f| std::fs::remove_file(f).unwrap(),
+            fail: &[MEMBERS, COUNT_MEMBERS, RECOMPUTE],
+            pass: &[LIST, SHOW, COUNT_CONTACTS, COUNT_EVENTS],
+        },
+        Damage {
+            what: "a bitmap file overwritten with garbage",
+            file: all_contacts_members,
+            damage: |f| std::fs::write(f, b"not a bitmap at all").unwrap(),
+            fail: &[MEMBERS, COUNT_MEMBERS, RECOMPUTE],
+            pass: &[LIST, SHOW, COUNT_CONTACTS, COUNT_EVENTS],
+        },
     ];
-    let mut tried = 0;
-    for (what, damage, read_fails) in damages {
+    let (mut failed, mut passed) = (0, 0);
+    for d in &damages {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("base");
         super::common::copy_base(pristine.path(), &dir);
-        let file = damage(&dir);
-        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let rel = {
+            let snap = segments::base::Base::open(&dir)
+                .unwrap()
+                .snapshot()
+                .unwrap();
+            (d.file)(&snap.manifest)
+        };
+        (d.damage)(&dir.join(&rel));
+        let what = d.what;
+        let name = std::path::Path::new(&rel)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         let out = segments(&dir).arg("check").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
@@ -571,46 +705,44 @@ fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
             "{what}: check does not name {name}: {text}"
         );
         assert!(!text.contains("panicked"), "{what}: {text}");
-        // Every reading command ends with a result or one clear error line.
-        for args in [
-            vec!["recompute", "--as-of", AS_OF],
-            vec!["segment", "list"],
-            vec!["sql", "SELECT count(*) FROM contacts"],
-            vec!["segment", "members", "all_contacts"],
-        ] {
-            let out = segments(&dir).args(&args).output().unwrap();
+        for args in d.fail {
+            let out = segments(&dir).args(*args).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr).to_string();
-            assert!(!err.contains("panicked"), "{what}: {args:?}: {err}");
-            if !out.status.success() {
-                assert!(err.starts_with("error: "), "{what}: {args:?}: {err}");
-                assert!(
-                    err.contains(&name) || !read_fails,
-                    "{what}: {args:?}: {err}"
-                );
-            }
-            tried += 1;
+            assert!(
+                !out.status.success(),
+                "{what}: {args:?} succeeded on a damaged file"
+            );
+            // `recompute` reports each failed segment on a line of its own
+            // (the others are still published); the rest print one error.
+            let report = args[0] == "recompute"
+                && err
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.ends_with("segment(s) failed:"));
+            assert!(
+                report || (err.starts_with("error: ") && err.lines().count() == 1),
+                "{what}: {args:?}: not one error line: {err}"
+            );
+            assert!(
+                err.contains(&name),
+                "{what}: {args:?}: {name} not named: {err}"
+            );
+            failed += 1;
+        }
+        for args in d.pass {
+            let out = segments(&dir).args(*args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: {args:?} does not read the file, yet: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            passed += 1;
         }
     }
-    println!("damaged files: 5 kinds of damage, {tried} commands run on them, no panic");
-}
-
-/// The newest file under a folder of a base.
-fn newest_file(dir: &std::path::Path, sub: &str) -> std::path::PathBuf {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join(sub)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.into_iter()
-        .max_by_key(|p| (std::fs::metadata(p).unwrap().modified().unwrap(), p.clone()))
-        .unwrap()
+    println!(
+        "damaged files: {} kinds of damage; {failed} commands that read the file failed with one line naming it, {passed} that do not read it succeeded",
+        damages.len()
+    );
 }
 
 /// `sql --out` writes CSV, JSON lines or Parquet in one atomic write;
@@ -756,13 +888,10 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
     // What readers ask while the recompute runs: every segment's statistics.
     let quick = "SELECT id, contacts, email_optins, sms_optins FROM segments ORDER BY id";
     let old = read(&base);
-    // The state the recompute will publish, computed on a copy.
-    let copy = dir.path().join("copy");
-    super::common::copy_base(&base, &copy);
-    segments(&copy)
-        .args(["recompute", "--as-of", new_at])
-        .assert()
-        .success();
+    // The state the recompute will publish, computed on a copy, with its steps.
+    let args = ["recompute", "--as-of", new_at];
+    let probe = super::common::Probe::run(&base, &dir.path().join("copy"), &args);
+    let copy = probe.dir.clone();
     let new = read(&copy);
     assert_ne!(old, new, "the two instants give different segments");
     for state in [&old, &new] {
@@ -815,24 +944,9 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
             "active contacts change between the two instants"
         );
     }
-    let bin = assert_cmd::cargo::cargo_bin("segments");
-    let writer = std::process::Command::new(&bin)
-        .env("SEGMENTS_BASE", &base)
-        .args(["recompute", "--as-of", new_at])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let Watched {
-        reads,
-        during,
-        saw_old,
-        saw_new,
-    } = watch_readers(writer, &readers, &base, 12);
+    let w = watch_readers(&base, &args, &probe, &readers);
     assert_eq!(read(&base), new);
-    println!(
-        "concurrent readers (sql, members, export): {reads} reads, {during} of them started while a recompute ran; {saw_old} saw the old version, {saw_new} the new one, none a mix"
-    );
+    println!("concurrent readers (sql, members, export) during a recompute: {w}");
 }
 
 /// A reader command, with what it gives before and after the writer.
@@ -860,49 +974,114 @@ impl<'a> Reader<'a> {
 
 /// What readers saw while a writer ran.
 struct Watched {
-    reads: usize,
-    /// Reads started before the writer had finished.
+    /// Reads while the writer was held at a step, at least one per reader
+    /// at each step.
+    held: usize,
+    /// Reads started while the writer ran free between its steps.
     during: usize,
     saw_old: usize,
     saw_new: usize,
+    steps: Vec<String>,
 }
 
-/// Run the readers in turn on `base` while `writer` runs, and at least
-/// `min_reads` times: every answer is the old state or the new one, never
-/// a mix.
+impl std::fmt::Display for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} reads while the writer was held at {} ({}), {} while it ran free; {} saw the old version, {} the new one, none a mix",
+            self.held,
+            self.steps.len(),
+            self.steps.join("; "),
+            self.during,
+            self.saw_old,
+            self.saw_new
+        )
+    }
+}
+
+/// Run `segments ARGS` on `base`, held at three of its durable steps (the
+/// first, the last before its manifest is renamed into place, and that
+/// rename: `probe` ran the same command on a copy and knows them). At each
+/// step every reader reads the base: the old state before the rename, the
+/// new one from it, although the writer still runs and holds the lock.
+/// Between the steps the readers go on reading while the writer runs free:
+/// each answer is the old state or the new one, never a mix.
 fn watch_readers(
-    mut writer: std::process::Child,
-    readers: &[Reader],
     base: &std::path::Path,
-    min_reads: usize,
+    args: &[&str],
+    probe: &super::common::Probe,
+    readers: &[Reader],
 ) -> Watched {
+    let (written, published) = probe.publish_steps();
+    let steps = [1, written, published];
+    let pause = base.with_extension("pause");
+    let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+        .env("SEGMENTS_BASE", base)
+        .env("SEGMENTS_PAUSE_AT", steps.map(|s| s.to_string()).join(","))
+        .env("SEGMENTS_PAUSE_FILE", &pause)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut w = Watched {
-        reads: 0,
+        held: 0,
         during: 0,
         saw_old: 0,
         saw_new: 0,
+        steps: Vec::new(),
     };
-    loop {
-        let done = writer.try_wait().unwrap().is_some();
-        let r = &readers[w.reads % readers.len()];
-        let seen = (r.read)(base);
-        w.reads += 1;
-        if !done {
-            w.during += 1;
-        }
-        if seen == r.old {
+    let seen = |r: &Reader, w: &mut Watched| -> bool {
+        let text = (r.read)(base);
+        if text == r.old {
             w.saw_old += 1;
-        } else if seen == r.new {
+            false
+        } else if text == r.new {
             w.saw_new += 1;
+            true
         } else {
             let (old, new) = (&r.old, &r.new);
-            panic!("a reader saw a mix of two versions:\n{seen}\nold:\n{old}\nnew:\n{new}");
+            panic!("a reader saw a mix of two versions:\n{text}\nold:\n{old}\nnew:\n{new}");
         }
-        if done && w.reads >= min_reads {
+    };
+    let mut k = 0;
+    loop {
+        if let Ok(step) = std::fs::read_to_string(&pause) {
+            let n: u32 = step.split(' ').next().unwrap().parse().unwrap();
+            assert!(writer.try_wait().unwrap().is_none(), "held, yet ended");
+            assert!(
+                segments::base::lock::current_holder(base).is_some(),
+                "the writer holds the lock at {step}"
+            );
+            for r in readers {
+                let new = seen(r, &mut w);
+                assert_eq!(
+                    new,
+                    n >= published,
+                    "held at step {step}: a reader saw the {} state",
+                    if new { "new" } else { "old" }
+                );
+                w.held += 1;
+            }
+            w.steps.push(step);
+            std::fs::remove_file(&pause).unwrap();
+            continue;
+        }
+        if writer.try_wait().unwrap().is_some() {
             break;
         }
+        seen(&readers[k % readers.len()], &mut w);
+        k += 1;
+        w.during += 1;
     }
-    assert!(writer.wait().unwrap().success());
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.steps.len(), 3, "held at {:?}", w.steps);
+    assert!(w.saw_old >= 2 * readers.len() && w.saw_new >= readers.len());
     w
 }
 
@@ -1200,33 +1379,19 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let old = read(&base);
-    let copy = dir.path().join("copy");
-    super::common::copy_base(&base, &copy);
-    segments(&copy)
-        .args(["import", "contacts"])
-        .arg(&second)
-        .assert()
-        .success();
-    let new = read(&copy);
+    let second = second.display().to_string();
+    let args = ["import", "contacts", &second];
+    let probe = super::common::Probe::run(&base, &dir.path().join("copy"), &args);
+    let new = read(&probe.dir);
     assert_ne!(old, new);
-    let writer = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
-        .env("SEGMENTS_BASE", &base)
-        .args(["import", "contacts"])
-        .arg(&second)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let Watched {
-        reads,
-        during,
-        saw_old,
-        saw_new,
-    } = watch_readers(writer, &[Reader::new(read, &base, &copy)], &base, 5);
-    assert_eq!(read(&base), new);
-    println!(
-        "readers during an import: {reads} queries, {during} started while the import ran; {saw_old} saw the old contacts, {saw_new} the new ones, none a mix"
+    let w = watch_readers(
+        &base,
+        &args,
+        &probe,
+        &[Reader::new(read, &base, &probe.dir)],
     );
+    assert_eq!(read(&base), new);
+    println!("`segments sql` during an import: {w}");
 }
 
 /// Files read in chunks of a few kilobytes, with updates and new contacts

@@ -146,41 +146,198 @@ pub fn copy_base(from: &Path, to: &Path) {
     assert!(ok.success(), "cp -a {} {}", from.display(), to.display());
 }
 
+/// One whole run of a writing command on a copy of a base: the state it
+/// leaves, how long it took, and its durable steps in order (from
+/// `SEGMENTS_STEP_LOG`).
+pub struct Probe {
+    pub dir: PathBuf,
+    pub took: std::time::Duration,
+    pub steps: Vec<(u32, String)>,
+}
+
+impl Probe {
+    /// Run `segments ARGS` to the end on a copy of `template` at `dir`.
+    pub fn run(template: &Path, dir: &Path, args: &[&str]) -> Probe {
+        copy_base(template, dir);
+        let log = dir.with_extension("steps");
+        let t0 = std::time::Instant::now();
+        succeeded(
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("segments"))
+                .env("SEGMENTS_BASE", dir)
+                .env("SEGMENTS_STEP_LOG", &log)
+                .args(args)
+                .output()
+                .unwrap(),
+        );
+        let took = t0.elapsed();
+        let steps = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (n, what) = l.split_once(' ').unwrap();
+                (n.parse().unwrap(), what.to_string())
+            })
+            .collect();
+        Probe {
+            dir: dir.to_path_buf(),
+            took,
+            steps,
+        }
+    }
+
+    /// The step that renames the last manifest into place (the new version
+    /// is published there), and the step before it (written, not published).
+    pub fn publish_steps(&self) -> (u32, u32) {
+        let published = self
+            .steps
+            .iter()
+            .rev()
+            .find(|(_, w)| w.starts_with("renamed into") && w.contains("/manifests/"))
+            .unwrap_or_else(|| panic!("no manifest published in {:?}", self.steps))
+            .0;
+        (published - 1, published)
+    }
+}
+
+/// What a killed writer left: the state before its command or after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Old,
+    New,
+}
+
+/// What [`kill_rounds`] did.
+#[derive(Debug, Default)]
+pub struct Kills {
+    /// Writers killed by SIGKILL while they held the lock, at random points.
+    pub killed: u32,
+    /// Writers that finished before their kill came.
+    pub finished: u32,
+    /// Random kills that left the old state, and the new one.
+    pub saw_old: u32,
+    pub saw_new: u32,
+}
+
 /// Run `segments ARGS` on fresh copies of `template` under `scratch` and
-/// SIGKILL it at points spread over `full` (one run's time), until at least
-/// 20 kills landed inside a run (a loaded machine runs slower). `check` sees
-/// each killed base, then the copy is removed. Returns (kills, runs that finished first).
+/// SIGKILL it at random points after it took the writer lock (read from
+/// `LOCK`), spread over one run's time, until `wanted` kills landed while it
+/// ran. Then twice more, held at the steps of [`Probe::publish_steps`]:
+/// killed just before its manifest is renamed into place, it must leave
+/// the old state; just after, the new one. `check` sees each killed base
+/// and says which state it holds (and may run more commands on it); then
+/// the copy is removed.
 pub fn kill_rounds(
     template: &Path,
     scratch: &Path,
     args: &[&str],
-    full: std::time::Duration,
-    mut check: impl FnMut(u32, &Path),
-) -> (u32, u32) {
+    probe: &Probe,
+    wanted: u32,
+    mut check: impl FnMut(u32, &Path) -> Seen,
+) -> Kills {
+    use rand::{Rng, SeedableRng};
+    use std::os::unix::process::ExitStatusExt;
+    let seed: u64 = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!(
+        "kill rounds of `segments {}`: KILL_SEED={seed}",
+        args.join(" ")
+    );
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let bin = assert_cmd::cargo::cargo_bin("segments");
-    let (mut killed, mut finished, mut k) = (0u32, 0u32, 0u32);
-    while killed < 20 && k < 80 {
+    let spawn = |dir: &Path, env: &[(&str, &Path)]| {
+        let mut c = std::process::Command::new(&bin);
+        c.env("SEGMENTS_BASE", dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let mut kills = Kills::default();
+    let mut k = 0u32;
+    while kills.killed < wanted {
+        k += 1;
+        assert!(
+            k <= 4 * wanted,
+            "only {} of {k} kills landed in a run",
+            kills.killed
+        );
+        let dir = scratch.join(format!("round-{k}"));
+        copy_base(template, &dir);
+        let mut child = spawn(&dir, &[]);
+        // The claim in LOCK names the writer once it holds the lock.
+        let claim = format!("\"pid\":{}", child.id());
+        let holds = |dir: &Path| {
+            std::fs::read_to_string(dir.join("LOCK")).is_ok_and(|t| t.contains(&claim))
+        };
+        while !holds(&dir) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        std::thread::sleep(probe.took.mul_f64(rng.random::<f64>()));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        if status.success() {
+            kills.finished += 1;
+        } else {
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "round {k}: the writer failed by itself ({status})"
+            );
+            kills.killed += 1;
+            match check(k, &dir) {
+                Seen::Old => kills.saw_old += 1,
+                Seen::New => kills.saw_new += 1,
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let (written, published) = probe.publish_steps();
+    for (step, want) in [(written, Seen::Old), (published, Seen::New)] {
         k += 1;
         let dir = scratch.join(format!("round-{k}"));
         copy_base(template, &dir);
-        let mut child = std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", &dir)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(full.mul_f64((k % 24) as f64 / 24.0));
-        let _ = child.kill(); // SIGKILL
-        if child.wait().unwrap().success() {
-            finished += 1;
-        } else {
-            killed += 1;
-        }
-        check(k, &dir);
+        let pause = scratch.join(format!("pause-{k}"));
+        let mut child = spawn(
+            &dir,
+            &[
+                ("SEGMENTS_PAUSE_AT", Path::new(&step.to_string())),
+                ("SEGMENTS_PAUSE_FILE", &pause),
+            ],
+        );
+        let held = wait_for_pause(&mut child, &pause);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(check(k, &dir), want, "killed while held at step {held}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    (killed, finished)
+    kills
+}
+
+/// Wait until a writer started with `SEGMENTS_PAUSE_AT` is held at a step
+/// (it wrote `pause`), and return what it said of the step.
+pub fn wait_for_pause(child: &mut std::process::Child, pause: &Path) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(pause) {
+            return text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the writer ended ({status}) before its pause at {}",
+                pause.display()
+            );
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(300),
+            "the writer never reached its pause"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// The output of a command that must succeed (failing with its standard

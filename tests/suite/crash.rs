@@ -5,6 +5,7 @@
 //! `segments check`, reads as the state before the command or after it, and
 //! the next command recovers the lock, completes, and leaves no stray file.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -52,22 +53,71 @@ fn ok(base: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// What a user can see of a base: contacts, events, imports, segments and
-/// their members, without times and file names.
-fn state(base: &Path) -> String {
+/// What a user can see of a base, in full and in order: every contact with
+/// every field, every event, the imports, each segment's statistics, every
+/// member with its entry time, and each segment's history. Times taken from
+/// the clock (when an import or a computation ran) are kept when `known`
+/// holds them (they come from the state before the command) and read
+/// `<new>` otherwise, so that two runs of one command compare equal.
+fn state(base: &Path, known: &HashSet<String>) -> String {
     let check = ok(base, &["check"]);
     assert!(!check.contains("problem"), "{check}");
-    [
-        "SELECT count(*), sum(contact_id), count(city) FROM contacts",
-        "SELECT count(*), sum(contact_id) FROM events",
-        "SELECT name, kind, rows_added, rows_updated FROM imports ORDER BY name, rows_added",
-        "SELECT id, name, kind, status, contacts FROM segments ORDER BY id",
-        "SELECT segment_id, count(*), sum(contact_id) FROM segment_members GROUP BY 1 ORDER BY 1",
+    let mut out: Vec<String> = [
+        "SELECT * FROM contacts ORDER BY contact_id",
+        "SELECT * FROM events ORDER BY contact_id, ts, type, operation_id, url, amount",
+        "SELECT id, name, kind, at, file, rows_added, rows_updated, rows_skipped FROM imports ORDER BY at, id",
+        "SELECT id, name, kind, status, contacts, email_optins, sms_optins, computed_at, error FROM segments ORDER BY id",
+        "SELECT segment_id, contact_id, entered_at FROM segment_members ORDER BY segment_id, contact_id",
     ]
     .iter()
     .map(|q| ok(base, &["sql", "--format", "csv", q]))
-    .collect::<Vec<_>>()
-    .join("\n")
+    .collect();
+    let snap = segments::base::Base::open(base)
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    for rec in &snap.manifest.segments {
+        out.push(format!("history of {}", rec.id));
+        for p in rec.history.points(snap.dir()).unwrap().iter() {
+            out.push(format!(
+                "{},{},{},{},{}",
+                p.at.to_rfc3339(),
+                p.as_of.to_rfc3339(),
+                p.size,
+                p.entries,
+                p.exits
+            ));
+        }
+    }
+    let text = out.join("\n");
+    text.lines()
+        .map(|line| {
+            line.split(',')
+                .map(|cell| match is_time(cell) && !known.contains(cell) {
+                    true => "<new>",
+                    false => cell,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A cell that holds a point in time (`2026-11-23T12:00:00Z`, `2026-11-23 12:00:00.123`...).
+fn is_time(cell: &str) -> bool {
+    let b = cell.as_bytes();
+    b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b' ') && b[13] == b':'
+}
+
+/// The times that appear in a state: the clock times of what happened before.
+fn times_of(state: &str) -> HashSet<String> {
+    state
+        .lines()
+        .flat_map(|l| l.split(','))
+        .filter(|c| is_time(c))
+        .map(String::from)
+        .collect()
 }
 
 /// Every file under the data folders and manifests is named by the
@@ -151,13 +201,15 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
     let updates = updates.display().to_string();
     // Imports read in chunks of a few records, spooled to disk.
     let chunked: Env = &[("SEGMENTS_IMPORT_CHUNK_BYTES", "40")];
-    let commands: Vec<(&str, Vec<&str>, Env)> = vec![
+    // The durable steps of each command on this base, at least.
+    let commands: Vec<(&str, Vec<&str>, Env, u32)> = vec![
         (
             "import contacts",
             vec![
                 "import", "contacts", &contacts, "--name", "again", "--as-of", AS_OF,
             ],
             &[],
+            13,
         ),
         (
             "import contacts in chunks",
@@ -165,6 +217,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
                 "import", "contacts", &updates, "--name", "again", "--as-of", AS_OF,
             ],
             chunked,
+            30,
         ),
         (
             "import events",
@@ -172,6 +225,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
                 "import", "events", &events, "--name", "again", "--as-of", AS_OF,
             ],
             &[],
+            13,
         ),
         (
             "import events in chunks",
@@ -179,33 +233,43 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
                 "import", "events", &events, "--name", "again", "--as-of", AS_OF,
             ],
             chunked,
+            17,
         ),
         (
             "segment create",
             vec!["segment", "create", &buyers, "--as-of", AS_OF],
             &[],
+            7,
         ),
         (
             "segment edit",
             vec!["segment", "edit", "parisiens", &edited_s, "--as-of", AS_OF],
             &[],
+            8,
         ),
         (
             "segment delete",
             vec!["segment", "delete", "parisiens"],
             &[],
+            5,
         ),
-        ("recompute", vec!["recompute", "--as-of", LATER], &[]),
+        ("recompute", vec!["recompute", "--as-of", LATER], &[], 15),
         (
             "contacts delete",
             vec!["contacts", "delete", "101", "102"],
             &[],
+            73,
         ),
     ];
-    let old = state(&template);
+    let old = state(&template, &HashSet::new());
+    let known = times_of(&old);
+    assert!(
+        old.contains("history of all_contacts\n") && old.contains(",Paris,"),
+        "{old}"
+    );
     let mut total = 0;
     let mut report = Vec::new();
-    for (name, args, env) in &commands {
+    for (name, args, env, least) in &commands {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let reference = scratch.path().join("reference");
         copy_base(&template, &reference);
@@ -215,7 +279,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let new = state(&reference);
+        let new = state(&reference, &known);
         assert_ne!(new, old, "{name} changes what users see");
         std::fs::remove_dir_all(&reference).unwrap();
         let (mut points, mut saw_old, mut saw_new) = (0, 0, 0);
@@ -229,7 +293,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
             }
             points += 1;
             assert!(n < 500, "{name}: no end to the durable steps");
-            let now = state(&dir);
+            let now = state(&dir, &known);
             if now == old {
                 saw_old += 1;
                 // The command runs again on the crashed base and completes.
@@ -239,7 +303,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
                     "{name}, crash at step {n}, rerun: {}",
                     String::from_utf8_lossy(&again.stderr)
                 );
-                assert_eq!(state(&dir), new, "{name}, crash at step {n}: rerun");
+                assert_eq!(state(&dir, &known), new, "{name}, crash at step {n}: rerun");
             } else {
                 assert_eq!(now, new, "{name}, crash at step {n}: neither old nor new");
                 saw_new += 1;
@@ -253,10 +317,18 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
             );
             std::fs::remove_dir_all(&dir).unwrap();
         }
-        assert!(points >= 2, "{name}: only {points} durable steps");
+        assert!(
+            points >= *least,
+            "{name}: {points} durable steps, fewer than the {least} it has"
+        );
+        assert!(
+            saw_old > 0 && saw_new > 0,
+            "{name}: crashes left only one of the two states ({saw_old} old, {saw_new} new)"
+        );
         total += points;
         report.push(format!("{name}: {points} ({saw_old} old, {saw_new} new)"));
     }
+    assert!(total >= 181, "{total} durable steps in all");
     println!(
         "crash matrix: {total} crash points over {} commands; {}",
         commands.len(),

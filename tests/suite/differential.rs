@@ -11,7 +11,7 @@
 //!
 //! `DIFF_SEED=<u64>` replays one base; `DIFF_CASES=<n>` changes the number of bases.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
-use proptest::prelude::any;
+use proptest::prelude::{Strategy, any};
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use roaring::RoaringBitmap;
 use segments::compile::session::ScanLayout;
@@ -73,11 +73,23 @@ fn as_ofs() -> Vec<DateTime<Utc>> {
         "2026-11-23T23:30:00Z", // 00:30 on the 24th in Paris
         "2028-02-28T23:30:00Z", // 29 February 2028 in Paris
         "2026-07-14T22:15:00Z", // 00:15 on the 15th in Paris (summer time)
+        "2026-03-08T17:00:00Z", // the day Havana's clocks skip midnight
     ]
     .iter()
     .map(|s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
     .collect()
 }
+
+/// The bases' time zones: one each. Havana's clocks go from 23:59:59 to
+/// 01:00 on 8 March 2026, so that day starts at 01:00; Kolkata is off UTC
+/// by half an hour, Chatham by 12:45.
+const TIME_ZONES: &[&str] = &[
+    "Europe/Paris",
+    "UTC",
+    "America/Havana",
+    "Asia/Kolkata",
+    "Pacific/Chatham",
+];
 
 const CITIES: &[&str] = &[
     "Paris",
@@ -149,6 +161,18 @@ const SEGMENTS: &[&str] = &[
     "email_subscribers",
     "email_unsubscribed",
     "sms_contacts",
+    "u1",
+    "Chain two",
+    "u3",
+];
+/// The default segments only: what the user segments refer to.
+const DEFAULT_SEGMENTS: &[&str] = &[
+    "all_contacts",
+    "active_contacts",
+    "inactive_contacts",
+    "email_contacts",
+    "email_subscribers",
+    "email_unsubscribed",
 ];
 const IMPORTS: &[&str] = &["imp1", "imp2", "ev1"];
 
@@ -246,16 +270,26 @@ fn gen_ts(rng: &mut Rng, anchors: &[DateTime<Utc>]) -> i64 {
             a - d + *rng.pick(&[0, 0, -1_000_000, 1_000_000, -1, 1])
         }
         3..=5 => {
-            // 21:00 .. 23:59 UTC on a day near the anchor: the next day in Paris, or not.
+            // Around local midnight on a day near the anchor: 21:00 to 23:59
+            // UTC is the next day in Paris, or not; 04:00 to 05:59 is
+            // midnight in Havana; 18:30 in Kolkata, 11:15 in Chatham.
             let day = a.div_euclid(DAY) + rng.range(-35, 3);
+            let minute = 60_000_000;
             day * DAY
                 + *rng.pick(&[
                     21 * HOUR,
                     22 * HOUR,
                     23 * HOUR,
-                    23 * HOUR + 30 * 60_000_000,
-                    23 * HOUR + 59 * 60_000_000,
+                    23 * HOUR + 30 * minute,
+                    23 * HOUR + 59 * minute,
                     0,
+                    4 * HOUR,
+                    4 * HOUR + 59 * minute,
+                    5 * HOUR,
+                    5 * HOUR + 30 * minute,
+                    18 * HOUR + 29 * minute,
+                    18 * HOUR + 30 * minute,
+                    11 * HOUR + 15 * minute,
                 ])
         }
         _ => a + rng.range(-400 * DAY, 5 * DAY),
@@ -574,7 +608,7 @@ fn write_update_csv(path: &Path, d: &Data, rng: &mut Rng) {
     w.flush().unwrap();
 }
 
-fn config() -> Config {
+fn config(time_zone: &str) -> Config {
     let mut fields = BTreeMap::new();
     fields.insert(
         "loyalty".to_string(),
@@ -584,7 +618,7 @@ fn config() -> Config {
     );
     fields.insert("interests".to_string(), FieldType::Tags);
     Config {
-        time_zone: "Europe/Paris".into(),
+        time_zone: time_zone.into(),
         fields,
         ..Config::default()
     }
@@ -594,10 +628,11 @@ fn build_base(
     dir: &Path,
     d: &Data,
     rng: &mut Rng,
+    time_zone: &str,
     recompute_at: DateTime<Utc>,
     rt: &tokio::runtime::Runtime,
 ) {
-    let base = segments::jobs::init(dir, config()).expect("init");
+    let base = segments::jobs::init(dir, config(time_zone)).expect("init");
     let contacts = dir.join("contacts-in.parquet");
     write_contacts_parquet(&contacts, d);
     let update = dir.join("update-in.csv");
@@ -646,6 +681,50 @@ fn build_base(
         .expect("import events");
         w.commit().expect("commit");
     }
+    // A chain of user segments: u1 on the data and the default segments,
+    // "Chain two" on u1, u3 on "Chain two" by its name.
+    let has_events = !d.events.is_empty();
+    let tree = |rng: &mut Rng| {
+        Gen {
+            rng,
+            data: d,
+            has_events,
+            segments: DEFAULT_SEGMENTS,
+        }
+        .tree(2)
+    };
+    type Wrap = fn(Value) -> Value;
+    let chain: [(&str, &str, Wrap); 3] = [
+        ("u1", "u1", |t| t),
+        (
+            "u2",
+            "Chain two",
+            |t| json!({"all": [{"segment": "u1"}, t]}),
+        ),
+        (
+            "u3",
+            "u3",
+            |t| json!({"any": [{"not": {"segment": "Chain two"}}, t]}),
+        ),
+    ];
+    for (id, name, wrap) in chain {
+        // A random part may be refused (a window of 0 days): draw again.
+        for attempt in 0.. {
+            let criteria = wrap(tree(rng));
+            let def = segments::criteria::Definition::parse(
+                &json!({"id": id, "name": name, "criteria": criteria}),
+            )
+            .expect("a user segment");
+            let mut w = base.writer("test").expect("writer");
+            match rt.block_on(segments::jobs::segments::create(&mut w, &def, recompute_at)) {
+                Ok(_) => {
+                    w.commit().expect("commit");
+                    break;
+                }
+                Err(e) => assert!(attempt < 50, "no valid user segment {id}: {e}"),
+            }
+        }
+    }
     let mut w = base.writer("test").expect("writer");
     rt.block_on(segments::jobs::recompute::recompute(&mut w, recompute_at))
         .expect("recompute");
@@ -658,6 +737,8 @@ struct Gen<'a> {
     rng: &'a mut Rng,
     data: &'a Data,
     has_events: bool,
+    /// The segments a tree may refer to.
+    segments: &'a [&'a str],
 }
 
 impl Gen<'_> {
@@ -695,7 +776,7 @@ impl Gen<'_> {
         } else if r < 85 && self.has_events {
             self.behavior()
         } else if r < 92 {
-            json!({"segment": self.rng.pick(SEGMENTS)})
+            json!({"segment": self.rng.pick(self.segments)})
         } else if r < 97 {
             let imports: &[&str] = if self.has_events {
                 IMPORTS
@@ -1111,30 +1192,9 @@ fn diff_iids(got: &Result<RoaringBitmap, String>, want: &BTreeSet<u32>) -> Vec<u
     }
 }
 
-fn segment_members(dir: &Path) -> HashMap<String, BTreeSet<u32>> {
-    let base = segments::base::Base::open(dir).expect("open");
-    let snap = base.snapshot().expect("snapshot");
-    let mut out = HashMap::new();
-    for rec in &snap.manifest.segments {
-        let m = segments::jobs::segment_store::Members::load(dir, rec).expect("members");
-        let set: BTreeSet<u32> = m.members.iter().collect();
-        out.insert(rec.id.clone(), set.clone());
-        out.insert(rec.name.clone(), set);
-    }
-    out
-}
-
-fn fields_known(c: &Criterion, r: &RefBase) -> bool {
-    let mut ok = true;
-    c.visit(&mut |x| {
-        if let Criterion::Field(f) = x {
-            ok &= r.fields.contains_key(&f.field);
-        }
-        if matches!(x, Criterion::Sql(_) | Criterion::Query(_)) {
-            ok = false;
-        }
-    });
-    ok
+/// The time zone of a seed's base.
+fn zone_of(seed: u64) -> &'static str {
+    TIME_ZONES[(seed % TIME_ZONES.len() as u64) as usize]
 }
 
 fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -> Checked {
@@ -1144,31 +1204,36 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
     let dir = tmp.path().join("base");
     let instants = as_ofs();
     let recompute_at = *rng.pick(&instants);
-    build_base(&dir, &data, &mut rng, recompute_at, rt);
+    let time_zone = zone_of(seed);
+    build_base(&dir, &data, &mut rng, time_zone, recompute_at, rt);
     let r = reference::load(&dir);
-    let segs = segment_members(&dir);
     let mut failures = Vec::new();
     let mut trees = 0;
 
-    // The default segments computed by recompute agree with the reference too.
+    // Every segment computed by recompute (the defaults and the chain of
+    // user segments) agrees with the reference, which evaluates each from
+    // its own criteria.
+    let mut segments_checked = 0;
     {
         let base = segments::base::Base::open(&dir).unwrap();
         let snap = base.snapshot().unwrap();
         for rec in &snap.manifest.segments {
-            let Some(cj) = &rec.criteria else { continue };
-            let c = Criterion::parse(cj, "criteria").unwrap();
-            if !fields_known(&c, &r) {
-                continue;
-            }
-            let want = r.eval(&c, recompute_at, &segs);
-            let got = Ok(segs[&rec.id].iter().copied().collect::<RoaringBitmap>());
+            let want = r.segment(&rec.id);
+            let got = segments::jobs::segment_store::Members::load(&dir, rec)
+                .map(|m| m.members)
+                .map_err(|e| e.to_string());
+            segments_checked += 1;
             if let Some(m) = compare(&got, &want) {
                 failures.push(format!(
-                    "seed {seed}: default segment {} at {recompute_at} (status {:?}, error {:?}): {m}\n  criteria: {cj}",
-                    rec.id, rec.status, rec.error
+                    "seed {seed} ({time_zone}): segment {} at {recompute_at} (status {:?}, error {:?}): {m}\n  criteria: {:?}",
+                    rec.id, rec.status, rec.error, rec.criteria
                 ));
             }
         }
+        assert_eq!(
+            segments_checked, 14,
+            "the 11 default segments and the chain of three"
+        );
     }
 
     let has_events = !data.events.is_empty();
@@ -1210,6 +1275,7 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
                 rng: &mut rng,
                 data: &data,
                 has_events,
+                segments: SEGMENTS,
             }
             .tree(d);
             match Criterion::parse(&v, "criteria") {
@@ -1226,16 +1292,17 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
         let got = library_eval(&dir, as_of, &criteria, layout, rt);
         for ((v, c), g) in jsons.iter().zip(&criteria).zip(&got) {
             trees += 1;
-            let want = r.eval(c, as_of, &segs);
+            let want = r.eval(v, as_of);
             if want.is_empty() {
                 EMPTY_RESULTS.fetch_add(1, Ordering::Relaxed);
             } else if want.len() == r.contacts.len() {
                 FULL_RESULTS.fetch_add(1, Ordering::Relaxed);
             }
+            let _ = c;
             let Some(msg) = compare(g, &want) else {
                 continue;
             };
-            failures.push(explain(&dir, &r, &segs, seed, as_of, v, &msg, rt));
+            failures.push(explain(&dir, &r, seed, time_zone, as_of, v, &msg, rt));
             if failures.len() >= 5 {
                 return Checked { trees, failures };
             }
@@ -1249,8 +1316,8 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
 fn explain(
     dir: &Path,
     r: &RefBase,
-    segs: &HashMap<String, BTreeSet<u32>>,
     seed: u64,
+    time_zone: &str,
     as_of: DateTime<Utc>,
     tree: &Value,
     msg: &str,
@@ -1278,7 +1345,8 @@ fn explain(
         .collect();
     let mut failing: Vec<(usize, String, Vec<u32>)> = Vec::new();
     for ((s, c), g) in subs.iter().zip(&criteria).zip(&got) {
-        let want = r.eval(c, as_of, segs);
+        let _ = c;
+        let want = r.eval(s, as_of);
         if let Some(m) = compare(g, &want) {
             let text = s.to_string();
             failing.push((
@@ -1290,7 +1358,7 @@ fn explain(
     }
     failing.sort_by_key(|f| f.0);
     let mut out = format!(
-        "seed {seed} (DIFF_SEED={seed}), as_of {}: MISMATCH {msg}\n  tree: {tree}\n  smallest failing subtrees:",
+        "seed {seed} (DIFF_SEED={seed}), {time_zone}, as_of {}: MISMATCH {msg}\n  tree: {tree}\n  smallest failing subtrees:",
         as_of.to_rfc3339()
     );
     if failing.is_empty() {
@@ -1334,16 +1402,39 @@ fn datafusion_equals_reference() {
     }
     let cases = std::env::var("DIFF_CASES")
         .ok()
-        .and_then(|s| s.parse().ok())
+        .map(|s| s.parse().expect("DIFF_CASES is a number"))
         .unwrap_or(8);
+    assert!(
+        cases >= 8,
+        "DIFF_CASES={cases}: at least the 8 bases the README promises"
+    );
     let mut runner = TestRunner::new(PtConfig {
         cases,
         failure_persistence: None,
         max_shrink_iters: 0, // a seed does not shrink meaningfully; failures report minimal subtrees instead
         ..PtConfig::default()
     });
+    // Havana's 8 March 2026 starts at 01:00: its midnight is in the gap.
+    let havana: chrono_tz::Tz = "America/Havana".parse().unwrap();
+    let midnight = NaiveDate::from_ymd_opt(2026, 3, 8)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    assert!(
+        chrono::TimeZone::from_local_datetime(&havana, &midnight)
+            .earliest()
+            .is_none()
+    );
+    // Seeds drawn at random, each base in the next zone in turn: every
+    // zone is in every run.
+    let drawn = AtomicUsize::new(0);
+    let zones = TIME_ZONES.len() as u64;
+    let seeds = any::<u64>().prop_map(move |s| {
+        let k = drawn.fetch_add(1, Ordering::Relaxed) as u64 % zones;
+        s - s % zones + k
+    });
     let bases = AtomicUsize::new(0);
-    let result = runner.run(&any::<u64>(), |seed| {
+    let result = runner.run(&seeds, |seed| {
         let c = run_case(seed, trees_per_instant, &rt);
         TOTAL_TREES.fetch_add(c.trees, Ordering::Relaxed);
         bases.fetch_add(1, Ordering::Relaxed);
@@ -1355,14 +1446,28 @@ fn datafusion_equals_reference() {
     });
     let total = TOTAL_TREES.load(Ordering::Relaxed);
     println!(
-        "differential: {total} criteria trees checked against the reference over {} bases \
-         ({} matched no contact, {} every contact, the others part of the base)",
+        "differential: {total} criteria trees checked against the reference over {} bases, \
+         each in one of {} time zones, with every segment of each base \
+         ({} trees matched no contact, {} every contact, the others part of the base)",
         bases.load(Ordering::Relaxed),
+        TIME_ZONES.len(),
         EMPTY_RESULTS.load(Ordering::Relaxed),
         FULL_RESULTS.load(Ordering::Relaxed),
     );
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(total >= 500 || cases < 8, "only {total} trees checked");
+    assert!(total >= 1000, "only {total} trees checked");
+    // Trees that match nothing or everything prove little: nearly half of
+    // them split the base (44 to 50% in runs); far fewer means the generator
+    // went wrong.
+    let split =
+        total - EMPTY_RESULTS.load(Ordering::Relaxed) - FULL_RESULTS.load(Ordering::Relaxed);
+    assert!(
+        split * 100 >= total * MIN_SPLIT_PERCENT,
+        "only {split} of {total} trees split the base"
+    );
 }
+
+/// The share of trees whose result is neither empty nor every contact.
+const MIN_SPLIT_PERCENT: usize = 35;

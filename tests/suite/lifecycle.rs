@@ -309,11 +309,74 @@ fn audience_refreshes_and_applies_the_channel() {
     assert_eq!(sms.iter().collect::<Vec<_>>(), vec![3]);
 }
 
-/// SIGKILL `segments recompute` at many points; the previous results stay
-/// readable and consistent, and a rerun gives the same results as a clean run.
+/// What a recompute leaves of every segment: status, statistics, members
+/// with their entry times, and history. Clock times not in `known` (the
+/// times of the base before the run) read `new`, so that two runs compare.
+fn outcome(dir: &std::path::Path, known: &std::collections::HashSet<i64>) -> Vec<String> {
+    let snap = segments::base::Base::open(dir).unwrap().snapshot().unwrap();
+    let problems = segments::base::check::check(&snap).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let time = |t: i64| match known.contains(&t) {
+        true => t.to_string(),
+        false => "new".to_string(),
+    };
+    let mut out = Vec::new();
+    for s in &snap.manifest.segments {
+        let m = Members::load(snap.dir(), s).unwrap();
+        let stats = s.stats.as_ref().map(|st| {
+            format!(
+                "{} contacts, {} e-mail, {} SMS, computed {} as of {}",
+                st.contacts,
+                st.email_optins,
+                st.sms_optins,
+                time(st.computed_at.timestamp_micros()),
+                st.as_of
+            )
+        });
+        out.push(format!("{} {:?} {:?}: {stats:?}", s.id, s.status, s.error));
+        let entries: Vec<String> = m
+            .members
+            .iter()
+            .map(|iid| format!("{iid}@{}", time(m.entered_at(iid).unwrap())))
+            .collect();
+        out.push(format!("  members {}", entries.join(" ")));
+        for p in s.history.points(snap.dir()).unwrap().iter() {
+            out.push(format!(
+                "  history at {} as of {}: {} (+{} -{})",
+                time(p.at.timestamp_micros()),
+                p.as_of,
+                p.size,
+                p.entries,
+                p.exits
+            ));
+        }
+    }
+    out
+}
+
+/// Every clock time of a base: computations, entries, history points.
+fn clock_times(dir: &std::path::Path) -> std::collections::HashSet<i64> {
+    let snap = segments::base::Base::open(dir).unwrap().snapshot().unwrap();
+    let mut out = std::collections::HashSet::new();
+    for s in &snap.manifest.segments {
+        if let Some(st) = &s.stats {
+            out.insert(st.computed_at.timestamp_micros());
+        }
+        let m = Members::load(snap.dir(), s).unwrap();
+        out.extend(m.cohorts.iter().map(|(t, _)| *t));
+        for p in s.history.points(snap.dir()).unwrap().iter() {
+            out.insert(p.at.timestamp_micros());
+        }
+    }
+    out
+}
+
+/// SIGKILL `segments recompute` at random points once it holds the lock;
+/// the previous results stay readable and consistent, and a rerun gives
+/// what a clean run gives: members, statistics, entry dates and history
+/// (or, when the killed run had published, what two clean runs give).
 #[test]
 fn recompute_killed_at_random_points_then_rerun_equals_a_clean_run() {
-    use std::time::Instant;
     let scratch = tempfile::tempdir().unwrap();
     let template = scratch.path().join("template");
     let as_of = "2026-11-23T03:00:00Z";
@@ -332,66 +395,45 @@ fn recompute_killed_at_random_points_then_rerun_equals_a_clean_run() {
         .unwrap();
     let bin = assert_cmd::cargo::cargo_bin("segments");
     let recompute = |dir: &std::path::Path| {
-        std::process::Command::new(&bin)
-            .env("SEGMENTS_BASE", dir)
-            .args(["recompute", "--as-of", as_of])
-            .output()
-            .unwrap()
+        super::common::succeeded(
+            std::process::Command::new(&bin)
+                .env("SEGMENTS_BASE", dir)
+                .args(["recompute", "--as-of", as_of])
+                .output()
+                .unwrap(),
+        )
     };
-    let results = |dir: &std::path::Path| -> Vec<(String, Vec<u32>)> {
-        let snap = segments::base::Base::open(dir).unwrap().snapshot().unwrap();
-        let problems = segments::base::check::check(&snap).unwrap();
-        assert!(problems.is_empty(), "{problems:?}");
-        snap.manifest
-            .segments
-            .iter()
-            .map(|s| {
-                (
-                    s.id.clone(),
-                    Members::load(snap.dir(), s)
-                        .unwrap()
-                        .members
-                        .iter()
-                        .collect(),
-                )
-            })
-            .collect()
-    };
-    let clean = scratch.path().join("clean");
-    super::common::copy_base(&template, &clean);
-    let t0 = Instant::now();
-    assert!(recompute(&clean).status.success());
-    let full = t0.elapsed();
-    let expected = results(&clean);
-    let before = results(&template);
-    let (killed, finished) = super::common::kill_rounds(
-        &template,
-        scratch.path(),
-        &["recompute", "--as-of", as_of],
-        full,
-        |k, dir| {
-            let now = results(dir);
-            assert!(
-                now == before || now == expected,
-                "round {k}: results are neither the old nor the new ones"
-            );
-            let out = recompute(dir);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    let known = clock_times(&template);
+    let before = outcome(&template, &known);
+    let args = ["recompute", "--as-of", as_of];
+    let clean = super::common::Probe::run(&template, &scratch.path().join("clean"), &args);
+    let expected = outcome(&clean.dir, &known);
+    assert_ne!(before, expected);
+    recompute(&clean.dir);
+    let expected_twice = outcome(&clean.dir, &known);
+    let kills =
+        super::common::kill_rounds(&template, scratch.path(), &args, &clean, 20, |k, dir| {
+            let now = outcome(dir, &known);
+            let (seen, rerun) = if now == before {
+                (super::common::Seen::Old, &expected)
+            } else if now == expected {
+                (super::common::Seen::New, &expected_twice)
+            } else {
+                panic!("round {k}: results are neither the old nor the new ones");
+            };
+            recompute(dir);
             assert_eq!(
-                results(dir),
-                expected,
+                &outcome(dir, &known),
+                rerun,
                 "round {k}: the rerun differs from a clean run"
             );
-        },
-    );
+            seen
+        });
     println!(
-        "recompute crash test: {killed} kill points inside a run, {finished} runs finished first"
+        "recompute crash test: {} kills at random points while holding the lock ({} old results, {} new), {} runs finished first; killed before and after publishing: old, then new",
+        kills.killed, kills.saw_old, kills.saw_new, kills.finished
     );
-    assert!(killed >= 20, "only {killed} kills landed inside a run");
+    assert!(kills.killed >= 20 && kills.saw_old > 0, "{kills:?}");
 }
 
 #[test]

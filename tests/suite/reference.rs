@@ -1,11 +1,18 @@
 //! A plain-Rust reference evaluator of criteria, written from the SPEC
 //! ("Segment definitions", "Field operators and empty values", "Behaviour
-//! criteria") independently of `segments::compile`: contacts and events are
-//! loaded into memory and every criterion is interpreted row at a time.
+//! criteria") a second time, independently of `segments::criteria` and
+//! `segments::compile`: it reads the criteria JSON itself (values, durations,
+//! windows, aggregates and the empty-value rules), loads contacts and events
+//! into memory and interprets every criterion row at a time.
 //!
-//! It reuses only the parsed criteria types and the operand typing of the
-//! library. `sql` and `query` criteria are not supported (they panic).
+//! From the library it takes only the data: the manifest (field types,
+//! segments, imports) and the files' contents. A `segment` criterion is
+//! evaluated from that segment's own criteria at the instant of its last
+//! computation (static segments keep their stored members), so chains of
+//! segments are checked too. `sql` and `query` criteria are not supported
+//! (they panic): callers leave them out.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -16,10 +23,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
 };
+use serde_json::Value;
 
 use segments::base::schema::FieldType;
-use segments::criteria::operand::{Operand, operand};
-use segments::criteria::{Agg, Behavior, Bound, Criterion, FieldCond, Op, Window};
 
 /// One value of a contact field or an event column.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +82,17 @@ pub struct RefContact {
     pub fields: HashMap<String, V>,
 }
 
+/// A segment as the manifest keeps it.
+pub struct RefSegment {
+    pub id: String,
+    /// The criteria of a dynamic segment; None for a static one.
+    pub criteria: Option<Value>,
+    /// The instant of its last computation.
+    pub as_of: Option<DateTime<Utc>>,
+    /// Its stored members (used for static segments only).
+    pub stored: BTreeSet<u32>,
+}
+
 /// A base loaded in memory.
 pub struct RefBase {
     pub tz: Tz,
@@ -86,6 +103,10 @@ pub struct RefBase {
     pub events: HashMap<u32, Vec<RefEvent>>,
     /// Import id and name → touched contacts.
     pub imports: HashMap<String, BTreeSet<u32>>,
+    /// Segment id and name → the segment.
+    pub segments: HashMap<String, std::rc::Rc<RefSegment>>,
+    /// Members of segments already evaluated, by id.
+    evaluated: RefCell<HashMap<String, BTreeSet<u32>>>,
 }
 
 fn column_values(a: &ArrayRef, ty: &FieldType) -> Vec<V> {
@@ -280,6 +301,23 @@ pub fn load(dir: &Path) -> RefBase {
         imports.insert(imp.name.clone(), set);
     }
 
+    let mut segments = HashMap::new();
+    for rec in &m.segments {
+        let stored = segments::jobs::segment_store::Members::load(dir, rec)
+            .expect("segment members")
+            .members
+            .iter()
+            .collect();
+        let seg = std::rc::Rc::new(RefSegment {
+            id: rec.id.clone(),
+            criteria: rec.criteria.clone(),
+            as_of: rec.stats.as_ref().map(|s| s.as_of),
+            stored,
+        });
+        segments.insert(rec.id.clone(), seg.clone());
+        segments.insert(rec.name.clone(), seg);
+    }
+
     RefBase {
         tz: base.tz(),
         fields,
@@ -287,6 +325,8 @@ pub fn load(dir: &Path) -> RefBase {
         contacts,
         events,
         imports,
+        segments,
+        evaluated: RefCell::new(HashMap::new()),
     }
 }
 
@@ -297,6 +337,8 @@ struct Cal {
     today: NaiveDate,
     tz: Tz,
 }
+
+const HOUR: i64 = 3_600_000_000;
 
 impl Cal {
     fn new(as_of: DateTime<Utc>, tz: Tz) -> Cal {
@@ -314,16 +356,85 @@ impl Cal {
             .date_naive()
     }
 
-    /// Midnight of a day in the base's time zone (µs); first valid instant if in a gap.
+    /// The first instant of a day in the base's time zone (µs): midnight
+    /// (the earlier one when the clock goes back over it), or where
+    /// midnight falls in a gap of the clock, the instant the day starts
+    /// after it (the first local minute that exists).
     fn midnight(&self, d: NaiveDate) -> i64 {
-        let mut t = d.and_hms_opt(0, 0, 0).unwrap();
-        for _ in 0..4 {
-            if let Some(x) = self.tz.from_local_datetime(&t).earliest() {
-                return x.timestamp_micros();
-            }
-            t += ChronoDuration::minutes(30);
-        }
-        panic!("no midnight for {d}")
+        let start = d.and_hms_opt(0, 0, 0).unwrap();
+        (0..=180)
+            .find_map(|m| {
+                self.tz
+                    .from_local_datetime(&(start + ChronoDuration::minutes(m)))
+                    .earliest()
+            })
+            .unwrap_or_else(|| panic!("no start of day for {d}"))
+            .timestamp_micros()
+    }
+}
+
+/// SPEC: durations are `Nh`, `Nd` or `Nw`.
+#[derive(Debug, Clone, Copy)]
+struct Dur {
+    hours: i64,
+}
+
+impl Dur {
+    fn parse(v: &Value) -> Dur {
+        let s = v
+            .as_str()
+            .unwrap_or_else(|| panic!("reference: duration {v}"));
+        let s = s.trim();
+        let (n, unit) = s.split_at(s.len() - 1);
+        let n: i64 = n
+            .parse()
+            .unwrap_or_else(|_| panic!("reference: duration {s:?}"));
+        let hours = match unit {
+            "h" => n,
+            "d" => 24 * n,
+            "w" => 7 * 24 * n,
+            _ => panic!("reference: duration {s:?}"),
+        };
+        Dur { hours }
+    }
+
+    fn micros(self) -> i64 {
+        self.hours * HOUR
+    }
+
+    /// Calendar days (hours are refused on dates).
+    fn days(self) -> ChronoDuration {
+        ChronoDuration::days(self.hours / 24)
+    }
+}
+
+fn date_of(v: &Value) -> NaiveDate {
+    let s = v.as_str().unwrap_or_else(|| panic!("reference: date {v}"));
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .unwrap_or_else(|_| panic!("reference: date {s:?}"))
+}
+
+fn pair(v: &Value) -> (&Value, &Value) {
+    match v.as_array().map(Vec::as_slice) {
+        Some([a, b]) => (a, b),
+        _ => panic!("reference: [low, high] expected, got {v}"),
+    }
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("reference: number {v}"))
+}
+
+/// A string, or a list of strings.
+fn texts(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().expect("a list of strings").to_string())
+            .collect(),
+        _ => panic!("reference: strings expected, got {v}"),
     }
 }
 
@@ -334,12 +445,12 @@ fn anniversary_in(year: i32, month: u32, day: u32) -> NaiveDate {
         .expect("valid anniversary")
 }
 
-fn anniversary_within(d: NaiveDate, today: NaiveDate, days: i64) -> bool {
+fn anniversary_within(d: NaiveDate, today: NaiveDate, days: ChronoDuration) -> bool {
     let mut next = anniversary_in(today.year(), d.month(), d.day());
     if next < today {
         next = anniversary_in(today.year() + 1, d.month(), d.day());
     }
-    next <= today + ChronoDuration::days(days)
+    next <= today + days
 }
 
 fn norm(s: &str, case_sensitive: bool) -> String {
@@ -350,147 +461,182 @@ fn norm(s: &str, case_sensitive: bool) -> String {
     }
 }
 
-/// Does a value meet a condition? `aggregate`: an empty value matches only `is_empty`.
-fn value_matches(
+/// The types of the SPEC's recognised contact columns, for criteria (the
+/// default segments) on a base that lacks some of them: every value empty.
+fn recognised(field: &str) -> Option<FieldType> {
+    Some(match field {
+        "email" | "phone" | "first_name" | "last_name" | "company" => FieldType::Text,
+        "email_optin" | "sms_optin" => FieldType::Bool,
+        "created_at" => FieldType::Timestamp,
+        "email_status" => FieldType::Choice {
+            values: [
+                "valid",
+                "hard_bounce",
+                "bad_syntax",
+                "bad_domain",
+                "bad_alias",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+        "sms_status" => FieldType::Choice {
+            values: ["valid", "hard_bounce", "bad_number"]
+                .map(String::from)
+                .to_vec(),
+        },
+        _ => return None,
+    })
+}
+
+/// Does a value meet `{"op": op, "value": value}` on a field of type `ty`?
+/// `aggregate`: the value is an aggregate of events, and an empty one
+/// matches only `is_empty`.
+fn matches_value(
     ty: &FieldType,
-    op: Op,
-    opnd: &Operand,
-    cs: bool,
+    op: &str,
+    value: &Value,
+    case_sensitive: bool,
     v: &V,
     cal: &Cal,
     aggregate: bool,
 ) -> bool {
     let empty = v.is_empty();
     match op {
-        Op::IsEmpty => return empty,
-        Op::IsNotEmpty => return !empty,
+        "is_empty" => return empty,
+        "is_not_empty" => return !empty,
         _ => {}
     }
     if empty {
-        if aggregate {
-            return false;
-        }
-        return match ty {
-            FieldType::Text | FieldType::Number { .. } | FieldType::Date | FieldType::Timestamp => {
-                op.is_negative()
-            }
-            FieldType::Choice { .. } => false,
-            FieldType::Bool => false,
-            FieldType::Tags => op == Op::ContainsNone,
-        };
+        // Rules 2 to 5: positive operators never match an empty field; the
+        // negative ones do on text, number and date fields; on choice
+        // fields no operator but is_empty does; contains_none matches
+        // empty tags; an empty aggregate matches only is_empty.
+        return !aggregate
+            && match ty {
+                FieldType::Text => matches!(
+                    op,
+                    "neq" | "not_in" | "not_starts_with" | "not_ends_with" | "not_contains"
+                ),
+                FieldType::Number { .. } | FieldType::Date | FieldType::Timestamp => op == "neq",
+                FieldType::Choice { .. } | FieldType::Bool => false,
+                FieldType::Tags => op == "contains_none",
+            };
     }
-    match ty {
-        FieldType::Text => {
-            let V::Text(s) = v else {
-                panic!("text value expected, got {v:?}")
-            };
-            let s = norm(s, cs);
-            let one = |x: &String| norm(x, cs);
-            match (op, opnd) {
-                (Op::Eq, Operand::Text(x)) => s == one(x),
-                (Op::Neq, Operand::Text(x)) => s != one(x),
-                (Op::In, Operand::Texts(xs)) => xs.iter().any(|x| s == one(x)),
-                (Op::NotIn, Operand::Texts(xs)) => !xs.iter().any(|x| s == one(x)),
-                (Op::StartsWith, Operand::Text(x)) => s.starts_with(&one(x)),
-                (Op::NotStartsWith, Operand::Text(x)) => !s.starts_with(&one(x)),
-                (Op::EndsWith, Operand::Text(x)) => s.ends_with(&one(x)),
-                (Op::NotEndsWith, Operand::Text(x)) => !s.ends_with(&one(x)),
-                (Op::Contains, Operand::Text(x)) => s.contains(&one(x)),
-                (Op::NotContains, Operand::Text(x)) => !s.contains(&one(x)),
-                _ => panic!("text: unexpected {op:?} {opnd:?}"),
+    match (ty, v) {
+        (FieldType::Text, V::Text(s)) => {
+            let s = norm(s, case_sensitive);
+            let xs: Vec<String> = texts(value)
+                .iter()
+                .map(|x| norm(x, case_sensitive))
+                .collect();
+            let x = &xs[0];
+            match op {
+                "eq" => &s == x,
+                "neq" => &s != x,
+                "in" => xs.contains(&s),
+                "not_in" => !xs.contains(&s),
+                "starts_with" => s.starts_with(x.as_str()),
+                "not_starts_with" => !s.starts_with(x.as_str()),
+                "ends_with" => s.ends_with(x.as_str()),
+                "not_ends_with" => !s.ends_with(x.as_str()),
+                "contains" => s.contains(x.as_str()),
+                "not_contains" => !s.contains(x.as_str()),
+                _ => panic!("reference: text operator {op:?}"),
             }
         }
-        FieldType::Choice { .. } => {
-            let V::Text(s) = v else {
-                panic!("choice value expected, got {v:?}")
-            };
-            match (op, opnd) {
-                (Op::Eq, Operand::Text(x)) => s == x,
-                (Op::Neq, Operand::Text(x)) => s != x,
-                (Op::In, Operand::Texts(xs)) => xs.contains(s),
-                (Op::NotIn, Operand::Texts(xs)) => !xs.contains(s),
-                _ => panic!("choice: unexpected {op:?} {opnd:?}"),
+        // Rule 1: choice values compare exactly.
+        (FieldType::Choice { .. }, V::Text(s)) => {
+            let xs = texts(value);
+            match op {
+                "eq" => s == &xs[0],
+                "neq" => s != &xs[0],
+                "in" => xs.contains(s),
+                "not_in" => !xs.contains(s),
+                _ => panic!("reference: choice operator {op:?}"),
             }
         }
-        FieldType::Number { .. } => {
-            let V::Num(n) = v else {
-                panic!("number value expected, got {v:?}")
-            };
+        (FieldType::Number { .. }, V::Num(n)) => {
             let n = *n;
-            match (op, opnd) {
-                (Op::Eq, Operand::Number(x)) => n == *x,
-                (Op::Neq, Operand::Number(x)) => n != *x,
-                (Op::Lt, Operand::Number(x)) => n < *x,
-                (Op::Lte, Operand::Number(x)) => n <= *x,
-                (Op::Gt, Operand::Number(x)) => n > *x,
-                (Op::Gte, Operand::Number(x)) => n >= *x,
-                (Op::Between, Operand::NumberRange(lo, hi)) => *lo <= n && n <= *hi,
-                _ => panic!("number: unexpected {op:?} {opnd:?}"),
+            match op {
+                "eq" => n == number(value),
+                "neq" => n != number(value),
+                "lt" => n < number(value),
+                "lte" => n <= number(value),
+                "gt" => n > number(value),
+                "gte" => n >= number(value),
+                "between" => {
+                    let (lo, hi) = pair(value);
+                    number(lo) <= n && n <= number(hi)
+                }
+                _ => panic!("reference: number operator {op:?}"),
             }
         }
-        FieldType::Date | FieldType::Timestamp => {
-            let (day, micros) = match v {
+        (FieldType::Date | FieldType::Timestamp, V::Date(_) | V::Ts(_)) => {
+            // Timestamps compare by their calendar day in the base's zone,
+            // but for the durations, which count from the instant.
+            let (day, instant) = match v {
                 V::Date(d) => (*d, None),
                 V::Ts(t) => (cal.local_day(*t), Some(*t)),
-                _ => panic!("date value expected, got {v:?}"),
+                _ => unreachable!(),
             };
-            match (op, opnd) {
-                (Op::Eq, Operand::Date(d)) => day == *d,
-                (Op::Neq, Operand::Date(d)) => day != *d,
-                (Op::Before, Operand::Date(d)) => day < *d,
-                (Op::After, Operand::Date(d)) => day > *d,
-                (Op::Between, Operand::DateRange(lo, hi)) => *lo <= day && day <= *hi,
-                (Op::WithinLast, Operand::Duration(dur)) => match micros {
-                    Some(t) => cal.as_of - dur.micros() < t && t <= cal.as_of,
-                    None => cal.today - ChronoDuration::days(dur.days()) <= day && day <= cal.today,
-                },
-                (Op::MoreThanAgo, Operand::Duration(dur)) => match micros {
-                    Some(t) => t <= cal.as_of - dur.micros(),
-                    None => day < cal.today - ChronoDuration::days(dur.days()),
-                },
-                (Op::AnniversaryWithin, Operand::Duration(dur)) => {
-                    anniversary_within(day, cal.today, dur.days())
+            match op {
+                "eq" => day == date_of(value),
+                "neq" => day != date_of(value),
+                "before" => day < date_of(value),
+                "after" => day > date_of(value),
+                "between" => {
+                    let (lo, hi) = pair(value);
+                    date_of(lo) <= day && day <= date_of(hi)
                 }
-                _ => panic!("date: unexpected {op:?} {opnd:?}"),
+                "within_last" => {
+                    let d = Dur::parse(value);
+                    match instant {
+                        Some(t) => cal.as_of - d.micros() < t && t <= cal.as_of,
+                        None => cal.today - d.days() <= day && day <= cal.today,
+                    }
+                }
+                "more_than_ago" => {
+                    let d = Dur::parse(value);
+                    match instant {
+                        Some(t) => t <= cal.as_of - d.micros(),
+                        None => day < cal.today - d.days(),
+                    }
+                }
+                "anniversary_within" => {
+                    anniversary_within(day, cal.today, Dur::parse(value).days())
+                }
+                _ => panic!("reference: date operator {op:?}"),
             }
         }
-        FieldType::Bool => {
-            let V::Bool(b) = v else {
-                panic!("bool value expected, got {v:?}")
-            };
+        (FieldType::Bool, V::Bool(b)) => match op {
+            "is_true" => *b,
+            // Rule 5: null is empty, not false.
+            "is_false" => !*b,
+            _ => panic!("reference: bool operator {op:?}"),
+        },
+        // Rule 7: tags compare like text.
+        (FieldType::Tags, V::Tags(tags)) => {
+            let have: BTreeSet<String> = tags.iter().map(|t| norm(t, case_sensitive)).collect();
+            let xs: Vec<String> = texts(value)
+                .iter()
+                .map(|x| norm(x, case_sensitive))
+                .collect();
             match op {
-                Op::IsTrue => *b,
-                Op::IsFalse => !*b,
-                _ => panic!("bool: unexpected {op:?}"),
+                "contains_any" => xs.iter().any(|x| have.contains(x)),
+                "contains_all" => xs.iter().all(|x| have.contains(x)),
+                "contains_none" => !xs.iter().any(|x| have.contains(x)),
+                _ => panic!("reference: tags operator {op:?}"),
             }
         }
-        FieldType::Tags => {
-            let V::Tags(tags) = v else {
-                panic!("tags value expected, got {v:?}")
-            };
-            let have: BTreeSet<String> = tags.iter().map(|t| norm(t, cs)).collect();
-            let Operand::Texts(xs) = opnd else {
-                panic!("tags: unexpected operand {opnd:?}")
-            };
-            let xs: Vec<String> = xs.iter().map(|x| norm(x, cs)).collect();
-            match op {
-                Op::ContainsAny => xs.iter().any(|x| have.contains(x)),
-                Op::ContainsAll => xs.iter().all(|x| have.contains(x)),
-                Op::ContainsNone => !xs.iter().any(|x| have.contains(x)),
-                _ => panic!("tags: unexpected {op:?}"),
-            }
-        }
+        _ => panic!("reference: a {} field holds {v:?}", ty.name()),
     }
 }
 
-fn cond_matches(ty: &FieldType, c: &FieldCond, v: &V, cal: &Cal) -> bool {
-    let opnd = operand(ty, c.op, &c.value).unwrap_or_else(|e| {
-        panic!(
-            "reference: invalid condition {c:?} on a {} field: {e}",
-            ty.name()
-        )
-    });
-    value_matches(ty, c.op, &opnd, c.case_sensitive, v, cal, false)
+/// A field condition `{"field", "op", "value", "case_sensitive"}` on a value.
+fn condition_holds(ty: &FieldType, c: &Value, v: &V, cal: &Cal) -> bool {
+    let op = c["op"].as_str().expect("an operator");
+    let case_sensitive = c.get("case_sensitive").and_then(Value::as_bool) == Some(true);
+    matches_value(ty, op, &c["value"], case_sensitive, v, cal, false)
 }
 
 impl RefBase {
@@ -502,180 +648,196 @@ impl RefBase {
         self.contacts.iter().find(|c| c.iid == iid)
     }
 
-    /// Evaluate a criterion at `as_of`; `segments` maps segment ids and names to members.
-    pub fn eval(
-        &self,
-        c: &Criterion,
-        as_of: DateTime<Utc>,
-        segments: &HashMap<String, BTreeSet<u32>>,
-    ) -> BTreeSet<u32> {
-        let cal = Cal::new(as_of, self.tz);
-        self.eval_in(c, &cal, segments)
+    /// Evaluate criteria (JSON) at `as_of`.
+    pub fn eval(&self, c: &Value, as_of: DateTime<Utc>) -> BTreeSet<u32> {
+        self.eval_in(c, &Cal::new(as_of, self.tz))
     }
 
-    fn eval_in(
-        &self,
-        c: &Criterion,
-        cal: &Cal,
-        segments: &HashMap<String, BTreeSet<u32>>,
-    ) -> BTreeSet<u32> {
-        match c {
-            Criterion::All(cs) => {
-                let mut acc = self.all();
-                for x in cs {
-                    let r = self.eval_in(x, cal, segments);
-                    acc = acc.intersection(&r).copied().collect();
-                }
-                acc
+    /// The members of a segment: its criteria at the instant of its last
+    /// computation (none before it was computed), or its stored members
+    /// when it is static.
+    pub fn segment(&self, key: &str) -> BTreeSet<u32> {
+        let seg = self
+            .segments
+            .get(key)
+            .unwrap_or_else(|| panic!("reference: unknown segment {key:?}"))
+            .clone();
+        if let Some(done) = self.evaluated.borrow().get(&seg.id) {
+            return done.clone();
+        }
+        let members = match (&seg.criteria, seg.as_of) {
+            (None, _) => seg.stored.intersection(&self.all()).copied().collect(),
+            (Some(_), None) => BTreeSet::new(),
+            (Some(c), Some(at)) => self.eval(c, at),
+        };
+        self.evaluated
+            .borrow_mut()
+            .insert(seg.id.clone(), members.clone());
+        members
+    }
+
+    fn eval_in(&self, c: &Value, cal: &Cal) -> BTreeSet<u32> {
+        let o = c
+            .as_object()
+            .unwrap_or_else(|| panic!("reference: criterion {c}"));
+        if let Some(cs) = o.get("all") {
+            // `all` of nothing is every contact.
+            let mut acc = self.all();
+            for x in cs.as_array().expect("all: a list") {
+                let r = self.eval_in(x, cal);
+                acc = acc.intersection(&r).copied().collect();
             }
-            Criterion::Any(cs) => {
-                let mut acc = BTreeSet::new();
-                for x in cs {
-                    acc.extend(self.eval_in(x, cal, segments));
-                }
-                acc
+            acc
+        } else if let Some(cs) = o.get("any") {
+            let mut acc = BTreeSet::new();
+            for x in cs.as_array().expect("any: a list") {
+                acc.extend(self.eval_in(x, cal));
             }
-            Criterion::Not(x) => {
-                let r = self.eval_in(x, cal, segments);
-                self.all().difference(&r).copied().collect()
-            }
-            Criterion::Field(f) => {
-                let ty = self
-                    .fields
-                    .get(&f.field)
-                    .unwrap_or_else(|| panic!("reference: unknown field {:?}", f.field));
-                self.contacts
-                    .iter()
-                    .filter(|ct| {
-                        cond_matches(ty, f, ct.fields.get(&f.field).unwrap_or(&V::Null), cal)
-                    })
-                    .map(|ct| ct.iid)
-                    .collect()
-            }
-            Criterion::Behavior(b) => self
-                .contacts
+            acc
+        } else if let Some(x) = o.get("not") {
+            let r = self.eval_in(x, cal);
+            self.all().difference(&r).copied().collect()
+        } else if let Some(f) = o.get("field") {
+            let f = f.as_str().expect("a field name");
+            let ty = self
+                .fields
+                .get(f)
+                .cloned()
+                .or_else(|| recognised(f))
+                .unwrap_or_else(|| panic!("reference: unknown field {f:?}"));
+            self.contacts
                 .iter()
-                .filter(|ct| self.behavior_matches(b, ct.iid, cal))
+                .filter(|ct| condition_holds(&ty, c, ct.fields.get(f).unwrap_or(&V::Null), cal))
                 .map(|ct| ct.iid)
-                .collect(),
-            Criterion::Segment(s) => {
-                let all = self.all();
-                segments
-                    .get(s)
-                    .unwrap_or_else(|| panic!("reference: unknown segment {s:?}"))
-                    .intersection(&all)
-                    .copied()
-                    .collect()
-            }
-            Criterion::Import(s) => {
-                let all = self.all();
-                self.imports
-                    .get(s)
-                    .unwrap_or_else(|| panic!("reference: unknown import {s:?}"))
-                    .intersection(&all)
-                    .copied()
-                    .collect()
-            }
-            Criterion::Sql(_) | Criterion::Query(_) => {
-                panic!("reference: sql and query are not supported")
-            }
+                .collect()
+        } else if let Some(b) = o.get("behavior") {
+            self.contacts
+                .iter()
+                .filter(|ct| self.behavior_holds(b, ct.iid, cal))
+                .map(|ct| ct.iid)
+                .collect()
+        } else if let Some(s) = o.get("segment") {
+            self.segment(s.as_str().expect("a segment id"))
+        } else if let Some(s) = o.get("import") {
+            let s = s.as_str().expect("an import id");
+            let all = self.all();
+            self.imports
+                .get(s)
+                .unwrap_or_else(|| panic!("reference: unknown import {s:?}"))
+                .intersection(&all)
+                .copied()
+                .collect()
+        } else {
+            panic!("reference: sql and query are not supported: {c}")
         }
     }
 
     /// The events of a contact that pass type, operation, where and window.
-    #[allow(dead_code)]
-    pub fn matching_events(&self, b: &Behavior, iid: u32, as_of: DateTime<Utc>) -> Vec<&RefEvent> {
-        self.matching_in(b, iid, &Cal::new(as_of, self.tz))
-    }
-
-    fn matching_in(&self, b: &Behavior, iid: u32, cal: &Cal) -> Vec<&RefEvent> {
+    fn matching(&self, b: &Value, iid: u32, cal: &Cal) -> Vec<&RefEvent> {
         let Some(evs) = self.events.get(&iid) else {
             return Vec::new();
         };
-        let (lo, hi) = match &b.within {
-            None => (None, None),
-            Some(Window::Last(d)) => (Some(cal.as_of - d.micros() + 1), None),
-            Some(Window::Range { after, before }) => {
-                let bound = |x: &Bound| match x {
-                    Bound::Date(d) => cal.midnight(*d),
-                    Bound::Ago(d) => cal.as_of - d.micros(),
-                };
-                (after.as_ref().map(bound), before.as_ref().map(bound))
-            }
+        let types = texts(&b["event"]);
+        let operations = b.get("operation").map(texts);
+        // `"30d"` keeps as_of - 30d < ts; {after, before}: after inclusive,
+        // before exclusive; a date is its midnight in the base's zone, a
+        // duration as_of minus it.
+        let bound = |v: Option<&Value>| -> Option<i64> {
+            let s = v?.as_str()?;
+            Some(match NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+                Ok(d) => cal.midnight(d),
+                Err(_) => cal.as_of - Dur::parse(&Value::from(s)).micros(),
+            })
         };
+        let (lo, hi) = match b.get("within") {
+            None => (None, None),
+            Some(w @ Value::String(_)) => (Some(cal.as_of - Dur::parse(w).micros() + 1), None),
+            Some(w) => (bound(w.get("after")), bound(w.get("before"))),
+        };
+        let wheres: Vec<&Value> = b
+            .get("where")
+            .map(|w| w.as_array().expect("where: a list").iter().collect())
+            .unwrap_or_default();
         evs.iter()
             .filter(|e| e.ts <= cal.as_of)
             .filter(|e| lo.is_none_or(|lo| e.ts >= lo))
             .filter(|e| hi.is_none_or(|hi| e.ts < hi))
-            .filter(|e| match e.cols.get("type") {
-                Some(V::Text(t)) => b.events.contains(t),
-                _ => false,
-            })
-            .filter(|e| match &b.operations {
+            .filter(|e| matches!(e.cols.get("type"), Some(V::Text(t)) if types.contains(t)))
+            .filter(|e| match &operations {
                 None => true,
-                Some(ops) => match e.cols.get("operation_id") {
-                    Some(V::Text(o)) => ops.contains(o),
-                    _ => false,
-                },
+                Some(ops) => {
+                    matches!(e.cols.get("operation_id"), Some(V::Text(o)) if ops.contains(o))
+                }
             })
             .filter(|e| {
-                b.wheres.iter().all(|w| {
+                wheres.iter().all(|w| {
+                    let col = w["field"].as_str().expect("a column");
                     let ty = self
                         .event_columns
-                        .get(&w.field)
-                        .unwrap_or_else(|| panic!("reference: unknown event column {:?}", w.field));
-                    cond_matches(ty, w, e.cols.get(&w.field).unwrap_or(&V::Null), cal)
+                        .get(col)
+                        .unwrap_or_else(|| panic!("reference: unknown event column {col:?}"));
+                    condition_holds(ty, w, e.cols.get(col).unwrap_or(&V::Null), cal)
                 })
             })
             .collect()
     }
 
-    /// The aggregate of a behaviour condition for a contact (V::Null when empty).
+    /// The events a behaviour criterion selects for a contact at `as_of`.
     #[allow(dead_code)]
-    pub fn aggregate(&self, b: &Behavior, iid: u32, as_of: DateTime<Utc>) -> V {
-        self.aggregate_in(b, iid, &Cal::new(as_of, self.tz))
+    pub fn matching_events(&self, b: &Value, iid: u32, as_of: DateTime<Utc>) -> Vec<&RefEvent> {
+        self.matching(b, iid, &Cal::new(as_of, self.tz))
     }
 
-    fn aggregate_in(&self, b: &Behavior, iid: u32, cal: &Cal) -> V {
-        let evs = self.matching_in(b, iid, cal);
-        let column = b
-            .having
-            .column
-            .clone()
-            .unwrap_or_else(|| "amount".to_string());
-        let nums = || -> Vec<f64> {
-            evs.iter()
-                .filter_map(|e| match e.cols.get(&column) {
-                    Some(V::Num(x)) => Some(*x),
-                    _ => None,
-                })
-                .collect()
-        };
-        match b.having.agg {
-            Agg::Count => V::Num(evs.len() as f64),
-            Agg::Sum => V::Num(nums().iter().sum()),
-            Agg::Avg => {
-                let v = nums();
-                if v.is_empty() {
-                    V::Null
-                } else {
-                    V::Num(v.iter().sum::<f64>() / v.len() as f64)
-                }
+    /// The aggregate of `having` over a contact's matching events (V::Null
+    /// when empty): count and sum of nothing are 0; avg, min, max, first and
+    /// last of nothing are empty; empty values of the column are ignored.
+    fn aggregate(&self, b: &Value, iid: u32, cal: &Cal) -> V {
+        let evs = self.matching(b, iid, cal);
+        let having = b.get("having");
+        let agg = having
+            .and_then(|h| h.get("agg"))
+            .and_then(Value::as_str)
+            .unwrap_or("count");
+        let column = having
+            .and_then(|h| h.get("field"))
+            .and_then(Value::as_str)
+            .unwrap_or("amount");
+        let nums: Vec<f64> = evs
+            .iter()
+            .filter_map(|e| match e.cols.get(column) {
+                Some(V::Num(x)) => Some(*x),
+                _ => None,
+            })
+            .collect();
+        let or_empty = |x: Option<f64>| x.map_or(V::Null, V::Num);
+        match agg {
+            "count" => V::Num(evs.len() as f64),
+            "sum" => V::Num(nums.iter().sum()),
+            "avg" => {
+                or_empty((!nums.is_empty()).then(|| nums.iter().sum::<f64>() / nums.len() as f64))
             }
-            Agg::Min => nums().into_iter().reduce(f64::min).map_or(V::Null, V::Num),
-            Agg::Max => nums().into_iter().reduce(f64::max).map_or(V::Null, V::Num),
-            Agg::First => evs.iter().map(|e| e.ts).min().map_or(V::Null, V::Ts),
-            Agg::Last => evs.iter().map(|e| e.ts).max().map_or(V::Null, V::Ts),
+            "min" => or_empty(nums.iter().copied().reduce(f64::min)),
+            "max" => or_empty(nums.iter().copied().reduce(f64::max)),
+            "first" => evs.iter().map(|e| e.ts).min().map_or(V::Null, V::Ts),
+            "last" => evs.iter().map(|e| e.ts).max().map_or(V::Null, V::Ts),
+            _ => panic!("reference: aggregate {agg:?}"),
         }
     }
 
-    fn behavior_matches(&self, b: &Behavior, iid: u32, cal: &Cal) -> bool {
-        let h = &b.having;
-        let ty = h.value_type();
-        let opnd = operand(&ty, h.op, &h.value)
-            .unwrap_or_else(|e| panic!("reference: invalid having {h:?}: {e}"));
-        let v = self.aggregate_in(b, iid, cal);
-        value_matches(&ty, h.op, &opnd, false, &v, cal, true)
+    fn behavior_holds(&self, b: &Value, iid: u32, cal: &Cal) -> bool {
+        let v = self.aggregate(b, iid, cal);
+        // Without `having`: at least one matching event.
+        let Some(h) = b.get("having") else {
+            return matches!(v, V::Num(n) if n >= 1.0);
+        };
+        let agg = h.get("agg").and_then(Value::as_str).unwrap_or("count");
+        // first and last are instants and take the date operators.
+        let ty = match agg {
+            "first" | "last" => FieldType::Timestamp,
+            _ => FieldType::Number { integer: false },
+        };
+        let op = h["op"].as_str().expect("an operator");
+        matches_value(&ty, op, &h["value"], false, &v, cal, true)
     }
 
     /// A readable dump of a contact and its events, for failure messages.
