@@ -38,6 +38,27 @@ fn walk(p: &std::path::Path) -> Vec<String> {
 
 const AS_OF: &str = "2026-03-02T12:00:00Z";
 
+/// The rows of a query over a snapshot, as a table.
+fn sql_table(snap: &segments::base::Snapshot, query: &str) -> String {
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(snap, query))
+        .unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string()
+}
+
+/// The one whole number a query gives.
+fn sql_number(snap: &segments::base::Snapshot, query: &str) -> i64 {
+    let rows = super::common::rt()
+        .block_on(segments::sql::run_query(snap, query))
+        .unwrap();
+    datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(
+        rows[0].column(0),
+    )
+    .value(0)
+}
+
 #[test]
 fn every_field_type_round_trips_through_csv_and_parquet() {
     let tb = new_base("UTC");
@@ -69,17 +90,12 @@ fn every_field_type_round_trips_through_csv_and_parquet() {
         ]
     );
     // The values are the file's, typed.
-    let rows = super::common::rt()
-        .block_on(segments::sql::run_query(
+    assert_eq!(
+        sql_table(
             &snap,
             "SELECT contact_id, name, score, ratio, birth, seen, optin, loyalty, interests \
              FROM contacts ORDER BY contact_id",
-        ))
-        .unwrap();
-    assert_eq!(
-        datafusion::arrow::util::pretty::pretty_format_batches(&rows)
-            .unwrap()
-            .to_string(),
+        ),
         "\
 +------------+------+-------+-------+------------+----------------------+-------+---------+-----------+
 | contact_id | name | score | ratio | birth      | seen                 | optin | loyalty | interests |
@@ -269,15 +285,7 @@ fn unknown_contact_events_fail_with_count_or_are_skipped() {
     w.commit().unwrap();
     assert_eq!((r.rows_added, r.rows_skipped), (1, 1));
     let snap = tb.base.snapshot().unwrap();
-    let rows = super::common::rt()
-        .block_on(segments::sql::run_query(
-            &snap,
-            "SELECT contact_id, type FROM events",
-        ))
-        .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
-        .unwrap()
-        .to_string();
+    let text = sql_table(&snap, "SELECT contact_id, type FROM events");
     assert!(
         text.contains("| 1          | web_visit |") && !text.contains("| 9 "),
         "only the known contact's event is kept:\n{text}"
@@ -428,32 +436,21 @@ fn no_trace_of(tb: &TestBase, iid: u32, contact_id: u64) {
                 (SELECT count(*) FROM contacts WHERE contact_id = {contact_id}) + \
                 (SELECT count(*) FROM events WHERE contact_id = {contact_id}) AS n"
     );
-    let rows = super::common::rt()
-        .block_on(segments::sql::run_query(&snap, &query))
-        .unwrap();
-    let n = datafusion::arrow::array::AsArray::as_primitive::<
-        datafusion::arrow::datatypes::Int64Type,
-    >(rows[0].column(0))
-    .value(0);
-    assert_eq!(n, 0, "SQL still sees contact {contact_id}");
+    assert_eq!(
+        sql_number(&snap, &query),
+        0,
+        "SQL still sees contact {contact_id}"
+    );
 }
 
 /// Everything a reader of a snapshot can see: contacts, events, and the
 /// members of every segment.
 fn read_all(snap: &segments::base::Snapshot) -> String {
     let contacts = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
-    let events = super::common::rt()
-        .block_on(segments::sql::run_query(
-            snap,
-            "SELECT * FROM events ORDER BY contact_id, ts, type",
-        ))
-        .unwrap();
     let mut out = datafusion::arrow::util::pretty::pretty_format_batches(&[contacts])
         .unwrap()
         .to_string();
-    out += &datafusion::arrow::util::pretty::pretty_format_batches(&events)
-        .unwrap()
-        .to_string();
+    out += &sql_table(snap, "SELECT * FROM events ORDER BY contact_id, ts, type");
     for rec in &snap.manifest.segments {
         let m = segments::jobs::segment_store::Members::load(snap.dir(), rec).unwrap();
         out += &format!("\n{}: {:?}", rec.id, m.members.iter().collect::<Vec<_>>());
@@ -728,16 +725,10 @@ fn text_columns_of_few_values_are_stored_as_dictionaries_with_the_same_answers()
 
     // Ad-hoc SQL reads the dictionary columns as text.
     let snap = tb.base.snapshot().unwrap();
-    let rows = super::common::rt()
-        .block_on(segments::sql::run_query(
-            &snap,
-            "SELECT count(*) AS n FROM contacts WHERE loyalty = 'gold' AND lower(city) LIKE 'ville%'",
-        ))
-        .unwrap();
-    let n = datafusion::arrow::array::AsArray::as_primitive::<
-        datafusion::arrow::datatypes::Int64Type,
-    >(rows[0].column(0))
-    .value(0);
+    let n = sql_number(
+        &snap,
+        "SELECT count(*) AS n FROM contacts WHERE loyalty = 'gold' AND lower(city) LIKE 'ville%'",
+    );
     assert_eq!(
         n,
         (1..=40).filter(|i| i % 3 == 1 && i % 4 != 0).count() as i64

@@ -563,6 +563,16 @@ const COUNT_MEMBERS: &[&str] = &[
     "SELECT count(*) FROM segment_members WHERE segment_id = 'all_contacts'",
 ];
 
+/// Every command but `segment list` and `show` reads the contacts file:
+/// events and members name their contacts by `contact_id`, read from it.
+const READ_CONTACTS: &[&[&str]] = &[
+    RECOMPUTE,
+    COUNT_CONTACTS,
+    MEMBERS,
+    COUNT_EVENTS,
+    COUNT_MEMBERS,
+];
+
 fn cut_in_half(f: &std::path::Path) {
     let len = std::fs::metadata(f).unwrap().len();
     let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
@@ -601,45 +611,21 @@ fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
             what: "contacts file cut in half",
             file: contacts_file,
             damage: cut_in_half,
-            // Events and members name their contacts by `contact_id`, read
-            // from contacts.
-            fail: &[
-                RECOMPUTE,
-                COUNT_CONTACTS,
-                MEMBERS,
-                COUNT_EVENTS,
-                COUNT_MEMBERS,
-            ],
+            fail: READ_CONTACTS,
             pass: &[LIST, SHOW],
         },
         Damage {
             what: "contacts file emptied",
             file: contacts_file,
             damage: |f| std::fs::write(f, b"").unwrap(),
-            // Events and members name their contacts by `contact_id`, read
-            // from contacts.
-            fail: &[
-                RECOMPUTE,
-                COUNT_CONTACTS,
-                MEMBERS,
-                COUNT_EVENTS,
-                COUNT_MEMBERS,
-            ],
+            fail: READ_CONTACTS,
             pass: &[LIST, SHOW],
         },
         Damage {
             what: "contacts file removed",
             file: contacts_file,
             damage: |f| std::fs::remove_file(f).unwrap(),
-            // Events and members name their contacts by `contact_id`, read
-            // from contacts.
-            fail: &[
-                RECOMPUTE,
-                COUNT_CONTACTS,
-                MEMBERS,
-                COUNT_EVENTS,
-                COUNT_MEMBERS,
-            ],
+            fail: READ_CONTACTS,
             pass: &[LIST, SHOW],
         },
         Damage {
