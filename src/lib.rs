@@ -1,22 +1,28 @@
 //! segments: a contact segmentation engine.
 //!
-//! The data flow, in five rooms:
+//! The data flow, room by room; each uses only the rooms above it in this
+//! list:
 //!
-//! - [`base`]: the base on disk — configuration, versioned manifests, contacts
-//!   and events in Parquet, imports, the writer lock and reader snapshots.
+//! - [`error`]: the one error type.
+//! - [`base`]: the base on disk — configuration, versioned manifests,
+//!   contacts and events in Parquet, ids, imports, bitmap files, segments'
+//!   stored members and history, the writer lock and reader snapshots.
 //! - [`criteria`]: the definition language (JSON), its validation with JSON
 //!   paths, and the graph of references between segments.
-//! - [`compile`]: criteria → DataFusion logical plans (one fused scan of
-//!   contacts, one of events), then trees evaluated on bitmaps.
-//! - [`bitmaps`]: roaring bitmaps of internal contact ids, their file format.
+//! - [`engine`]: the DataFusion session over one version (tables, functions,
+//!   caches, memory limit), the tables of ad-hoc SQL, the read-only guard.
+//! - [`compile`]: criteria → DataFusion plans (one fused scan of contacts,
+//!   one of events), then trees evaluated on bitmaps.
 //! - [`jobs`]: the verbs — init, segment lifecycle, the nightly recompute,
-//!   audiences; [`sql`]: read-only SQL; [`synth`]: synthetic bases.
+//!   audiences, exports.
+//! - [`sql`]: read-only SQL for users, over a snapshot or the PostgreSQL
+//!   protocol; [`synth`]: synthetic bases; [`bench`]: benchmark workloads.
 
 pub mod base;
 pub mod bench;
-pub mod bitmaps;
 pub mod compile;
 pub mod criteria;
+pub mod engine;
 pub mod error;
 pub mod jobs;
 pub mod sql;

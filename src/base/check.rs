@@ -5,9 +5,9 @@
 use roaring::RoaringBitmap;
 
 use crate::base::Snapshot;
+use crate::base::bitmaps::{TaggedBitmaps, read_bitmap};
 use crate::base::manifest::Manifest;
 use crate::base::store::read_checked;
-use crate::bitmaps::{TaggedBitmaps, read_bitmap};
 use crate::error::{Error, Result};
 
 /// Problems found, each naming the file or segment; empty when the base is sound.
@@ -35,7 +35,7 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
         ));
     }
     if let Some(f) = &m.contacts {
-        match crate::base::contacts::ContactIdMap::load(dir, m) {
+        match crate::base::ids::ContactIdMap::load(dir, m) {
             Ok(map) => {
                 let ids: RoaringBitmap = map.to_iid.values().copied().collect();
                 if ids != all || map.to_iid.len() as u64 != all.len() {

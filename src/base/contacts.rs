@@ -15,7 +15,11 @@ use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use rayon::prelude::*;
 use roaring::{RoaringBitmap, RoaringTreemap};
 
-use crate::base::input::{ColumnData, Inference, InputChunks, InputTable, chunk_bytes, typed_text};
+use crate::base::Writer;
+use crate::base::bitmaps::{read_bitmap, write_bitmap};
+use crate::base::ids::{ContactIdMap, id_columns, input_contact_ids};
+use crate::base::imports::{ImportReport, import_name};
+use crate::base::input::{Inference, InputChunks, InputTable, chunk_bytes, typed_text};
 use crate::base::manifest::{DataFile, ImportKind, ImportRecord, Manifest};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_contact_field,
@@ -24,8 +28,6 @@ use crate::base::table::{
     ParallelWriter, ParquetFile, Spool, Taker, contacts_properties, parquet_schema, read_parquet,
     read_parquet_one, schema_ref, write_parquet,
 };
-use crate::base::{Snapshot, Writer};
-use crate::bitmaps::{read_bitmap, write_bitmap};
 use crate::error::{Error, Result};
 
 /// The Arrow schema of the contacts file for a list of fields.
@@ -153,124 +155,9 @@ pub fn load_contacts(dir: &Path, m: &Manifest) -> Result<RecordBatch> {
     }
 }
 
-/// `contact_id` → internal id, for every live contact (a fast hash: an
-/// events import looks up every row).
-#[derive(Debug, Default, Clone)]
-pub struct ContactIdMap {
-    pub to_iid: datafusion::common::HashMap<u64, u32>,
-}
-
-impl ContactIdMap {
-    pub fn load(dir: &Path, m: &Manifest) -> Result<ContactIdMap> {
-        let Some(f) = &m.contacts else {
-            return Ok(ContactIdMap::default());
-        };
-        let batch = read_parquet_one(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
-        let mut to_iid = datafusion::common::HashMap::with_capacity(batch.num_rows());
-        let (iids, cids) = id_columns(&batch)?;
-        for (i, c) in iids.values().iter().zip(cids.values()) {
-            to_iid.insert(*c, *i);
-        }
-        Ok(ContactIdMap { to_iid })
-    }
-
-    pub fn from_snapshot(s: &Snapshot) -> Result<ContactIdMap> {
-        Self::load(s.dir(), &s.manifest)
-    }
-}
-
-fn id_columns(batch: &RecordBatch) -> Result<(&UInt32Array, &UInt64Array)> {
-    let iids = batch
-        .column_by_name(IID)
-        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
-        .ok_or_else(|| Error::Internal("contacts file without _iid".into()))?;
-    let cids = batch
-        .column_by_name(CONTACT_ID)
-        .and_then(|a| a.as_any().downcast_ref::<UInt64Array>())
-        .ok_or_else(|| Error::Internal("contacts file without contact_id".into()))?;
-    Ok((iids, cids))
-}
-
-/// Read the `contact_id` column of an input file, refusing missing and negative ids.
-pub fn input_contact_ids(input: &InputTable) -> Result<Vec<u64>> {
-    let idx = input.column(CONTACT_ID).ok_or_else(|| {
-        Error::input(
-            &input.file,
-            "header",
-            "the required column \"contact_id\" is missing",
-        )
-    })?;
-    let ty = FieldType::Number { integer: true };
-    match &input.columns[idx].data {
-        ColumnData::Cells(cells) => cells
-            .iter()
-            .enumerate()
-            .map(|(row, c)| match c {
-                None => Err(input.error(row, CONTACT_ID, "contact_id is missing")),
-                Some(s) => s.parse::<u64>().map_err(|_| {
-                    input.error(
-                        row,
-                        CONTACT_ID,
-                        format!("{s:?} is not a non-negative 64-bit integer"),
-                    )
-                }),
-            })
-            .collect(),
-        ColumnData::Arrow(_) => {
-            let arr = input.typed(idx, &ty, ";")?;
-            let cast = datafusion::arrow::compute::cast(&arr, &DataType::UInt64);
-            let a = arr
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>();
-            let mut out = Vec::with_capacity(input.rows);
-            for row in 0..input.rows {
-                match a {
-                    Some(a) if a.is_valid(row) && a.value(row) >= 0 => {
-                        out.push(a.value(row) as u64)
-                    }
-                    Some(a) if a.is_valid(row) => {
-                        return Err(input.error(
-                            row,
-                            CONTACT_ID,
-                            "contact_id must not be negative",
-                        ));
-                    }
-                    _ => {
-                        // u64 values above i64::MAX: read them without the Int64 detour.
-                        let u = cast.as_ref().ok().and_then(|c| {
-                            c.as_any()
-                                .downcast_ref::<UInt64Array>()
-                                .filter(|u| u.is_valid(row))
-                                .map(|u| u.value(row))
-                        });
-                        match u {
-                            Some(v) => out.push(v),
-                            None => {
-                                return Err(input.error(row, CONTACT_ID, "contact_id is missing"));
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        }
-    }
-}
-
 pub struct ImportOptions {
     pub name: Option<String>,
     pub overwrite_empty: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ImportReport {
-    pub id: String,
-    pub name: String,
-    pub file: String,
-    pub rows_added: u64,
-    pub rows_updated: u64,
-    pub rows_skipped: u64,
-    pub new_fields: Vec<String>,
 }
 
 /// Decide the type of each input column: the base's field, the declaration in
@@ -786,44 +673,6 @@ fn new_rows_batch(
     Ok(RecordBatch::try_new(plain.clone(), columns)?)
 }
 
-/// The id and name of a new import: the given name, or the file's stem and the time.
-pub fn import_name(
-    m: &Manifest,
-    file: &Path,
-    name: Option<&str>,
-    now: chrono::DateTime<Utc>,
-) -> Result<(String, String)> {
-    let taken = |n: &str| m.imports.iter().any(|i| i.name == n);
-    let name = match name {
-        Some(n) if taken(n) => {
-            return Err(Error::usage(format!(
-                "an import named {n:?} already exists"
-            )));
-        }
-        Some(n) => n.to_string(),
-        None => {
-            // Two imports of one file within a second get numbered names.
-            let stem = format!(
-                "{} {}",
-                file.file_stem().unwrap_or_default().to_string_lossy(),
-                now.format("%Y-%m-%d %H:%M:%S")
-            );
-            (1..)
-                .map(|k| match k {
-                    1 => stem.clone(),
-                    _ => format!("{stem} ({k})"),
-                })
-                .find(|n| !taken(n))
-                .expect("a free name")
-        }
-    };
-    let mut id = crate::criteria::slug(&name);
-    if m.imports.iter().any(|i| i.id == id) {
-        id = format!("{id}-{}", m.imports.len() + 1);
-    }
-    Ok((id, name))
-}
-
 /// Delete contacts everywhere: contacts, events, imports, segments and history.
 /// Returns how many of the given ids were contacts of the base.
 pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
@@ -853,7 +702,7 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
             .map(|(i, _)| *i)
             .collect()
     };
-    let gone_optins = crate::jobs::segment_store::OptIns {
+    let gone_optins = crate::base::members::OptIns {
         email: optin_of("email_optin"),
         sms: optin_of("sms_optin"),
     };
@@ -884,6 +733,6 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
         imp.contacts = write_bitmap(w, "import", &bm)?;
     }
     w.next.imports = imports;
-    crate::jobs::segment_store::forget_contacts(w, &gone, &gone_optins)?;
+    crate::base::members::forget_contacts(w, &gone, &gone_optins)?;
     Ok(gone.len())
 }

@@ -17,26 +17,16 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::base::Writer;
-use crate::base::contacts::{ContactIdMap, import_name, input_contact_ids};
+use crate::base::bitmaps::write_bitmap;
+use crate::base::ids::{ContactIdMap, input_contact_ids};
+use crate::base::imports::{ImportReport, import_name};
 use crate::base::input::InputChunks;
 use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
 };
 use crate::base::table::{events_properties, read_parquet_one, schema_ref, write_parquet};
-use crate::bitmaps::write_bitmap;
 use crate::error::{Error, Result};
-
-/// Columns every events table has, after `_iid` and `contact_id`.
-pub fn standard_event_columns() -> Vec<FieldDef> {
-    ["ts", "type", "operation_id", "url", "amount", "name"]
-        .iter()
-        .map(|n| FieldDef {
-            name: n.to_string(),
-            ty: recognised_event_field(n).expect("standard column"),
-        })
-        .collect()
-}
 
 /// Text event columns (types, operations, URLs, product names...) repeat a
 /// limited set of values: they are stored dictionary-encoded and read as
@@ -79,7 +69,7 @@ pub fn import_events(
     w: &mut Writer,
     file: &Path,
     opts: &EventImportOptions,
-) -> Result<crate::base::contacts::ImportReport> {
+) -> Result<ImportReport> {
     let input = InputChunks::open(file)?.text_as_dictionaries()?;
     for required in [CONTACT_ID, "ts", "type"] {
         if input.column(required).is_none() {
@@ -183,7 +173,7 @@ pub fn import_events(
     let now = Utc::now();
     let (id, name) = import_name(&w.next, file, opts.name.as_deref(), now)?;
     let touched_file = write_bitmap(w, "import", &touched)?;
-    let report = crate::base::contacts::ImportReport {
+    let report = ImportReport {
         id: id.clone(),
         name: name.clone(),
         file: file.display().to_string(),

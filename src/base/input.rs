@@ -759,6 +759,11 @@ pub fn date_to_days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
 }
 
+/// The calendar date of a number of days since 1970-01-01 (Arrow's `Date32`).
+pub fn days_to_date(days: i32) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(chrono::Duration::days(days as i64))
+}
+
 type CellError = (usize, String);
 
 /// Text cells (a `Utf8` array, nulls for empty cells) converted to `ty`,

@@ -219,7 +219,7 @@ impl Manifest {
             all_contacts: None,
             contact_count: 0,
             fields: Vec::new(),
-            event_columns: crate::base::events::standard_event_columns(),
+            event_columns: crate::base::schema::standard_event_columns(),
             events: Vec::new(),
             imports: Vec::new(),
             segments: Vec::new(),
@@ -344,6 +344,50 @@ fn parse_manifest(dir: &Path, version: u64, path: &Path, bytes: &[u8]) -> Result
         ));
     }
     Ok(m)
+}
+
+/// Ids are lower-case letters, digits, `-` and `_`.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(|c| c.to_lowercase()) {
+        let c = match c {
+            'à' | 'á' | 'â' | 'ä' | 'ã' | 'å' => 'a',
+            'ç' => 'c',
+            'è' | 'é' | 'ê' | 'ë' => 'e',
+            'ì' | 'í' | 'î' | 'ï' => 'i',
+            'ò' | 'ó' | 'ô' | 'ö' | 'õ' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' => 'u',
+            'ÿ' => 'y',
+            'ñ' => 'n',
+            c => c,
+        };
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out = out.trim_matches('-').to_string();
+    if out.is_empty() {
+        "segment".into()
+    } else {
+        out.chars().take(64).collect()
+    }
+}
+
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid id {id:?}: use 1 to 64 lower-case letters, digits, '-' or '_'"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -6,15 +6,20 @@
 //! manifest atomically; superseded files are collected once no reader can
 //! still need them (pins of live processes, plus a grace period).
 
+pub mod bitmaps;
 pub mod check;
 pub mod config;
 pub mod contacts;
 pub mod events;
+pub mod ids;
+pub mod imports;
 pub mod input;
 pub mod lock;
 pub mod manifest;
+pub mod members;
 pub mod pages;
 pub mod schema;
+pub mod status;
 pub mod store;
 pub mod table;
 

@@ -150,3 +150,14 @@ pub fn check_field_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Columns every events table has, after `_iid` and `contact_id`.
+pub fn standard_event_columns() -> Vec<FieldDef> {
+    ["ts", "type", "operation_id", "url", "amount", "name"]
+        .iter()
+        .map(|n| FieldDef {
+            name: n.to_string(),
+            ty: recognised_event_field(n).expect("standard column"),
+        })
+        .collect()
+}

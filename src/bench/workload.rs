@@ -14,10 +14,10 @@ use super::{
     write_json,
 };
 use crate::base::Base;
+use crate::base::members::Members;
 use crate::criteria::Definition;
 use crate::error::{Error, Result};
 use crate::jobs::recompute::{active_ids, dependency_order, recompute, targets_of};
-use crate::jobs::segment_store::Members;
 
 const PREFIXES: &[&str] = &[
     "par", "lyo", "mar", "tou", "ni", "bor", "lil", "ren", "é", "gr",
@@ -345,7 +345,7 @@ fn write_nightly_files(base: &Base) -> Result<()> {
         &snap.dir().join("bench-segments.json"),
         &json!({"as_of": bench_as_of().to_rfc3339(), "time_zone": base.config.time_zone, "segments": segs}),
     )?;
-    let map = crate::base::contacts::ContactIdMap::load(snap.dir(), m)?;
+    let map = crate::base::ids::ContactIdMap::load(snap.dir(), m)?;
     let mut by_iid: Vec<u64> = vec![0; m.next_iid as usize];
     for (c, i) in &map.to_iid {
         by_iid[*i as usize] = *c;

@@ -15,13 +15,15 @@ use serde_json::json;
 use output::{Format, print_rows};
 use segments::base::Base;
 use segments::base::config::Config;
-use segments::base::contacts::{ImportOptions, ImportReport, delete_contacts, import_contacts};
+use segments::base::contacts::{ImportOptions, delete_contacts, import_contacts};
 use segments::base::events::{EventImportOptions, import_events};
+use segments::base::imports::ImportReport;
+use segments::base::status::effective_status;
 use segments::criteria::Definition;
 use segments::jobs::export::RowFormat;
+use segments::jobs::init;
 use segments::jobs::recompute::{RunReport, after_import, compute_into, recompute};
 use segments::jobs::segments::{self as seg, Channel};
-use segments::jobs::{effective_status, init};
 
 #[derive(Parser)]
 #[command(
@@ -416,7 +418,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut all = ids;
             if let Some(f) = file {
                 let input = segments::base::input::InputTable::read(&f)?;
-                all.extend(segments::base::contacts::input_contact_ids(&input)?);
+                all.extend(segments::base::ids::input_contact_ids(&input)?);
             }
             let mut w = base.writer(&describe("contacts delete"))?;
             let n = delete_contacts(&mut w, &all)?;
@@ -780,7 +782,7 @@ fn segment_row(
 
 async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
     let base = open(dir)?;
-    let computing = segments::jobs::computing_now(base.dir());
+    let computing = segments::base::status::computing_now(base.dir());
     match cmd {
         SegmentCmd::Preview { file, as_of } => {
             let def = read_definition(&file)?;

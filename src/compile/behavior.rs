@@ -46,13 +46,13 @@ use futures::StreamExt;
 use roaring::RoaringBitmap;
 
 use crate::base::schema::{FieldType, IID};
-use crate::bitmaps::materialize::bits_from;
-use crate::compile::Session;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
-use crate::compile::session::{EVENTS, ScanLayout};
+use crate::compile::materialize::bits_from;
 use crate::criteria::operand::operand;
 use crate::criteria::{Agg, Behavior, Bound, Op, Operand, Window};
+use crate::engine::Session;
+use crate::engine::session::{EVENTS, ScanLayout};
 use crate::error::{Error, Result};
 
 /// Memory for the per-contact state of one shard; a shard covers as many

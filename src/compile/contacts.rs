@@ -30,10 +30,10 @@ use roaring::RoaringBitmap;
 
 use crate::base::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
 use crate::base::schema::IID;
-use crate::bitmaps::materialize::{add_masked, bits_from, iid_column};
-use crate::compile::Session;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
-use crate::compile::session::CONTACTS;
+use crate::compile::materialize::{add_masked, bits_from, iid_column};
+use crate::engine::Session;
+use crate::engine::session::CONTACTS;
 use crate::error::{Error, Result};
 
 /// Functions of one column computed once per row when conditions use them:

@@ -18,7 +18,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::compile::Session;
+use crate::engine::Session;
 use crate::error::Result;
 
 /// A boolean expression over one dictionary column.

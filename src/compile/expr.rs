@@ -15,9 +15,9 @@ use datafusion::logical_expr::{Expr, lit};
 
 use crate::base::input::date_to_days;
 use crate::base::schema::FieldType;
-use crate::compile::udf::{LowerTags, LowerText, MonthDay};
 use crate::criteria::operand::{Operand, operand};
 use crate::criteria::{FieldCond, Op};
+use crate::engine::udf::{LowerTags, LowerText, MonthDay};
 use crate::error::{Error, Result};
 
 /// The evaluation instant and the calendar it is read in.
@@ -55,11 +55,6 @@ impl Clock {
                 .unwrap_or_else(|| midnight.and_utc().timestamp_micros()),
         }
     }
-
-    /// The calendar day of an instant in the base's time zone.
-    pub fn local_date(&self, micros: i64) -> Option<NaiveDate> {
-        DateTime::from_timestamp_micros(micros).map(|t| t.with_timezone(&self.tz).date_naive())
-    }
 }
 
 /// `e IS NOT NULL AND e`: true where `e` is true, false where it is false or
@@ -68,10 +63,6 @@ impl Clock {
 /// always keep once filters are pushed down and subexpressions shared.
 pub fn holds(e: Expr) -> Expr {
     e.clone().is_not_null().and(e)
-}
-
-pub fn days_to_date(days: i32) -> Option<NaiveDate> {
-    NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(ChronoDuration::days(days as i64))
 }
 
 pub fn ts_lit(micros: i64) -> Expr {
@@ -100,7 +91,7 @@ pub fn anniversary_days(today: NaiveDate, days: i64) -> Vec<i32> {
     let span = days.min(366);
     for i in 0..=span {
         let d = today + ChronoDuration::days(i);
-        out.push(crate::compile::udf::month_day_of(d));
+        out.push(crate::engine::udf::month_day_of(d));
         if d.month() == 2 && d.day() == 28 && NaiveDate::from_ymd_opt(d.year(), 2, 29).is_none() {
             out.push(229);
         }

@@ -13,8 +13,7 @@ pub mod behavior;
 mod contacts;
 mod dictionary;
 pub mod expr;
-pub mod session;
-pub mod udf;
+pub mod materialize;
 
 use std::collections::HashMap;
 use std::ops::Not;
@@ -27,12 +26,12 @@ use futures::StreamExt;
 use roaring::RoaringBitmap;
 
 use crate::base::schema::{FieldType, IID};
-use crate::bitmaps::materialize::{add_masked, iid_column};
+use crate::compile::materialize::{add_masked, iid_column};
 use crate::criteria::{Behavior, Criterion};
+use crate::engine::Session;
 use crate::error::{Error, Result};
 pub use behavior::BehaviorParts;
 use expr::{Clock, EmptyRule, cond_expr};
-pub use session::{Session, read_only};
 
 /// A criteria tree with its leaves replaced by indices into the [`Plan`].
 #[derive(Debug, Clone)]
@@ -139,8 +138,10 @@ pub fn contacts_expr(c: &Criterion, session: &Session, clock: &Clock) -> Result<
             cond_expr(f, &ty, column, clock, EmptyRule::Field)?
         }
         Criterion::Sql(sql) => {
-            let schema =
-                DFSchema::try_from_qualified_schema(session::CONTACTS, &session.contacts_schema)?;
+            let schema = DFSchema::try_from_qualified_schema(
+                crate::engine::session::CONTACTS,
+                &session.contacts_schema,
+            )?;
             let e = session
                 .ctx
                 .parse_sql_expr(sql, &schema)
@@ -257,7 +258,11 @@ impl Session {
     async fn contacts_frame(&self, exprs: &[Expr]) -> Result<DataFrame> {
         let mut select = vec![col(IID)];
         select.extend(exprs.iter().cloned());
-        Ok(self.ctx.table(session::CONTACTS).await?.select(select)?)
+        Ok(self
+            .ctx
+            .table(crate::engine::session::CONTACTS)
+            .await?
+            .select(select)?)
     }
 
     /// The optimized logical plans of the two passes of a batch, as text
@@ -352,8 +357,8 @@ impl Session {
     /// Contacts returned by a read-only query over the ad-hoc SQL tables
     /// that yields `contact_id`.
     pub async fn query_bitmap(&self, q: &str) -> Result<RoaringBitmap> {
-        let ctx = crate::sql::tables::user_context(&self.base, &self.manifest)?;
-        let user = crate::sql::guarded(&ctx, q).await?;
+        let ctx = crate::engine::tables::user_context(&self.base, &self.manifest)?;
+        let user = crate::engine::guard::guarded(&ctx, q).await?;
         if user
             .schema()
             .field_with_unqualified_name("contact_id")
@@ -367,7 +372,7 @@ impl Session {
             col("contact_id"),
             datafusion::arrow::datatypes::DataType::UInt64,
         )])?;
-        let map = crate::base::contacts::ContactIdMap::load(self.base.dir(), &self.manifest)?;
+        let map = crate::base::ids::ContactIdMap::load(self.base.dir(), &self.manifest)?;
         let mut out = RoaringBitmap::new();
         let mut stream = ids.execute_stream().await?;
         while let Some(batch) = stream.next().await {

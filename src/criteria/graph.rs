@@ -3,6 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::base::Manifest;
+use crate::criteria::Criterion;
+use crate::error::Result;
+
 /// Segment id → ids of the segments it refers to.
 #[derive(Debug, Default, Clone)]
 pub struct SegmentGraph {
@@ -96,4 +100,30 @@ impl SegmentGraph {
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+pub fn resolve_refs(m: &Manifest, c: &Criterion, self_id: &str, self_name: &str) -> Vec<String> {
+    c.segment_refs()
+        .into_iter()
+        .filter_map(|r| {
+            if r == self_id || r == self_name {
+                Some(self_id.to_string())
+            } else {
+                m.segment(&r).map(|s| s.id.clone())
+            }
+        })
+        .collect()
+}
+
+/// The reference graph of every dynamic segment of a version.
+pub fn graph_of(m: &Manifest) -> Result<SegmentGraph> {
+    let mut g = SegmentGraph::default();
+    for s in &m.segments {
+        let deps = match &s.criteria {
+            Some(c) => resolve_refs(m, &Criterion::parse(c, "criteria")?, &s.id, &s.name),
+            None => Vec::new(),
+        };
+        g.add(&s.id, deps);
+    }
+    Ok(g)
 }

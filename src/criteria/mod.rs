@@ -11,6 +11,7 @@ pub mod validate;
 
 use serde_json::Value;
 
+use crate::base::manifest::{check_id, slug};
 use crate::error::{Error, Result};
 pub use operand::{Duration, DurationUnit, Operand};
 
@@ -165,50 +166,6 @@ pub struct Definition {
     pub criteria: Criterion,
     /// The criteria JSON as given (stored in the manifest).
     pub criteria_json: Value,
-}
-
-/// Ids are lower-case letters, digits, `-` and `_`.
-pub fn slug(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().flat_map(|c| c.to_lowercase()) {
-        let c = match c {
-            'à' | 'á' | 'â' | 'ä' | 'ã' | 'å' => 'a',
-            'ç' => 'c',
-            'è' | 'é' | 'ê' | 'ë' => 'e',
-            'ì' | 'í' | 'î' | 'ï' => 'i',
-            'ò' | 'ó' | 'ô' | 'ö' | 'õ' => 'o',
-            'ù' | 'ú' | 'û' | 'ü' => 'u',
-            'ÿ' => 'y',
-            'ñ' => 'n',
-            c => c,
-        };
-        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    let out = out.trim_matches('-').to_string();
-    if out.is_empty() {
-        "segment".into()
-    } else {
-        out.chars().take(64).collect()
-    }
-}
-
-pub fn check_id(id: &str) -> std::result::Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid id {id:?}: use 1 to 64 lower-case letters, digits, '-' or '_'"
-        ))
-    }
 }
 
 /// Limits that keep hostile definitions from exhausting the stack or memory.

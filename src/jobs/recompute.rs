@@ -14,14 +14,15 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use crate::base::Writer;
+use crate::base::bitmaps::read_bitmap;
 use crate::base::manifest::{Manifest, SegmentStatus};
-use crate::bitmaps::read_bitmap;
+use crate::base::members::{Members, OptIns, store_result};
 use crate::compile::expr::Clock;
-use crate::compile::{Bitmaps, LeafResults, Node, Plan, Session, eval};
+use crate::compile::{Bitmaps, LeafResults, Node, Plan, eval};
 use crate::criteria::Criterion;
 use crate::criteria::graph::SegmentGraph;
+use crate::engine::Session;
 use crate::error::{Error, Result};
-use crate::jobs::segment_store::{Members, OptIns, store_result};
 
 /// The outcome of evaluating a batch of segments.
 pub struct Computation {
@@ -385,7 +386,7 @@ pub async fn dry_run(
     let ids = active_ids(m);
     let targets = targets_of(m, &ids)?;
     let mut g = SegmentGraph::default();
-    let graph = crate::jobs::segments::graph_of(m)?;
+    let graph = crate::criteria::graph::graph_of(m)?;
     for id in &ids {
         g.add(id, graph.deps.get(id).cloned().unwrap_or_default());
     }

@@ -14,17 +14,17 @@ use roaring::RoaringBitmap;
 
 use crate::base::contacts::load_contacts;
 use crate::base::manifest::{History, Manifest, SegmentRecord, SegmentStatus};
+use crate::base::members::Members;
 use crate::base::schema::{IID, timestamp_type};
 use crate::base::{Base, Snapshot, Writer};
-use crate::compile::Session;
 use crate::compile::expr::Clock;
-use crate::criteria::graph::SegmentGraph;
+use crate::criteria::graph::{graph_of, resolve_refs};
 use crate::criteria::validate::validate;
 use crate::criteria::{Criterion, Definition};
+use crate::engine::Session;
 use crate::error::{Error, Result};
 use crate::jobs::ManifestCatalog;
 use crate::jobs::recompute::{RunReport, compute, compute_into};
-use crate::jobs::segment_store::Members;
 
 /// Check a definition against a version of the base: schema, references,
 /// SQL predicates, and cycles (a definition replacing a segment of the same
@@ -97,32 +97,6 @@ impl crate::criteria::validate::Catalog for SelfAware<'_> {
     fn has_import(&self, k: &str) -> bool {
         self.inner.has_import(k)
     }
-}
-
-fn resolve_refs(m: &Manifest, c: &Criterion, self_id: &str, self_name: &str) -> Vec<String> {
-    c.segment_refs()
-        .into_iter()
-        .filter_map(|r| {
-            if r == self_id || r == self_name {
-                Some(self_id.to_string())
-            } else {
-                m.segment(&r).map(|s| s.id.clone())
-            }
-        })
-        .collect()
-}
-
-/// The reference graph of every dynamic segment of a version.
-pub fn graph_of(m: &Manifest) -> Result<SegmentGraph> {
-    let mut g = SegmentGraph::default();
-    for s in &m.segments {
-        let deps = match &s.criteria {
-            Some(c) => resolve_refs(m, &Criterion::parse(c, "criteria")?, &s.id, &s.name),
-            None => Vec::new(),
-        };
-        g.add(&s.id, deps);
-    }
-    Ok(g)
 }
 
 /// Count and a sample of a definition, nothing saved.
@@ -462,8 +436,8 @@ async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitma
     match source {
         StaticSource::File(path) => {
             let input = crate::base::input::InputTable::read(path)?;
-            let ids = crate::base::contacts::input_contact_ids(&input)?;
-            let map = crate::base::contacts::ContactIdMap::load(w.dir(), &w.next)?;
+            let ids = crate::base::ids::input_contact_ids(&input)?;
+            let map = crate::base::ids::ContactIdMap::load(w.dir(), &w.next)?;
             let mut out = RoaringBitmap::new();
             let mut unknown = Vec::new();
             for id in ids {
@@ -505,7 +479,7 @@ async fn store_static(w: &mut Writer, id: &str, members: RoaringBitmap) -> Resul
         .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
     let now = Utc::now();
     let n = members.len();
-    let r = crate::jobs::segment_store::store_result(
+    let r = crate::base::members::store_result(
         w,
         rec,
         members,
@@ -526,7 +500,7 @@ pub async fn create_static(
     source: &StaticSource,
 ) -> Result<(String, u64)> {
     let def = Definition::parse(&serde_json::json!({
-        "id": id.map(str::to_string).unwrap_or_else(|| crate::criteria::slug(name)),
+        "id": id.map(str::to_string).unwrap_or_else(|| crate::base::manifest::slug(name)),
         "name": name,
         "criteria": {"all": []},
     }))?;

@@ -2,49 +2,10 @@
 //! access, shared by `segments sql` and the `query` criterion.
 
 pub mod serve;
-pub mod tables;
 
-use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{DataFrame, SessionContext};
-
-use crate::compile::read_only;
-use crate::error::{Error, Result};
-
-/// Plan a query with DDL, DML and statements refused, then check the plan.
-pub async fn guarded(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
-    let df = ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("not supported")
-            && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
-        {
-            Error::ReadOnly(msg)
-        } else {
-            Error::Engine(e)
-        }
-    })?;
-    check_plan(df.logical_plan())?;
-    Ok(df)
-}
-
-/// Refuse any plan node that writes or defines something.
-pub fn check_plan(plan: &LogicalPlan) -> Result<()> {
-    let mut bad: Option<String> = None;
-    plan.apply(|p| match p {
-        LogicalPlan::Dml(_)
-        | LogicalPlan::Ddl(_)
-        | LogicalPlan::Copy(_)
-        | LogicalPlan::Statement(_) => {
-            bad = Some(p.display().to_string());
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop)
-        }
-        _ => Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue),
-    })?;
-    match bad {
-        Some(what) => Err(Error::ReadOnly(what)),
-        None => Ok(()),
-    }
-}
+use crate::engine::guard::guarded;
+use crate::engine::tables;
+use crate::error::Result;
 
 /// Run a read-only query over a snapshot and collect the rows.
 pub async fn run_query(

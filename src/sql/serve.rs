@@ -47,9 +47,10 @@ use datafusion_postgres::{DfSessionService, QueryHook};
 use tokio::net::TcpListener;
 
 use crate::base::{Base, Snapshot};
-use crate::compile::read_only;
+use crate::engine::guard::read_only;
+use crate::engine::guard::{check_plan, guarded};
+use crate::engine::tables::user_context;
 use crate::error::{Error, Result};
-use crate::sql::{check_plan, guarded, tables::user_context};
 
 /// How long a superseded version stays pinned by the server.
 pub const RETAIN: Duration = Duration::from_secs(3600);

@@ -25,13 +25,13 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Pareto, Zipf};
 use roaring::RoaringBitmap;
 
+use crate::base::bitmaps::write_bitmap;
 use crate::base::config::Config;
 use crate::base::contacts::{contacts_schema, for_storage, to_storage};
 use crate::base::events::{events_schema, month_of};
 use crate::base::manifest::EventFile;
 use crate::base::schema::{FieldDef, FieldType};
 use crate::base::table::{ParallelWriter, contacts_properties, events_properties};
-use crate::bitmaps::write_bitmap;
 use crate::error::Result;
 pub use examples::{create_examples, example_definitions};
 

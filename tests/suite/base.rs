@@ -105,7 +105,7 @@ fn every_field_type_round_trips_through_csv_and_parquet() {
 +------------+------+-------+-------+------------+----------------------+-------+---------+-----------+"
     );
     // Export to Parquet, import the Parquet file into a second base: same values.
-    let (_, members) = (0, segments::jobs::segment_store::Members::default());
+    let (_, members) = (0, segments::base::members::Members::default());
     let all = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
     let out = tb.path().join("input/export.parquet");
     let ids: roaring::RoaringBitmap = (0..2).collect();
@@ -315,8 +315,7 @@ fn ids_are_stable_and_never_reused_after_deletion() {
             .unwrap();
         w.commit().unwrap();
     }
-    let map1 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
-        .unwrap();
+    let map1 = ids_of(&tb);
     let gone = map1.to_iid[&20];
     assert!(
         member_everywhere(&tb, gone),
@@ -335,8 +334,7 @@ fn ids_are_stable_and_never_reused_after_deletion() {
     no_trace_of(&tb, gone, 20);
     tb.import_contacts("b", "contact_id,city\n40,D\n20,B\n")
         .unwrap();
-    let map2 = segments::base::contacts::ContactIdMap::from_snapshot(&tb.base.snapshot().unwrap())
-        .unwrap();
+    let map2 = ids_of(&tb);
     assert_eq!(map1.to_iid[&10], map2.to_iid[&10]);
     assert_eq!(map1.to_iid[&30], map2.to_iid[&30]);
     assert!(
@@ -364,19 +362,26 @@ fn ids_are_stable_and_never_reused_after_deletion() {
     );
 }
 
+/// `contact_id` → internal id in the current version.
+fn ids_of(tb: &TestBase) -> segments::base::ids::ContactIdMap {
+    let snap = tb.base.snapshot().unwrap();
+    segments::base::ids::ContactIdMap::load(snap.dir(), &snap.manifest).unwrap()
+}
+
 /// True when an internal id is in any segment's members or cohorts, any
 /// import's contacts, or the base's contacts.
 fn member_everywhere(tb: &TestBase, iid: u32) -> bool {
     let snap = tb.base.snapshot().unwrap();
     let m = &snap.manifest;
-    let all = segments::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
+    let all =
+        segments::base::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
     let in_imports = m.imports.iter().any(|i| {
-        segments::bitmaps::read_bitmap(snap.dir(), &i.contacts)
+        segments::base::bitmaps::read_bitmap(snap.dir(), &i.contacts)
             .unwrap()
             .contains(iid)
     });
     let in_segments = m.segments.iter().any(|rec| {
-        let members = segments::jobs::segment_store::Members::load(snap.dir(), rec).unwrap();
+        let members = segments::base::members::Members::load(snap.dir(), rec).unwrap();
         members.members.contains(iid) || members.cohorts.iter().any(|(_, b)| b.contains(iid))
     });
     all.contains(iid) && in_imports && in_segments
@@ -385,14 +390,15 @@ fn member_everywhere(tb: &TestBase, iid: u32) -> bool {
 /// After a deletion: no segment, cohort, history delta or import holds the
 /// id, and every segment's statistics and last history point are a recount.
 fn no_trace_of(tb: &TestBase, iid: u32, contact_id: u64) {
-    use segments::jobs::segment_store::{Members, read_delta};
+    use segments::base::members::{Members, read_delta};
     let snap = tb.base.snapshot().unwrap();
     let m = &snap.manifest;
-    let all = segments::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
+    let all =
+        segments::base::bitmaps::read_bitmap(snap.dir(), m.all_contacts.as_ref().unwrap()).unwrap();
     assert!(!all.contains(iid));
     assert_eq!(m.contact_count, all.len());
     for i in &m.imports {
-        let touched = segments::bitmaps::read_bitmap(snap.dir(), &i.contacts).unwrap();
+        let touched = segments::base::bitmaps::read_bitmap(snap.dir(), &i.contacts).unwrap();
         assert!(!touched.contains(iid), "import {} keeps it", i.name);
     }
     for rec in &m.segments {
@@ -452,7 +458,7 @@ fn read_all(snap: &segments::base::Snapshot) -> String {
         .to_string();
     out += &sql_table(snap, "SELECT * FROM events ORDER BY contact_id, ts, type");
     for rec in &snap.manifest.segments {
-        let m = segments::jobs::segment_store::Members::load(snap.dir(), rec).unwrap();
+        let m = segments::base::members::Members::load(snap.dir(), rec).unwrap();
         out += &format!("\n{}: {:?}", rec.id, m.members.iter().collect::<Vec<_>>());
     }
     out

@@ -9,9 +9,9 @@ use segments::base::config::Config;
 use segments::base::contacts::{ImportOptions, import_contacts};
 use segments::base::events::{EventImportOptions, import_events};
 use segments::base::schema::FieldType;
-use segments::compile::Session;
 use segments::compile::expr::Clock;
 use segments::criteria::Criterion;
+use segments::engine::Session;
 use segments::jobs::recompute::compute;
 use segments::jobs::segments::contact_ids_of;
 

@@ -26,7 +26,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use proptest::prelude::{Strategy, any};
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use roaring::RoaringBitmap;
-use segments::compile::session::ScanLayout;
+use segments::engine::session::ScanLayout;
 use serde_json::{Value, json};
 
 use segments::base::config::Config;
@@ -1136,7 +1136,7 @@ fn library_eval(
     let base = segments::base::Base::open(dir).expect("open");
     let snap = base.snapshot().expect("snapshot");
     let mut session =
-        segments::compile::Session::new(&snap.base, snap.manifest.clone()).expect("session");
+        segments::engine::Session::new(&snap.base, snap.manifest.clone()).expect("session");
     session.scan_layout = layout;
     let clock = segments::compile::expr::Clock::new(as_of, snap.base.tz());
     let targets: Vec<(String, String, Criterion)> = criteria
@@ -1219,7 +1219,7 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
         let snap = base.snapshot().unwrap();
         for rec in &snap.manifest.segments {
             let want = r.segment(&rec.id);
-            let got = segments::jobs::segment_store::Members::load(&dir, rec)
+            let got = segments::base::members::Members::load(&dir, rec)
                 .map(|m| m.members)
                 .map_err(|e| e.to_string());
             segments_checked += 1;

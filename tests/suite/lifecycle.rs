@@ -4,9 +4,9 @@
 use serde_json::json;
 
 use super::common::{TestBase, at, rt};
+use segments::base::members::Members;
 use segments::criteria::Definition;
 use segments::jobs::recompute::recompute;
-use segments::jobs::segment_store::Members;
 use segments::jobs::segments as seg;
 
 fn def(v: serde_json::Value) -> Definition {
@@ -478,7 +478,7 @@ fn auto_refresh_below_and_above_the_threshold() {
 
 #[test]
 fn late_after_a_missed_nightly_window() {
-    use segments::jobs::{effective_status, last_window_start};
+    use segments::base::status::{effective_status, last_window_start};
     let tb = base();
     let snap = tb.base.snapshot().unwrap();
     let config = &tb.base.config; // window 01:00-06:00 UTC

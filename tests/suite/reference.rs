@@ -295,7 +295,7 @@ pub fn load(dir: &Path) -> RefBase {
 
     let mut imports = HashMap::new();
     for imp in &m.imports {
-        let bm = segments::bitmaps::read_bitmap(dir, &imp.contacts).expect("import bitmap");
+        let bm = segments::base::bitmaps::read_bitmap(dir, &imp.contacts).expect("import bitmap");
         let set: BTreeSet<u32> = bm.iter().collect();
         imports.insert(imp.id.clone(), set.clone());
         imports.insert(imp.name.clone(), set);
@@ -303,7 +303,7 @@ pub fn load(dir: &Path) -> RefBase {
 
     let mut segments = HashMap::new();
     for rec in &m.segments {
-        let stored = segments::jobs::segment_store::Members::load(dir, rec)
+        let stored = segments::base::members::Members::load(dir, rec)
             .expect("segment members")
             .members
             .iter()

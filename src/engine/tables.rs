@@ -28,10 +28,10 @@ use roaring::{RoaringBitmap, RoaringTreemap};
 
 use crate::base::Base;
 use crate::base::manifest::Manifest;
+use crate::base::members::Members;
 use crate::base::schema::{CONTACT_ID, IID, timestamp_type};
-use crate::compile::Session;
+use crate::engine::Session;
 use crate::error::Result;
-use crate::jobs::segment_store::Members;
 
 /// Internal id → `contact_id`, for every id ever handed out (0 for deleted).
 #[derive(Debug)]
@@ -117,8 +117,8 @@ pub fn user_context(base: &Base, m: &Arc<Manifest>) -> Result<SessionContext> {
     // `contacts` and `events` as users know them: without the internal id.
     let user = session.ctx.clone();
     for name in [
-        crate::compile::session::CONTACTS,
-        crate::compile::session::EVENTS,
+        crate::engine::session::CONTACTS,
+        crate::engine::session::EVENTS,
     ] {
         let raw = user.deregister_table(name)?.ok_or_else(|| {
             crate::error::Error::Internal(format!("session without table {name}"))
@@ -174,7 +174,7 @@ fn instants(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 
 fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
     let now = chrono::Utc::now();
-    let computing = crate::jobs::computing_now(base.dir());
+    let computing = crate::base::status::computing_now(base.dir());
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("name", DataType::Utf8, false),
@@ -205,7 +205,7 @@ fn segments_table(base: &Base, m: &Manifest) -> Result<MemTable> {
             )
         })),
         texts(s.iter().map(|r| {
-            Some(crate::jobs::effective_status(r, &base.config, now, computing).to_string())
+            Some(crate::base::status::effective_status(r, &base.config, now, computing).to_string())
         })),
         stat(|st| st.contacts),
         stat(|st| st.email_optins),

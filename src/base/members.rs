@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use roaring::RoaringBitmap;
 
 use crate::base::Writer;
+use crate::base::bitmaps::TaggedBitmaps;
 use crate::base::manifest::{HistoryPoint, SegmentRecord, SegmentStats, SegmentStatus};
-use crate::bitmaps::TaggedBitmaps;
 use crate::error::Result;
 
 /// Tag of the member set inside a members file.

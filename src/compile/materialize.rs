@@ -58,11 +58,6 @@ pub fn bits_from(lo: u32, bits: &BooleanBuffer) -> RoaringBitmap {
     RoaringBitmap::from_lsb0_bytes(lo, &bytes)
 }
 
-/// Insert every id of the batch.
-pub fn add_all(bitmap: &mut RoaringBitmap, ids: &UInt32Array) {
-    add_ids(bitmap, ids.values().to_vec());
-}
-
 /// Insert ids; rows of one batch usually come in id order (files are sorted
 /// by internal id), which takes the fast sorted path.
 fn add_ids(bitmap: &mut RoaringBitmap, mut run: Vec<u32>) {

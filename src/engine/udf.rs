@@ -63,9 +63,7 @@ impl ScalarUDFImpl for MonthDay {
             DataType::Date32 => {
                 let a: &Date32Array = arr.as_primitive();
                 a.iter()
-                    .map(|d| {
-                        d.and_then(|d| crate::compile::expr::days_to_date(d).map(month_day_of))
-                    })
+                    .map(|d| d.and_then(|d| crate::base::input::days_to_date(d).map(month_day_of)))
                     .collect()
             }
             DataType::Timestamp(TimeUnit::Microsecond, _) => {

@@ -24,14 +24,14 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::base::bitmaps::read_bitmap;
 use crate::base::contacts::stored_contacts_schema;
 use crate::base::events::events_schema;
 use crate::base::schema::FieldType;
 use crate::base::{Base, Manifest};
-use crate::bitmaps::read_bitmap;
-use crate::compile::udf::{LowerTags, LowerText, MonthDay};
+use crate::engine::udf::{LowerTags, LowerText, MonthDay};
 use crate::error::{Error, Result};
 
 /// Internal name of the contacts table (with `_iid`) used by compiled plans.
@@ -64,14 +64,6 @@ pub struct Session {
 pub struct ScanLayout {
     pub shard_contacts: Option<u32>,
     pub block_contacts: Option<u32>,
-}
-
-/// SQL options that refuse DDL, DML and statements such as SET or COPY.
-pub fn read_only() -> SQLOptions {
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
 }
 
 impl Session {

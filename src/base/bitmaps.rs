@@ -1,7 +1,5 @@
-//! Segment results as roaring bitmaps of internal ids: the file format that
-//! stores them, and the materialization of record batches into bitmaps.
-
-pub mod materialize;
+//! Roaring bitmaps of internal ids on disk: a file holds one or more
+//! tagged bitmaps (members, cohorts, entries and exits), checksummed.
 
 use std::io::Write;
 use std::path::Path;

@@ -1,0 +1,11 @@
+//! The DataFusion rooms' common ground: the session over one version of a
+//! base (tables, caches, memory limit), the functions it registers, the
+//! tables of ad-hoc SQL, and the read-only guard. `compile` plans criteria
+//! on it; `sql` serves queries from it.
+
+pub mod guard;
+pub mod session;
+pub mod tables;
+pub mod udf;
+
+pub use session::Session;
