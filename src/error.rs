@@ -23,9 +23,13 @@ pub enum Error {
     #[error("{path}: {message}")]
     Criteria { path: String, message: String },
 
-    /// A command was given arguments that cannot work (unknown segment, bad flag value...).
+    /// A command was given arguments that cannot work (a bad flag value...).
     #[error("{0}")]
     Usage(String),
+
+    /// No segment has this id or name.
+    #[error("unknown segment {key:?}")]
+    UnknownSegment { key: String },
 
     /// The base directory is missing, damaged or incompatible.
     #[error("base {dir}: {message}")]

@@ -56,6 +56,21 @@ impl ServeConfig {
     fn is_empty(&self) -> bool {
         self.user.is_none() && self.password.is_none()
     }
+
+    /// The user and password to require: `SEGMENTS_USER` and
+    /// `SEGMENTS_PASSWORD`, else these settings; the user defaults to
+    /// `segments`, the password to none (and then nothing is served).
+    pub fn credentials(&self) -> (String, String) {
+        let user = std::env::var("SEGMENTS_USER")
+            .ok()
+            .or_else(|| self.user.clone())
+            .unwrap_or_else(|| "segments".into());
+        let password = std::env::var("SEGMENTS_PASSWORD")
+            .ok()
+            .or_else(|| self.password.clone())
+            .unwrap_or_default();
+        (user, password)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -250,6 +250,20 @@ impl Manifest {
             .or_else(|| self.segments.iter().find(|s| s.name == key))
     }
 
+    /// The segment with this id or name, or [`Error::UnknownSegment`].
+    pub fn find_segment(&self, key: &str) -> Result<&SegmentRecord> {
+        self.segment(key).ok_or_else(|| Error::UnknownSegment {
+            key: key.to_string(),
+        })
+    }
+
+    /// The same, to change it.
+    pub fn find_segment_mut(&mut self, key: &str) -> Result<&mut SegmentRecord> {
+        self.segment_mut(key).ok_or_else(|| Error::UnknownSegment {
+            key: key.to_string(),
+        })
+    }
+
     pub fn segment_mut(&mut self, key: &str) -> Option<&mut SegmentRecord> {
         let idx = self
             .segments

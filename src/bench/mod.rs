@@ -22,24 +22,19 @@ pub fn bench_as_of() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-#[derive(Debug, Clone, clap::Args)]
+/// What `segments bench` runs.
+#[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Folder holding the generated benchmark bases.
-    #[arg(long, default_value = "bench-data")]
     pub dir: PathBuf,
-    #[arg(long, default_value_t = 100_000)]
     pub contacts: u32,
-    #[arg(long, default_value_t = 30)]
     pub events_per_contact: u32,
     /// Generated segments besides the 11 defaults.
-    #[arg(long, default_value_t = 100)]
     pub segments: usize,
     /// Timed runs per workload (after one warm-up run).
-    #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// nightly, preview (or one of them: preview:parisiens), nested-count,
     /// sql, import, or all.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
     pub workloads: Vec<String>,
 }
 

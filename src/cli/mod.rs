@@ -18,12 +18,12 @@ use segments::base::config::Config;
 use segments::base::contacts::{ImportOptions, delete_contacts, import_contacts};
 use segments::base::events::{EventImportOptions, import_events};
 use segments::base::imports::ImportReport;
-use segments::base::status::effective_status;
 use segments::criteria::Definition;
 use segments::jobs::export::RowFormat;
 use segments::jobs::init;
 use segments::jobs::recompute::{RunReport, after_import, compute_into, recompute};
 use segments::jobs::segments::{self as seg, Channel};
+use segments::jobs::views;
 
 #[derive(Parser)]
 #[command(
@@ -79,7 +79,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
         #[arg(long, value_enum)]
-        channel: Channel,
+        channel: ChannelArg,
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long, value_parser = parse_as_of)]
@@ -119,7 +119,7 @@ enum Command {
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),
     /// Benchmark workloads on a generated base (see BENCHMARKS.md).
-    Bench(segments::bench::BenchOptions),
+    Bench(BenchArgs),
     /// Generate a demo base if needed, recompute it, print the segments.
     Demo {
         /// Where the demo base lives.
@@ -128,6 +128,40 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         contacts: u32,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Folder holding the generated benchmark bases.
+    #[arg(long, default_value = "bench-data")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    contacts: u32,
+    #[arg(long, default_value_t = 30)]
+    events_per_contact: u32,
+    /// Generated segments besides the 11 defaults.
+    #[arg(long, default_value_t = 100)]
+    segments: usize,
+    /// Timed runs per workload (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// nightly, preview (or one of them: preview:parisiens), nested-count,
+    /// sql, import, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    workloads: Vec<String>,
+}
+
+impl From<BenchArgs> for segments::bench::BenchOptions {
+    fn from(a: BenchArgs) -> Self {
+        segments::bench::BenchOptions {
+            dir: a.dir,
+            contacts: a.contacts,
+            events_per_contact: a.events_per_contact,
+            segments: a.segments,
+            runs: a.runs,
+            workloads: a.workloads,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -333,6 +367,32 @@ enum SortKey {
     Status,
 }
 
+impl From<SortKey> for views::SortKey {
+    fn from(k: SortKey) -> Self {
+        match k {
+            SortKey::Name => views::SortKey::Name,
+            SortKey::Size => views::SortKey::Size,
+            SortKey::Computed => views::SortKey::Computed,
+            SortKey::Status => views::SortKey::Status,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ChannelArg {
+    Email,
+    Sms,
+}
+
+impl From<ChannelArg> for Channel {
+    fn from(c: ChannelArg) -> Self {
+        match c {
+            ChannelArg::Email => Channel::Email,
+            ChannelArg::Sms => Channel::Sms,
+        }
+    }
+}
+
 fn parse_as_of(s: &str) -> Result<DateTime<Utc>, String> {
     segments::base::input::parse_timestamp(s)
         .or_else(|| {
@@ -376,7 +436,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "created base {} with {} default segments",
                 base.dir().display(),
-                11
+                segments::jobs::default_segments(&base.config).len()
             );
         }
         Command::Import(cmd) => {
@@ -494,7 +554,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut w,
                 &include,
                 &exclude,
-                channel,
+                channel.into(),
                 as_of.unwrap_or_else(Utc::now),
             )
             .await?;
@@ -544,7 +604,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                     eprintln!("{rows} row(s) written to {}", path.display());
                 }
-                None => segments::jobs::export::print_batches(&batches, rf)?,
+                None => segments::jobs::export::print_batches(
+                    &mut std::io::stdout().lock(),
+                    &batches,
+                    rf,
+                )?,
             }
         }
         Command::Serve {
@@ -553,15 +617,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut base = open(&dir)?;
             base.memory_limit = memory_limit;
-            let serve = &base.config.serve;
-            let user = std::env::var("SEGMENTS_USER")
-                .ok()
-                .or_else(|| serve.user.clone())
-                .unwrap_or_else(|| "segments".into());
-            let password = std::env::var("SEGMENTS_PASSWORD")
-                .ok()
-                .or_else(|| serve.password.clone())
-                .unwrap_or_default();
+            let (user, password) = base.config.serve.credentials();
             let opts = segments::sql::serve::ServeOptions {
                 listen,
                 user: user.clone(),
@@ -616,7 +672,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 t0.elapsed().as_secs_f64()
             );
         }
-        Command::Bench(opts) => {
+        Command::Bench(args) => {
+            let opts = segments::bench::BenchOptions::from(args);
             // The workloads own their runtime: leave this one first.
             let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
             let rows: Vec<serde_json::Value> = report
@@ -760,29 +817,13 @@ const SEGMENT_COLUMNS: &[&str] = &[
     "duration_ms",
 ];
 
-fn segment_row(
-    rec: &segments::base::manifest::SegmentRecord,
-    config: &Config,
-    computing: bool,
-) -> serde_json::Value {
-    let st = rec.stats.as_ref();
-    json!({
-        "id": rec.id,
-        "name": rec.name,
-        "kind": if rec.criteria.is_some() { "dynamic" } else { "static" },
-        "status": effective_status(rec, config, Utc::now(), computing),
-        "contacts": st.map(|s| s.contacts),
-        "email_optins": st.map(|s| s.email_optins),
-        "sms_optins": st.map(|s| s.sms_optins),
-        "computed_at": st.map(|s| s.computed_at.to_rfc3339()),
-        "duration_ms": st.map(|s| s.duration_ms),
-        "error": rec.error,
-    })
+/// A typed result as the JSON object listing commands print.
+fn row(value: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::to_value(value)?)
 }
 
 async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
     let base = open(dir)?;
-    let computing = segments::base::status::computing_now(base.dir());
     match cmd {
         SegmentCmd::Preview { file, as_of } => {
             let def = read_definition(&file)?;
@@ -834,23 +875,12 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
         }
         SegmentCmd::Duplicate { id, name, as_of } => {
             let mut w = base.writer(&describe("segment duplicate"))?;
-            let rec = w
-                .next
-                .segment(&id)
-                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?
-                .clone();
-            let criteria = rec
-                .criteria
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("{id} is a static segment"))?;
-            let def = Definition::parse(
-                &json!({"name": name, "description": rec.description, "criteria": criteria}),
-            )?;
-            let report = seg::create(&mut w, &def, now_or(as_of)).await?;
+            let source = w.next.find_segment(&id)?.id.clone();
+            let (def, report) = seg::duplicate(&mut w, &id, &name, now_or(as_of)).await?;
             w.commit()?;
             return finish_compute(
                 &report,
-                &format!("created segment {} from {}", def.id, rec.id),
+                &format!("created segment {} from {source}", def.id),
             );
         }
         SegmentCmd::Delete { id } => {
@@ -878,36 +908,15 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let snap = base.snapshot()?;
-            let mut recs: Vec<_> = snap.manifest.segments.iter().collect();
-            match sort {
-                SortKey::Name => recs.sort_by(|a, b| a.name.cmp(&b.name)),
-                SortKey::Size => {
-                    recs.sort_by_key(|r| std::cmp::Reverse(r.stats.as_ref().map(|s| s.contacts)))
-                }
-                SortKey::Computed => {
-                    recs.sort_by_key(|r| std::cmp::Reverse(r.stats.as_ref().map(|s| s.computed_at)))
-                }
-                SortKey::Status => {
-                    recs.sort_by_key(|r| effective_status(r, &base.config, Utc::now(), computing))
-                }
-            }
-            let rows: Vec<_> = recs
-                .into_iter()
-                .map(|r| segment_row(r, &base.config, computing))
-                .filter(|r| status.as_deref().is_none_or(|s| r["status"] == s))
-                .collect();
+            let rows = views::list(&snap, sort.into(), status.as_deref())
+                .iter()
+                .map(row)
+                .collect::<anyhow::Result<Vec<_>>>()?;
             print_rows(format, SEGMENT_COLUMNS, &rows)?;
         }
         SegmentCmd::Show { id, format } => {
             let snap = base.snapshot()?;
-            let rec = snap
-                .manifest
-                .segment(&id)
-                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
-            let mut row = segment_row(rec, &base.config, computing);
-            row["description"] = json!(rec.description);
-            row["criteria"] = json!(rec.criteria);
-            row["history"] = json!(rec.history.points(snap.dir())?.iter().rev().take(10).map(|h| json!({"at": h.at, "size": h.size, "entries": h.entries, "exits": h.exits})).collect::<Vec<_>>());
+            let row = row(&views::show(&snap, &id)?)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
                 _ => {
@@ -924,16 +933,10 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
         }
         SegmentCmd::History { id, format } => {
             let snap = base.snapshot()?;
-            let rec = snap
-                .manifest
-                .segment(&id)
-                .ok_or_else(|| anyhow::anyhow!("unknown segment {id:?}"))?;
-            let rows: Vec<_> = rec
-                .history
-                .points(snap.dir())?
+            let rows = views::history(&snap, &id)?
                 .iter()
-                .map(|h| json!({"at": h.at.to_rfc3339(), "as_of": h.as_of.to_rfc3339(), "size": h.size, "entries": h.entries, "exits": h.exits}))
-                .collect();
+                .map(row)
+                .collect::<anyhow::Result<Vec<_>>>()?;
             print_rows(format, &["at", "as_of", "size", "entries", "exits"], &rows)?;
         }
         SegmentCmd::Members {
@@ -945,54 +948,22 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let snap = base.snapshot()?;
-            let (_, members) = seg::members_of(&snap, &id)?;
-            let mut ids = members.members.clone();
-            if let Some(s) = since {
-                let t = parse_as_of(&s)
-                    .map_err(anyhow::Error::msg)?
-                    .timestamp_micros();
-                ids = members
-                    .cohorts
-                    .iter()
-                    .filter(|(at, _)| *at >= t)
-                    .fold(roaring::RoaringBitmap::new(), |acc, (_, b)| acc | b);
-            }
-            let cols: Vec<String> = [
-                "first_name",
-                "last_name",
-                "email",
-                "entered_at",
-                "email_optin",
-                "sms_optin",
-            ]
-            .iter()
-            .filter(|c| **c == "entered_at" || snap.manifest.fields.iter().any(|f| &f.name == *c))
-            .map(|c| c.to_string())
-            .collect();
-            let batch = match sort {
-                // In id order, a page needs only its own rows.
-                None => {
-                    let page: roaring::RoaringBitmap =
-                        ids.iter().skip(offset).take(limit).collect();
-                    seg::members_batch(snap.dir(), &snap.manifest, &page, Some(&members), &cols)?
-                }
-                Some(key) => {
-                    let all = seg::members_batch(
-                        snap.dir(),
-                        &snap.manifest,
-                        &ids,
-                        Some(&members),
-                        &cols,
-                    )?;
-                    segments::jobs::export::sorted_page(&all, &key, offset, limit)?
-                }
+            let since = since
+                .map(|s| parse_as_of(&s).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let query = views::MembersQuery {
+                since,
+                sort,
+                offset,
+                limit,
             };
+            let batch = views::members_page(&snap, &id, &query)?;
             let rf = match format {
                 Format::Table => RowFormat::Table,
                 Format::Csv => RowFormat::Csv,
                 Format::Json => RowFormat::JsonArray,
             };
-            segments::jobs::export::print_batches(&[batch], rf)?;
+            segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
         }
         SegmentCmd::Export { id, out, columns } => {
             let snap = base.snapshot()?;
@@ -1079,12 +1050,19 @@ async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
         report.event_leaves
     );
     let snap = base.snapshot()?;
-    let rows: Vec<_> = snap
+    let rows = snap
         .manifest
         .segments
         .iter()
-        .map(|r| segment_row(r, &base.config, false))
-        .collect();
+        .map(|r| {
+            row(&views::SegmentSummary::of(
+                r,
+                &base.config,
+                Utc::now(),
+                false,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     print_rows(
         Format::Table,
         &[

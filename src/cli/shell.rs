@@ -138,7 +138,7 @@ impl Shell<'_> {
         let started = Instant::now();
         let snap = self.base.snapshot()?;
         let (_, batches) = query(&snap, sql).await?;
-        print_batches(&batches, self.format)?;
+        print_batches(&mut std::io::stdout().lock(), &batches, self.format)?;
         if self.timer {
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             eprintln!("{rows} row(s) in {:.3} s", started.elapsed().as_secs_f64());

@@ -1,5 +1,5 @@
 //! Writing contact rows: CSV (header, `contact_id` first) or Parquet files,
-//! and tables, CSV or JSON lines on standard output.
+//! and tables, CSV or JSON lines for a terminal or a pipe.
 
 use std::io::Write;
 use std::path::Path;
@@ -87,15 +87,19 @@ pub enum RowFormat {
     Parquet,
 }
 
-/// Print rows as an aligned table, CSV, a JSON array or JSON lines.
-pub fn print_batches(batches: &[RecordBatch], format: RowFormat) -> Result<()> {
+/// Write rows as an aligned table, CSV, a JSON array or JSON lines (a
+/// terminal gets no Parquet).
+pub fn print_batches(
+    out: &mut impl Write,
+    batches: &[RecordBatch],
+    format: RowFormat,
+) -> Result<()> {
     if format == RowFormat::Parquet {
         return Err(Error::usage(
             "Parquet is written to a file: add --out FILE.parquet",
         ));
     }
-    let stdout = std::io::stdout();
-    write_batches(&mut stdout.lock(), batches, format)
+    write_batches(out, batches, format)
 }
 
 /// Save rows to a file in one atomic write (rows of `schema`, which also

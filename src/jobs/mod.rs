@@ -4,6 +4,7 @@
 pub mod export;
 pub mod recompute;
 pub mod segments;
+pub mod views;
 
 use chrono::Utc;
 use serde_json::json;

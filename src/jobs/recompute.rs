@@ -226,9 +226,7 @@ impl RunReport {
 pub fn targets_of(m: &Manifest, ids: &[String]) -> Result<Vec<(String, String, Criterion)>> {
     let mut out = Vec::new();
     for id in ids {
-        let rec = m
-            .segment(id)
-            .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+        let rec = m.find_segment(id)?;
         if let Some(c) = &rec.criteria {
             out.push((
                 rec.id.clone(),

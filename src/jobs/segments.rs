@@ -205,6 +205,28 @@ fn check_unique(m: &Manifest, id: &str, name: &str, except: Option<&str>) -> Res
     Ok(())
 }
 
+/// Copy a dynamic segment's definition and description under a new name,
+/// save the copy and compute it. Returns the copy's definition and run.
+pub async fn duplicate(
+    w: &mut Writer,
+    key: &str,
+    name: &str,
+    as_of: DateTime<Utc>,
+) -> Result<(Definition, RunReport)> {
+    let rec = w.next.find_segment(key)?;
+    let criteria = rec
+        .criteria
+        .clone()
+        .ok_or_else(|| Error::usage(format!("{} is a static segment", rec.id)))?;
+    let def = Definition::parse(&serde_json::json!({
+        "name": name,
+        "description": rec.description,
+        "criteria": criteria,
+    }))?;
+    let report = create(w, &def, as_of).await?;
+    Ok((def, report))
+}
+
 /// Validate, save and compute a dynamic segment.
 pub async fn create(w: &mut Writer, def: &Definition, as_of: DateTime<Utc>) -> Result<RunReport> {
     check_unique(&w.next, &def.id, &def.name, None)?;
@@ -222,10 +244,7 @@ pub async fn edit(
     def: &Definition,
     as_of: DateTime<Utc>,
 ) -> Result<RunReport> {
-    let rec = w
-        .next
-        .segment(id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let rec = w.next.find_segment(id)?;
     let id = rec.id.clone();
     if rec.criteria.is_none() {
         return Err(Error::usage(format!(
@@ -246,10 +265,7 @@ pub async fn edit(
 
 /// Delete a segment, refused while another segment refers to it.
 pub fn delete(w: &mut Writer, id: &str) -> Result<String> {
-    let rec = w
-        .next
-        .segment(id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let rec = w.next.find_segment(id)?;
     let id = rec.id.clone();
     let g = graph_of(&w.next)?;
     let users: Vec<String> = g.dependants(&id).into_iter().filter(|d| d != &id).collect();
@@ -264,10 +280,7 @@ pub fn delete(w: &mut Writer, id: &str) -> Result<String> {
 }
 
 pub fn set_paused(w: &mut Writer, id: &str, paused: bool) -> Result<String> {
-    let rec = w
-        .next
-        .segment_mut(id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let rec = w.next.find_segment_mut(id)?;
     rec.paused = paused;
     rec.status = if paused {
         SegmentStatus::Paused
@@ -280,11 +293,7 @@ pub fn set_paused(w: &mut Writer, id: &str, paused: bool) -> Result<String> {
 
 /// Members of a segment from a snapshot.
 pub fn members_of(snap: &Snapshot, id: &str) -> Result<(SegmentRecord, Members)> {
-    let rec = snap
-        .manifest
-        .segment(id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?
-        .clone();
+    let rec = snap.manifest.find_segment(id)?.clone();
     let m = Members::load(snap.dir(), &rec)?;
     Ok((rec, m))
 }
@@ -359,10 +368,7 @@ pub async fn audience(
 ) -> Result<RoaringBitmap> {
     let mut ids: Vec<String> = Vec::new();
     for k in include.iter().chain(exclude) {
-        let rec = w
-            .next
-            .segment(k)
-            .ok_or_else(|| Error::usage(format!("unknown segment {k:?}")))?;
+        let rec = w.next.find_segment(k)?;
         ids.push(rec.id.clone());
     }
     let reach = match channel {
@@ -391,10 +397,7 @@ pub async fn audience(
     }
     let dir = w.dir().to_path_buf();
     let load = |k: &str| -> Result<RoaringBitmap> {
-        let rec = w
-            .next
-            .segment(k)
-            .ok_or_else(|| Error::usage(format!("unknown segment {k:?}")))?;
+        let rec = w.next.find_segment(k)?;
         Ok(Members::load(&dir, rec)?.members)
     };
     let mut out = RoaringBitmap::new();
@@ -409,7 +412,9 @@ pub async fn audience(
     Ok(out)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Where an audience is sent: reachable contacts have an address or
+/// number, opted in, and not a bad one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     Email,
     Sms,
@@ -476,7 +481,9 @@ async fn store_static(w: &mut Writer, id: &str, members: RoaringBitmap) -> Resul
     let rec = segments
         .iter_mut()
         .find(|s| s.id == id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+        .ok_or_else(|| Error::UnknownSegment {
+            key: id.to_string(),
+        })?;
     let now = Utc::now();
     let n = members.len();
     let r = crate::base::members::store_result(
@@ -518,10 +525,7 @@ pub async fn change_static(
     change: StaticChange,
     source: &StaticSource,
 ) -> Result<u64> {
-    let rec = w
-        .next
-        .segment(id)
-        .ok_or_else(|| Error::usage(format!("unknown segment {id:?}")))?;
+    let rec = w.next.find_segment(id)?;
     if rec.criteria.is_some() {
         return Err(Error::usage(format!(
             "{} is a dynamic segment: change its definition with segment edit",
