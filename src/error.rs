@@ -31,6 +31,19 @@ pub enum Error {
     #[error("unknown segment {key:?}")]
     UnknownSegment { key: String },
 
+    /// No import has this id or name.
+    #[error("unknown import {key:?}")]
+    UnknownImport { key: String },
+
+    /// A segment this one refers to failed in the same run.
+    #[error("dependency {id} failed")]
+    DependencyFailed { id: String },
+
+    /// One error met by several results (a leaf that several segments
+    /// share); it reads as the error itself.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+
     /// The base directory is missing, damaged or incompatible.
     #[error("base {dir}: {message}")]
     Base { dir: PathBuf, message: String },
@@ -96,6 +109,13 @@ impl From<datafusion::error::DataFusionError> for Error {
             }
             _ => Error::Engine(e),
         }
+    }
+}
+
+impl From<std::sync::Arc<Error>> for Error {
+    /// The error itself when nothing else holds it.
+    fn from(e: std::sync::Arc<Error>) -> Error {
+        std::sync::Arc::try_unwrap(e).unwrap_or_else(Error::Shared)
     }
 }
 

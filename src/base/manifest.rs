@@ -250,6 +250,23 @@ impl Manifest {
             .or_else(|| self.segments.iter().find(|s| s.name == key))
     }
 
+    /// The type of a contact field: the base's own field, else its
+    /// declaration in the configuration, else the SPEC's recognised column
+    /// (known before any import brings it, so that the default segments
+    /// hold on an empty base).
+    pub fn contact_field_type(
+        &self,
+        config: &crate::base::config::Config,
+        name: &str,
+    ) -> Option<crate::base::schema::FieldType> {
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.ty.clone())
+            .or_else(|| config.fields.get(name).cloned())
+            .or_else(|| crate::base::schema::recognised_contact_field(name))
+    }
+
     /// The segment with this id or name, or [`Error::UnknownSegment`].
     pub fn find_segment(&self, key: &str) -> Result<&SegmentRecord> {
         self.segment(key).ok_or_else(|| Error::UnknownSegment {

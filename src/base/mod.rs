@@ -17,7 +17,7 @@ pub mod input;
 pub mod lock;
 pub mod manifest;
 pub mod members;
-pub mod pages;
+
 pub mod schema;
 pub mod status;
 pub mod store;

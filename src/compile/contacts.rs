@@ -28,10 +28,10 @@ use datafusion::physical_plan::execute_stream_partitioned;
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 
-use crate::base::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
 use crate::base::schema::IID;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::materialize::{add_masked, bits_from, iid_column};
+use crate::compile::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
 use crate::engine::Session;
 use crate::engine::session::CONTACTS;
 use crate::error::{Error, Result};

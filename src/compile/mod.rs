@@ -14,6 +14,7 @@ mod contacts;
 mod dictionary;
 pub mod expr;
 pub mod materialize;
+mod pages;
 
 use std::collections::HashMap;
 use std::ops::Not;
@@ -104,12 +105,16 @@ impl Plan {
     }
 }
 
+/// A bitmap, or the error met computing it (shared: a leaf serves every
+/// segment that uses it).
+pub type Outcome = std::result::Result<RoaringBitmap, std::sync::Arc<Error>>;
+
 /// The bitmap of each leaf, or the error that leaf met.
 #[derive(Debug, Default)]
 pub struct LeafResults {
-    pub contacts: Vec<std::result::Result<RoaringBitmap, String>>,
-    pub events: Vec<std::result::Result<RoaringBitmap, String>>,
-    pub queries: Vec<std::result::Result<RoaringBitmap, String>>,
+    pub contacts: Vec<Outcome>,
+    pub events: Vec<Outcome>,
+    pub queries: Vec<Outcome>,
     /// Wall time of each pass, in milliseconds: contacts, events, queries
     /// (the passes overlap).
     pub pass_ms: [u64; 3],
@@ -158,15 +163,13 @@ impl Session {
     /// base knows (recognised or declared) but no import has brought yet is
     /// empty for every contact.
     pub fn contact_column(&self, name: &str) -> Result<(FieldType, Expr)> {
-        if let Some(ty) = self.field_types.get(name) {
-            return Ok((ty.clone(), col(name)));
-        }
         let ty = self
-            .config_fields
-            .get(name)
-            .cloned()
-            .or_else(|| crate::base::schema::recognised_contact_field(name))
+            .manifest
+            .contact_field_type(&self.base.config, name)
             .ok_or_else(|| Error::criteria(name, format!("unknown contact field {name:?}")))?;
+        if self.manifest.fields.iter().any(|f| f.name == name) {
+            return Ok((ty, col(name)));
+        }
         let null = datafusion::common::ScalarValue::try_from(&ty.arrow_type())?;
         Ok((ty, lit(null)))
     }
@@ -204,13 +207,8 @@ impl Session {
         }
     }
 
-    async fn contacts_pass(
-        &self,
-        leaves: &[Criterion],
-        clock: &Clock,
-    ) -> Vec<std::result::Result<RoaringBitmap, String>> {
-        let mut out: Vec<std::result::Result<RoaringBitmap, String>> =
-            Vec::with_capacity(leaves.len());
+    async fn contacts_pass(&self, leaves: &[Criterion], clock: &Clock) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut exprs = Vec::new();
         let mut slots = Vec::new();
         for (i, leaf) in leaves.iter().enumerate() {
@@ -220,7 +218,7 @@ impl Session {
                     slots.push(i);
                     out.push(Ok(RoaringBitmap::new()));
                 }
-                Err(e) => out.push(Err(e.to_string())),
+                Err(e) => out.push(Err(std::sync::Arc::new(e))),
             }
         }
         if exprs.is_empty() {
@@ -240,10 +238,10 @@ impl Session {
                         .contact_bitmaps(&[e])
                         .await
                         .map(|mut v| v.remove(0))
-                        .map_err(|e| self.name_damaged_file(e).to_string());
+                        .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));
                 }
             }
-            Err(e) => out[slots[0]] = Err(self.name_damaged_file(e).to_string()),
+            Err(e) => out[slots[0]] = Err(std::sync::Arc::new(self.name_damaged_file(e))),
         }
         out
     }
@@ -296,13 +294,8 @@ impl Session {
         Ok((contacts, events))
     }
 
-    async fn events_pass(
-        &self,
-        leaves: &[Behavior],
-        clock: &Clock,
-    ) -> Vec<std::result::Result<RoaringBitmap, String>> {
-        let mut out: Vec<std::result::Result<RoaringBitmap, String>> =
-            Vec::with_capacity(leaves.len());
+    async fn events_pass(&self, leaves: &[Behavior], clock: &Clock) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut compiled = Vec::new();
         for (i, b) in leaves.iter().enumerate() {
             match self.behavior_parts(b, clock) {
@@ -310,7 +303,7 @@ impl Session {
                     compiled.push((i, parts));
                     out.push(Ok(RoaringBitmap::new()));
                 }
-                Err(e) => out.push(Err(e.to_string())),
+                Err(e) => out.push(Err(std::sync::Arc::new(e))),
             }
         }
         if compiled.is_empty() {
@@ -327,15 +320,15 @@ impl Session {
             // A run-time failure: evaluate the conditions one by one to pin
             // it on the conditions that cause it.
             Err(e) => {
-                let msg = self.name_damaged_file(e).to_string();
+                let shared = std::sync::Arc::new(self.name_damaged_file(e));
                 for (slot, p) in &compiled {
                     out[*slot] = match self.behavior_bitmaps(std::slice::from_ref(p), clock).await {
                         Ok(mut r) => {
                             let (has, pass) = r.remove(0);
                             Ok(p.finish(has, pass, all))
                         }
-                        Err(_) if compiled.len() > 1 => Err(msg.clone()),
-                        Err(e) => Err(self.name_damaged_file(e).to_string()),
+                        Err(_) if compiled.len() > 1 => Err(shared.clone()),
+                        Err(e) => Err(std::sync::Arc::new(self.name_damaged_file(e))),
                     };
                 }
             }
@@ -343,13 +336,10 @@ impl Session {
         out
     }
 
-    async fn queries_pass(
-        &self,
-        queries: &[String],
-    ) -> Vec<std::result::Result<RoaringBitmap, String>> {
+    async fn queries_pass(&self, queries: &[String]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(queries.len());
         for q in queries {
-            out.push(self.query_bitmap(q).await.map_err(|e| e.to_string()));
+            out.push(self.query_bitmap(q).await.map_err(std::sync::Arc::new));
         }
         out
     }
@@ -410,16 +400,12 @@ async fn collect_masks(df: DataFrame, n: usize) -> Result<Vec<RoaringBitmap>> {
 pub trait Bitmaps {
     fn all(&self) -> &RoaringBitmap;
     /// The members of a segment (by id), or why they are not available.
-    fn segment(&self, id: &str) -> std::result::Result<RoaringBitmap, String>;
-    fn import(&self, id: &str) -> std::result::Result<RoaringBitmap, String>;
+    fn segment(&self, id: &str) -> Outcome;
+    fn import(&self, id: &str) -> Outcome;
 }
 
 /// Evaluate a tree on bitmaps.
-pub fn eval(
-    node: &Node,
-    leaves: &LeafResults,
-    env: &dyn Bitmaps,
-) -> std::result::Result<RoaringBitmap, String> {
+pub fn eval(node: &Node, leaves: &LeafResults, env: &dyn Bitmaps) -> Outcome {
     Ok(match node {
         Node::All(cs) => {
             let mut acc: Option<RoaringBitmap> = None;

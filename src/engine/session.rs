@@ -42,11 +42,8 @@ pub struct Session {
     pub ctx: SessionContext,
     pub contacts_schema: SchemaRef,
     pub events_schema: SchemaRef,
-    /// Declared types of contact fields and event columns (choice, tags...).
-    pub field_types: HashMap<String, FieldType>,
+    /// Types of the event columns (choice, tags...).
     pub event_types: HashMap<String, FieldType>,
-    /// Fields declared in the configuration.
-    pub config_fields: std::collections::BTreeMap<String, FieldType>,
     /// Every live contact of the snapshot.
     pub all_contacts: RoaringBitmap,
     /// The version this session reads.
@@ -86,17 +83,11 @@ impl Session {
             ctx,
             contacts_schema,
             events_schema,
-            field_types: m
-                .fields
-                .iter()
-                .map(|f| (f.name.clone(), f.ty.clone()))
-                .collect(),
             event_types: m
                 .event_columns
                 .iter()
                 .map(|f| (f.name.clone(), f.ty.clone()))
                 .collect(),
-            config_fields: base.config.fields.clone(),
             base: base.clone(),
             manifest: m,
             all_contacts,

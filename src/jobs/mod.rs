@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::base::Base;
 use crate::base::config::Config;
 use crate::base::manifest::{History, Manifest, SegmentRecord, SegmentStatus};
-use crate::base::schema::{FieldType, recognised_contact_field};
+use crate::base::schema::FieldType;
 use crate::criteria::validate::Catalog;
 use crate::error::Result;
 
@@ -100,13 +100,7 @@ pub struct ManifestCatalog<'a> {
 
 impl Catalog for ManifestCatalog<'_> {
     fn contact_field(&self, name: &str) -> Option<FieldType> {
-        self.manifest
-            .fields
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.ty.clone())
-            .or_else(|| self.config.fields.get(name).cloned())
-            .or_else(|| recognised_contact_field(name))
+        self.manifest.contact_field_type(self.config, name)
     }
     fn event_column(&self, name: &str) -> Option<FieldType> {
         self.manifest

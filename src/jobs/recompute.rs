@@ -18,7 +18,7 @@ use crate::base::bitmaps::read_bitmap;
 use crate::base::manifest::{Manifest, SegmentStatus};
 use crate::base::members::{Members, OptIns, store_result};
 use crate::compile::expr::Clock;
-use crate::compile::{Bitmaps, LeafResults, Node, Plan, eval};
+use crate::compile::{Bitmaps, LeafResults, Node, Outcome, Plan, eval};
 use crate::criteria::Criterion;
 use crate::criteria::graph::SegmentGraph;
 use crate::engine::Session;
@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 
 /// The outcome of evaluating a batch of segments.
 pub struct Computation {
-    pub results: BTreeMap<String, std::result::Result<RoaringBitmap, String>>,
+    pub results: BTreeMap<String, Outcome>,
     pub contact_leaves: usize,
     pub event_leaves: usize,
     pub queries: usize,
@@ -51,7 +51,7 @@ struct Env<'a> {
     all: &'a RoaringBitmap,
     dir: PathBuf,
     manifest: &'a Manifest,
-    batch: &'a HashMap<String, std::result::Result<RoaringBitmap, String>>,
+    batch: &'a HashMap<String, Outcome>,
     /// Names and ids of the batch's segments → id.
     batch_keys: &'a HashMap<String, String>,
 }
@@ -69,33 +69,36 @@ impl Bitmaps for Env<'_> {
     fn all(&self) -> &RoaringBitmap {
         self.all
     }
-    fn segment(&self, key: &str) -> std::result::Result<RoaringBitmap, String> {
-        let id = self
-            .resolve(key)
-            .ok_or_else(|| format!("unknown segment {key:?}"))?;
+    fn segment(&self, key: &str) -> Outcome {
+        let id = self.resolve(key).ok_or_else(|| Error::UnknownSegment {
+            key: key.to_string(),
+        })?;
         if self.batch_keys.contains_key(&id) {
             return match self.batch.get(&id) {
                 Some(Ok(b)) => Ok(b.clone()),
-                Some(Err(_)) => Err(format!("dependency {id} failed")),
-                None => Err(format!(
+                Some(Err(_)) => Err(Error::DependencyFailed { id }.into()),
+                None => Err(Error::Internal(format!(
                     "dependency {id} was not computed before its dependants (a reference cycle?)"
-                )),
+                ))
+                .into()),
             };
         }
         let rec = self
             .manifest
             .segment(&id)
-            .ok_or_else(|| format!("unknown segment {id:?}"))?;
+            .ok_or_else(|| Error::UnknownSegment { key: id.clone() })?;
         Members::load(&self.dir, rec)
             .map(|m| m.members)
-            .map_err(|e| e.to_string())
+            .map_err(std::sync::Arc::new)
     }
-    fn import(&self, key: &str) -> std::result::Result<RoaringBitmap, String> {
+    fn import(&self, key: &str) -> Outcome {
         let imp = self
             .manifest
             .import(key)
-            .ok_or_else(|| format!("unknown import {key:?}"))?;
-        read_bitmap(&self.dir, &imp.contacts).map_err(|e| e.to_string())
+            .ok_or_else(|| Error::UnknownImport {
+                key: key.to_string(),
+            })?;
+        read_bitmap(&self.dir, &imp.contacts).map_err(std::sync::Arc::new)
     }
 }
 
@@ -146,7 +149,7 @@ pub async fn compute(
         batch_keys.insert(id.clone(), id.clone());
         batch_keys.insert(name.clone(), id.clone());
     }
-    let mut batch: HashMap<String, std::result::Result<RoaringBitmap, String>> = HashMap::new();
+    let mut batch: HashMap<String, Outcome> = HashMap::new();
     for i in dependency_order(targets, m) {
         let env = Env {
             all: &session.all_contacts,
@@ -298,7 +301,7 @@ pub async fn compute_into(
             Err(e) => {
                 // Previous members are kept; the error is shown with the status.
                 rec.status = SegmentStatus::Failed;
-                rec.error = Some(e.clone());
+                rec.error = Some(e.to_string());
                 report.segments.push(SegmentRun {
                     id: id.clone(),
                     status: "failed".into(),
@@ -306,7 +309,7 @@ pub async fn compute_into(
                     entries: 0,
                     exits: 0,
                     duration_ms: 0,
-                    error: Some(e.clone()),
+                    error: Some(e.to_string()),
                 });
             }
         }

@@ -118,7 +118,7 @@ pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) ->
         .into_values()
         .next()
         .expect("one result")
-        .map_err(Error::usage)?;
+        .map_err(Error::from)?;
     let sample_iids: Vec<u32> = bm.iter().take(10).collect();
     let sample = contact_ids_of(snap.dir(), &snap.manifest, &sample_iids)?;
     Ok(Preview {

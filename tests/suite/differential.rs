@@ -1152,11 +1152,9 @@ fn library_eval(
         &targets,
     ));
     (0..criteria.len())
-        .map(|i| {
-            comp.results
-                .get(&format!("t{i}"))
-                .cloned()
-                .unwrap_or_else(|| Err("no result".into()))
+        .map(|i| match comp.results.get(&format!("t{i}")) {
+            Some(r) => r.clone().map_err(|e| e.to_string()),
+            None => Err("no result".into()),
         })
         .collect()
 }
