@@ -3,12 +3,14 @@
 mod suite {
     /// Imports, upserts, bad input, deletion, snapshots.
     pub mod base;
-    /// The command line on small bases in testdata/.
+    /// The segment commands, imports and audiences on small bases in testdata/.
     pub mod cli;
     /// Shared helpers: temporary bases, CSV writers, evaluation shortcuts.
     pub mod common;
     /// Every durable step of every writing command, crashed in turn.
     pub mod crash;
+    /// Files damaged on disk, named by `check` and by the commands that read them.
+    pub mod damage;
     /// Random criteria trees: the DataFusion path equals the reference.
     pub mod differential;
     /// Arbitrary and mutated definitions: a result or a clear error, never a panic.
@@ -19,8 +21,12 @@ mod suite {
     pub mod lifecycle;
     /// Every operator of every type, with the empty-value rules both ways.
     pub mod operators;
+    /// Readers in other processes while a writer runs.
+    pub mod readers;
     /// Plain-Rust reference evaluator written from the SPEC (tests only).
     pub mod reference;
+    /// Read-only SQL: the command, the shell, the PostgreSQL protocol.
+    pub mod sql;
     /// Validation errors with JSON paths, cycles.
     pub mod validation;
 }

@@ -285,205 +285,31 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
             "the required column \"contact_id\" is missing",
         ));
     }
-    let (types, to_infer) = column_types(w, &input)?;
-    let sep = w.base.config.tags_separator.clone();
-    let dir = w.dir().to_path_buf();
-
-    // The file's fields with their types, in file order (as text for those
-    // still to infer).
-    let mut incoming: Vec<(usize, FieldDef)> = types
-        .iter()
-        .enumerate()
-        .filter_map(|(idx, ty)| {
-            let ty = ty.clone()?;
-            let name = input.names[idx].clone();
-            Some((idx, FieldDef { name, ty }))
-        })
-        .collect();
-    let spooled = spooled_schema(&incoming);
-
-    let existing = ExistingIds::load(&dir, &w.next)?;
-    let budget = 2 * chunk_bytes() as usize;
-    let mut updates = Spool::new(&dir, spooled.clone(), budget);
-    let mut added = Spool::new(&dir, spooled.clone(), budget);
-    let mut run_positions: Vec<Vec<u32>> = Vec::new();
-    let mut seen = RoaringTreemap::new();
-    let mut touched = RoaringBitmap::new();
-    let mut inferences = vec![Inference::default(); to_infer.len()];
-    for chunk in input.iter() {
-        let chunk = chunk?;
-        let ids = input_contact_ids(&chunk)?;
-        for (row, id) in ids.iter().enumerate() {
-            if !seen.insert(*id) {
-                return Err(duplicate(&input, &chunk, row, *id));
-            }
-        }
-        // Columns are converted in parallel, while the columns to infer are
-        // narrowed; the first error in column order is reported.
-        let (typed, ()) = rayon::join(
-            || -> Vec<Result<ArrayRef>> {
-                incoming
-                    .par_iter()
-                    .map(|(idx, f)| chunk.typed(*idx, &f.ty, &sep))
-                    .collect()
-            },
-            || {
-                inferences
-                    .par_iter_mut()
-                    .zip(&to_infer)
-                    .for_each(|(inference, &idx)| chunk.narrow(idx, inference))
-            },
-        );
-        let mut upd: Vec<(u32, u32)> = Vec::new();
-        let mut new_rows: Vec<u32> = Vec::new();
-        for (row, id) in ids.iter().enumerate() {
-            match existing.position(*id) {
-                Some(pos) => {
-                    upd.push((pos, row as u32));
-                    touched.insert(existing.iids[pos as usize]);
-                }
-                None => new_rows.push(row as u32),
-            }
-        }
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids))];
-        for c in typed {
-            columns.push(c?);
-        }
-        let batch = RecordBatch::try_new(spooled.clone(), columns)?;
-        upd.sort_unstable();
-        if !upd.is_empty() {
-            let rows = UInt32Array::from_iter_values(upd.iter().map(|u| u.1));
-            updates.push(take_record_batch(&batch, &rows)?)?;
-        }
-        run_positions.push(upd.into_iter().map(|u| u.0).collect());
-        if new_rows.len() == batch.num_rows() {
-            added.push(batch)?;
-        } else {
-            added.push(take_record_batch(&batch, &UInt32Array::from(new_rows))?)?;
-        }
-    }
-    updates.close()?;
-    added.close()?;
-
-    // The inferred types, and the spooled text of those columns typed as
-    // it is read back.
-    let mut to_type = Vec::new();
-    for (inference, idx) in inferences.iter().zip(&to_infer) {
-        let at = incoming
-            .iter()
-            .position(|(i, _)| i == idx)
-            .expect("an input column");
-        let ty = inference.result();
-        if ty != FieldType::Text {
-            to_type.push((1 + at, ty.clone()));
-        }
-        incoming[at].1.ty = ty;
-    }
-    let spooled_text = spooled;
-    let spooled = spooled_schema(&incoming);
-    let typed = |b: Result<RecordBatch>| -> Result<RecordBatch> {
-        let b = b?;
-        if to_type.is_empty() {
-            return Ok(b);
-        }
-        let mut columns = b.columns().to_vec();
-        let converted: Vec<Result<(usize, ArrayRef)>> = to_type
-            .par_iter()
-            .map(|(c, ty)| {
-                let a = typed_text(&columns[*c], ty, &sep).map_err(|(_, m)| {
-                    Error::Internal(format!(
-                        "column {:?} inferred as {}: {m}",
-                        spooled_text.field(*c).name(),
-                        ty.name()
-                    ))
-                })?;
-                Ok((*c, a))
-            })
-            .collect();
-        for c in converted {
-            let (c, a) = c?;
-            columns[c] = a;
-        }
-        Ok(RecordBatch::try_new(spooled.clone(), columns)?)
-    };
+    let read = Spooled::read(w, &input)?;
+    let retype = Retype::of(&read, w.base.config.tags_separator.clone());
 
     // The new field list: existing fields, then the file's new columns.
     let mut fields = w.next.fields.clone();
     let mut new_fields = Vec::new();
-    for (_, f) in &incoming {
+    for (_, f) in &retype.incoming {
         if !fields.iter().any(|g| g.name == f.name) {
             fields.push(f.clone());
             new_fields.push(f.name.clone());
         }
     }
     let first_new = w.next.next_iid;
-    let next_iid = u32::try_from(added.rows())
+    let next_iid = u32::try_from(read.added.rows())
         .ok()
         .and_then(|n| first_new.checked_add(n))
-        .ok_or_else(|| Error::base(&dir, "more than 4 billion contacts"))?;
+        .ok_or_else(|| Error::base(w.dir(), "more than 4 billion contacts"))?;
+    let contacts_file = write_merged(w, &read, &retype, &fields, first_new, opts)?;
+
+    let Spooled {
+        seen, mut touched, ..
+    } = read;
     touched.insert_range(first_new..next_iid);
-
-    // The runs, each read from its place in the spool of updates.
-    let mut runs = Vec::with_capacity(run_positions.len());
-    let mut offset = 0;
-    for positions in run_positions {
-        let rows = Taker::new(
-            spooled.clone(),
-            Box::new(updates.read(offset, positions.len())?.map(typed)),
-        );
-        offset += positions.len();
-        runs.push(Run {
-            positions,
-            at: 0,
-            rows,
-        });
-    }
-
-    let plain = contacts_schema(&fields);
-    let new_sample = Taker::new(
-        spooled.clone(),
-        Box::new(added.read(0, DICTIONARY_SAMPLE)?.map(typed)),
-    )
-    .take(DICTIONARY_SAMPLE)
-    .and_then(|b| new_rows_batch(&b, first_new, &fields, &plain))?;
-    let mut out = Output::default();
-
-    // The old contacts, row group by row group (a few decoded in parallel),
-    // with their updates.
-    if let Some(f) = &w.next.contacts {
-        let old = ParquetFile::open(&dir.join(&f.path))?;
-        let old_plain = contacts_schema(&w.next.fields);
-        let groups: Vec<usize> = (0..old.row_groups()).collect();
-        let mut position = 0usize;
-        for some in groups.chunks(rayon::current_num_threads().max(1)) {
-            for batch in old.read(None, some)? {
-                let batch = to_storage(&batch, &old_plain)?;
-                let n = batch.num_rows();
-                let merged = merge_updates(&batch, position, &mut runs, &fields, &spooled, opts)?;
-                position += n;
-                out.write(w, merged, &new_sample)?;
-            }
-        }
-    }
-    // Then the new contacts, in file order.
-    let mut rows = Taker::new(
-        spooled.clone(),
-        Box::new(added.read(0, added.rows())?.map(typed)),
-    );
-    let mut iid = first_new;
-    loop {
-        let b = rows.take(64 * 1024)?;
-        if b.num_rows() == 0 {
-            break;
-        }
-        let n = b.num_rows() as u32;
-        out.write(w, new_rows_batch(&b, iid, &fields, &plain)?, &new_sample)?;
-        iid += n;
-    }
-    let contacts_file = out.finish(w, &new_sample)?;
-
     let mut all = match &w.next.all_contacts {
-        Some(f) => read_bitmap(&dir, f)?,
+        Some(f) => read_bitmap(w.dir(), f)?,
         None => RoaringBitmap::new(),
     };
     all.insert_range(first_new..next_iid);
@@ -519,6 +345,258 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     w.next.contacts = Some(contacts_file);
     w.next.all_contacts = Some(all_file);
     Ok(report)
+}
+
+/// The first phase of an import of contacts: the file read chunk by chunk,
+/// each chunk's rows typed and split into updates of existing contacts and
+/// new contacts, both spooled; the columns to infer kept as text while
+/// their values narrow the type.
+struct Spooled {
+    /// The file's fields (index in the file, field), as text for those
+    /// still to infer.
+    incoming: Vec<(usize, FieldDef)>,
+    /// The schema of the spooled rows: `contact_id`, then `incoming`.
+    schema: SchemaRef,
+    updates: Spool,
+    added: Spool,
+    /// For each chunk, the positions in the old file of the contacts it
+    /// updates, sorted (its rows in the spool of updates, in that order).
+    run_positions: Vec<Vec<u32>>,
+    /// Every `contact_id` of the file.
+    seen: RoaringTreemap,
+    /// Internal ids of the existing contacts the file updates.
+    touched: RoaringBitmap,
+    /// The file's columns whose type is inferred, and what their values say.
+    to_infer: Vec<usize>,
+    inferences: Vec<Inference>,
+}
+
+impl Spooled {
+    fn read(w: &Writer, input: &InputChunks) -> Result<Spooled> {
+        let (types, to_infer) = column_types(w, input)?;
+        let sep = w.base.config.tags_separator.clone();
+        let dir = w.dir();
+        let incoming: Vec<(usize, FieldDef)> = types
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, ty)| {
+                let ty = ty.clone()?;
+                let name = input.names[idx].clone();
+                Some((idx, FieldDef { name, ty }))
+            })
+            .collect();
+        let schema = spooled_schema(&incoming);
+        let existing = ExistingIds::load(dir, &w.next)?;
+        let budget = 2 * chunk_bytes() as usize;
+        let mut out = Spooled {
+            updates: Spool::new(dir, schema.clone(), budget),
+            added: Spool::new(dir, schema.clone(), budget),
+            run_positions: Vec::new(),
+            seen: RoaringTreemap::new(),
+            touched: RoaringBitmap::new(),
+            inferences: vec![Inference::default(); to_infer.len()],
+            to_infer,
+            incoming,
+            schema,
+        };
+        for chunk in input.iter() {
+            let chunk = chunk?;
+            let ids = input_contact_ids(&chunk)?;
+            for (row, id) in ids.iter().enumerate() {
+                if !out.seen.insert(*id) {
+                    return Err(duplicate(input, &chunk, row, *id));
+                }
+            }
+            // Columns are converted in parallel, while the columns to infer
+            // are narrowed; the first error in column order is reported.
+            let (typed, ()) = rayon::join(
+                || -> Vec<Result<ArrayRef>> {
+                    out.incoming
+                        .par_iter()
+                        .map(|(idx, f)| chunk.typed(*idx, &f.ty, &sep))
+                        .collect()
+                },
+                || {
+                    out.inferences
+                        .par_iter_mut()
+                        .zip(&out.to_infer)
+                        .for_each(|(inference, &idx)| chunk.narrow(idx, inference))
+                },
+            );
+            let mut upd: Vec<(u32, u32)> = Vec::new();
+            let mut new_rows: Vec<u32> = Vec::new();
+            for (row, id) in ids.iter().enumerate() {
+                match existing.position(*id) {
+                    Some(pos) => {
+                        upd.push((pos, row as u32));
+                        out.touched.insert(existing.iids[pos as usize]);
+                    }
+                    None => new_rows.push(row as u32),
+                }
+            }
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids))];
+            for c in typed {
+                columns.push(c?);
+            }
+            let batch = RecordBatch::try_new(out.schema.clone(), columns)?;
+            upd.sort_unstable();
+            if !upd.is_empty() {
+                let rows = UInt32Array::from_iter_values(upd.iter().map(|u| u.1));
+                out.updates.push(take_record_batch(&batch, &rows)?)?;
+            }
+            out.run_positions
+                .push(upd.into_iter().map(|u| u.0).collect());
+            if new_rows.len() == batch.num_rows() {
+                out.added.push(batch)?;
+            } else {
+                out.added
+                    .push(take_record_batch(&batch, &UInt32Array::from(new_rows))?)?;
+            }
+        }
+        out.updates.close()?;
+        out.added.close()?;
+        Ok(out)
+    }
+}
+
+/// The second phase: the inferred types, and the spooled text of those
+/// columns typed as the spools are read back.
+struct Retype {
+    /// The file's fields with their final types.
+    incoming: Vec<(usize, FieldDef)>,
+    /// Spooled columns to type (position in the batch, type).
+    to_type: Vec<(usize, FieldType)>,
+    /// The schema the rows were spooled with, and the one they are read as.
+    text_schema: SchemaRef,
+    schema: SchemaRef,
+    sep: String,
+}
+
+impl Retype {
+    fn of(read: &Spooled, sep: String) -> Retype {
+        let mut incoming = read.incoming.clone();
+        let mut to_type = Vec::new();
+        for (inference, idx) in read.inferences.iter().zip(&read.to_infer) {
+            let at = incoming
+                .iter()
+                .position(|(i, _)| i == idx)
+                .expect("an input column");
+            let ty = inference.result();
+            if ty != FieldType::Text {
+                to_type.push((1 + at, ty.clone()));
+            }
+            incoming[at].1.ty = ty;
+        }
+        let schema = spooled_schema(&incoming);
+        Retype {
+            incoming,
+            to_type,
+            text_schema: read.schema.clone(),
+            schema,
+            sep,
+        }
+    }
+
+    /// A spooled batch with its inferred columns typed.
+    fn apply(&self, b: Result<RecordBatch>) -> Result<RecordBatch> {
+        let b = b?;
+        if self.to_type.is_empty() {
+            return Ok(b);
+        }
+        let mut columns = b.columns().to_vec();
+        let converted: Vec<Result<(usize, ArrayRef)>> = self
+            .to_type
+            .par_iter()
+            .map(|(c, ty)| {
+                let a = typed_text(&columns[*c], ty, &self.sep).map_err(|(_, m)| {
+                    Error::Internal(format!(
+                        "column {:?} inferred as {}: {m}",
+                        self.text_schema.field(*c).name(),
+                        ty.name()
+                    ))
+                })?;
+                Ok((*c, a))
+            })
+            .collect();
+        for c in converted {
+            let (c, a) = c?;
+            columns[c] = a;
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Rows of a spool, typed as they are read.
+    fn taker<'a>(
+        &'a self,
+        rows: Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'a>,
+    ) -> Taker<'a> {
+        Taker::new(self.schema.clone(), Box::new(rows.map(|b| self.apply(b))))
+    }
+}
+
+/// The third phase: the new contacts file, written in one pass over the
+/// old one, row group by row group with its updates merged in, followed by
+/// the new contacts (from internal id `first_new`).
+fn write_merged(
+    w: &Writer,
+    read: &Spooled,
+    retype: &Retype,
+    fields: &[FieldDef],
+    first_new: u32,
+    opts: &ImportOptions,
+) -> Result<DataFile> {
+    let dir = w.dir();
+    // The runs, each read from its place in the spool of updates.
+    let mut runs = Vec::with_capacity(read.run_positions.len());
+    let mut offset = 0;
+    for positions in &read.run_positions {
+        let rows = retype.taker(read.updates.read(offset, positions.len())?);
+        offset += positions.len();
+        runs.push(Run {
+            positions: positions.clone(),
+            at: 0,
+            rows,
+        });
+    }
+
+    let plain = contacts_schema(fields);
+    let new_sample = retype
+        .taker(read.added.read(0, DICTIONARY_SAMPLE)?)
+        .take(DICTIONARY_SAMPLE)
+        .and_then(|b| new_rows_batch(&b, first_new, fields, &plain))?;
+    let mut out = Output::default();
+
+    // The old contacts, row group by row group (a few decoded in parallel),
+    // with their updates.
+    if let Some(f) = &w.next.contacts {
+        let old = ParquetFile::open(&dir.join(&f.path))?;
+        let old_plain = contacts_schema(&w.next.fields);
+        let groups: Vec<usize> = (0..old.row_groups()).collect();
+        let mut position = 0usize;
+        for some in groups.chunks(rayon::current_num_threads().max(1)) {
+            for batch in old.read(None, some)? {
+                let batch = to_storage(&batch, &old_plain)?;
+                let n = batch.num_rows();
+                let merged =
+                    merge_updates(&batch, position, &mut runs, fields, &retype.schema, opts)?;
+                position += n;
+                out.write(w, merged, &new_sample)?;
+            }
+        }
+    }
+    // Then the new contacts, in file order.
+    let mut rows = retype.taker(read.added.read(0, read.added.rows())?);
+    let mut iid = first_new;
+    loop {
+        let b = rows.take(64 * 1024)?;
+        if b.num_rows() == 0 {
+            break;
+        }
+        let n = b.num_rows() as u32;
+        out.write(w, new_rows_batch(&b, iid, fields, &plain)?, &new_sample)?;
+        iid += n;
+    }
+    out.finish(w, &new_sample)
 }
 
 /// The new contacts file, written once the storage types are chosen on a

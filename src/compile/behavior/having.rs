@@ -1,0 +1,124 @@
+//! The `having` tests over the accumulated values of a shard, written
+//! straight into bitmaps.
+
+use super::*;
+
+impl Scan {
+    /// Turn a shard's state into (has, pass) bitmaps per condition.
+    pub(super) fn finish(
+        &self,
+        st: &State,
+        lo: u32,
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        let mut out: Vec<(RoaringBitmap, RoaringBitmap)> = Vec::with_capacity(self.leaves.len());
+        for (l, leaf) in self.leaves.iter().enumerate() {
+            let bits = BooleanBuffer::collect_bool(st.len, |i| st.n[st.cap * l + i] > 0);
+            let has = bits_from(lo, &bits);
+            let pass = if leaf.exists == Some(true) {
+                has.clone()
+            } else {
+                RoaringBitmap::new()
+            };
+            out.push((has, pass));
+        }
+        if self.having.is_empty() {
+            return Ok(out);
+        }
+        let len = st.len;
+        let mut start = 0;
+        while start < len {
+            let end = (start + HAVING_CHUNK).min(len);
+            for test in &self.having {
+                let batch = self.having_batch(test, st, start, end)?;
+                let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let bits = true_bits(mask.as_boolean());
+                out[test.leaf].1 |= bits_from(lo + start as u32, &bits);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Contacts `[start, end)` of a shard with one condition's count and
+    /// aggregate.
+    pub(super) fn having_batch(
+        &self,
+        test: &HavingTest,
+        st: &State,
+        start: usize,
+        end: usize,
+    ) -> Result<RecordBatch> {
+        let k = test.leaf;
+        let leaf = &self.leaves[k];
+        let n = &st.n[st.cap * k + start..st.cap * k + end];
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(
+            n.iter().map(|&c| c as i64),
+        ))];
+        match leaf.agg {
+            Agg::Count => {}
+            Agg::First | Agg::Last => {
+                let a: TimestampMicrosecondArray = (start..end)
+                    .zip(n)
+                    .map(|(i, &c)| (c > 0).then(|| st.t[st.cap * leaf.time + i]))
+                    .collect();
+                let tz = match &self.ts_type {
+                    DataType::Timestamp(_, tz) => tz.clone(),
+                    _ => None,
+                };
+                columns.push(Arc::new(a.with_timezone_opt(tz)));
+            }
+            _ => {
+                let a: Float64Array = (start..end)
+                    .map(|i| {
+                        let at = st.cap * leaf.float + i;
+                        (st.nn[at], st.f[at])
+                    })
+                    .map(|(c, v)| match leaf.agg {
+                        Agg::Sum => Some(v),
+                        Agg::Avg => (c > 0).then(|| v / c as f64),
+                        _ => (c > 0).then_some(v),
+                    })
+                    .collect();
+                columns.push(Arc::new(a));
+            }
+        }
+        Ok(RecordBatch::try_new(test.schema.clone(), columns)?)
+    }
+}
+
+/// If a count condition gives the same answer for every count from 1 up,
+/// that answer: the condition then only asks whether a matching event exists.
+pub(super) fn count_constant_from_one(op: Op, v: &Operand) -> Option<bool> {
+    use Operand as O;
+    // Is there a whole number n >= 1 with lo <= n <= hi?
+    let some_count_in = |lo: f64, hi: f64| lo.max(1.0).ceil() <= hi;
+    let is_count = |x: f64| x >= 1.0 && x.fract() == 0.0;
+    match (op, v) {
+        (Op::IsNotEmpty, _) => Some(true),
+        (Op::IsEmpty, _) => Some(false),
+        (Op::Gte, O::Number(x)) if *x <= 1.0 => Some(true),
+        (Op::Gt, O::Number(x)) if *x < 1.0 => Some(true),
+        (Op::Lt, O::Number(x)) if *x <= 1.0 => Some(false),
+        (Op::Lte, O::Number(x)) if *x < 1.0 => Some(false),
+        (Op::Eq, O::Number(x)) if !is_count(*x) => Some(false),
+        (Op::Neq, O::Number(x)) if !is_count(*x) => Some(true),
+        (Op::Between, O::NumberRange(lo, hi)) if !some_count_in(*lo, *hi) => Some(false),
+        _ => None,
+    }
+}
+
+/// Does a number satisfy a having operator (for the zero of count and sum)?
+pub(super) fn number_holds(op: Op, v: &Operand, x: f64) -> bool {
+    use Operand as O;
+    match (op, v) {
+        (Op::Eq, O::Number(n)) => x == *n,
+        (Op::Neq, O::Number(n)) => x != *n,
+        (Op::Lt, O::Number(n)) => x < *n,
+        (Op::Lte, O::Number(n)) => x <= *n,
+        (Op::Gt, O::Number(n)) => x > *n,
+        (Op::Gte, O::Number(n)) => x >= *n,
+        (Op::Between, O::NumberRange(lo, hi)) => *lo <= x && x <= *hi,
+        (Op::IsNotEmpty, _) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,522 @@
+//! The behaviour pass: every behaviour condition of a batch evaluated in one
+//! scan of events.
+//!
+//! Each condition is split into what a row must satisfy (its event types, a
+//! closed interval of `ts`, and an optional boolean over other columns such
+//! as operations and `where` filters) and a per-contact aggregate with its
+//! `having` test. DataFusion scans events once per contact shard (a range of
+//! internal ids; the files are sorted by id, so row groups and pages outside
+//! the range are pruned) and computes the `where` booleans (a filter on one
+//! dictionary-encoded column, such as an operation or a URL test, is
+//! evaluated on the dictionary's values and looked up by key); the kernel below
+//! groups rows by their event type's dictionary code and runs each
+//! condition over the rows of its types only, skipping ranges of rows whose
+//! times all fall outside its window (files hold a month each), and
+//! accumulates counts, sums, minima... in dense per-contact arrays. The
+//! `having` tests then run as DataFusion expressions over the accumulated
+//! values, and the results are written straight into bitmaps. When a
+//! shard's state fits in cache, batches are taken as they come; otherwise
+//! its rows are kept until its scan ends and dispatched block of contacts
+//! by block, every file's rows for a block together, so that the block's
+//! state stays in cache. Cost grows with the rows and the conditions that
+//! accept them, not with rows × conditions,
+//! and memory with the shard (sized by state and row budgets).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type,
+};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Expr, col, lit, when};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use roaring::RoaringBitmap;
+
+use crate::base::schema::{FieldType, IID};
+use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
+use crate::compile::expr::{Clock, EmptyRule, cond_expr, op_expr, ts_lit};
+use crate::compile::materialize::bits_from;
+use crate::criteria::operand::operand;
+use crate::criteria::{Agg, Behavior, Bound, Op, Operand, Window};
+use crate::engine::Session;
+use crate::engine::session::{EVENTS, ScanLayout};
+use crate::error::{Error, Result};
+
+mod having;
+use having::{count_constant_from_one, number_holds};
+mod kernel;
+mod scan;
+
+/// Memory for the per-contact state of one shard; a shard covers as many
+/// contacts as fit, so the pass runs in bounded memory on any base.
+const SHARD_STATE_BYTES: usize = 256 << 20;
+/// Memory for the scanned rows of one shard, which are kept until the shard
+/// is read so that they can be dispatched block of contacts by block.
+const SHARD_ROW_BYTES: usize = 192 << 20;
+/// Shards per thread: more shards balance the threads; each costs a plan
+/// and a look at every file's page index.
+const SHARDS_PER_THREAD: usize = 4;
+/// Shards per thread when the state fits in cache: without blocks, a
+/// larger shard costs nothing but saves a plan.
+const DIRECT_SHARDS_PER_THREAD: usize = 2;
+/// State per block of contacts: the rows of one block, from every file of
+/// the shard, are dispatched together while its state stays in cache.
+const BLOCK_STATE_BYTES: usize = 512 << 10;
+/// State small enough to stay in cache while a shard's batches are
+/// dispatched as they come, in any order of contacts.
+const DIRECT_STATE_BYTES: usize = 4 << 20;
+/// Separate counts of the kernel's type histogram.
+const LANES: usize = 4;
+/// Contacts per chunk when the `having` tests turn state into bitmaps.
+const HAVING_CHUNK: usize = 64 * 1024;
+
+/// A behaviour condition compiled for the pass.
+#[derive(Debug, Clone)]
+pub struct BehaviorParts {
+    types: Vec<String>,
+    /// Matching rows have `lo <= ts <= hi` (µs).
+    lo: i64,
+    hi: i64,
+    /// Operations and `where` filters, as one boolean over event columns.
+    extra: Option<Expr>,
+    /// The numeric column of sum/avg/min/max, as a float.
+    value: Option<Expr>,
+    agg: Agg,
+    /// For a condition on the existence of a matching event: whether a
+    /// contact with one passes.
+    pub exists: Option<bool>,
+    value_ty: FieldType,
+    op: Op,
+    operand: Operand,
+    zero_matches: bool,
+}
+
+impl BehaviorParts {
+    /// Contacts with no matching event pass too (count or sum tested
+    /// against a bound that 0 satisfies): the result is `pass | (all - has)`.
+    pub fn finish(
+        &self,
+        has: RoaringBitmap,
+        pass: RoaringBitmap,
+        all: &RoaringBitmap,
+    ) -> RoaringBitmap {
+        if self.zero_matches {
+            pass | (all - has)
+        } else {
+            pass
+        }
+    }
+}
+
+impl Session {
+    /// Compile one behaviour condition for the pass.
+    pub fn behavior_parts(&self, b: &Behavior, clock: &Clock) -> Result<BehaviorParts> {
+        let as_of = clock.as_of_micros();
+        let (mut lo, mut hi) = (i64::MIN, as_of);
+        match &b.within {
+            None => {}
+            Some(Window::Last(d)) => lo = lo.max(as_of.saturating_sub(d.micros()) + 1),
+            Some(Window::Range { after, before }) => {
+                let at = |bound: &Bound| match bound {
+                    Bound::Date(d) => clock.day_start(*d),
+                    Bound::Ago(d) => as_of.saturating_sub(d.micros()),
+                };
+                if let Some(a) = after {
+                    lo = lo.max(at(a));
+                }
+                if let Some(bf) = before {
+                    hi = hi.min(at(bf).saturating_sub(1));
+                }
+            }
+        }
+        let mut extra: Option<Expr> = None;
+        let mut and = |e: Expr| {
+            extra = Some(match extra.take() {
+                None => e,
+                Some(x) => x.and(e),
+            })
+        };
+        if let Some(ops) = &b.operations {
+            let ops: Vec<Expr> = ops.iter().map(|o| lit(o.clone())).collect();
+            and(col("operation_id").in_list(ops, false));
+        }
+        for w in &b.wheres {
+            let (ty, column) = self.event_column(&w.field)?;
+            and(cond_expr(w, &ty, column, clock, EmptyRule::Field)?);
+        }
+        // A row whose filter is null does not match, as in WHERE: the kernel
+        // takes a null extra for false.
+        let h = &b.having;
+        let value_ty = h.value_type();
+        let having_operand =
+            operand(&value_ty, h.op, &h.value).map_err(|m| Error::criteria("having", m))?;
+        let value = match h.agg {
+            Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
+                let name = h.column.as_deref().unwrap_or("amount");
+                let (ty, column) = self.event_column(name)?;
+                if !matches!(ty, FieldType::Number { .. }) {
+                    return Err(Error::criteria(
+                        "having.field",
+                        format!("{name:?} is not a numeric event column"),
+                    ));
+                }
+                Some(datafusion::logical_expr::cast(column, DataType::Float64))
+            }
+            _ => None,
+        };
+        // A count condition that holds the same for every count from 1 up
+        // only asks whether a matching event exists (and whether that passes).
+        let exists = match h.agg {
+            Agg::Count => count_constant_from_one(h.op, &having_operand),
+            _ => None,
+        };
+        // Contacts with no matching event: count and sum are 0, the others empty.
+        let zero_matches = match h.agg {
+            Agg::Count | Agg::Sum => number_holds(h.op, &having_operand, 0.0),
+            _ => h.op == Op::IsEmpty,
+        };
+        Ok(BehaviorParts {
+            types: b.events.clone(),
+            lo,
+            hi,
+            extra,
+            value,
+            agg: h.agg,
+            exists,
+            value_ty,
+            op: h.op,
+            operand: having_operand,
+            zero_matches,
+        })
+    }
+
+    /// (contacts with a matching event, contacts whose aggregate passes) for
+    /// each condition, in one scan of events.
+    pub async fn behavior_bitmaps(
+        &self,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        let scan = Arc::new(Scan::new(self, parts, clock)?);
+        let end = self.all_contacts.max().map(|m| m as u64 + 1).unwrap_or(0);
+        let mut out = vec![(RoaringBitmap::new(), RoaringBitmap::new()); parts.len()];
+        if end == 0 {
+            return Ok(out);
+        }
+        let threads = self.ctx.copied_config().target_partitions().max(1);
+        let shards = Arc::new(scan.shards(end, self.event_rows(), threads, self.scan_layout));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // One worker per thread takes the next shard until none is left,
+        // reusing its state arrays from shard to shard.
+        let mut workers = Vec::with_capacity(threads);
+        for _ in 0..threads.min(shards.len()) {
+            let (ctx, scan, shards, next) =
+                (self.ctx.clone(), scan.clone(), shards.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut state: Option<State> = None;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(lo, hi)) = shards.get(i) else {
+                        break;
+                    };
+                    let len = (hi - lo) as usize;
+                    let st = match &mut state {
+                        Some(st) if st.cap >= len => {
+                            st.reset(len);
+                            st
+                        }
+                        _ => state.insert(State::new(&scan, len)),
+                    };
+                    results.push(scan.run_shard(&ctx, st, lo, hi).await?);
+                }
+                Ok::<_, Error>(results)
+            }));
+        }
+        for w in workers {
+            let shards = w
+                .await
+                .map_err(|e| Error::Internal(format!("events scan task: {e}")))??;
+            for shard in shards {
+                for (acc, (has, pass)) in out.iter_mut().zip(shard) {
+                    acc.0 |= has;
+                    acc.1 |= pass;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows of events in the snapshot.
+    fn event_rows(&self) -> u64 {
+        self.manifest.events.iter().map(|e| e.rows).sum()
+    }
+
+    /// The plan of the scan (for `recompute --dry-run`) and a line on how its
+    /// rows are dispatched.
+    pub async fn behavior_explain(
+        &self,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+    ) -> Result<(String, String)> {
+        let scan = Scan::new(self, parts, clock)?;
+        let end = self.all_contacts.max().map(|m| m + 1).unwrap_or(0);
+        let df = scan.frame(&self.ctx, 0, end).await?;
+        let plan = df.into_optimized_plan()?.display_indent().to_string();
+        let threads = self.ctx.copied_config().target_partitions().max(1);
+        let shards = scan
+            .shards(end as u64, self.event_rows(), threads, self.scan_layout)
+            .len();
+        let mut types: Vec<String> = scan
+            .by_type
+            .iter()
+            .map(|(t, ls)| format!("{t}: {}", ls.len()))
+            .collect();
+        types.sort();
+        let aggregated = parts.iter().filter(|p| p.exists.is_none()).count();
+        let on_values = scan
+            .atoms
+            .iter()
+            .filter(|a| matches!(a, Atom::Dictionary(..)))
+            .count();
+        let summary = format!(
+            "{} condition(s) ({} on existence, {} aggregated) in {} shard(s) of contacts; \
+             conditions per event type: {}; row filters: {} on dictionary values, {} per row",
+            parts.len(),
+            parts.len() - aggregated,
+            aggregated,
+            shards,
+            types.join(", "),
+            on_values,
+            scan.atoms.len() - on_values
+        );
+        Ok((plan, summary))
+    }
+}
+
+/// A condition as the kernel sees it.
+#[derive(Debug, Clone, Copy)]
+struct Leaf {
+    lo: i64,
+    hi: i64,
+    extra: Option<usize>,
+    value: Option<usize>,
+    agg: Agg,
+    /// Only whether a matching event exists matters, and whether a contact
+    /// with one passes.
+    exists: Option<bool>,
+    /// Positions of its accumulators among a contact's float (sum, avg, min,
+    /// max) or timestamp (first, last) ones.
+    float: usize,
+    time: usize,
+}
+
+/// The shared scan of a batch of behaviour conditions.
+struct Scan {
+    leaves: Vec<Leaf>,
+    /// Event type → the conditions that accept it.
+    by_type: HashMap<String, Vec<u32>>,
+    /// Columns projected after `_iid`, `ts`, `type`: values, then the
+    /// filters DataFusion computes, then the dictionary columns read as
+    /// they are.
+    values: Vec<Expr>,
+    planned: Vec<Expr>,
+    dictionaries: Vec<String>,
+    /// The row filters conditions share, and each condition's filter as
+    /// the conjunction of some of them.
+    atoms: Vec<Atom>,
+    extras: Vec<Vec<usize>>,
+    /// Rows outside `[ts_lo, ts_hi]` match no condition.
+    ts_lo: i64,
+    ts_hi: i64,
+    /// The `having` tests of the aggregated conditions.
+    having: Vec<HavingTest>,
+    ts_type: DataType,
+    /// Float and timestamp accumulators per contact.
+    floats: usize,
+    times: usize,
+    layout: ScanLayout,
+}
+
+/// The `having` test of one aggregated condition, over a batch of its
+/// count `n` and aggregate `a`.
+struct HavingTest {
+    leaf: usize,
+    schema: SchemaRef,
+    pass: Arc<dyn PhysicalExpr>,
+}
+
+/// A row filter of the scan.
+enum Atom {
+    /// Computed by DataFusion: the `j`th planned column.
+    Planned(usize),
+    /// A test of the `j`th dictionary column, on its distinct values.
+    Dictionary(usize, DictionaryTest),
+}
+
+/// Deduplicate expressions by their text.
+fn slot(exprs: &mut Vec<Expr>, e: &Expr) -> usize {
+    let key = e.to_string();
+    match exprs.iter().position(|x| x.to_string() == key) {
+        Some(i) => i,
+        None => {
+            exprs.push(e.clone());
+            exprs.len() - 1
+        }
+    }
+}
+
+/// The row filters of a scan, as they are collected from its conditions.
+#[derive(Default)]
+struct Filters {
+    planned: Vec<Expr>,
+    dictionaries: Vec<String>,
+    atoms: Vec<Atom>,
+    /// The text of each atom's expression, to share it.
+    keys: Vec<String>,
+    extras: Vec<Vec<usize>>,
+}
+
+impl Filters {
+    /// The filter `e` of a condition on events of `types`, as a position in
+    /// `extras`. Each conjunct that reads one dictionary column is tested on
+    /// the dictionary's values; the others are computed together by
+    /// DataFusion, on the rows of the condition's event types only.
+    fn add(&mut self, session: &Session, e: &Expr, types: &[String]) -> Result<usize> {
+        let mut parts = Vec::new();
+        let mut rest: Option<Expr> = None;
+        for conjunct in split_conjunction(e) {
+            let refs = conjunct.column_refs();
+            let dictionary = match refs.iter().next() {
+                Some(c) if refs.len() == 1 => session
+                    .events_schema
+                    .field_with_name(&c.name)
+                    .ok()
+                    .filter(|f| is_dictionary(f.data_type()))
+                    .cloned(),
+                _ => None,
+            };
+            let test = match &dictionary {
+                Some(field) => DictionaryTest::new(session, conjunct, field)?,
+                None => None,
+            };
+            match (dictionary, test) {
+                (Some(field), Some(test)) => {
+                    let key = format!("dictionary: {conjunct}");
+                    let at = match self.keys.iter().position(|k| *k == key) {
+                        Some(at) => at,
+                        None => {
+                            let j = slot_name(&mut self.dictionaries, field.name());
+                            self.atoms.push(Atom::Dictionary(j, test));
+                            self.keys.push(key);
+                            self.atoms.len() - 1
+                        }
+                    };
+                    parts.push(at);
+                }
+                _ => {
+                    rest = Some(match rest.take() {
+                        None => conjunct.clone(),
+                        Some(x) => x.and(conjunct.clone()),
+                    })
+                }
+            }
+        }
+        if let Some(rest) = rest {
+            let types: Vec<Expr> = types.iter().map(|t| lit(t.clone())).collect();
+            let restricted = when(col("type").in_list(types, false), rest)
+                .otherwise(lit(false))
+                .expect("a case with one branch");
+            let key = format!("planned: {restricted}");
+            let at = match self.keys.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    self.planned.push(restricted);
+                    self.atoms.push(Atom::Planned(self.planned.len() - 1));
+                    self.keys.push(key);
+                    self.atoms.len() - 1
+                }
+            };
+            parts.push(at);
+        }
+        parts.sort_unstable();
+        parts.dedup();
+        Ok(match self.extras.iter().position(|x| *x == parts) {
+            Some(i) => i,
+            None => {
+                self.extras.push(parts);
+                self.extras.len() - 1
+            }
+        })
+    }
+}
+
+/// The position of a name in a list, added if missing.
+fn slot_name(names: &mut Vec<String>, name: &str) -> usize {
+    match names.iter().position(|n| n == name) {
+        Some(i) => i,
+        None => {
+            names.push(name.to_string());
+            names.len() - 1
+        }
+    }
+}
+
+/// The columns of a batch of the scan, as the kernel reads them.
+struct Rows<'a> {
+    iid: &'a [u32],
+    ts: &'a [i64],
+    keys: ScalarBuffer<i32>,
+    type_valid: Option<NullBuffer>,
+    /// Event type code → the conditions that accept it.
+    dispatch: Vec<&'a [u32]>,
+    /// Type code → itself if some condition accepts it, else the number
+    /// of codes.
+    code_of: Vec<u32>,
+    values: Vec<&'a Float64Array>,
+    extras: Vec<BooleanBuffer>,
+}
+
+/// Per-contact state of one shard, one array per condition (counts of
+/// matching rows), per float condition (non-null values and accumulator)
+/// and per first/last condition (timestamp), each `cap` contacts long and
+/// laid end to end.
+struct State {
+    len: usize,
+    cap: usize,
+    n: Vec<u32>,
+    nn: Vec<u32>,
+    f: Vec<f64>,
+    t: Vec<i64>,
+    scratch: Scratch,
+}
+
+/// The kernel's working space, reused from call to call: the rows of a
+/// range grouped by event type.
+#[derive(Default)]
+struct Scratch {
+    /// Each row's type code, or the code past the last for rows left out.
+    codes: Vec<u32>,
+    /// Where each code's rows start in `order` (and, last, the end).
+    starts: Vec<usize>,
+    hist: Vec<usize>,
+    fill: Vec<usize>,
+    /// Row positions, grouped by code.
+    order: Vec<u32>,
+    /// The contact (its position in the shard) and time of each row of `order`.
+    at: Vec<u32>,
+    ts: Vec<i64>,
+}

@@ -1,0 +1,368 @@
+//! Planning and running the scan of events: the columns and filters a
+//! batch of conditions needs, shards of contacts, and the rows of a batch
+//! as the kernel reads them.
+
+use super::*;
+
+impl Scan {
+    pub(super) fn new(session: &Session, parts: &[BehaviorParts], clock: &Clock) -> Result<Scan> {
+        let ts_type = session
+            .events_schema
+            .field_with_name("ts")
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ));
+        let mut leaves = Vec::with_capacity(parts.len());
+        let mut by_type: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut values = Vec::new();
+        let mut filters = Filters::default();
+        let (mut ts_lo, mut ts_hi) = (i64::MAX, i64::MIN);
+        let mut having = Vec::new();
+        let (mut floats, mut times) = (0, 0);
+        for (k, p) in parts.iter().enumerate() {
+            let mut types = p.types.clone();
+            types.sort();
+            types.dedup();
+            for t in types {
+                by_type.entry(t).or_default().push(k as u32);
+            }
+            if p.lo <= p.hi {
+                ts_lo = ts_lo.min(p.lo);
+                ts_hi = ts_hi.max(p.hi);
+            }
+            let extra = match &p.extra {
+                Some(e) => Some(filters.add(session, e, &p.types)?),
+                None => None,
+            };
+            let value = p.value.as_ref().map(|e| slot(&mut values, e));
+            let (float, time) = (floats, times);
+            if p.exists.is_none() {
+                match p.agg {
+                    Agg::First | Agg::Last => times += 1,
+                    Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => floats += 1,
+                    Agg::Count => {}
+                }
+            }
+            leaves.push(Leaf {
+                lo: p.lo,
+                hi: p.hi,
+                extra,
+                value,
+                agg: p.agg,
+                exists: p.exists,
+                float,
+                time,
+            });
+            if p.exists.is_some() {
+                continue;
+            }
+            // The having test over the accumulated count `n` and value `a`
+            // (a sum is 0, never empty, when nothing matched), each over a
+            // batch of its own columns.
+            let mut fields = vec![Field::new("n", DataType::Int64, false)];
+            match p.agg {
+                Agg::Count => {}
+                Agg::First | Agg::Last => fields.push(Field::new("a", ts_type.clone(), true)),
+                _ => fields.push(Field::new("a", DataType::Float64, p.agg != Agg::Sum)),
+            }
+            let value = match p.agg {
+                Agg::Count => col("n"),
+                _ => col("a"),
+            };
+            let value = if matches!(p.value_ty, FieldType::Number { .. }) {
+                datafusion::logical_expr::cast(value, DataType::Float64)
+            } else {
+                value
+            };
+            let pass = col("n").gt(lit(0i64)).and(op_expr(
+                &p.value_ty,
+                p.op,
+                &p.operand,
+                false,
+                value,
+                clock,
+                EmptyRule::Aggregate,
+            ));
+            let schema = Arc::new(Schema::new(fields));
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            having.push(HavingTest {
+                leaf: k,
+                schema,
+                pass: session.physical_expr(pass, &df_schema)?,
+            });
+        }
+        Ok(Scan {
+            leaves,
+            by_type,
+            values,
+            planned: filters.planned,
+            dictionaries: filters.dictionaries,
+            atoms: filters.atoms,
+            extras: filters.extras,
+            ts_lo,
+            ts_hi,
+            having,
+            ts_type,
+            floats,
+            times,
+            layout: session.scan_layout,
+        })
+    }
+
+    /// Bytes of state per contact.
+    pub(super) fn bytes_per_contact(&self) -> usize {
+        (4 * self.leaves.len() + 12 * self.floats + 8 * self.times).max(1)
+    }
+
+    /// Whether the state of `contacts` stays in cache while batches are
+    /// dispatched as they come.
+    pub(super) fn fits_in_cache(&self, contacts: u32) -> bool {
+        contacts as usize * self.bytes_per_contact() <= DIRECT_STATE_BYTES
+    }
+
+    /// Bytes a scanned row takes while its shard is buffered.
+    pub(super) fn bytes_per_row(&self) -> usize {
+        4 + 8
+            + 4
+            + 8 * self.values.len()
+            + self.planned.len().div_ceil(8)
+            + 1
+            + 4 * self.dictionaries.len()
+    }
+
+    /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
+    /// thread, each small enough for its state and its buffered rows to fit
+    /// their budgets (`rows` is the number of events in the base).
+    pub(super) fn shards(
+        &self,
+        end: u64,
+        rows: u64,
+        threads: usize,
+        layout: ScanLayout,
+    ) -> Vec<(u32, u32)> {
+        let state_fit = (SHARD_STATE_BYTES / self.bytes_per_contact()) as u64;
+        let rows_per_contact = rows.div_ceil(end.max(1)).max(1);
+        let rows_fit = (SHARD_ROW_BYTES / self.bytes_per_row()) as u64 / rows_per_contact;
+        let even = end.div_ceil((threads * SHARDS_PER_THREAD) as u64);
+        // A state small enough to take batches as they come needs no
+        // blocks: fewer shards then save plans.
+        let wide = end.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
+        let len = match layout.shard_contacts {
+            Some(n) => n.max(1) as u64,
+            None if self.fits_in_cache(wide.min(u32::MAX as u64) as u32) => {
+                wide.max(HAVING_CHUNK as u64)
+            }
+            None => state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64),
+        };
+        let mut out = Vec::new();
+        let mut lo = 0u64;
+        while lo < end {
+            let hi = (lo + len).min(end);
+            out.push((lo as u32, hi as u32));
+            lo = hi;
+        }
+        out
+    }
+
+    /// `_iid, ts (µs), type, values..., extras...` of the events of contacts
+    /// `[lo, hi)` that some condition may match.
+    pub(super) async fn frame(&self, ctx: &SessionContext, lo: u32, hi: u32) -> Result<DataFrame> {
+        let iid = || col(IID);
+        let mut filter = iid()
+            .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
+            .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))));
+        if self.ts_lo <= self.ts_hi {
+            if self.ts_lo > i64::MIN {
+                filter = filter.and(col("ts").gt_eq(ts_lit(self.ts_lo)));
+            }
+            filter = filter.and(col("ts").lt_eq(ts_lit(self.ts_hi)));
+        }
+        let mut select = vec![
+            iid(),
+            datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"),
+            col("type"),
+        ];
+        for (j, v) in self.values.iter().enumerate() {
+            select.push(v.clone().alias(format!("v{j}")));
+        }
+        for (j, x) in self.planned.iter().enumerate() {
+            select.push(x.clone().alias(format!("x{j}")));
+        }
+        for (j, d) in self.dictionaries.iter().enumerate() {
+            select.push(col(d.as_str()).alias(format!("d{j}")));
+        }
+        Ok(ctx.table(EVENTS).await?.filter(filter)?.select(select)?)
+    }
+
+    pub(super) async fn run_shard(
+        &self,
+        ctx: &SessionContext,
+        state: &mut State,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        if self.ts_lo <= self.ts_hi {
+            let plan = self
+                .frame(ctx, lo, hi)
+                .await?
+                .create_physical_plan()
+                .await?;
+            let plan = without_filters(plan)?;
+            let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+            // A shard whose whole state fits in cache takes each batch as it
+            // comes, while the batch is in cache too. Otherwise, as each file
+            // brings the shard's contacts in id order, the batches are kept
+            // and dispatched block of contacts by block, so that a block's
+            // state stays in cache while the rows of every file for it are
+            // added.
+            let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
+            let mut kept = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let blockwise = !direct
+                    && batch
+                        .column(0)
+                        .as_primitive_opt::<UInt32Type>()
+                        .is_some_and(|ids| ids.values().is_sorted());
+                if blockwise {
+                    kept.push(batch);
+                } else {
+                    let rows = self.rows(&batch)?;
+                    self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+                }
+            }
+            let rows: Vec<Rows> = kept.iter().map(|b| self.rows(b)).collect::<Result<_>>()?;
+            let mut cursors = vec![0usize; rows.len()];
+            let block = match self.layout.block_contacts {
+                Some(n) => n.max(1),
+                None => (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32,
+            };
+            let mut a = lo;
+            while a < hi {
+                let b = a.saturating_add(block).min(hi);
+                for (r, at) in rows.iter().zip(cursors.iter_mut()) {
+                    let end = *at + r.iid[*at..].partition_point(|&id| id < b);
+                    self.accumulate(state, lo, hi, r, *at..end);
+                    *at = end;
+                }
+                a = b;
+            }
+        }
+        self.finish(state, lo)
+    }
+
+    /// The columns of a batch of the scan, as the kernel reads them.
+    pub(super) fn rows<'a>(&'a self, batch: &'a RecordBatch) -> Result<Rows<'a>> {
+        let iid = batch.column(0).as_primitive_opt::<UInt32Type>();
+        let ts = batch.column(1).as_primitive_opt::<Int64Type>();
+        let (Some(iid), Some(ts)) = (iid, ts) else {
+            return Err(Error::Internal(
+                "events scan: unexpected id or ts type".into(),
+            ));
+        };
+        let types = dictionary(batch.column(2))?;
+        let names = types
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Internal("events scan: type values are not text".into()))?;
+        let empty: &[u32] = &[];
+        let dispatch: Vec<&[u32]> = (0..names.len())
+            .map(|i| {
+                if names.is_null(i) {
+                    return empty;
+                }
+                self.by_type
+                    .get(names.value(i))
+                    .map(|v| v.as_slice())
+                    .unwrap_or(empty)
+            })
+            .collect();
+        let skip = dispatch.len() as u32;
+        let code_of = dispatch
+            .iter()
+            .enumerate()
+            .map(|(k, d)| if d.is_empty() { skip } else { k as u32 })
+            .collect();
+        let first_value = 3;
+        let values: Vec<&Float64Array> = (0..self.values.len())
+            .map(|j| batch.column(first_value + j).as_primitive::<Float64Type>())
+            .collect();
+        let first_planned = first_value + self.values.len();
+        let first_dictionary = first_planned + self.planned.len();
+        let atoms: Vec<BooleanBuffer> = self
+            .atoms
+            .iter()
+            .map(|atom| match atom {
+                Atom::Planned(j) => Ok(true_bits(batch.column(first_planned + j).as_boolean())),
+                Atom::Dictionary(j, test) => test.evaluate(batch.column(first_dictionary + j)),
+            })
+            .collect::<Result<_>>()?;
+        let extras: Vec<BooleanBuffer> = self
+            .extras
+            .iter()
+            .map(|parts| {
+                let mut bits = atoms[parts[0]].clone();
+                for &a in &parts[1..] {
+                    bits = &bits & &atoms[a];
+                }
+                bits
+            })
+            .collect();
+        Ok(Rows {
+            iid: iid.values(),
+            ts: ts.values(),
+            keys: types.keys().values().clone(),
+            type_valid: types.nulls().cloned(),
+            dispatch,
+            code_of,
+            values,
+            extras,
+        })
+    }
+}
+
+/// The plan without its filter operators. The scan keeps their predicate to
+/// skip row groups and pages by their statistics; the kernel checks the
+/// shard's id range and each condition's time window row by row, so
+/// copying the surviving rows into new batches would be wasted work.
+fn without_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let stripped = plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let input = filter.input().clone();
+        let replacement: Arc<dyn ExecutionPlan> = match filter.projection() {
+            None => input,
+            Some(columns) => {
+                let schema = input.schema();
+                let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = columns
+                    .iter()
+                    .map(|&i| {
+                        let name = schema.field(i).name().clone();
+                        let c: Arc<dyn PhysicalExpr> = Arc::new(Column::new(&name, i));
+                        (c, name)
+                    })
+                    .collect();
+                Arc::new(ProjectionExec::try_new(exprs, input)?)
+            }
+        };
+        Ok(Transformed::yes(replacement))
+    })?;
+    Ok(stripped.data)
+}
+
+/// The event type column as a dictionary (it is stored and read as one).
+fn dictionary(a: &ArrayRef) -> Result<DictionaryArray<Int32Type>> {
+    if let Some(d) = a.as_dictionary_opt::<Int32Type>() {
+        return Ok(d.clone());
+    }
+    let cast = datafusion::arrow::compute::cast(
+        a,
+        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+    )?;
+    Ok(cast.as_dictionary::<Int32Type>().clone())
+}

@@ -1,0 +1,496 @@
+//! `segments sql` and `segments serve`: read-only SQL in a shell, a script
+//! or over the PostgreSQL protocol, saved results, the memory limit.
+
+use serde_json::Value;
+
+use super::cli::{AS_OF, ids_of_csv, segments, small_base, stdout_of, testdata};
+
+#[test]
+fn sql_reads_and_refuses_writes() {
+    let dir = small_base();
+    let b = dir.path();
+    let out = segments(b)
+        .args([
+            "sql",
+            "SELECT city, count(*) AS n FROM contacts GROUP BY city ORDER BY city",
+            "--format",
+            "csv",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "city,n\nBruxelles,1\nGenève,1\nLyon,1\nParis,1\nparis,1\nÉvry,1\n"
+    );
+    // Writes are refused by the read-only guard, and touch no file.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("x.csv");
+    let folder = outside.path().join("table");
+    let before = std::fs::read_dir(b).unwrap().count();
+    for q in [
+        format!("COPY (SELECT 1) TO '{}'", target.display()),
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'",
+            folder.display()
+        ),
+        "CREATE TABLE t AS SELECT 1".to_string(),
+        "INSERT INTO contacts SELECT * FROM contacts".to_string(),
+        "DELETE FROM contacts".to_string(),
+        "DROP TABLE contacts".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        let a = segments(b).args(["sql", &q]).assert().failure();
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(
+            err.starts_with("error: refused: ") && err.contains("(SQL over a base is read-only)"),
+            "{q}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{q}: {err}");
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "{q} created a file"
+        );
+        assert_eq!(std::fs::read_dir(b).unwrap().count(), before, "{q}");
+    }
+    // The contacts are still all there.
+    let n = stdout_of(segments(b).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM contacts",
+    ]));
+    assert_eq!(n, "n\n6\n");
+    let a = segments(b)
+        .args(["sql", "SELEC nonsense"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        err.starts_with("error: ") && !err.contains("read-only"),
+        "a syntax error is not a refusal: {err}"
+    );
+}
+
+#[test]
+fn sql_tables_agree_with_the_segment_export() {
+    let dir = small_base();
+    let b = dir.path();
+    let sql = |q: &str| -> Vec<String> {
+        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
+        out.lines().skip(1).map(str::to_string).collect()
+    };
+    let out = b.join("subs.csv");
+    segments(b)
+        .args(["segment", "export", "email_subscribers", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let exported = ids_of_csv(&out);
+    let mut via_udf =
+        sql("SELECT contact_id FROM contacts WHERE in_segment(contact_id, 'email_subscribers')");
+    via_udf.sort();
+    let mut via_table =
+        sql("SELECT contact_id FROM segment_members WHERE segment_id = 'email_subscribers'");
+    via_table.sort();
+    assert_eq!(via_udf, exported);
+    assert_eq!(via_table, exported);
+    assert_eq!(sql("SELECT count(*) FROM segments"), vec!["11"]);
+    assert_eq!(
+        sql("SELECT contacts FROM segments WHERE id = 'email_subscribers'"),
+        vec![exported.len().to_string()]
+    );
+    assert_eq!(sql("SELECT count(*) FROM imports"), vec!["2"]);
+    // Internal ids stay internal.
+    segments(b)
+        .args(["sql", "SELECT _iid FROM contacts"])
+        .assert()
+        .failure();
+    // A query criterion sees the same tables.
+    let def = b.join("q.json");
+    std::fs::write(&def, r#"{"id": "q", "name": "Q", "criteria": {"query": "SELECT contact_id FROM segment_members WHERE segment_id = 'email_subscribers'"}}"#).unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .success();
+    let q = b.join("q.csv");
+    segments(b)
+        .args(["segment", "export", "q", "--out"])
+        .arg(&q)
+        .assert()
+        .success();
+    assert_eq!(ids_of_csv(&q), exported);
+}
+
+/// `sql --out` writes CSV, JSON lines or Parquet in one atomic write;
+/// Parquet is never printed to a terminal.
+#[test]
+fn sql_results_are_saved_as_csv_json_or_parquet() {
+    let base = small_base();
+    let out = tempfile::tempdir().unwrap();
+    let query = "SELECT contact_id, city FROM contacts ORDER BY contact_id LIMIT 3";
+    let printed = segments(base.path())
+        .args(["sql", "--format", "csv", query])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    for (name, format) in [
+        ("rows.csv", None),
+        ("rows.txt", Some("csv")),
+        ("rows.jsonl", None),
+        ("rows.parquet", None),
+        ("rows.pq", Some("parquet")),
+    ] {
+        let path = out.path().join(name);
+        let mut cmd = segments(base.path());
+        cmd.arg("sql").arg("--out").arg(&path);
+        if let Some(f) = format {
+            cmd.args(["--format", f]);
+        }
+        cmd.arg(query).assert().success();
+        let bytes = std::fs::read(&path).unwrap();
+        match (name, format) {
+            (_, Some("csv")) | ("rows.csv", _) => {
+                assert_eq!(String::from_utf8_lossy(&bytes), printed, "{name}")
+            }
+            ("rows.jsonl", _) => {
+                let text = String::from_utf8_lossy(&bytes).to_string();
+                let rows: Vec<Value> = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                assert_eq!(rows.len(), 3, "{text}");
+                assert!(rows[0].get("contact_id").is_some(), "{text}");
+            }
+            _ => {
+                assert_eq!(&bytes[..4], b"PAR1", "{name}");
+                let read = segments::base::table::read_parquet_one(&path, None).unwrap();
+                assert_eq!(read.num_rows(), 3, "{name}");
+                assert_eq!(read.schema().field(0).name(), "contact_id");
+            }
+        }
+    }
+    // An empty result still makes a typed Parquet file.
+    let empty = out.path().join("empty.parquet");
+    segments(base.path())
+        .args(["sql", "--out"])
+        .arg(&empty)
+        .arg("SELECT contact_id FROM contacts WHERE false")
+        .assert()
+        .success();
+    let read = segments::base::table::read_parquet_one(&empty, None).unwrap();
+    assert_eq!(
+        (read.num_rows(), read.schema().field(0).name().as_str()),
+        (0, "contact_id")
+    );
+    let err = segments(base.path())
+        .args(["sql", "--format", "parquet", query])
+        .assert()
+        .failure()
+        .get_output()
+        .stderr
+        .clone();
+    assert!(String::from_utf8_lossy(&err).contains("--out"));
+}
+
+/// A query whose operators need more memory than the limit is stopped by
+/// DataFusion's memory pool with a clear message; nothing spills to disk.
+#[test]
+fn a_query_over_its_memory_limit_is_stopped_with_a_clear_error() {
+    let base = small_base();
+    let query = "SELECT count(DISTINCT v) AS n FROM generate_series(1, 2000000) AS t(v)";
+    let out = segments(base.path())
+        .args(["sql", "--memory-limit", "1MiB", query])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.starts_with("error: query stopped: it needs more memory than its limit"),
+        "{err}"
+    );
+    assert!(err.contains("--memory-limit"), "{err}");
+    // The same limit from the environment; a bad size is refused.
+    let out = segments(base.path())
+        .env("SEGMENTS_MEMORY_LIMIT", "1MiB")
+        .args(["sql", query])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("query stopped"));
+    let out = segments(base.path())
+        .args(["sql", "--memory-limit", "lots", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+    // With the default limit it runs.
+    let out = segments(base.path())
+        .args(["sql", "--format", "csv", query])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n2000000\n");
+}
+
+/// A `segments serve` process, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(base: &std::path::Path, password: &str) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+            .env("SEGMENTS_BASE", base)
+            .env("SEGMENTS_PASSWORD", password)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let port = first
+            .split(" on 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        Server { child, port }
+    }
+
+    /// Run psql (unaligned, tuples only, stop on error).
+    fn psql(&self, password: &str, sql: &str) -> std::process::Output {
+        let psql = ["/usr/bin/psql", "/usr/local/bin/psql"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("psql not found: install the postgresql-client package (.ci/run does)");
+        std::process::Command::new(psql)
+            .args(["-h", "127.0.0.1", "-U", "segments", "-d", "segments"])
+            .args(["-p", &self.port.to_string()])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "20")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// psql against `segments serve`: a join of contacts and a segment gives the
+/// rows of `segments sql`; a wrong password and every write are refused;
+/// a statement after an import sees the new version.
+#[test]
+fn psql_queries_contacts_and_segments_over_the_postgresql_protocol() {
+    let dir = small_base();
+    let b = dir.path();
+    segments(b)
+        .args(["recompute", "--as-of", AS_OF])
+        .assert()
+        .success();
+    let server = Server::start(b, "s3cret pass");
+    let query = "SELECT c.contact_id, c.city FROM contacts c \
+                 JOIN segment_members m ON m.contact_id = c.contact_id \
+                 WHERE m.segment_id = 'email_subscribers' ORDER BY c.contact_id";
+    let expected: Vec<String> = String::from_utf8(
+        segments(b)
+            .args(["sql", "--format", "csv", query])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| l.replace(',', "|"))
+    .collect();
+    assert!(expected.len() >= 3, "{expected:?}");
+    let out = server.psql("s3cret pass", query);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, expected);
+
+    let out = server.psql("wrong", "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    let target = b.join("copied.csv");
+    for write in [
+        "CREATE TABLE t (a int)".to_string(),
+        "INSERT INTO contacts (contact_id) VALUES (1)".to_string(),
+        "DELETE FROM contacts".to_string(),
+        format!("COPY (SELECT 1) TO '{}'", target.display()),
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "DROP TABLE contacts".to_string(),
+        "WITH x AS (SELECT 1) INSERT INTO contacts (contact_id) SELECT 1".to_string(),
+    ] {
+        let out = server.psql("s3cret pass", &write);
+        assert!(!out.status.success(), "{write} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("read-only") || err.contains("not allowed"),
+            "{write}: {err}"
+        );
+    }
+    assert!(!target.exists());
+
+    let tables = server.psql("s3cret pass", "\\d");
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    for t in ["contacts", "events", "segment_members", "segments"] {
+        assert!(tables.contains(&format!("|{t}|")), "{t} in {tables}");
+    }
+
+    // A new version is seen by the next statement.
+    let imports = |s: &Server| {
+        String::from_utf8(s.psql("s3cret pass", "SELECT count(*) FROM imports").stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(imports(&server), "2");
+    segments(b)
+        .args(["import", "events"])
+        .arg(testdata("small/events.csv"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    assert_eq!(imports(&server), "3");
+}
+
+/// `segments sql` reading statements from standard input: dot commands,
+/// statements over several lines, several on a line; the first error stops
+/// the script with a non-zero status.
+#[test]
+fn sql_without_a_query_runs_the_statements_of_its_input() {
+    let dir = small_base();
+    let b = dir.path();
+    let script = ".tables\n.schema imports\n\
+                  SELECT city, count(*) AS n\n  FROM contacts -- where they live; by city\n  \
+                  GROUP BY city ORDER BY city;\n\
+                  .format csv\nSELECT 'a;b' AS s; SELECT 2 AS two\n";
+    let out = stdout_of(segments(b).arg("sql").write_stdin(script));
+    for expected in [
+        "segment_members",
+        "rows_added",
+        "| Paris",
+        "s\na;b\n",
+        "two\n2\n",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in\n{out}");
+    }
+    let a = segments(b)
+        .arg("sql")
+        .write_stdin("SELECT 1;\nSELECT nope FROM contacts;\nSELECT 3 AS three;\n")
+        .assert()
+        .failure();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(!stdout.contains("three"), "{stdout}");
+    let a = segments(b)
+        .arg("sql")
+        .write_stdin(".schema nowhere\n")
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(stderr.contains("no table \"nowhere\""), "{stderr}");
+}
+
+/// The shell on a real terminal (a pseudo-terminal from `script`): a
+/// statement over two lines, a dot command, an error that does not end the
+/// session, Ctrl-D to leave, and the history saved.
+#[test]
+fn the_sql_shell_edits_statements_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = small_base();
+    let b = dir.path();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} sql", env!("CARGO_BIN_EXE_segments")),
+            "/dev/null",
+        ])
+        .env("SEGMENTS_BASE", b)
+        .env("HOME", home.path())
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the shell on a pseudo-terminal");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = 0;
+    // Wait for text to appear after what was already seen (input is typed
+    // only once the shell prompts for it).
+    let mut expect = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = screen.lock().unwrap().clone();
+            if let Some(p) = text[seen..].find(needle) {
+                seen += p + needle.len();
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} not shown; the screen:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let prompt = "segments> ";
+    expect(prompt);
+    stdin.write_all(b"SELECT\r  40 + 2 AS answer;\r").unwrap();
+    expect("| 42");
+    expect(prompt);
+    stdin.write_all(b".tables\r").unwrap();
+    expect("segment_members");
+    expect(prompt);
+    stdin.write_all(b"SELECT nope FROM contacts;\r").unwrap();
+    expect("error:");
+    expect(prompt);
+    stdin.write_all(b"\x04").unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    assert!(status.success());
+    let history = std::fs::read_to_string(home.path().join(".segments_history")).unwrap();
+    assert!(history.contains("40 + 2 AS answer"), "{history}");
+}
