@@ -92,7 +92,7 @@ enum Command {
         query: Option<String>,
         /// table, csv or json (JSON lines); with --out, also parquet.
         #[arg(long, value_enum)]
-        format: Option<SqlFormat>,
+        format: Option<Format>,
         /// Write the rows to this file (format from --format, else from
         /// the extension: .csv, .json, .jsonl, .parquet).
         #[arg(long)]
@@ -576,16 +576,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut base = open(&dir)?;
             base.memory_limit = memory_limit;
-            let format = match (format, &out) {
-                (Some(f), _) => f,
-                (None, Some(path)) => SqlFormat::of_path(path)?,
-                (None, None) => SqlFormat::Table,
-            };
-            let rf = match format {
-                SqlFormat::Table => RowFormat::Table,
-                SqlFormat::Csv => RowFormat::Csv,
-                SqlFormat::Json => RowFormat::JsonLines,
-                SqlFormat::Parquet => RowFormat::Parquet,
+            let rf = match (format, &out) {
+                (Some(f), _) => f.rows(RowFormat::JsonLines),
+                (None, Some(path)) => RowFormat::of_path(path)?,
+                (None, None) => RowFormat::Table,
             };
             if rf == RowFormat::Parquet && out.is_none() {
                 anyhow::bail!("Parquet is written to a file: add --out FILE.parquet");
@@ -919,7 +913,8 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
             let row = row(&views::show(&snap, &id)?)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
-                _ => {
+                Format::Parquet => anyhow::bail!("a segment is shown as a table, JSON or CSV"),
+                Format::Table | Format::Csv => {
                     for k in SEGMENT_COLUMNS.iter().chain(&["error", "description"]) {
                         println!("{k:>13}: {}", output::cell(&row[k]));
                     }
@@ -958,11 +953,7 @@ async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
                 limit,
             };
             let batch = views::members_page(&snap, &id, &query)?;
-            let rf = match format {
-                Format::Table => RowFormat::Table,
-                Format::Csv => RowFormat::Csv,
-                Format::Json => RowFormat::JsonArray,
-            };
+            let rf = format.rows(RowFormat::JsonArray);
             segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
         }
         SegmentCmd::Export { id, out, columns } => {
@@ -1094,33 +1085,5 @@ async fn stop_signal() {
                 None => std::future::pending::<()>().await,
             }
         } => {}
-    }
-}
-
-/// Output formats of `segments sql`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SqlFormat {
-    Table,
-    Csv,
-    Json,
-    Parquet,
-}
-
-impl SqlFormat {
-    /// The format a file name asks for.
-    fn of_path(path: &Path) -> anyhow::Result<SqlFormat> {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        Ok(match ext.as_str() {
-            "csv" => SqlFormat::Csv,
-            "json" | "jsonl" | "ndjson" => SqlFormat::Json,
-            "parquet" => SqlFormat::Parquet,
-            _ => anyhow::bail!(
-                "{}: say --format csv|json|parquet, or name the file .csv, .json or .parquet",
-                path.display()
-            ),
-        })
     }
 }

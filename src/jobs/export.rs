@@ -87,6 +87,28 @@ pub enum RowFormat {
     Parquet,
 }
 
+impl RowFormat {
+    /// The format a file name asks for: `.csv`, `.json` / `.jsonl` /
+    /// `.ndjson` (JSON lines) or `.parquet`.
+    pub fn of_path(path: &Path) -> Result<RowFormat> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        Ok(match ext.as_str() {
+            "csv" => RowFormat::Csv,
+            "json" | "jsonl" | "ndjson" => RowFormat::JsonLines,
+            "parquet" => RowFormat::Parquet,
+            _ => {
+                return Err(Error::usage(format!(
+                    "{}: say --format csv|json|parquet, or name the file .csv, .json or .parquet",
+                    path.display()
+                )));
+            }
+        })
+    }
+}
+
 /// Write rows as an aligned table, CSV, a JSON array or JSON lines (a
 /// terminal gets no Parquet).
 pub fn print_batches(
