@@ -32,12 +32,19 @@ fn uses(text: &str) -> BTreeSet<String> {
         let code = line.split("//").next().unwrap_or_default();
         for (i, _) in code.match_indices("crate::") {
             let rest = &code[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if rank(&name).is_some() {
-                out.insert(name);
+            // `crate::{base::X, jobs::Y}` names several rooms.
+            let paths: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group.split([',', '}']).map(str::trim).collect(),
+                None => vec![rest],
+            };
+            for path in paths {
+                let name: String = path
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if rank(&name).is_some() {
+                    out.insert(name);
+                }
             }
         }
     }
