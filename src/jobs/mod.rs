@@ -2,6 +2,7 @@
 //! segment lifecycle, the nightly recompute, audiences.
 
 pub mod export;
+pub mod import;
 pub mod recompute;
 pub mod segments;
 pub mod views;

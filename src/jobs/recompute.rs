@@ -333,6 +333,20 @@ pub fn active_ids(m: &Manifest) -> Vec<String> {
 
 /// The nightly job: recompute every active segment, publish in one manifest,
 /// keep the run report in the base.
+/// The nightly job as one action: take the lock as `command`, recompute
+/// every active segment as of `as_of`, publish (a failing segment keeps its
+/// members and is reported in the run, the others are published).
+pub async fn nightly(
+    base: &crate::base::Base,
+    command: &str,
+    as_of: DateTime<Utc>,
+) -> Result<RunReport> {
+    let mut w = base.writer(command)?;
+    let report = recompute(&mut w, as_of).await?;
+    w.commit()?;
+    Ok(report)
+}
+
 pub async fn recompute(w: &mut Writer, as_of: DateTime<Utc>) -> Result<RunReport> {
     let ids = active_ids(&w.next);
     let report = compute_into(w, &ids, as_of).await?;

@@ -1,0 +1,252 @@
+//! The other commands: init, recompute, audience, sql, serve, demo; each
+//! calls the library's verb and prints its result.
+
+use super::*;
+
+pub(super) async fn init_base(dir: &Path, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let InitArgs { time_zone } = args;
+    let config = Config {
+        time_zone,
+        ..Config::default()
+    };
+    config.tz().map_err(anyhow::Error::msg)?;
+    let base = init(dir, config)?;
+    println!(
+        "created base {} with {} default segments",
+        base.dir().display(),
+        segments::jobs::default_segments(&base.config).len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn recompute_cmd(dir: &Path, args: RecomputeArgs) -> anyhow::Result<ExitCode> {
+    let RecomputeArgs {
+        as_of,
+        jobs,
+        dry_run,
+        report,
+        format,
+    } = args;
+    let mut base = open(dir)?;
+    base.jobs = jobs;
+    if let Some(index) = report {
+        let snap = base.snapshot()?;
+        let r = segments::jobs::recompute::read_report(snap.dir(), &snap.manifest, index)?;
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "run started {} as of {}, {} ms",
+                r.started_at.to_rfc3339(),
+                r.as_of.to_rfc3339(),
+                r.duration_ms
+            );
+            print_run(&r, format)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if dry_run {
+        let snap = base.snapshot()?;
+        print!(
+            "{}",
+            segments::jobs::recompute::dry_run(
+                &base,
+                &snap.manifest,
+                as_of.unwrap_or_else(Utc::now)
+            )
+            .await?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = progress_bar(&mut base);
+    let report = nightly(&base, &describe("recompute"), now_or(as_of)).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    print_run(&report, format)?;
+    let failures = report.failures();
+    if !failures.is_empty() {
+        eprintln!("{} segment(s) failed:", failures.len());
+        for f in failures {
+            eprintln!("  {}: {}", f.id, f.error.clone().unwrap_or_default());
+        }
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn audience_cmd(dir: &Path, args: AudienceArgs) -> anyhow::Result<ExitCode> {
+    let AudienceArgs {
+        include,
+        exclude,
+        channel,
+        out,
+        as_of,
+    } = args;
+    let base = open(dir)?;
+    let mut w = base.writer(&describe("audience"))?;
+    let bm = seg::audience(
+        &mut w,
+        &include,
+        &exclude,
+        channel.into(),
+        as_of.unwrap_or_else(Utc::now),
+    )
+    .await?;
+    let m = w.commit()?;
+    match out {
+        Some(path) => {
+            let batch = seg::members_batch(base.dir(), &m, &bm, None, &[])?;
+            segments::jobs::export::write_batch(&path, &batch)?;
+            println!("{} contact(s) written to {}", bm.len(), path.display());
+        }
+        None => println!("{} contact(s)", bm.len()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn sql_cmd(dir: &Path, args: SqlArgs) -> anyhow::Result<ExitCode> {
+    let SqlArgs {
+        query,
+        format,
+        out,
+        memory_limit,
+    } = args;
+    let mut base = open(dir)?;
+    base.memory_limit = memory_limit;
+    let rf = match (format, &out) {
+        (Some(f), _) => f.rows(RowFormat::JsonLines),
+        (None, Some(path)) => RowFormat::of_path(path)?,
+        (None, None) => RowFormat::Table,
+    };
+    if rf == RowFormat::Parquet && out.is_none() {
+        anyhow::bail!("Parquet is written to a file: add --out FILE.parquet");
+    }
+    let Some(query) = query else {
+        if out.is_some() {
+            anyhow::bail!("--out saves the rows of one query: give the query");
+        }
+        return shell::run(&base, rf).await.map(|()| ExitCode::SUCCESS);
+    };
+    let snap = base.snapshot()?;
+    let (schema, batches) = segments::sql::query(&snap, &query).await?;
+    match &out {
+        Some(path) => {
+            segments::jobs::export::save_batches(path, &schema, &batches, rf)?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            eprintln!("{rows} row(s) written to {}", path.display());
+        }
+        None => segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &batches, rf)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ServeArgs {
+        listen,
+        memory_limit,
+    } = args;
+    let mut base = open(dir)?;
+    base.memory_limit = memory_limit;
+    let (user, password) = base.config.serve.credentials();
+    let opts = segments::sql::serve::ServeOptions {
+        listen,
+        user: user.clone(),
+        password,
+    };
+    segments::sql::serve::serve(
+        base,
+        opts,
+        |addr| {
+            eprintln!(
+                "serving {} on {addr} (PostgreSQL protocol, user {user}, read-only); Ctrl-C stops",
+                dir.display()
+            )
+        },
+        stop_signal(),
+    )
+    .await?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> {
+    let as_of = Utc::now();
+    if !dir.join("segments.toml").exists() {
+        println!(
+            "generating a demo base in {} ({contacts} contacts)...",
+            dir.display()
+        );
+        segments::synth::generate(
+            dir,
+            &segments::synth::GenOptions {
+                contacts,
+                events_per_contact: 30,
+                seed: 42,
+                as_of,
+            },
+        )?;
+    }
+    let mut base = open(dir)?;
+    segments::synth::create_examples(&base, as_of).await?;
+    let bar = progress_bar(&mut base);
+    let mut w = base.writer("segments demo")?;
+    let report = recompute(&mut w, as_of).await?;
+    w.commit()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "nightly recompute: {} segments in {} ms ({} contact conditions, {} behaviour conditions, shared scans)",
+        report.segments.len(),
+        report.duration_ms,
+        report.contact_leaves,
+        report.event_leaves
+    );
+    let snap = base.snapshot()?;
+    let rows = snap
+        .manifest
+        .segments
+        .iter()
+        .map(|r| {
+            row(&views::SegmentSummary::of(
+                r,
+                &base.config,
+                Utc::now(),
+                false,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print_rows(
+        Format::Table,
+        &[
+            "id",
+            "name",
+            "status",
+            "contacts",
+            "email_optins",
+            "sms_optins",
+            "duration_ms",
+        ],
+        &rows,
+    )?;
+    Ok(if report.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+pub(super) async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

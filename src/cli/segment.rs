@@ -1,0 +1,220 @@
+//! `segments segment ...`: each subcommand parsed, one verb called, its
+//! result printed.
+
+use super::*;
+
+/// The columns of `segment list` (and the head of `segment show`).
+pub(super) const SEGMENT_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "kind",
+    "status",
+    "contacts",
+    "email_optins",
+    "sms_optins",
+    "computed_at",
+    "duration_ms",
+];
+
+/// A typed result as the JSON object listing commands print.
+pub(super) fn row(value: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::to_value(value)?)
+}
+
+pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitCode> {
+    let base = open(dir)?;
+    match cmd {
+        SegmentCmd::Preview { file, as_of } => {
+            let def = read_definition(&file)?;
+            let snap = base.snapshot()?;
+            let p = seg::preview(&snap, &def, now_or(as_of)).await?;
+            println!("{} contact(s) ({} ms)", p.count, p.duration_ms);
+            if !p.sample.is_empty() {
+                let s: Vec<String> = p.sample.iter().map(u64::to_string).collect();
+                println!("sample: {}", s.join(", "));
+            }
+        }
+        SegmentCmd::Create {
+            static_: true,
+            name,
+            id,
+            source,
+            ..
+        } => {
+            let name = name.expect("clap requires --name with --static");
+            let mut w = base.writer(&describe("segment create --static"))?;
+            let (id, n) =
+                seg::create_static(&mut w, id.as_deref(), &name, &source.source()?).await?;
+            w.commit()?;
+            println!("created static segment {id}: {n} contact(s)");
+        }
+        SegmentCmd::Add { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Add, source).await;
+        }
+        SegmentCmd::Remove { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Remove, source).await;
+        }
+        SegmentCmd::Replace { id, source } => {
+            return change_static(&base, &id, seg::StaticChange::Replace, source).await;
+        }
+        SegmentCmd::Create { file, as_of, .. } => {
+            let file = file.expect("clap requires FILE without --static");
+            let def = read_definition(&file)?;
+            let mut w = base.writer(&describe("segment create"))?;
+            let report = seg::create(&mut w, &def, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("created segment {}", def.id));
+        }
+        SegmentCmd::Edit { id, file, as_of } => {
+            let def = read_definition(&file)?;
+            let mut w = base.writer(&describe("segment edit"))?;
+            let report = seg::edit(&mut w, &id, &def, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("updated segment {id}"));
+        }
+        SegmentCmd::Duplicate { id, name, as_of } => {
+            let mut w = base.writer(&describe("segment duplicate"))?;
+            let source = w.next.find_segment(&id)?.id.clone();
+            let (def, report) = seg::duplicate(&mut w, &id, &name, now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(
+                &report,
+                &format!("created segment {} from {source}", def.id),
+            );
+        }
+        SegmentCmd::Delete { id } => {
+            let mut w = base.writer(&describe("segment delete"))?;
+            let id = seg::delete(&mut w, &id)?;
+            w.commit()?;
+            println!("deleted segment {id} (its contacts stay in the base)");
+        }
+        SegmentCmd::Pause { id } => {
+            let mut w = base.writer(&describe("segment pause"))?;
+            let id = seg::set_paused(&mut w, &id, true)?;
+            w.commit()?;
+            println!("paused {id}: its members stay as last computed");
+        }
+        SegmentCmd::Resume { id, as_of } | SegmentCmd::Refresh { id, as_of } => {
+            let mut w = base.writer(&describe("segment refresh"))?;
+            let id = seg::set_paused(&mut w, &id, false)?;
+            let report = compute_into(&mut w, std::slice::from_ref(&id), now_or(as_of)).await?;
+            w.commit()?;
+            return finish_compute(&report, &format!("computed {id}"));
+        }
+        SegmentCmd::List {
+            sort,
+            status,
+            format,
+        } => {
+            let snap = base.snapshot()?;
+            let rows = views::list(&snap, sort.into(), status.as_deref())
+                .iter()
+                .map(row)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print_rows(format, SEGMENT_COLUMNS, &rows)?;
+        }
+        SegmentCmd::Show { id, format } => {
+            let snap = base.snapshot()?;
+            let row = row(&views::show(&snap, &id)?)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+                Format::Parquet => anyhow::bail!("a segment is shown as a table, JSON or CSV"),
+                Format::Table | Format::Csv => {
+                    for k in SEGMENT_COLUMNS.iter().chain(&["error", "description"]) {
+                        println!("{k:>13}: {}", output::cell(&row[k]));
+                    }
+                    println!(
+                        "{:>13}: {}",
+                        "criteria",
+                        serde_json::to_string(&row["criteria"])?
+                    );
+                }
+            }
+        }
+        SegmentCmd::History { id, format } => {
+            let snap = base.snapshot()?;
+            let rows = views::history(&snap, &id)?
+                .iter()
+                .map(row)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print_rows(format, &["at", "as_of", "size", "entries", "exits"], &rows)?;
+        }
+        SegmentCmd::Members {
+            id,
+            limit,
+            offset,
+            since,
+            sort,
+            format,
+        } => {
+            let snap = base.snapshot()?;
+            let since = since
+                .map(|s| parse_as_of(&s).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let query = views::MembersQuery {
+                since,
+                sort,
+                offset,
+                limit,
+            };
+            let batch = views::members_page(&snap, &id, &query)?;
+            let rf = format.rows(RowFormat::JsonArray);
+            segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
+        }
+        SegmentCmd::Export { id, out, columns } => {
+            let snap = base.snapshot()?;
+            let (_, members) = seg::members_of(&snap, &id)?;
+            let batch = seg::members_batch(
+                snap.dir(),
+                &snap.manifest,
+                &members.members,
+                Some(&members),
+                &columns,
+            )?;
+            segments::jobs::export::write_batch(&out, &batch)?;
+            println!(
+                "{} contact(s) written to {}",
+                batch.num_rows(),
+                out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn change_static(
+    base: &Base,
+    id: &str,
+    change: seg::StaticChange,
+    source: SourceArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut w = base.writer(&describe("segment change"))?;
+    let n = seg::change_static(&mut w, id, change, &source.source()?).await?;
+    w.commit()?;
+    println!("{id}: {n} contact(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn finish_compute(report: &RunReport, done: &str) -> anyhow::Result<ExitCode> {
+    for s in &report.segments {
+        if let Some(e) = &s.error {
+            eprintln!("error: segment {} failed: {e}", s.id);
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let size = report
+        .segments
+        .iter()
+        .map(|s| s.size)
+        .next_back()
+        .unwrap_or(0);
+    println!("{done}: {size} contact(s) in {} ms", report.duration_ms);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn read_definition(file: &Path) -> anyhow::Result<Definition> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Definition::parse_str(&text, &file.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
