@@ -250,3 +250,112 @@ pub(super) async fn stop_signal() {
         } => {}
     }
 }
+
+pub(super) async fn import_cmd(dir: &Path, cmd: ImportCmd) -> anyhow::Result<ExitCode> {
+    let base = open(dir)?;
+    let (what, as_of) = match cmd {
+        ImportCmd::Contacts {
+            file,
+            name,
+            overwrite_empty,
+            as_of,
+        } => (
+            ImportFile::Contacts {
+                file,
+                options: ImportOptions {
+                    name,
+                    overwrite_empty,
+                },
+            },
+            as_of,
+        ),
+        ImportCmd::Events {
+            file,
+            name,
+            skip_unknown,
+            as_of,
+        } => (
+            ImportFile::Events {
+                file,
+                options: EventImportOptions { name, skip_unknown },
+            },
+            as_of,
+        ),
+    };
+    let (report, refreshed) = import(&base, &describe("import"), &what, as_of).await?;
+    print_import(&report, refreshed);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn check_cmd(dir: &Path) -> anyhow::Result<ExitCode> {
+    let base = open(dir)?;
+    let snap = base.snapshot()?;
+    let problems = segments::base::check::check(&snap)?;
+    if problems.is_empty() {
+        println!(
+            "ok: version {}, {} contacts, {} event files, {} segments",
+            snap.manifest.version,
+            snap.manifest.contact_count,
+            snap.manifest.events.len(),
+            snap.manifest.segments.len()
+        );
+    } else {
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCode> {
+    let opts = segments::synth::GenOptions {
+        contacts: args.contacts,
+        events_per_contact: args.events_per_contact,
+        seed: args.seed,
+        as_of: args.as_of.unwrap_or_else(Utc::now),
+    };
+    let t0 = std::time::Instant::now();
+    let stats = segments::synth::generate(dir, &opts)?;
+    println!(
+        "generated {} contacts and {} events in {:.1}s",
+        stats.contacts,
+        stats.events,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn bench_cmd(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let opts = segments::bench::BenchOptions::from(args);
+    // The workloads own their runtime: leave this one first.
+    let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
+    let rows: Vec<serde_json::Value> = report
+        .workloads
+        .iter()
+        .map(|w| {
+            json!({"workload": w.name, "median_ms": format!("{:.3}", w.median_ms), "min_ms": format!("{:.3}", w.min_ms),
+                "max_ms": format!("{:.3}", w.max_ms), "peak_rss_mb": format!("{:.0}", w.peak_rss_mb),
+                "throughput": w.throughput.to_string(), "note": w.note})
+        })
+        .collect();
+    println!(
+        "base {}: {} contacts, {} events",
+        report.base, report.contacts, report.events
+    );
+    print_rows(
+        Format::Table,
+        &[
+            "workload",
+            "median_ms",
+            "min_ms",
+            "max_ms",
+            "peak_rss_mb",
+            "throughput",
+            "note",
+        ],
+        &rows,
+    )?;
+    println!("report: {}/bench-report.json", report.base);
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,7 +19,7 @@ use serde_json::json;
 use output::{Format, print_import, print_rows, print_run, progress_bar};
 use segments::base::Base;
 use segments::base::config::Config;
-use segments::base::contacts::{ImportOptions, delete_contacts};
+use segments::base::contacts::ImportOptions;
 use segments::base::events::EventImportOptions;
 use segments::criteria::Definition;
 use segments::jobs::export::RowFormat;
@@ -449,50 +449,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.base.clone();
     match cli.command {
         Command::Init(args) => return init_base(&dir, args).await,
-        Command::Import(cmd) => {
-            let base = open(&dir)?;
-            let (what, as_of) = match cmd {
-                ImportCmd::Contacts {
-                    file,
-                    name,
-                    overwrite_empty,
-                    as_of,
-                } => (
-                    ImportFile::Contacts {
-                        file,
-                        options: ImportOptions {
-                            name,
-                            overwrite_empty,
-                        },
-                    },
-                    as_of,
-                ),
-                ImportCmd::Events {
-                    file,
-                    name,
-                    skip_unknown,
-                    as_of,
-                } => (
-                    ImportFile::Events {
-                        file,
-                        options: EventImportOptions { name, skip_unknown },
-                    },
-                    as_of,
-                ),
-            };
-            let (report, refreshed) = import(&base, &describe("import"), &what, as_of).await?;
-            print_import(&report, refreshed);
-        }
+        Command::Import(cmd) => return import_cmd(&dir, cmd).await,
         Command::Contacts(ContactsCmd::Delete { ids, file }) => {
             let base = open(&dir)?;
-            let mut all = ids;
-            if let Some(f) = file {
-                let input = segments::base::input::InputTable::read(&f)?;
-                all.extend(segments::base::ids::input_contact_ids(&input)?);
-            }
-            let mut w = base.writer(&describe("contacts delete"))?;
-            let n = delete_contacts(&mut w, &all)?;
-            w.commit()?;
+            let n = segments::jobs::contacts::delete(
+                &base,
+                &describe("contacts delete"),
+                &ids,
+                file.as_deref(),
+            )?;
             println!("deleted {n} contact(s) from contacts, events, imports and segments");
         }
         Command::Segment(cmd) => return segment(&dir, cmd).await,
@@ -500,73 +465,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audience(args) => return audience_cmd(&dir, args).await,
         Command::Sql(args) => return sql_cmd(&dir, args).await,
         Command::Serve(args) => return serve_cmd(&dir, args).await,
-        Command::Check => {
-            let base = open(&dir)?;
-            let snap = base.snapshot()?;
-            let problems = segments::base::check::check(&snap)?;
-            if problems.is_empty() {
-                println!(
-                    "ok: version {}, {} contacts, {} event files, {} segments",
-                    snap.manifest.version,
-                    snap.manifest.contact_count,
-                    snap.manifest.events.len(),
-                    snap.manifest.segments.len()
-                );
-            } else {
-                for p in &problems {
-                    eprintln!("problem: {p}");
-                }
-                return Ok(ExitCode::from(3));
-            }
-        }
-        Command::Gen(args) => {
-            let opts = segments::synth::GenOptions {
-                contacts: args.contacts,
-                events_per_contact: args.events_per_contact,
-                seed: args.seed,
-                as_of: args.as_of.unwrap_or_else(Utc::now),
-            };
-            let t0 = std::time::Instant::now();
-            let stats = segments::synth::generate(&dir, &opts)?;
-            println!(
-                "generated {} contacts and {} events in {:.1}s",
-                stats.contacts,
-                stats.events,
-                t0.elapsed().as_secs_f64()
-            );
-        }
-        Command::Bench(args) => {
-            let opts = segments::bench::BenchOptions::from(args);
-            // The workloads own their runtime: leave this one first.
-            let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
-            let rows: Vec<serde_json::Value> = report
-                .workloads
-                .iter()
-                .map(|w| {
-                    json!({"workload": w.name, "median_ms": format!("{:.3}", w.median_ms), "min_ms": format!("{:.3}", w.min_ms),
-                        "max_ms": format!("{:.3}", w.max_ms), "peak_rss_mb": format!("{:.0}", w.peak_rss_mb),
-                        "throughput": w.throughput.to_string(), "note": w.note})
-                })
-                .collect();
-            println!(
-                "base {}: {} contacts, {} events",
-                report.base, report.contacts, report.events
-            );
-            print_rows(
-                Format::Table,
-                &[
-                    "workload",
-                    "median_ms",
-                    "min_ms",
-                    "max_ms",
-                    "peak_rss_mb",
-                    "throughput",
-                    "note",
-                ],
-                &rows,
-            )?;
-            println!("report: {}/bench-report.json", report.base);
-        }
+        Command::Check => return check_cmd(&dir),
+        Command::Gen(args) => return gen_cmd(&dir, args),
+        Command::Bench(args) => return bench_cmd(args).await,
         Command::Demo(args) => return demo(&args.dir, args.contacts).await,
     }
     Ok(ExitCode::SUCCESS)
