@@ -5,6 +5,17 @@ use serde_json::Value;
 
 use super::cli::{AS_OF, segments};
 
+/// The rows of `segments sql QUERY` on a base, as CSV.
+fn sql_csv(base: &std::path::Path, query: &str) -> String {
+    let out = super::common::succeeded(
+        segments(base)
+            .args(["sql", "--format", "csv", query])
+            .output()
+            .unwrap(),
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Readers in other processes while a recompute publishes: each query sees
 /// one snapshot whole, the old results or the new ones, never a mix, and
 /// statistics agree with the members in the same snapshot.
@@ -25,16 +36,7 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
     let query = "SELECT s.id, s.contacts, count(m.contact_id) AS members \
                  FROM segments s LEFT JOIN segment_members m ON m.segment_id = s.id \
                  GROUP BY s.id, s.contacts ORDER BY s.id";
-    let read_with = |base: &std::path::Path, query: &str| -> String {
-        let out = super::common::succeeded(
-            segments(base)
-                .args(["sql", "--format", "csv", query])
-                .output()
-                .unwrap(),
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let read = |base: &std::path::Path| read_with(base, query);
+    let read = |base: &std::path::Path| sql_csv(base, query);
     // What readers ask while the recompute runs: every segment's statistics.
     let quick = "SELECT id, contacts, email_optins, sms_optins FROM segments ORDER BY id";
     let old = read(&base);
@@ -84,7 +86,7 @@ fn readers_in_other_processes_see_one_snapshot_during_a_recompute() {
         std::fs::read_to_string(&exported).unwrap()
     };
     let readers = [
-        Reader::new(|b| read_with(b, quick), &base, &copy),
+        Reader::new(|b| sql_csv(b, quick), &base, &copy),
         Reader::new(members, &base, &copy),
         Reader::new(export, &base, &copy),
     ];
@@ -259,15 +261,7 @@ fn readers_in_other_processes_see_one_snapshot_during_an_import() {
         .assert()
         .success();
     let query = "SELECT count(*) AS n, sum(score) AS s, count(*) FILTER (WHERE city LIKE 'Town%') AS towns FROM contacts";
-    let read = |base: &std::path::Path| -> String {
-        let out = super::common::succeeded(
-            segments(base)
-                .args(["sql", "--format", "csv", query])
-                .output()
-                .unwrap(),
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let read = |base: &std::path::Path| sql_csv(base, query);
     let old = read(&base);
     let second = second.display().to_string();
     let args = ["import", "contacts", &second];
