@@ -11,11 +11,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file the user gave us has a problem at a precise place.
-    #[error("{file}: {location}: {message}")]
+    #[error("{file}: {place}: {message}")]
     Input {
         file: PathBuf,
-        /// e.g. `line 12, column "birth_date"`
-        location: String,
+        place: Place,
         message: String,
     },
 
@@ -95,6 +94,38 @@ pub enum Error {
     Internal(String),
 }
 
+/// Where in a file given by the user a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The header row: a missing or repeated column.
+    Header,
+    /// The file as a whole: `"file name"`, `"configuration"`, `"reading"`.
+    File(&'static str),
+    /// A column of the file as a whole.
+    Column(String),
+    /// A line of a CSV file (1-based, the header is line 1), and the
+    /// column at fault if there is one.
+    Line { line: u64, column: Option<String> },
+    /// A row of a Parquet file (1-based) and the column at fault.
+    Row { row: u64, column: String },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Header => f.write_str("header"),
+            Place::File(what) => f.write_str(what),
+            Place::Column(c) => write!(f, "column {c:?}"),
+            Place::Line { line, column: None } => write!(f, "line {line}"),
+            Place::Line {
+                line,
+                column: Some(c),
+            } => write!(f, "line {line}, column {c:?}"),
+            Place::Row { row, column } => write!(f, "row {row}, column {column:?}"),
+        }
+    }
+}
+
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Error {
         match e.find_root() {
@@ -145,14 +176,10 @@ impl Error {
         }
     }
 
-    pub fn input(
-        file: impl Into<PathBuf>,
-        location: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn input(file: impl Into<PathBuf>, place: Place, message: impl Into<String>) -> Self {
         Error::Input {
             file: file.into(),
-            location: location.into(),
+            place,
             message: message.into(),
         }
     }

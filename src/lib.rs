@@ -28,4 +28,4 @@ pub mod jobs;
 pub mod sql;
 pub mod synth;
 
-pub use error::{Error, Result};
+pub use error::{Error, Place, Result};

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::base::schema::FieldType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Place, Result};
 
 pub const CONFIG_FILE: &str = "segments.toml";
 
@@ -128,10 +128,10 @@ impl Config {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let config: Config = toml::from_str(&text)
-            .map_err(|e| Error::input(&path, "configuration", e.to_string()))?;
+            .map_err(|e| Error::input(&path, Place::File("configuration"), e.to_string()))?;
         config
             .check()
-            .map_err(|m| Error::input(&path, "configuration", m))?;
+            .map_err(|m| Error::input(&path, Place::File("configuration"), m))?;
         Ok(config)
     }
 

@@ -28,7 +28,7 @@ use crate::base::table::{
     ParallelWriter, ParquetFile, Spool, Taker, contacts_properties, parquet_schema, read_parquet,
     read_parquet_one, schema_ref, write_parquet,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Place, Result};
 
 /// The Arrow schema of the contacts file for a list of fields.
 pub fn contacts_schema(fields: &[FieldDef]) -> datafusion::arrow::datatypes::SchemaRef {
@@ -173,11 +173,11 @@ fn column_types(w: &Writer, input: &InputChunks) -> Result<(Vec<Option<FieldType
             out.push(None);
             continue;
         }
-        check_field_name(name).map_err(|m| Error::input(&input.file, "header", m))?;
+        check_field_name(name).map_err(|m| Error::input(&input.file, Place::Header, m))?;
         if input.names[..idx].contains(name) {
             return Err(Error::input(
                 &input.file,
-                "header",
+                Place::Header,
                 format!("column {name:?} appears twice"),
             ));
         }
@@ -281,7 +281,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     if input.column(CONTACT_ID).is_none() {
         return Err(Error::input(
             file,
-            "header",
+            Place::Header,
             "the required column \"contact_id\" is missing",
         ));
     }
@@ -646,7 +646,7 @@ impl Output {
 /// A duplicate `contact_id`, with where it was first seen (found again by
 /// reading the file from the start).
 fn duplicate(input: &InputChunks, at: &InputTable, row: usize, id: u64) -> Error {
-    let first = || -> Result<Option<String>> {
+    let first = || -> Result<Option<Place>> {
         for chunk in input.iter() {
             let chunk = chunk?;
             let ids = input_contact_ids(&chunk)?;

@@ -26,7 +26,7 @@ use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
 };
 use crate::base::table::{events_properties, read_parquet_one, schema_ref, write_parquet};
-use crate::error::{Error, Result};
+use crate::error::{Error, Place, Result};
 
 /// Text event columns (types, operations, URLs, product names...) repeat a
 /// limited set of values: they are stored dictionary-encoded and read as
@@ -75,7 +75,7 @@ pub fn import_events(
         if input.column(required).is_none() {
             return Err(Error::input(
                 file,
-                "header",
+                Place::Header,
                 format!("the required column {required:?} is missing"),
             ));
         }
@@ -88,7 +88,7 @@ pub fn import_events(
 
     let mut unknown = 0u64;
     // The first event of an unknown contact: where, and whose.
-    let mut first_unknown: Option<(String, u64)> = None;
+    let mut first_unknown: Option<(Place, u64)> = None;
     let mut files = Vec::new();
     let mut touched = RoaringBitmap::new();
     let mut added = 0u64;
@@ -206,7 +206,7 @@ fn event_columns(w: &Writer, input: &InputChunks) -> Result<Vec<FieldDef>> {
         if name == CONTACT_ID || columns.iter().any(|c| &c.name == name) {
             continue;
         }
-        check_field_name(name).map_err(|m| Error::input(&input.file, "header", m))?;
+        check_field_name(name).map_err(|m| Error::input(&input.file, Place::Header, m))?;
         let ty = w
             .base
             .config

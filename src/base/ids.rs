@@ -10,7 +10,7 @@ use crate::base::input::{ColumnData, InputTable};
 use crate::base::manifest::Manifest;
 use crate::base::schema::{CONTACT_ID, FieldType, IID};
 use crate::base::table::read_parquet_one;
-use crate::error::{Error, Result};
+use crate::error::{Error, Place, Result};
 
 /// `contact_id` → internal id, for every live contact (a fast hash: an
 /// events import looks up every row).
@@ -51,7 +51,7 @@ pub fn input_contact_ids(input: &InputTable) -> Result<Vec<u64>> {
     let idx = input.column(CONTACT_ID).ok_or_else(|| {
         Error::input(
             &input.file,
-            "header",
+            Place::Header,
             "the required column \"contact_id\" is missing",
         )
     })?;

@@ -456,7 +456,7 @@ async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitma
             if !unknown.is_empty() {
                 return Err(Error::input(
                     path,
-                    "column \"contact_id\"",
+                    crate::error::Place::Column("contact_id".into()),
                     format!(
                         "{} contact id(s) are not in the base (first: {})",
                         unknown.len(),

@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use rayon::prelude::*;
 
 use crate::base::schema::FieldType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Place, Result};
 
 mod cells;
 mod records;
@@ -119,7 +119,7 @@ impl InputChunks {
             }
             _ => Err(Error::input(
                 file,
-                "file name",
+                Place::File("file name"),
                 "unknown format: expected a .csv or .parquet file",
             )),
         }
@@ -377,10 +377,16 @@ impl InputTable {
     }
 
     /// Where a row is, for messages: `line 12` in a CSV file, `row 11` in Parquet.
-    pub fn locate(&self, row: usize, column: &str) -> String {
+    pub fn locate(&self, row: usize, column: &str) -> Place {
         match &self.lines {
-            Some(lines) => format!("line {}, column {column:?}", lines[row]),
-            None => format!("row {}, column {column:?}", self.first_row + row + 1),
+            Some(lines) => Place::Line {
+                line: lines[row],
+                column: Some(column.to_string()),
+            },
+            None => Place::Row {
+                row: (self.first_row + row + 1) as u64,
+                column: column.to_string(),
+            },
         }
     }
 
@@ -437,7 +443,7 @@ impl InputTable {
         let out = cast_with_options(&a, &target, &CastOptions::default()).map_err(|e| {
             Error::input(
                 &self.file,
-                format!("column {name:?}"),
+                Place::Column(name.to_string()),
                 format!("cannot be read as {}: {e}", ty.name()),
             )
         })?;

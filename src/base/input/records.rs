@@ -4,11 +4,13 @@
 use super::*;
 
 pub(super) fn csv_error(file: &Path, e: csv::Error) -> Error {
-    let location = e
+    let place = e
         .position()
-        .map(|p| format!("line {}", p.line()))
-        .unwrap_or_else(|| "reading".into());
-    Error::input(file, location, format!("malformed CSV: {e}"))
+        .map_or(Place::File("reading"), |p| Place::Line {
+            line: p.line(),
+            column: None,
+        });
+    Error::input(file, place, format!("malformed CSV: {e}"))
 }
 
 /// What went wrong in a CSV record, without the csv crate's position (which
@@ -161,7 +163,7 @@ pub(super) fn read_csv_range(
                 let line = line_of(e.position());
                 return Err(Error::input(
                     file,
-                    format!("line {line}"),
+                    Place::Line { line, column: None },
                     format!("malformed CSV: {}", csv_message(&e)),
                 ));
             }
@@ -170,7 +172,7 @@ pub(super) fn read_csv_range(
         if record.len() != width {
             return Err(Error::input(
                 file,
-                format!("line {line}"),
+                Place::Line { line, column: None },
                 format!(
                     "malformed CSV: {} fields where the header has {width}",
                     record.len()
