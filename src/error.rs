@@ -1,5 +1,5 @@
 //! The one error type of the library. Variants say which phase failed and
-//! whose fault it is: the user's input (`Input`, `Criteria`), the state of the
+//! whose fault it is: the user's input (`Input`, `Definition`), the state of the
 //! base on disk (`Base`, `Locked`), the query engine (`Engine`), or a bug
 //! (`Internal`). The CLI prints them once, without a backtrace.
 
@@ -20,7 +20,7 @@ pub enum Error {
 
     /// A segment definition is invalid; `path` is a JSON path such as `criteria.all[2].any[0]`.
     #[error("{path}: {message}")]
-    Criteria { path: String, message: String },
+    Definition { path: String, message: String },
 
     /// A command was given arguments that cannot work (a bad flag value...).
     #[error("{0}")]
@@ -158,8 +158,8 @@ impl Error {
         }
     }
 
-    pub fn criteria(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Criteria {
+    pub fn definition(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Definition {
             path: path.into(),
             message: message.into(),
         }

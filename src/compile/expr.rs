@@ -109,7 +109,7 @@ pub fn cond_expr(
     clock: &Clock,
     rule: EmptyRule,
 ) -> Result<Expr> {
-    let v = operand(ty, f.op, &f.value).map_err(|m| Error::criteria(&f.field, m))?;
+    let v = operand(ty, f.op, &f.value).map_err(|m| Error::definition(&f.field, m))?;
     Ok(op_expr(ty, f.op, &v, f.case_sensitive, col, clock, rule))
 }
 

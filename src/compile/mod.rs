@@ -150,7 +150,7 @@ pub fn contacts_expr(c: &Criterion, session: &Session, clock: &Clock) -> Result<
             let e = session
                 .ctx
                 .parse_sql_expr(sql, &schema)
-                .map_err(|e| Error::criteria("sql", format!("{sql:?}: {e}")))?;
+                .map_err(|e| Error::definition("sql", format!("{sql:?}: {e}")))?;
             // A SQL predicate that is null does not hold, as in WHERE.
             expr::holds(e)
         }
@@ -166,7 +166,7 @@ impl Session {
         let ty = self
             .manifest
             .contact_field_type(&self.base.config, name)
-            .ok_or_else(|| Error::criteria(name, format!("unknown contact field {name:?}")))?;
+            .ok_or_else(|| Error::definition(name, format!("unknown contact field {name:?}")))?;
         if self.manifest.fields.iter().any(|f| f.name == name) {
             return Ok((ty, col(name)));
         }
@@ -180,7 +180,7 @@ impl Session {
             .event_types
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::criteria(name, format!("unknown event column {name:?}")))?;
+            .ok_or_else(|| Error::definition(name, format!("unknown event column {name:?}")))?;
         Ok((ty, col(name)))
     }
 

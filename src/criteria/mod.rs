@@ -175,17 +175,17 @@ pub const MAX_NODES: usize = 10_000;
 impl Definition {
     pub fn parse_str(text: &str, origin: &str) -> Result<Definition> {
         let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::criteria(origin, format!("invalid JSON: {e}")))?;
+            .map_err(|e| Error::definition(origin, format!("invalid JSON: {e}")))?;
         Definition::parse(&v)
     }
 
     pub fn parse(v: &Value) -> Result<Definition> {
         let obj = v
             .as_object()
-            .ok_or_else(|| Error::criteria("$", "a segment definition is a JSON object"))?;
+            .ok_or_else(|| Error::definition("$", "a segment definition is a JSON object"))?;
         for k in obj.keys() {
             if !matches!(k.as_str(), "id" | "name" | "description" | "criteria") {
-                return Err(Error::criteria(
+                return Err(Error::definition(
                     k.as_str(),
                     "unknown key (expected id, name, description, criteria)",
                 ));
@@ -198,30 +198,35 @@ impl Definition {
                 s.trim().to_string()
             }
             Some(_) => {
-                return Err(Error::criteria(
+                return Err(Error::definition(
                     "name",
                     "a non-empty string of at most 256 characters without control characters",
                 ));
             }
-            None => return Err(Error::criteria("name", "missing: every segment has a name")),
+            None => {
+                return Err(Error::definition(
+                    "name",
+                    "missing: every segment has a name",
+                ));
+            }
         };
         let id = match obj.get("id") {
             Some(Value::String(s)) => {
-                check_id(s).map_err(|m| Error::criteria("id", m))?;
+                check_id(s).map_err(|m| Error::definition("id", m))?;
                 s.clone()
             }
-            Some(_) => return Err(Error::criteria("id", "expected a string")),
+            Some(_) => return Err(Error::definition("id", "expected a string")),
             None => slug(&name),
         };
         let description = match obj.get("description") {
             Some(Value::String(s)) => Some(s.clone()),
             None | Some(Value::Null) => None,
-            Some(_) => return Err(Error::criteria("description", "expected a string")),
+            Some(_) => return Err(Error::definition("description", "expected a string")),
         };
         let criteria_json = obj
             .get("criteria")
             .cloned()
-            .ok_or_else(|| Error::criteria("criteria", "missing"))?;
+            .ok_or_else(|| Error::definition("criteria", "missing"))?;
         let criteria = Criterion::parse(&criteria_json, "criteria")?;
         Ok(Definition {
             id,
@@ -288,19 +293,19 @@ impl Criterion {
 fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<Criterion> {
     *nodes += 1;
     if depth > MAX_DEPTH {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             path,
             format!("criteria nested deeper than {MAX_DEPTH} levels"),
         ));
     }
     if *nodes > MAX_NODES {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             path,
             format!("more than {MAX_NODES} criteria in one definition"),
         ));
     }
     let obj = v.as_object().ok_or_else(|| {
-        Error::criteria(
+        Error::definition(
             path,
             "a criterion is a JSON object such as {\"all\": [...]} or {\"field\": ...}",
         )
@@ -311,7 +316,7 @@ fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<
     .into_iter()
     .find(|k| obj.contains_key(*k))
     .ok_or_else(|| {
-        Error::criteria(
+        Error::definition(
             path,
             "expected one of all, any, not, field, behavior, segment, import, sql, query",
         )
@@ -330,7 +335,7 @@ fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<
         },
     };
     if let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             path,
             format!("unexpected key {extra:?} beside {kind:?} (a criterion is exactly one kind)"),
         ));
@@ -341,7 +346,7 @@ fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<
         "all" | "any" => {
             let arr = inner
                 .as_array()
-                .ok_or_else(|| Error::criteria(&child, "expected an array of criteria"))?;
+                .ok_or_else(|| Error::definition(&child, "expected an array of criteria"))?;
             let cs = arr
                 .iter()
                 .enumerate()
@@ -360,7 +365,7 @@ fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<
             let s = inner
                 .as_str()
                 .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| Error::criteria(&child, "expected a non-empty string"))?;
+                .ok_or_else(|| Error::definition(&child, "expected a non-empty string"))?;
             match kind {
                 "segment" => Criterion::Segment(s.to_string()),
                 "import" => Criterion::Import(s.to_string()),
@@ -374,15 +379,15 @@ fn parse_node(v: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<
 fn parse_field(obj: &serde_json::Map<String, Value>, path: &str) -> Result<FieldCond> {
     let field = obj["field"]
         .as_str()
-        .ok_or_else(|| Error::criteria(format!("{path}.field"), "expected a field name"))?
+        .ok_or_else(|| Error::definition(format!("{path}.field"), "expected a field name"))?
         .to_string();
     let op_s = obj
         .get("op")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::criteria(format!("{path}.op"), "expected an operator name"))?;
+        .ok_or_else(|| Error::definition(format!("{path}.op"), "expected an operator name"))?;
     let op = Op::parse(op_s).ok_or_else(|| {
         let names: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
-        Error::criteria(
+        Error::definition(
             format!("{path}.op"),
             format!("unknown operator {op_s:?} (one of {})", names.join(", ")),
         )
@@ -391,7 +396,7 @@ fn parse_field(obj: &serde_json::Map<String, Value>, path: &str) -> Result<Field
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            return Err(Error::criteria(
+            return Err(Error::definition(
                 format!("{path}.case_sensitive"),
                 "expected true or false",
             ));
@@ -416,11 +421,11 @@ fn string_or_list(v: &Value, path: &str) -> Result<Vec<String>> {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .ok_or_else(|| {
-                        Error::criteria(format!("{path}[{i}]"), "expected a non-empty string")
+                        Error::definition(format!("{path}[{i}]"), "expected a non-empty string")
                     })
             })
             .collect(),
-        _ => Err(Error::criteria(
+        _ => Err(Error::definition(
             path,
             "expected a string or a non-empty list of strings",
         )),
@@ -430,21 +435,21 @@ fn string_or_list(v: &Value, path: &str) -> Result<Vec<String>> {
 fn parse_behavior(v: &Value, path: &str) -> Result<Behavior> {
     let obj = v
         .as_object()
-        .ok_or_else(|| Error::criteria(path, "expected an object with \"event\""))?;
+        .ok_or_else(|| Error::definition(path, "expected an object with \"event\""))?;
     if let Some(k) = obj.keys().find(|k| {
         !matches!(
             k.as_str(),
             "event" | "operation" | "where" | "within" | "having"
         )
     }) {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             format!("{path}.{k}"),
             "unknown key (expected event, operation, where, within, having)",
         ));
     }
     let events = string_or_list(
         obj.get("event")
-            .ok_or_else(|| Error::criteria(format!("{path}.event"), "missing"))?,
+            .ok_or_else(|| Error::definition(format!("{path}.event"), "missing"))?,
         &format!("{path}.event"),
     )?;
     let operations = obj
@@ -462,7 +467,7 @@ fn parse_behavior(v: &Value, path: &str) -> Result<Behavior> {
                         .as_object()
                         .filter(|o| o.contains_key("field"))
                         .ok_or_else(|| {
-                            Error::criteria(
+                            Error::definition(
                                 &p,
                                 "expected {\"field\": ..., \"op\": ..., \"value\": ...}",
                             )
@@ -470,14 +475,14 @@ fn parse_behavior(v: &Value, path: &str) -> Result<Behavior> {
                     if let Some(k) = o.keys().find(|k| {
                         !matches!(k.as_str(), "field" | "op" | "value" | "case_sensitive")
                     }) {
-                        return Err(Error::criteria(&p, format!("unexpected key {k:?}")));
+                        return Err(Error::definition(&p, format!("unexpected key {k:?}")));
                     }
                     parse_field(o, &p)
                 })
                 .collect::<Result<Vec<_>>>()?
         }
         Some(_) => {
-            return Err(Error::criteria(
+            return Err(Error::definition(
                 format!("{path}.where"),
                 "expected a list of field conditions",
             ));
@@ -503,11 +508,11 @@ fn parse_behavior(v: &Value, path: &str) -> Result<Behavior> {
 fn parse_window(v: &Value, path: &str) -> Result<Window> {
     match v {
         Value::String(s) => Ok(Window::Last(
-            Duration::parse(s).map_err(|m| Error::criteria(path, m))?,
+            Duration::parse(s).map_err(|m| Error::definition(path, m))?,
         )),
         Value::Object(o) => {
             if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "after" | "before")) {
-                return Err(Error::criteria(
+                return Err(Error::definition(
                     format!("{path}.{k}"),
                     "unknown key (expected after, before)",
                 ));
@@ -521,10 +526,10 @@ fn parse_window(v: &Value, path: &str) -> Result<Window> {
                         } else {
                             Duration::parse(s)
                                 .map(|d| Some(Bound::Ago(d)))
-                                .map_err(|_| Error::criteria(format!("{path}.{k}"), format!("{s:?} is neither a date (YYYY-MM-DD) nor a duration (30d)")))
+                                .map_err(|_| Error::definition(format!("{path}.{k}"), format!("{s:?} is neither a date (YYYY-MM-DD) nor a duration (30d)")))
                         }
                     }
-                    Some(_) => Err(Error::criteria(
+                    Some(_) => Err(Error::definition(
                         format!("{path}.{k}"),
                         "expected a date or a duration string",
                     )),
@@ -532,11 +537,11 @@ fn parse_window(v: &Value, path: &str) -> Result<Window> {
             };
             let (after, before) = (bound("after")?, bound("before")?);
             if after.is_none() && before.is_none() {
-                return Err(Error::criteria(path, "give after, before or both"));
+                return Err(Error::definition(path, "give after, before or both"));
             }
             Ok(Window::Range { after, before })
         }
-        _ => Err(Error::criteria(
+        _ => Err(Error::definition(
             path,
             "expected a duration such as \"30d\" or {\"after\": D, \"before\": D}",
         )),
@@ -545,13 +550,13 @@ fn parse_window(v: &Value, path: &str) -> Result<Window> {
 
 fn parse_having(v: &Value, path: &str) -> Result<Having> {
     let o = v.as_object().ok_or_else(|| {
-        Error::criteria(path, "expected {\"agg\": ..., \"op\": ..., \"value\": ...}")
+        Error::definition(path, "expected {\"agg\": ..., \"op\": ..., \"value\": ...}")
     })?;
     if let Some(k) = o
         .keys()
         .find(|k| !matches!(k.as_str(), "agg" | "field" | "op" | "value"))
     {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             format!("{path}.{k}"),
             "unknown key (expected agg, field, op, value)",
         ));
@@ -566,7 +571,7 @@ fn parse_having(v: &Value, path: &str) -> Result<Having> {
         "first" => Agg::First,
         "last" => Agg::Last,
         other => {
-            return Err(Error::criteria(
+            return Err(Error::definition(
                 format!("{path}.agg"),
                 format!("unknown aggregate {other:?} (count, sum, avg, min, max, first, last)"),
             ));
@@ -576,14 +581,14 @@ fn parse_having(v: &Value, path: &str) -> Result<Having> {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
-            return Err(Error::criteria(
+            return Err(Error::definition(
                 format!("{path}.field"),
                 "expected a column name",
             ));
         }
     };
     if column.is_some() && matches!(agg, Agg::Count | Agg::First | Agg::Last) {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             format!("{path}.field"),
             format!("{agg_s} takes no field"),
         ));
@@ -591,9 +596,9 @@ fn parse_having(v: &Value, path: &str) -> Result<Having> {
     let op_s = o
         .get("op")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::criteria(format!("{path}.op"), "expected an operator name"))?;
+        .ok_or_else(|| Error::definition(format!("{path}.op"), "expected an operator name"))?;
     let op = Op::parse(op_s).ok_or_else(|| {
-        Error::criteria(format!("{path}.op"), format!("unknown operator {op_s:?}"))
+        Error::definition(format!("{path}.op"), format!("unknown operator {op_s:?}"))
     })?;
     Ok(Having {
         agg,

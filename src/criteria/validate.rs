@@ -18,7 +18,7 @@ pub fn validate(c: &Criterion, path: &str, cat: &dyn Catalog) -> Result<()> {
     c.walk(path, &mut |node, path| match node {
         Criterion::Field(f) => {
             let ty = cat.contact_field(&f.field).ok_or_else(|| {
-                Error::criteria(
+                Error::definition(
                     format!("{path}.field"),
                     format!("unknown contact field {:?}", f.field),
                 )
@@ -26,11 +26,11 @@ pub fn validate(c: &Criterion, path: &str, cat: &dyn Catalog) -> Result<()> {
             check_cond(f, &ty, path)
         }
         Criterion::Behavior(b) => validate_behavior(b, &format!("{path}.behavior"), cat),
-        Criterion::Segment(s) if !cat.has_segment(s) => Err(Error::criteria(
+        Criterion::Segment(s) if !cat.has_segment(s) => Err(Error::definition(
             format!("{path}.segment"),
             format!("unknown segment {s:?}"),
         )),
-        Criterion::Import(s) if !cat.has_import(s) => Err(Error::criteria(
+        Criterion::Import(s) if !cat.has_import(s) => Err(Error::definition(
             format!("{path}.import"),
             format!("unknown import {s:?}"),
         )),
@@ -45,7 +45,7 @@ pub fn check_cond(f: &FieldCond, ty: &FieldType, path: &str) -> Result<()> {
         } else {
             "value"
         };
-        Error::criteria(
+        Error::definition(
             format!("{path}.{at}"),
             format!("{m} (field {:?} is {})", f.field, ty.name()),
         )
@@ -56,13 +56,13 @@ fn validate_behavior(b: &Behavior, path: &str, cat: &dyn Catalog) -> Result<()> 
     for (i, w) in b.wheres.iter().enumerate() {
         let p = format!("{path}.where[{i}]");
         if matches!(w.field.as_str(), "contact_id" | "_iid") {
-            return Err(Error::criteria(
+            return Err(Error::definition(
                 format!("{p}.field"),
                 "filter contacts with field criteria, not in where",
             ));
         }
         let ty = cat.event_column(&w.field).ok_or_else(|| {
-            Error::criteria(
+            Error::definition(
                 format!("{p}.field"),
                 format!("unknown event column {:?}", w.field),
             )
@@ -72,7 +72,7 @@ fn validate_behavior(b: &Behavior, path: &str, cat: &dyn Catalog) -> Result<()> 
     if let Some(Window::Last(d)) = &b.within
         && d.n == 0
     {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             format!("{path}.within"),
             "a window of 0 keeps no event",
         ));
@@ -83,7 +83,7 @@ fn validate_behavior(b: &Behavior, path: &str, cat: &dyn Catalog) -> Result<()> 
         match cat.event_column(col) {
             Some(FieldType::Number { .. }) => {}
             Some(t) => {
-                return Err(Error::criteria(
+                return Err(Error::definition(
                     format!("{path}.having.field"),
                     format!(
                         "{} needs a numeric column; {col:?} is {}",
@@ -93,7 +93,7 @@ fn validate_behavior(b: &Behavior, path: &str, cat: &dyn Catalog) -> Result<()> 
                 ));
             }
             None => {
-                return Err(Error::criteria(
+                return Err(Error::definition(
                     format!("{path}.having.field"),
                     format!("unknown event column {col:?}"),
                 ));
@@ -102,7 +102,7 @@ fn validate_behavior(b: &Behavior, path: &str, cat: &dyn Catalog) -> Result<()> 
     }
     let ty = h.value_type();
     operand(&ty, h.op, &h.value).map_err(|m| {
-        Error::criteria(
+        Error::definition(
             format!("{path}.having"),
             format!("{m} ({} is a {})", h.agg.name(), ty.name()),
         )

@@ -58,7 +58,7 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
     g.add(&def.id, deps);
     if let Some(cycle) = g.cycle_from(&def.id) {
-        return Err(Error::criteria(
+        return Err(Error::definition(
             "criteria",
             format!("reference cycle: {}", cycle.join(" → ")),
         ));
@@ -73,7 +73,7 @@ fn check_sql(c: &Criterion, path: &str, session: &Session) -> Result<()> {
     c.walk(path, &mut |node, path| match node {
         Criterion::Sql(_) => crate::compile::contacts_expr(node, session, &clock)
             .map(|_| ())
-            .map_err(|e| Error::criteria(format!("{path}.sql"), e.to_string())),
+            .map_err(|e| Error::definition(format!("{path}.sql"), e.to_string())),
         _ => Ok(()),
     })
 }

@@ -338,7 +338,7 @@ fn exercise(
 ) -> Result<(), TestCaseError> {
     let placed = |e: &segments::Error| -> Result<(), TestCaseError> {
         match e {
-            segments::Error::Criteria { path, .. } => {
+            segments::Error::Definition { path, .. } => {
                 prop_assert!(
                     path_in(input, path),
                     "{input}: {e}: the path is not in the input"

@@ -162,13 +162,13 @@ impl Session {
         let h = &b.having;
         let value_ty = h.value_type();
         let having_operand =
-            operand(&value_ty, h.op, &h.value).map_err(|m| Error::criteria("having", m))?;
+            operand(&value_ty, h.op, &h.value).map_err(|m| Error::definition("having", m))?;
         let value = match h.agg {
             Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
                 let name = h.column.as_deref().unwrap_or("amount");
                 let (ty, column) = self.event_column(name)?;
                 if !matches!(ty, FieldType::Number { .. }) {
-                    return Err(Error::criteria(
+                    return Err(Error::definition(
                         "having.field",
                         format!("{name:?} is not a numeric event column"),
                     ));
