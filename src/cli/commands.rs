@@ -84,16 +84,10 @@ pub(super) async fn audience_cmd(dir: &Path, args: AudienceArgs) -> anyhow::Resu
         as_of,
     } = args;
     let base = open(dir)?;
-    let mut w = base.writer(&describe("audience"))?;
-    let bm = seg::audience(
-        &mut w,
-        &include,
-        &exclude,
-        channel.into(),
-        as_of.unwrap_or_else(Utc::now),
-    )
+    let (bm, m) = change(&base, &describe("audience"), async |w| {
+        seg::audience(w, &include, &exclude, channel.into(), now_or(as_of)).await
+    })
     .await?;
-    let m = w.commit()?;
     match out {
         Some(path) => {
             let batch = seg::members_batch(base.dir(), &m, &bm, None, &[])?;
@@ -190,9 +184,7 @@ pub(super) async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> 
     let mut base = open(dir)?;
     segments::synth::create_examples(&base, as_of).await?;
     let bar = progress_bar(&mut base);
-    let mut w = base.writer("segments demo")?;
-    let report = recompute(&mut w, as_of).await?;
-    w.commit()?;
+    let report = nightly(&base, "segments demo", as_of).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

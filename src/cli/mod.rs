@@ -24,10 +24,10 @@ use segments::base::events::EventImportOptions;
 use segments::criteria::Definition;
 use segments::jobs::export::RowFormat;
 use segments::jobs::import::{ImportFile, import};
-use segments::jobs::init;
-use segments::jobs::recompute::{RunReport, compute_into, nightly, recompute};
+use segments::jobs::recompute::{RunReport, nightly};
 use segments::jobs::segments::{self as seg, Channel};
 use segments::jobs::views;
+use segments::jobs::{change, init};
 
 #[derive(Parser)]
 #[command(
@@ -457,7 +457,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &describe("contacts delete"),
                 &ids,
                 file.as_deref(),
-            )?;
+            )
+            .await?;
             println!("deleted {n} contact(s) from contacts, events, imports and segments");
         }
         Command::Segment(cmd) => return segment(&dir, cmd).await,

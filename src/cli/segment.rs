@@ -42,10 +42,11 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
             ..
         } => {
             let name = name.expect("clap requires --name with --static");
-            let mut w = base.writer(&describe("segment create --static"))?;
-            let (id, n) =
-                seg::create_static(&mut w, id.as_deref(), &name, &source.source()?).await?;
-            w.commit()?;
+            let source = source.source()?;
+            let ((id, n), _) = change(&base, &describe("segment create --static"), async |w| {
+                seg::create_static(w, id.as_deref(), &name, &source).await
+            })
+            .await?;
             println!("created static segment {id}: {n} contact(s)");
         }
         SegmentCmd::Add { id, source } => {
@@ -60,45 +61,50 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
         SegmentCmd::Create { file, as_of, .. } => {
             let file = file.expect("clap requires FILE without --static");
             let def = read_definition(&file)?;
-            let mut w = base.writer(&describe("segment create"))?;
-            let report = seg::create(&mut w, &def, now_or(as_of)).await?;
-            w.commit()?;
+            let (report, _) = change(&base, &describe("segment create"), async |w| {
+                seg::create(w, &def, now_or(as_of)).await
+            })
+            .await?;
             return finish_compute(&report, &format!("created segment {}", def.id));
         }
         SegmentCmd::Edit { id, file, as_of } => {
             let def = read_definition(&file)?;
-            let mut w = base.writer(&describe("segment edit"))?;
-            let report = seg::edit(&mut w, &id, &def, now_or(as_of)).await?;
-            w.commit()?;
+            let (report, _) = change(&base, &describe("segment edit"), async |w| {
+                seg::edit(w, &id, &def, now_or(as_of)).await
+            })
+            .await?;
             return finish_compute(&report, &format!("updated segment {id}"));
         }
         SegmentCmd::Duplicate { id, name, as_of } => {
-            let mut w = base.writer(&describe("segment duplicate"))?;
-            let source = w.next.find_segment(&id)?.id.clone();
-            let (def, report) = seg::duplicate(&mut w, &id, &name, now_or(as_of)).await?;
-            w.commit()?;
+            let ((def, source, report), _) =
+                change(&base, &describe("segment duplicate"), async |w| {
+                    seg::duplicate(w, &id, &name, now_or(as_of)).await
+                })
+                .await?;
             return finish_compute(
                 &report,
                 &format!("created segment {} from {source}", def.id),
             );
         }
         SegmentCmd::Delete { id } => {
-            let mut w = base.writer(&describe("segment delete"))?;
-            let id = seg::delete(&mut w, &id)?;
-            w.commit()?;
+            let (id, _) = change(&base, &describe("segment delete"), async |w| {
+                seg::delete(w, &id)
+            })
+            .await?;
             println!("deleted segment {id} (its contacts stay in the base)");
         }
         SegmentCmd::Pause { id } => {
-            let mut w = base.writer(&describe("segment pause"))?;
-            let id = seg::set_paused(&mut w, &id, true)?;
-            w.commit()?;
+            let (id, _) = change(&base, &describe("segment pause"), async |w| {
+                seg::set_paused(w, &id, true)
+            })
+            .await?;
             println!("paused {id}: its members stay as last computed");
         }
         SegmentCmd::Resume { id, as_of } | SegmentCmd::Refresh { id, as_of } => {
-            let mut w = base.writer(&describe("segment refresh"))?;
-            let id = seg::set_paused(&mut w, &id, false)?;
-            let report = compute_into(&mut w, std::slice::from_ref(&id), now_or(as_of)).await?;
-            w.commit()?;
+            let ((id, report), _) = change(&base, &describe("segment refresh"), async |w| {
+                seg::refresh(w, &id, now_or(as_of)).await
+            })
+            .await?;
             return finish_compute(&report, &format!("computed {id}"));
         }
         SegmentCmd::List {
@@ -163,20 +169,8 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
         }
         SegmentCmd::Export { id, out, columns } => {
             let snap = base.snapshot()?;
-            let (_, members) = seg::members_of(&snap, &id)?;
-            let batch = seg::members_batch(
-                snap.dir(),
-                &snap.manifest,
-                &members.members,
-                Some(&members),
-                &columns,
-            )?;
-            segments::jobs::export::write_batch(&out, &batch)?;
-            println!(
-                "{} contact(s) written to {}",
-                batch.num_rows(),
-                out.display()
-            );
+            let rows = views::export(&snap, &id, &columns, &out)?;
+            println!("{rows} contact(s) written to {}", out.display());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -188,9 +182,11 @@ pub(super) async fn change_static(
     change: seg::StaticChange,
     source: SourceArgs,
 ) -> anyhow::Result<ExitCode> {
-    let mut w = base.writer(&describe("segment change"))?;
-    let n = seg::change_static(&mut w, id, change, &source.source()?).await?;
-    w.commit()?;
+    let source = source.source()?;
+    let (n, _) = segments::jobs::change(base, &describe("segment change"), async |w| {
+        seg::change_static(w, id, change, &source).await
+    })
+    .await?;
     println!("{id}: {n} contact(s)");
     Ok(ExitCode::SUCCESS)
 }

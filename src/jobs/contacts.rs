@@ -12,13 +12,11 @@ use crate::error::Result;
 /// `contact_id`s, from contacts, events, imports, every segment's members,
 /// entry cohorts and history, in one version. Returns how many of them were
 /// contacts of the base.
-pub fn delete(base: &Base, command: &str, ids: &[u64], file: Option<&Path>) -> Result<u64> {
+pub async fn delete(base: &Base, command: &str, ids: &[u64], file: Option<&Path>) -> Result<u64> {
     let mut all = ids.to_vec();
     if let Some(f) = file {
         all.extend(input_contact_ids(&InputTable::read(f)?)?);
     }
-    let mut w = base.writer(command)?;
-    let n = delete_contacts(&mut w, &all)?;
-    w.commit()?;
+    let (n, _) = crate::jobs::change(base, command, async |w| delete_contacts(w, &all)).await?;
     Ok(n)
 }

@@ -36,12 +36,14 @@ pub async fn import(
     what: &ImportFile,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<(ImportReport, Option<RunReport>)> {
-    let mut w = base.writer(command)?;
-    let report = match what {
-        ImportFile::Contacts { file, options } => import_contacts(&mut w, file, options)?,
-        ImportFile::Events { file, options } => import_events(&mut w, file, options)?,
-    };
-    let refreshed = after_import(&mut w, as_of.unwrap_or_else(Utc::now)).await?;
-    w.commit()?;
-    Ok((report, refreshed))
+    let (out, _) = crate::jobs::change(base, command, async |w| {
+        let report = match what {
+            ImportFile::Contacts { file, options } => import_contacts(w, file, options)?,
+            ImportFile::Events { file, options } => import_events(w, file, options)?,
+        };
+        let refreshed = after_import(w, as_of.unwrap_or_else(Utc::now)).await?;
+        Ok((report, refreshed))
+    })
+    .await?;
+    Ok(out)
 }

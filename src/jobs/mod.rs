@@ -65,6 +65,21 @@ pub fn default_segments(config: &Config) -> Vec<(&'static str, &'static str, ser
     ]
 }
 
+/// One change to a base: take the writer lock as `command` (the name a
+/// second writer is told), let `change` work on the next version, publish
+/// it. When `change` fails nothing is published, and the files it wrote
+/// are removed. Returns what `change` returned and the published manifest.
+pub async fn change<T>(
+    base: &Base,
+    command: &str,
+    change: impl AsyncFnOnce(&mut crate::base::Writer) -> Result<T>,
+) -> Result<(T, Manifest)> {
+    let mut w = base.writer(command)?;
+    let out = change(&mut w).await?;
+    let published = w.commit()?;
+    Ok((out, published))
+}
+
 /// Create a base with its configuration and the default segments.
 pub fn init(dir: &std::path::Path, config: Config) -> Result<Base> {
     std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;

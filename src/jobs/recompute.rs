@@ -341,9 +341,8 @@ pub async fn nightly(
     command: &str,
     as_of: DateTime<Utc>,
 ) -> Result<RunReport> {
-    let mut w = base.writer(command)?;
-    let report = recompute(&mut w, as_of).await?;
-    w.commit()?;
+    let (report, _) =
+        crate::jobs::change(base, command, async |w| recompute(w, as_of).await).await?;
     Ok(report)
 }
 

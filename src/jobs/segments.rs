@@ -205,15 +205,29 @@ fn check_unique(m: &Manifest, id: &str, name: &str, except: Option<&str>) -> Res
     Ok(())
 }
 
+/// Compute a segment now, and recompute it from now on if it was paused
+/// (resume). Returns its id and the run.
+pub async fn refresh(
+    w: &mut Writer,
+    key: &str,
+    as_of: DateTime<Utc>,
+) -> Result<(String, RunReport)> {
+    let id = set_paused(w, key, false)?;
+    let report = compute_into(w, std::slice::from_ref(&id), as_of).await?;
+    Ok((id, report))
+}
+
 /// Copy a dynamic segment's definition and description under a new name,
-/// save the copy and compute it. Returns the copy's definition and run.
+/// save the copy and compute it. Returns the copy's definition, the id of
+/// the segment copied, and the run.
 pub async fn duplicate(
     w: &mut Writer,
     key: &str,
     name: &str,
     as_of: DateTime<Utc>,
-) -> Result<(Definition, RunReport)> {
+) -> Result<(Definition, String, RunReport)> {
     let rec = w.next.find_segment(key)?;
+    let source = rec.id.clone();
     let criteria = rec
         .criteria
         .clone()
@@ -224,7 +238,7 @@ pub async fn duplicate(
         "criteria": criteria,
     }))?;
     let report = create(w, &def, as_of).await?;
-    Ok((def, report))
+    Ok((def, source, report))
 }
 
 /// Validate, save and compute a dynamic segment.

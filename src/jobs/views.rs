@@ -218,3 +218,24 @@ pub fn members_page(snap: &Snapshot, key: &str, q: &MembersQuery) -> Result<Reco
         }
     }
 }
+
+/// Write every member of a segment to a CSV or Parquet file (from its
+/// extension) in one atomic write: `contact_id` first, then `columns` (all
+/// fields when empty) and `entered_at`. Returns the rows written.
+pub fn export(
+    snap: &Snapshot,
+    key: &str,
+    columns: &[String],
+    out: &std::path::Path,
+) -> Result<usize> {
+    let (_, members) = members_of(snap, key)?;
+    let batch = members_batch(
+        snap.dir(),
+        &snap.manifest,
+        &members.members,
+        Some(&members),
+        columns,
+    )?;
+    crate::jobs::export::write_batch(out, &batch)?;
+    Ok(batch.num_rows())
+}
