@@ -26,6 +26,11 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The change conflicts with the base as it is: a name or id already
+    /// taken, a segment other segments still refer to.
+    #[error("{0}")]
+    Conflict(String),
+
     /// No segment has this id or name.
     #[error("unknown segment {key:?}")]
     UnknownSegment { key: String },

@@ -16,7 +16,9 @@
 //! - [`jobs`]: the verbs — init, segment lifecycle, the nightly recompute,
 //!   audiences, exports.
 //! - [`sql`]: read-only SQL for users, over a snapshot or the PostgreSQL
-//!   protocol; [`synth`]: synthetic bases; [`bench`]: benchmark workloads.
+//!   protocol.
+//! - [`http`]: the verbs as a JSON API over HTTP, with its OpenAPI document.
+//! - [`synth`]: synthetic bases; [`bench`]: benchmark workloads.
 
 pub mod base;
 pub mod bench;
@@ -24,6 +26,7 @@ pub mod compile;
 pub mod criteria;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod jobs;
 pub mod sql;
 pub mod synth;

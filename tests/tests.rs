@@ -19,6 +19,8 @@ mod suite {
     pub mod golden;
     /// The library's rooms depend one way.
     pub mod house;
+    /// The HTTP API over loopback: every route, its errors, auth, concurrency.
+    pub mod http;
     /// Segment lifecycle, recompute, history, audience.
     pub mod lifecycle;
     /// Every operator of every type, with the empty-value rules both ways.

@@ -42,7 +42,18 @@ pub struct Config {
 }
 
 /// The user and password of `segments serve` (the environment variables
-/// `SEGMENTS_USER` and `SEGMENTS_PASSWORD` take precedence).
+/// `SEGMENTS_USER` and `SEGMENTS_PASSWORD` take precedence), and more
+/// accounts of the HTTP API, each with its role:
+///
+/// ```toml
+/// [serve]
+/// user = "crm"
+/// password = "..."
+/// [[serve.users]]
+/// user = "reports"
+/// password = "..."
+/// role = "read"
+/// ```
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
@@ -50,11 +61,52 @@ pub struct ServeConfig {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<Account>,
+}
+
+/// Who may use the HTTP API, and what for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub user: String,
+    pub password: String,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// `write` may change the base through its verbs; `read` may only read it
+/// (list, show, members, history, export, preview, schema, SQL).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Write,
+    Read,
 }
 
 impl ServeConfig {
     fn is_empty(&self) -> bool {
-        self.user.is_none() && self.password.is_none()
+        self.user.is_none() && self.password.is_none() && self.users.is_empty()
+    }
+
+    /// Every account: the main user (role write) when it has a password,
+    /// then `[[serve.users]]`.
+    pub fn accounts(&self) -> Vec<Account> {
+        let (user, password) = self.credentials();
+        let main = (!password.is_empty()).then_some(Account {
+            user,
+            password,
+            role: Role::Write,
+        });
+        main.into_iter()
+            .chain(
+                self.users
+                    .iter()
+                    .filter(|a| !a.password.is_empty())
+                    .cloned(),
+            )
+            .collect()
     }
 
     /// The user and password to require: `SEGMENTS_USER` and

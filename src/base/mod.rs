@@ -64,6 +64,9 @@ pub struct Base {
     pub memory_limit: Option<usize>,
     /// Told of the progress of long work (a progress bar on a terminal).
     pub progress: Option<ProgressHook>,
+    /// How long a change waits for the writer lock held by another writer
+    /// before it gives up (default: it does not wait).
+    pub lock_wait: Option<Duration>,
 }
 
 /// Told (phase, done, total) as long work advances.
@@ -121,6 +124,7 @@ impl Base {
             jobs: None,
             memory_limit: None,
             progress: None,
+            lock_wait: None,
         })
     }
 

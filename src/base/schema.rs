@@ -104,6 +104,20 @@ pub const IID: &str = "_iid";
 pub const CONTACT_ID: &str = "contact_id";
 
 /// The recognised contact columns and their fixed types.
+/// The contact columns [`recognised_contact_field`] knows.
+pub const RECOGNISED_CONTACT_FIELDS: &[&str] = &[
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "company",
+    "email_optin",
+    "sms_optin",
+    "email_status",
+    "sms_status",
+    "created_at",
+];
+
 pub fn recognised_contact_field(name: &str) -> Option<FieldType> {
     let choice = |v: &[&str]| FieldType::Choice {
         values: v.iter().map(|s| s.to_string()).collect(),

@@ -135,31 +135,124 @@ pub(super) async fn sql_cmd(dir: &Path, args: SqlArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where to serve: a port (on `listen`, or loopback), or an address, which
+/// must be loopback unless `--listen` allows other machines.
+fn endpoint(
+    text: &str,
+    listen: Option<std::net::IpAddr>,
+    flag: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(
+            listen.unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            port,
+        ));
+    }
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        anyhow::anyhow!("--{flag} {text:?}: expected a port or an address such as 127.0.0.1:8080")
+    })?;
+    if !addr.ip().is_loopback() && listen.is_none() {
+        anyhow::bail!(
+            "--{flag} {addr}: not a loopback address; add --listen {} to accept connections from other machines",
+            addr.ip()
+        );
+    }
+    Ok(addr)
+}
+
 pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ServeArgs {
+        http,
+        pg,
         listen,
         memory_limit,
+        max_upload,
+        request_timeout,
     } = args;
+    let (http, pg) = match (http, pg) {
+        (None, None) => (Some("8080".to_string()), Some("5433".to_string())),
+        other => other,
+    };
+    let http = http.map(|t| endpoint(&t, listen, "http")).transpose()?;
+    let pg = pg.map(|t| endpoint(&t, listen, "pg")).transpose()?;
     let mut base = open(dir)?;
     base.memory_limit = memory_limit;
     let (user, password) = base.config.serve.credentials();
-    let opts = segments::sql::serve::ServeOptions {
-        listen,
-        user: user.clone(),
-        password,
-    };
-    segments::sql::serve::serve(
-        base,
-        opts,
-        |addr| {
-            eprintln!(
-                "serving {} on {addr} (PostgreSQL protocol, user {user}, read-only); Ctrl-C stops",
-                dir.display()
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http_server = {
+        let base = base.clone();
+        let stop = stop.clone();
+        async move {
+            let Some(listen) = http else { return Ok(()) };
+            let mut opts = segments::http::HttpOptions::new(listen, base.config.serve.accounts());
+            opts.max_upload = max_upload;
+            opts.request_timeout = std::time::Duration::from_secs(request_timeout);
+            segments::http::serve(
+                base,
+                opts,
+                |addr| {
+                    eprintln!(
+                        "serving {} on http://{addr}/ (JSON API); Ctrl-C stops",
+                        dir.display()
+                    )
+                },
+                async move { stop.cancelled().await },
             )
+            .await
+        }
+    };
+    let pg_server = {
+        let stop = stop.clone();
+        async move {
+            let Some(listen) = pg else { return Ok(()) };
+            let opts = segments::sql::serve::ServeOptions {
+                listen,
+                user: user.clone(),
+                password,
+            };
+            segments::sql::serve::serve(
+                base,
+                opts,
+                |addr| {
+                    eprintln!(
+                        "serving {} on {addr} (PostgreSQL protocol, user {user}, read-only); Ctrl-C stops",
+                        dir.display()
+                    )
+                },
+                async move { stop.cancelled().await },
+            )
+            .await
+        }
+    };
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            stop_signal().await;
+            stop.cancel();
+        }
+    };
+    // The first to fail stops the other.
+    let failed = |stop: tokio_util::sync::CancellationToken| {
+        move |r: segments::Result<()>| {
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        }
+    };
+    let (h, p, ()) = tokio::join!(
+        futures::FutureExt::map(http_server, failed(stop.clone())),
+        futures::FutureExt::map(pg_server, failed(stop.clone())),
+        async {
+            tokio::select! {
+                () = signal => {}
+                () = stop.cancelled() => {}
+            }
         },
-        stop_signal(),
-    )
-    .await?;
+    );
+    h?;
+    p?;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
 }

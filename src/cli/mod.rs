@@ -64,9 +64,10 @@ enum Command {
     /// query: an interactive shell on a terminal, or the statements read
     /// from standard input.
     Sql(SqlArgs),
-    /// Serve the read-only SQL of `sql` over the PostgreSQL wire protocol,
-    /// for psql and BI tools. The user and password come from SEGMENTS_USER
-    /// and SEGMENTS_PASSWORD, or from [serve] in segments.toml.
+    /// Serve the base: the JSON API over HTTP (--http), the read-only SQL of
+    /// `sql` over the PostgreSQL protocol (--pg), or both. The user and
+    /// password come from SEGMENTS_USER and SEGMENTS_PASSWORD, or from
+    /// [serve] in segments.toml.
     Serve(ServeArgs),
     /// Verify the base: manifest, files, checksums, bitmaps, statistics.
     Check,
@@ -134,13 +135,28 @@ struct SqlArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on; loopback unless told otherwise.
-    #[arg(long, default_value = "127.0.0.1:5433")]
-    listen: std::net::SocketAddr,
+    /// The JSON API (and console) on this port or address
+    /// (default 127.0.0.1:8080 when neither --http nor --pg is given).
+    #[arg(long, value_name = "PORT|ADDR")]
+    http: Option<String>,
+    /// Read-only SQL over the PostgreSQL protocol on this port or address
+    /// (default 127.0.0.1:5433 when neither --http nor --pg is given).
+    #[arg(long, value_name = "PORT|ADDR")]
+    pg: Option<String>,
+    /// The interface to listen on, for other machines to connect
+    /// (e.g. 0.0.0.0): without it, only loopback addresses are served.
+    #[arg(long, value_name = "IP")]
+    listen: Option<std::net::IpAddr>,
     /// Memory the joins, sorts and aggregates of the queries running at
     /// once may hold together (default: half the machine's memory).
     #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
     memory_limit: Option<usize>,
+    /// Largest file an import over HTTP accepts (e.g. 2G).
+    #[arg(long, value_parser = segments::base::parse_size, default_value = "16G")]
+    max_upload: usize,
+    /// A request still running after this many seconds is answered 408.
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
 }
 
 #[derive(Args)]

@@ -69,15 +69,33 @@ pub fn default_segments(config: &Config) -> Vec<(&'static str, &'static str, ser
 /// second writer is told), let `change` work on the next version, publish
 /// it. When `change` fails nothing is published, and the files it wrote
 /// are removed. Returns what `change` returned and the published manifest.
+///
+/// While another writer holds the lock, the change waits for it up to
+/// `base.lock_wait`, then fails with [`crate::Error::Locked`].
 pub async fn change<T>(
     base: &Base,
     command: &str,
     change: impl AsyncFnOnce(&mut crate::base::Writer) -> Result<T>,
 ) -> Result<(T, Manifest)> {
-    let mut w = base.writer(command)?;
+    let mut w = writer_within(base, command).await?;
     let out = change(&mut w).await?;
     let published = w.commit()?;
     Ok((out, published))
+}
+
+/// The writer lock, waited for up to `base.lock_wait`.
+async fn writer_within(base: &Base, command: &str) -> Result<crate::base::Writer> {
+    let deadline = base.lock_wait.map(|d| std::time::Instant::now() + d);
+    loop {
+        match base.writer(command) {
+            Err(crate::Error::Locked { .. })
+                if deadline.is_some_and(|d| std::time::Instant::now() < d) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Create a base with its configuration and the default segments.

@@ -37,7 +37,7 @@ pub struct Computation {
 }
 
 /// Where a run's time went, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Phases {
     pub contacts_ms: u64,
     pub events_ms: u64,
@@ -190,7 +190,7 @@ pub async fn optins(session: &Session) -> Result<OptIns> {
 }
 
 /// Per-segment line of a run report.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SegmentRun {
     pub id: String,
     pub status: String,
@@ -203,7 +203,7 @@ pub struct SegmentRun {
 }
 
 /// What a recompute did; kept in the base as JSON.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub started_at: DateTime<Utc>,
     pub as_of: DateTime<Utc>,

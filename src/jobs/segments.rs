@@ -100,6 +100,7 @@ impl crate::criteria::validate::Catalog for SelfAware<'_> {
 }
 
 /// Count and a sample of a definition, nothing saved.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Preview {
     pub count: u64,
     pub sample: Vec<u64>,
@@ -191,12 +192,12 @@ fn check_unique(m: &Manifest, id: &str, name: &str, except: Option<&str>) -> Res
             continue;
         }
         if s.id == id {
-            return Err(Error::usage(format!(
+            return Err(Error::Conflict(format!(
                 "a segment with id {id:?} already exists"
             )));
         }
         if s.name == name {
-            return Err(Error::usage(format!(
+            return Err(Error::Conflict(format!(
                 "a segment named {name:?} already exists (id {})",
                 s.id
             )));
@@ -284,7 +285,7 @@ pub fn delete(w: &mut Writer, id: &str) -> Result<String> {
     let g = graph_of(&w.next)?;
     let users: Vec<String> = g.dependants(&id).into_iter().filter(|d| d != &id).collect();
     if !users.is_empty() {
-        return Err(Error::usage(format!(
+        return Err(Error::Conflict(format!(
             "segment {id} is used by {}; change or delete them first",
             users.join(", ")
         )));
@@ -441,6 +442,8 @@ pub enum StaticSource {
     File(std::path::PathBuf),
     /// A read-only SQL query returning `contact_id`.
     Query(String),
+    /// Contact ids given as a list.
+    Ids(Vec<u64>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,36 +453,50 @@ pub enum StaticChange {
     Replace,
 }
 
+/// The internal ids of contact ids; unknown ones are refused, the message
+/// giving their count and the first of them.
+fn known_ids(
+    w: &Writer,
+    ids: impl IntoIterator<Item = u64>,
+    refuse: impl FnOnce(String) -> Error,
+) -> Result<RoaringBitmap> {
+    let map = crate::base::ids::ContactIdMap::load(w.dir(), &w.next)?;
+    let mut out = RoaringBitmap::new();
+    let mut unknown = Vec::new();
+    for id in ids {
+        match map.to_iid.get(&id) {
+            Some(i) => {
+                out.insert(*i);
+            }
+            None => unknown.push(id),
+        }
+    }
+    match unknown.first() {
+        None => Ok(out),
+        Some(first) => Err(refuse(format!(
+            "{} contact id(s) are not in the base (first: {first})",
+            unknown.len()
+        ))),
+    }
+}
+
 /// The internal ids of a source; unknown contact ids are refused with their count.
 async fn source_bitmap(w: &Writer, source: &StaticSource) -> Result<RoaringBitmap> {
     match source {
         StaticSource::File(path) => {
             let input = crate::base::input::InputTable::read(path)?;
             let ids = crate::base::ids::input_contact_ids(&input)?;
-            let map = crate::base::ids::ContactIdMap::load(w.dir(), &w.next)?;
-            let mut out = RoaringBitmap::new();
-            let mut unknown = Vec::new();
-            for id in ids {
-                match map.to_iid.get(&id) {
-                    Some(i) => {
-                        out.insert(*i);
-                    }
-                    None => unknown.push(id),
-                }
-            }
-            if !unknown.is_empty() {
-                return Err(Error::input(
+            known_ids(w, ids, |message| {
+                Error::input(
                     path,
                     crate::error::Place::Column("contact_id".into()),
-                    format!(
-                        "{} contact id(s) are not in the base (first: {})",
-                        unknown.len(),
-                        unknown[0]
-                    ),
-                ));
-            }
-            Ok(out)
+                    message,
+                )
+            })
         }
+        StaticSource::Ids(ids) => known_ids(w, ids.iter().copied(), |message| {
+            Error::definition("contact_ids", message)
+        }),
         StaticSource::Query(q) => {
             let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
             session.query_bitmap(q).await

@@ -9,13 +9,17 @@ use serde::Serialize;
 
 use crate::base::Snapshot;
 use crate::base::config::Config;
-use crate::base::manifest::SegmentRecord;
+use crate::base::manifest::{ImportKind, SegmentRecord};
+use crate::base::schema::FieldType;
 use crate::base::status::{computing_now, effective_status};
+use crate::criteria::Op;
+use crate::criteria::operand::op_allowed;
+use crate::criteria::validate::Catalog;
 use crate::error::Result;
 use crate::jobs::segments::{members_batch, members_of};
 
 /// One row of the segments list (`segment list`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SegmentSummary {
     pub id: String,
     pub name: String,
@@ -90,7 +94,7 @@ pub fn list(snap: &Snapshot, sort: SortKey, status: Option<&str>) -> Vec<Segment
 }
 
 /// One computation of a segment, for its size over time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryRow {
     /// When it ran (RFC 3339).
     pub at: String,
@@ -119,7 +123,7 @@ pub fn history(snap: &Snapshot, key: &str) -> Result<Vec<HistoryRow>> {
 }
 
 /// A recent computation, as `segment show` lists them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RecentRun {
     pub at: DateTime<Utc>,
     pub size: u64,
@@ -128,7 +132,7 @@ pub struct RecentRun {
 }
 
 /// One segment: its summary, definition and last ten computations.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SegmentDetail {
     #[serde(flatten)]
     pub summary: SegmentSummary,
@@ -238,4 +242,227 @@ pub fn export(
     )?;
     crate::jobs::export::write_batch(out, &batch)?;
     Ok(batch.num_rows())
+}
+
+/// What a criteria builder offers: the contact fields with their types,
+/// declared choices and operators; the event types seen, with the columns
+/// they fill and their operation ids; the imports; the segments.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BaseSchema {
+    pub version: u64,
+    pub contacts: u64,
+    pub fields: Vec<FieldInfo>,
+    pub event_columns: Vec<FieldInfo>,
+    pub events: Vec<EventTypeInfo>,
+    pub imports: Vec<ImportInfo>,
+    pub segments: Vec<SegmentRef>,
+}
+
+/// A contact field or event column, with the operators its type takes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Whole numbers only (number fields).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub integer: bool,
+    /// The declared values of a choice field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    pub operators: Vec<&'static str>,
+}
+
+impl FieldInfo {
+    fn of(name: &str, ty: &FieldType) -> FieldInfo {
+        FieldInfo {
+            name: name.to_string(),
+            ty: ty.name(),
+            integer: matches!(ty, FieldType::Number { integer: true }),
+            values: match ty {
+                FieldType::Choice { values } => values.clone(),
+                _ => Vec::new(),
+            },
+            operators: Op::ALL
+                .iter()
+                .filter(|op| op_allowed(ty, **op))
+                .map(|op| op.name())
+                .collect(),
+        }
+    }
+}
+
+/// One event type seen in the base.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventTypeInfo {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub events: u64,
+    /// The optional columns that some event of this type fills.
+    pub columns: Vec<String>,
+    /// Operation ids of this type, most recent first (at most
+    /// [`OPERATIONS_SHOWN`]).
+    pub operations: Vec<String>,
+}
+
+/// Operation ids listed per event type.
+pub const OPERATIONS_SHOWN: usize = 500;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ImportInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub at: String,
+    pub file: String,
+    pub rows_added: u64,
+    pub rows_updated: u64,
+    pub rows_skipped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SegmentRef {
+    pub id: String,
+    pub name: String,
+    pub kind: &'static str,
+}
+
+/// The imports of a version, oldest first.
+pub fn imports(snap: &Snapshot) -> Vec<ImportInfo> {
+    snap.manifest
+        .imports
+        .iter()
+        .map(|i| ImportInfo {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            kind: match i.kind {
+                ImportKind::Contacts => "contacts",
+                ImportKind::Events => "events",
+            },
+            at: i.at.to_rfc3339(),
+            file: i.file.clone(),
+            rows_added: i.rows_added,
+            rows_updated: i.rows_updated,
+            rows_skipped: i.rows_skipped,
+        })
+        .collect()
+}
+
+/// The schema of a version of the base (one pass over its events).
+pub async fn schema(snap: &Snapshot) -> Result<BaseSchema> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+
+    let m = &snap.manifest;
+    let cat = crate::jobs::ManifestCatalog {
+        manifest: m,
+        config: &snap.base.config,
+    };
+    let mut fields: Vec<FieldInfo> = m
+        .fields
+        .iter()
+        .map(|f| FieldInfo::of(&f.name, &f.ty))
+        .collect();
+    // Recognised and declared columns are usable before any contact has them.
+    let known = crate::base::schema::RECOGNISED_CONTACT_FIELDS
+        .iter()
+        .copied()
+        .chain(snap.base.config.fields.keys().map(String::as_str));
+    for name in known {
+        if !fields.iter().any(|f| f.name == name)
+            && let Some(ty) = cat.contact_field(name)
+        {
+            fields.push(FieldInfo::of(name, &ty));
+        }
+    }
+    let event_columns: Vec<FieldInfo> = m
+        .event_columns
+        .iter()
+        .map(|f| FieldInfo::of(&f.name, &f.ty))
+        .collect();
+    let mut events: Vec<EventTypeInfo> = Vec::new();
+    if !m.events.is_empty() {
+        let optional: Vec<&str> = m
+            .event_columns
+            .iter()
+            .map(|f| f.name.as_str())
+            .filter(|n| !matches!(*n, "ts" | "type"))
+            .collect();
+        let counts: String = optional
+            .iter()
+            .map(|c| format!(", count(\"{}\")", c.replace('"', "\"\"")))
+            .collect();
+        let ctx = crate::engine::tables::user_context(&snap.base, m)?;
+        let sql = format!(
+            "SELECT \"type\", count(*){counts} FROM events GROUP BY \"type\" ORDER BY \"type\""
+        );
+        let batches = crate::engine::guard::guarded(&ctx, &sql)
+            .await?
+            .collect()
+            .await?;
+        for b in &batches {
+            let types = cast(b.column(0), &DataType::Utf8)?;
+            let types = types.as_string::<i32>();
+            let ns: Vec<_> = (1..b.num_columns())
+                .map(|i| cast(b.column(i), &DataType::Int64))
+                .collect::<std::result::Result<_, _>>()?;
+            for row in 0..b.num_rows() {
+                let n = |i: usize| ns[i].as_primitive::<Int64Type>().value(row) as u64;
+                events.push(EventTypeInfo {
+                    event_type: types.value(row).to_string(),
+                    events: n(0),
+                    columns: optional
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| n(i + 1) > 0)
+                        .map(|(_, c)| c.to_string())
+                        .collect(),
+                    operations: Vec::new(),
+                });
+            }
+        }
+        if optional.contains(&"operation_id") {
+            let sql = "SELECT \"type\", operation_id, max(ts) AS last FROM events \
+                       WHERE operation_id IS NOT NULL GROUP BY \"type\", operation_id \
+                       ORDER BY \"type\", last DESC, operation_id";
+            let batches = crate::engine::guard::guarded(&ctx, sql)
+                .await?
+                .collect()
+                .await?;
+            for b in &batches {
+                let types = cast(b.column(0), &DataType::Utf8)?;
+                let ops = cast(b.column(1), &DataType::Utf8)?;
+                let (types, ops) = (types.as_string::<i32>(), ops.as_string::<i32>());
+                for row in 0..b.num_rows() {
+                    if let Some(e) = events.iter_mut().find(|e| e.event_type == types.value(row))
+                        && e.operations.len() < OPERATIONS_SHOWN
+                    {
+                        e.operations.push(ops.value(row).to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(BaseSchema {
+        version: m.version,
+        contacts: m.contact_count,
+        fields,
+        event_columns,
+        events,
+        imports: imports(snap),
+        segments: m
+            .segments
+            .iter()
+            .map(|s| SegmentRef {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                kind: if s.criteria.is_some() {
+                    "dynamic"
+                } else {
+                    "static"
+                },
+            })
+            .collect(),
+    })
 }

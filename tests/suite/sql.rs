@@ -247,7 +247,7 @@ impl Server {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
             .env("SEGMENTS_BASE", base)
             .env("SEGMENTS_PASSWORD", password)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--pg", "127.0.0.1:0"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
