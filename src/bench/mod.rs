@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub use workload::generated_definitions;
+pub use workload::{generated_definitions, prepare, typical_previews};
 
 /// The instant every benchmark base is generated and evaluated at, so that
 /// runs and DuckDB see the same windows.

@@ -80,7 +80,9 @@ pub fn generated_definitions(n: usize) -> Vec<Value> {
 }
 
 /// Create the base if needed and make its generated segments exactly `g-0..g-{n}`.
-fn prepare(opts: &BenchOptions) -> Result<Base> {
+/// The benchmark base of these options, generated on first use, with its
+/// generated segments.
+pub fn prepare(opts: &BenchOptions) -> Result<Base> {
     let dir = base_dir(opts);
     if !dir.join("segments.toml").exists() {
         let t0 = Instant::now();
@@ -124,6 +126,24 @@ fn prepare(opts: &BenchOptions) -> Result<Base> {
     Ok(base)
 }
 
+/// Five typical new segments, as a marketer previews them in a builder.
+pub fn typical_previews() -> Result<Vec<Value>> {
+    Ok(crate::synth::example_definitions()?
+        .into_iter()
+        .filter(|d| {
+            [
+                "ouvreurs-recents",
+                "gros-acheteurs",
+                "parisiens",
+                "paniers-abandonnes",
+                "clients-dormants",
+            ]
+            .contains(&d.id.as_str())
+        })
+        .map(|d| json!({"id": d.id, "name": d.name, "criteria": d.criteria_json}))
+        .collect())
+}
+
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let base = prepare(opts)?;
     let dir = base.dir().to_path_buf();
@@ -157,20 +177,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     }
 
     // Five typical new segments, previewed (count and sample, nothing saved).
-    let previews: Vec<Value> = crate::synth::example_definitions()?
-        .into_iter()
-        .filter(|d| {
-            [
-                "ouvreurs-recents",
-                "gros-acheteurs",
-                "parisiens",
-                "paniers-abandonnes",
-                "clients-dormants",
-            ]
-            .contains(&d.id.as_str())
-        })
-        .map(|d| json!({"id": d.id, "name": d.name, "criteria": d.criteria_json}))
-        .collect();
+    let previews = typical_previews()?;
     for p in &previews {
         let def = Definition::parse(p)?;
         if wants("preview") || wants(&format!("preview:{}", def.id)) {

@@ -81,19 +81,35 @@ pub struct AsOfParam {
 /// Count and sample of a definition; nothing is saved (`segment preview`).
 #[utoipa::path(operation_id = "preview", post, path = "/api/preview", tag = "segments", params(AsOfParam),
     request_body = PreviewBody,
-    responses((status = 200, body = Preview), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = PreviewAnswer), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn preview(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<AsOfParam>,
     ApiJson(mut body): ApiJson<Value>,
-) -> ApiResult<axum::Json<Preview>> {
+) -> ApiResult<axum::Json<PreviewAnswer>> {
     if let Some(obj) = body.as_object_mut() {
         obj.entry("name").or_insert_with(|| Value::from("preview"));
     }
     let def = definition(&body)?;
     let as_of = parse_instant(p.as_of.as_deref(), "as_of")?.unwrap_or_else(chrono::Utc::now);
     let snap = state.base.snapshot()?;
-    Ok(axum::Json(seg::preview(&snap, &def, as_of).await?))
+    let preview = seg::preview(&snap, &def, as_of).await?;
+    let profiles = match seg::profiles_of(snap.dir(), &snap.manifest, &preview.sample_iids)? {
+        Some(batch) => json_rows(&[batch])?,
+        None => Vec::new(),
+    };
+    Ok(axum::Json(PreviewAnswer { preview, profiles }))
+}
+
+/// A preview and the profiles of its sample.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviewAnswer {
+    #[serde(flatten)]
+    pub preview: Preview,
+    /// `contact_id`, first_name, last_name, email, email_optin, sms_optin
+    /// of the sample (those the base has).
+    #[schema(value_type = Vec<Object>)]
+    pub profiles: Vec<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

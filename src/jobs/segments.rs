@@ -103,7 +103,11 @@ impl crate::criteria::validate::Catalog for SelfAware<'_> {
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Preview {
     pub count: u64,
+    /// The contact ids of the first ten members.
     pub sample: Vec<u64>,
+    /// Their internal ids.
+    #[serde(skip)]
+    pub sample_iids: Vec<u32>,
     pub duration_ms: u64,
 }
 
@@ -125,32 +129,16 @@ pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) ->
     Ok(Preview {
         count: bm.len(),
         sample,
+        sample_iids,
         duration_ms: t0.elapsed().as_millis() as u64,
     })
 }
 
 /// The user ids of some internal ids, in id order.
 pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>> {
-    let Some(f) = &m.contacts else {
+    let Some(batch) = contact_rows(dir, m, iids, &[])? else {
         return Ok(Vec::new());
     };
-    let want: RoaringBitmap = iids.iter().copied().collect();
-    let (Some(lo), Some(hi)) = (want.min(), want.max()) else {
-        return Ok(Vec::new());
-    };
-    // Only the two id columns of the row groups that may hold the ids
-    // (contacts are stored in id order) are read.
-    let batch = crate::base::table::read_parquet_key_range(
-        &dir.join(&f.path),
-        &[IID, "contact_id"],
-        IID,
-        lo,
-        hi,
-    )?;
-    let ids = batch
-        .column_by_name(IID)
-        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
-        .ok_or_else(|| Error::Internal("_iid column".into()))?;
     let cids = batch
         .column_by_name("contact_id")
         .and_then(|a| {
@@ -158,13 +146,59 @@ pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>
                 .downcast_ref::<datafusion::arrow::array::UInt64Array>()
         })
         .ok_or_else(|| Error::Internal("contact_id column".into()))?;
-    Ok(ids
+    Ok(cids.values().to_vec())
+}
+
+/// The profile columns a preview shows of its sample, those the base has.
+pub const PROFILE_COLUMNS: &[&str] = &[
+    "first_name",
+    "last_name",
+    "email",
+    "email_optin",
+    "sms_optin",
+];
+
+/// `contact_id` and [`PROFILE_COLUMNS`] of some internal ids, in id order.
+pub fn profiles_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Option<RecordBatch>> {
+    let columns: Vec<&str> = PROFILE_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| m.fields.iter().any(|f| f.name == *c))
+        .collect();
+    contact_rows(dir, m, iids, &columns)
+}
+
+/// `contact_id` and `columns` of the contacts of some internal ids, in id
+/// order. Only the row groups that may hold the ids are read (contacts are
+/// stored in id order).
+fn contact_rows(
+    dir: &Path,
+    m: &Manifest,
+    iids: &[u32],
+    columns: &[&str],
+) -> Result<Option<RecordBatch>> {
+    let Some(f) = &m.contacts else {
+        return Ok(None);
+    };
+    let want: RoaringBitmap = iids.iter().copied().collect();
+    let (Some(lo), Some(hi)) = (want.min(), want.max()) else {
+        return Ok(None);
+    };
+    let mut read = vec![IID, "contact_id"];
+    read.extend(columns);
+    let batch = crate::base::table::read_parquet_key_range(&dir.join(&f.path), &read, IID, lo, hi)?;
+    let ids = batch
+        .column_by_name(IID)
+        .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
+        .ok_or_else(|| Error::Internal("_iid column".into()))?;
+    let keep: BooleanArray = ids
         .values()
         .iter()
-        .zip(cids.values())
-        .filter(|(i, _)| want.contains(**i))
-        .map(|(_, c)| *c)
-        .collect())
+        .map(|i| Some(want.contains(*i)))
+        .collect();
+    let batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)?;
+    let without_iid: Vec<usize> = (1..batch.num_columns()).collect();
+    Ok(Some(batch.project(&without_iid)?))
 }
 
 pub fn new_record(def: &Definition, criteria: Option<serde_json::Value>) -> SegmentRecord {

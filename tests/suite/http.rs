@@ -821,6 +821,28 @@ fn uploads_over_the_limit_are_refused_whole() {
     assert_eq!(version(dir.path()), before);
 }
 
+/// A query over the server's memory limit: 503, the same message as `segments sql`.
+#[test]
+fn a_query_over_the_memory_limit_is_503() {
+    let dir = small_base();
+    let api = Api::start_with(dir.path(), &["--memory-limit", "1MiB"]);
+    let query = "SELECT count(DISTINCT v) AS n FROM generate_series(1, 2000000) AS t(v)";
+    let err = error(
+        api.post("/api/sql", &json!({"query": query})),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "memory_limit",
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("query stopped: it needs more memory than its limit"),
+        "{err}"
+    );
+    // The server goes on.
+    Api::ok(api.post("/api/sql", &json!({"query": "SELECT 1 AS one"})));
+}
+
 /// A writer of another process holding the base: writes answer 409 naming
 /// it, or wait for it with `?wait=`.
 #[test]

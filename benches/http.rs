@@ -1,0 +1,199 @@
+//! The HTTP API against the library in the same process, on the benchmark
+//! base of `segments bench`: the five typical previews, in-process and as
+//! `POST /api/preview` over loopback, interleaved; then the segments list
+//! (`GET /api/segments`, every segment). Prints p50 and p99 of each and
+//! their ratio (see BENCHMARKS.md).
+//!
+//! ```sh
+//! cargo bench --bench http -- --contacts 1000000 --segments 1000 --runs 30
+//! ```
+
+use std::time::Instant;
+
+use segments::bench::{BenchOptions, bench_as_of, prepare, typical_previews};
+use segments::criteria::Definition;
+use serde_json::{Value, json};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The q-quantile (0..=1) of some durations, nearest rank.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let opts = BenchOptions {
+        dir: arg("--dir", "bench-data").into(),
+        contacts: arg("--contacts", "100000").parse().expect("--contacts N"),
+        events_per_contact: arg("--events-per-contact", "30")
+            .parse()
+            .expect("--events-per-contact N"),
+        segments: arg("--segments", "1000").parse().expect("--segments N"),
+        runs: arg("--runs", "30").parse().expect("--runs N"),
+        workloads: Vec::new(),
+    };
+    let base = prepare(&opts).expect("benchmark base");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let as_of = bench_as_of();
+    // Segments with statistics, as a list shows them after a nightly run.
+    let uncomputed = base
+        .snapshot()
+        .unwrap()
+        .manifest
+        .segments
+        .iter()
+        .any(|s| s.stats.is_none());
+    if uncomputed {
+        let t = Instant::now();
+        rt.block_on(segments::jobs::recompute::nightly(
+            &base,
+            "bench http: nightly",
+            as_of,
+        ))
+        .unwrap();
+        eprintln!("nightly run first: {:.1}s", ms(t) / 1000.0);
+    }
+
+    let password = "bench-password".to_string();
+    let accounts = vec![segments::base::config::Account {
+        user: "bench".into(),
+        password: password.clone(),
+        role: Default::default(),
+    }];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let served = base.clone();
+    rt.spawn(async move {
+        let opts = segments::http::HttpOptions::new("127.0.0.1:0".parse().unwrap(), accounts);
+        segments::http::serve(
+            served,
+            opts,
+            move |a| tx.send(a).unwrap(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    let addr = rx.recv().unwrap();
+    let url = format!("http://{addr}/api");
+    let client = reqwest::blocking::Client::new();
+    let login: Value = client
+        .post(format!("{url}/login"))
+        .json(&json!({"user": "bench", "password": password}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_string();
+
+    let contacts = base.snapshot().unwrap().manifest.contact_count;
+    println!(
+        "base: {contacts} contacts, {} segments; {} runs each after 2 warm-ups\n",
+        base.snapshot().unwrap().manifest.segments.len(),
+        opts.runs
+    );
+    println!(
+        "| preview | in-process p50 | HTTP p50 | ratio | in-process p99 | HTTP p99 | contacts |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut results = Vec::new();
+    for p in typical_previews().unwrap() {
+        let def = Definition::parse(&p).unwrap();
+        let local = || {
+            let snap = base.snapshot().unwrap();
+            rt.block_on(segments::jobs::segments::preview(&snap, &def, as_of))
+                .unwrap()
+                .count
+        };
+        let remote = || -> u64 {
+            let v: Value = client
+                .post(format!("{url}/preview?as_of={}", as_of.to_rfc3339()))
+                .bearer_auth(&token)
+                .json(&p)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            v["count"].as_u64().unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(local(), remote());
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            let t = Instant::now();
+            let n = local();
+            a.push(ms(t));
+            let t = Instant::now();
+            assert_eq!(remote(), n);
+            b.push(ms(t));
+        }
+        let (a50, b50) = (quantile(&a, 0.5), quantile(&b, 0.5));
+        println!(
+            "| {} | {a50:.1} ms | {b50:.1} ms | {:.3} | {:.1} ms | {:.1} ms | {} |",
+            def.id,
+            b50 / a50,
+            quantile(&a, 0.99),
+            quantile(&b, 0.99),
+            local()
+        );
+        results.push(json!({"preview": def.id, "local_ms": a, "http_ms": b}));
+    }
+
+    let list = || {
+        let v: Value = client
+            .get(format!("{url}/segments?limit=10000"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["total"].as_u64().unwrap()
+    };
+    let local_list = || {
+        let snap = base.snapshot().unwrap();
+        segments::jobs::views::list(&snap, Default::default(), None).len() as u64
+    };
+    for _ in 0..2 {
+        assert_eq!(list(), local_list());
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs.max(50) {
+        let t = Instant::now();
+        let n = local_list();
+        a.push(ms(t));
+        let t = Instant::now();
+        assert_eq!(list(), n);
+        b.push(ms(t));
+    }
+    println!(
+        "\nsegments list ({} segments): in-process p50 {:.2} ms, p99 {:.2} ms; HTTP p50 {:.2} ms, p99 {:.2} ms",
+        local_list(),
+        quantile(&a, 0.5),
+        quantile(&a, 0.99),
+        quantile(&b, 0.5),
+        quantile(&b, 0.99)
+    );
+    results.push(json!({"list": local_list(), "local_ms": a, "http_ms": b}));
+    let out = opts.dir.join("bench-http.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&results).unwrap()).unwrap();
+    println!("runs written to {}", out.display());
+}
