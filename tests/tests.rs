@@ -7,6 +7,8 @@ mod suite {
     pub mod cli;
     /// Shared helpers: temporary bases, CSV writers, evaluation shortcuts.
     pub mod common;
+    /// The web console in real headless Chromium, and its sessions.
+    pub mod console;
     /// Every durable step of every writing command, crashed in turn.
     pub mod crash;
     /// Files damaged on disk, named by `check` and by the commands that read them.

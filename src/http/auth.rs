@@ -133,6 +133,11 @@ impl Auth {
         sessions.remove(token);
     }
 
+    /// Whether a request carries the cookie of a live session.
+    pub fn has_session(&self, headers: &HeaderMap) -> bool {
+        cookie(headers, SESSION_COOKIE).is_some_and(|t| self.session(&t).is_some())
+    }
+
     fn session(&self, token: &str) -> Option<Session> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions

@@ -9,6 +9,7 @@
 //!   served at `/api/openapi.json`.
 
 pub mod auth;
+pub mod console;
 pub mod data;
 pub mod error;
 pub mod openapi;
@@ -212,6 +213,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .nest("/api", api)
+        .merge(console::routes(state.clone()))
         .fallback(not_found)
         .with_state(state.clone())
         .layer(CompressionLayer::new())
