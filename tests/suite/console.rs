@@ -365,6 +365,31 @@ async fn scenario(c: &Client, api: &Api, b: &Path) {
     assert_eq!(text(c, "#definition-words").await.unwrap(), sentence);
     shot(c, "segment").await;
 
+    // Edit opens the builder on the saved definition, counted again.
+    click(c, "a.button[href$='/edit']").await;
+    until("the edit builder", || async {
+        text(c, "#builder-words").await.filter(|t| *t == sentence)
+    })
+    .await;
+    until("the count of the saved definition", || async {
+        let t = text(c, "#live-count").await?;
+        (number(&t) == Some(want)).then_some(())
+    })
+    .await;
+    let name = c
+        .find(Locator::Css("#segment-name"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("Parisiens ouvreurs"));
+    c.back().await.unwrap();
+    until("the segment page again", || async {
+        text(c, "#definition-words").await
+    })
+    .await;
+
     // Its profiles, and the export equal to `segment export`.
     click(c, "a.button.primary[href$='/profiles']").await;
     let count = until("the profiles", || async {
@@ -487,6 +512,31 @@ async fn scenario(c: &Client, api: &Api, b: &Path) {
         c.find(Locator::Css("#segments tr[data-id=active_contacts]"))
             .await
             .is_ok()
+    );
+
+    // Update all now: the nightly job with its progress, then every
+    // segment up to date.
+    click(c, "#update-all").await;
+    let done = until("the end of the run", || async {
+        text(c, "#flash .notice")
+            .await
+            .filter(|t| t.contains("updated") || t.contains("failures"))
+    })
+    .await;
+    assert!(done.starts_with("Every segment updated ("), "{done}");
+    until("the button back", || async {
+        let b = c.find(Locator::Css("#update-all")).await.ok()?;
+        (b.attr("disabled").await.ok()?.is_none()).then_some(())
+    })
+    .await;
+    let statuses = js(c, "return Array.from(document.querySelectorAll('#segments .badge')).map(b => b.dataset.status)").await;
+    assert!(
+        statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "up_to_date"),
+        "{statuses}"
     );
 
     // An invalid condition shows its error beside it.
