@@ -163,7 +163,7 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
                 offset,
                 limit,
             };
-            let batch = views::members_page(&snap, &id, &query)?;
+            let (batch, _) = views::members_page(&snap, &id, &query)?;
             let rf = format.rows(RowFormat::JsonArray);
             segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
         }

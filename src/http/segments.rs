@@ -530,29 +530,18 @@ pub async fn members(
     let limit = page_limit(p.limit)?;
     let since = parse_instant(p.since.as_deref(), "since")?;
     let snap = state.base.snapshot()?;
-    let (rec, members) = seg::members_of(&snap, &id)?;
-    let total = match since {
-        None => members.members.len(),
-        Some(t) => {
-            let t = t.timestamp_micros();
-            members
-                .cohorts
-                .iter()
-                .filter(|(at, _)| *at >= t)
-                .map(|(_, b)| b.len())
-                .sum()
-        }
-    };
+    let rec = snap.manifest.find_segment(&id)?;
+    let (segment, name) = (rec.id.clone(), rec.name.clone());
     let query = views::MembersQuery {
         since,
         sort: p.sort,
         offset: p.offset,
         limit,
     };
-    let batch = views::members_page(&snap, &id, &query)?;
+    let (batch, total) = views::members_page(&snap, &id, &query)?;
     Ok(axum::Json(MembersPage {
-        segment: rec.id,
-        name: rec.name,
+        segment,
+        name,
         total,
         offset: p.offset,
         limit,

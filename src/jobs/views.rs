@@ -190,8 +190,9 @@ pub const MEMBER_COLUMNS: &[&str] = &[
 ];
 
 /// A page of a segment's members: `contact_id`, then the columns of
-/// [`MEMBER_COLUMNS`] the base has.
-pub fn members_page(snap: &Snapshot, key: &str, q: &MembersQuery) -> Result<RecordBatch> {
+/// [`MEMBER_COLUMNS`] the base has; and how many members the query has in
+/// all pages.
+pub fn members_page(snap: &Snapshot, key: &str, q: &MembersQuery) -> Result<(RecordBatch, u64)> {
     let (_, members) = members_of(snap, key)?;
     let ids = match q.since {
         None => members.members.clone(),
@@ -204,6 +205,7 @@ pub fn members_page(snap: &Snapshot, key: &str, q: &MembersQuery) -> Result<Reco
                 .fold(RoaringBitmap::new(), |acc, (_, b)| acc | b)
         }
     };
+    let total = ids.len();
     let m = &snap.manifest;
     let columns: Vec<String> = MEMBER_COLUMNS
         .iter()
@@ -214,11 +216,17 @@ pub fn members_page(snap: &Snapshot, key: &str, q: &MembersQuery) -> Result<Reco
         // In id order, a page needs only its own rows.
         None => {
             let page: RoaringBitmap = ids.iter().skip(q.offset).take(q.limit).collect();
-            members_batch(snap.dir(), m, &page, Some(&members), &columns)
+            Ok((
+                members_batch(snap.dir(), m, &page, Some(&members), &columns)?,
+                total,
+            ))
         }
         Some(key) => {
             let all = members_batch(snap.dir(), m, &ids, Some(&members), &columns)?;
-            crate::jobs::export::sorted_page(&all, key, q.offset, q.limit)
+            Ok((
+                crate::jobs::export::sorted_page(&all, key, q.offset, q.limit)?,
+                total,
+            ))
         }
     }
 }

@@ -350,3 +350,35 @@ pub fn succeeded(out: std::process::Output) -> std::process::Output {
     );
     out
 }
+
+/// Start `segments serve ARGS` on a base with a password, and read the
+/// port it listens on from the first line it prints (`... on
+/// [http://]127.0.0.1:PORT...`). The rest of its standard error is read
+/// and dropped, so that the server never writes to a closed pipe.
+pub fn serve(base: &Path, password: &str, args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+        .env("SEGMENTS_BASE", base)
+        .env("SEGMENTS_PASSWORD", password)
+        .env_remove("SEGMENTS_USER")
+        .arg("serve")
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut first).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let port = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    (child, port)
+}

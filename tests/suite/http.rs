@@ -2,7 +2,6 @@
 //! process, called as a CRM's back end calls it, compared with the command
 //! line on the same base.
 
-use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
 
@@ -45,25 +44,9 @@ impl Api {
     }
 
     pub fn start_with(base: &Path, args: &[&str]) -> Api {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
-            .env("SEGMENTS_BASE", base)
-            .env("SEGMENTS_PASSWORD", PASSWORD)
-            .env_remove("SEGMENTS_USER")
-            .args(["serve", "--http", "127.0.0.1:0"])
-            .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let port: u16 = first
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {first:?}"));
+        let mut all = vec!["--http", "127.0.0.1:0"];
+        all.extend(args);
+        let (child, port) = super::common::serve(base, PASSWORD, &all);
         Api {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -752,43 +735,23 @@ fn audience_schema_sql_and_imports() {
 
     // Multipart, too; a bad row is 422 with its place, and nothing changes.
     let before = version(b);
-    let form = reqwest::blocking::multipart::Form::new().part(
-        "file",
-        reqwest::blocking::multipart::Part::text(
-            "contact_id,ts,type\n101,2026-11-01T10:00:00Z,email_open\n101,yesterday,email_open\n",
-        )
-        .file_name("opens.csv"),
-    );
-    let resp = api
-        .req(reqwest::Method::POST, "/api/imports/events")
-        .multipart(form)
-        .send()
-        .unwrap();
-    let err = error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_import");
-    assert!(
-        err["path"]
-            .as_str()
+    let upload = |csv: &'static str| {
+        let part = reqwest::blocking::multipart::Part::text(csv).file_name("opens.csv");
+        api.req(reqwest::Method::POST, "/api/imports/events")
+            .multipart(reqwest::blocking::multipart::Form::new().part("file", part))
+            .send()
             .unwrap()
-            .starts_with("opens.csv: line 3"),
-        "{err}"
+    };
+    let resp = upload(
+        "contact_id,ts,type\n101,2026-11-01T10:00:00Z,email_open\n101,yesterday,email_open\n",
     );
-    assert!(
-        !err["message"].as_str().unwrap().contains("/tmp"),
-        "no server path: {err}"
-    );
+    let err = error(resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_import");
+    let place = err["path"].as_str().unwrap();
+    assert!(place.starts_with("opens.csv: line 3"), "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(!message.contains("/tmp"), "no server path: {err}");
     assert_eq!(version(b), before);
-    let form = reqwest::blocking::multipart::Form::new().part(
-        "file",
-        reqwest::blocking::multipart::Part::text(
-            "contact_id,ts,type\n101,2026-11-01T10:00:00Z,email_open\n",
-        )
-        .file_name("opens.csv"),
-    );
-    let resp = api
-        .req(reqwest::Method::POST, "/api/imports/events")
-        .multipart(form)
-        .send()
-        .unwrap();
+    let resp = upload("contact_id,ts,type\n101,2026-11-01T10:00:00Z,email_open\n");
     assert_eq!(
         Api::expect(resp, StatusCode::CREATED)["import"]["rows_added"],
         1

@@ -243,24 +243,7 @@ struct Server {
 
 impl Server {
     fn start(base: &std::path::Path, password: &str) -> Server {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
-            .env("SEGMENTS_BASE", base)
-            .env("SEGMENTS_PASSWORD", password)
-            .args(["serve", "--pg", "127.0.0.1:0"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let port = first
-            .split(" on 127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        let (child, port) = super::common::serve(base, password, &["--pg", "127.0.0.1:0"]);
         Server { child, port }
     }
 
