@@ -979,7 +979,6 @@ async function audiencePage(app) {
             try {
               const r = await api("POST", "/audience", b);
               result.replaceChildren(h("b", {}, fmtInt(r.contacts)), " contacts");
-              download.hidden = false;
             } catch (e) {
               result.textContent = "";
               failure(e);
