@@ -374,6 +374,17 @@ enum SegmentCmd {
         #[arg(long, value_delimiter = ',')]
         columns: Vec<String>,
     },
+    /// How segments intersect: pairwise counts (and % of each row's
+    /// segment), sizes, union and intersection of all.
+    Overlap {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Count only contacts reachable on this channel (as `audience`).
+        #[arg(long, value_enum)]
+        only_reachable: Option<ChannelArg>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Args)]

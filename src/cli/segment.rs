@@ -167,6 +167,15 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
             let rf = format.rows(RowFormat::JsonArray);
             segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
         }
+        SegmentCmd::Overlap {
+            ids,
+            only_reachable,
+            format,
+        } => {
+            let snap = base.snapshot()?;
+            let o = views::overlap(&snap, &ids, only_reachable.map(Into::into))?;
+            print_overlap(&o, format)?;
+        }
         SegmentCmd::Export { id, out, columns } => {
             let snap = base.snapshot()?;
             let rows = views::export(&snap, &id, &columns, &out)?;
@@ -174,6 +183,51 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The overlap as JSON (the library's shape), or one row per segment: its
+/// status and size, then its intersection with each segment (the table adds
+/// the percentage of the row's segment), then the union and intersection.
+fn print_overlap(o: &views::Overlap, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        println!("{}", serde_json::to_string_pretty(o)?);
+        return Ok(());
+    }
+    let mut columns: Vec<String> = vec!["segment".into(), "status".into(), "size".into()];
+    columns.extend(o.segments.iter().map(|s| s.id.clone()));
+    let rows: Vec<serde_json::Value> = o
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut row = serde_json::Map::new();
+            row.insert("segment".into(), s.id.clone().into());
+            row.insert("status".into(), s.status.into());
+            row.insert("size".into(), s.size.into());
+            for (j, other) in o.segments.iter().enumerate() {
+                let n = o.matrix[i][j];
+                let cell = match (format, o.percent[i][j]) {
+                    (Format::Table, Some(p)) if i != j => format!("{n} ({p}%)").into(),
+                    _ => n.into(),
+                };
+                row.insert(other.id.clone(), cell);
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    print_rows(format, &names, &rows)?;
+    if let Format::Table = format {
+        let whom = match o.only_reachable {
+            Some(c) => format!(" (contacts reachable by {c})"),
+            None => String::new(),
+        };
+        println!(
+            "union: {}, intersection of all: {}{whom}",
+            o.union, o.intersection
+        );
+    }
+    Ok(())
 }
 
 pub(super) async fn change_static(

@@ -226,7 +226,10 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Requests that read, whatever their method: a `read` account may make them.
 fn reads_only(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        || matches!(path, "/api/preview" | "/api/sql" | "/api/logout")
+        || matches!(
+            path,
+            "/api/preview" | "/api/sql" | "/api/overlap" | "/api/logout"
+        )
 }
 
 /// Every request under `/api` but login and the OpenAPI document passes

@@ -4,7 +4,8 @@
 //!
 //! Pages: the segments list (`/`), a segment (`/segments/{id}`), its
 //! profiles (`/segments/{id}/profiles`), the criteria builder (`/new`,
-//! `/segments/{id}/edit`), audiences (`/audience`) and `/login`. Every page
+//! `/segments/{id}/edit`), overlaps (`/overlap?segments=a,b`), audiences
+//! (`/audience`) and `/login`. Every page
 //! but the login needs a session: without one it redirects to `/login`.
 
 use axum::Router;
@@ -31,6 +32,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/", get(page))
         .route("/new", get(page))
         .route("/audience", get(page))
+        .route("/overlap", get(page))
         .route("/segments/{id}", get(page))
         .route("/segments/{id}/profiles", get(page))
         .route("/segments/{id}/edit", get(page))

@@ -205,6 +205,38 @@ pub async fn audience(
     stream_file(dir, &path, mime, &format!("audience.{ext}")).await
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverlapBody {
+    /// Segments (ids or names), at least one.
+    pub segments: Vec<String>,
+    /// `email` or `sms`: count only contacts reachable on the channel.
+    pub only_reachable: Option<String>,
+}
+
+/// How segments intersect: every pairwise count (and % of the row's
+/// segment), sizes, union and intersection of all (`segment overlap`).
+#[utoipa::path(operation_id = "overlap", post, path = "/api/overlap", tag = "segments", request_body = OverlapBody,
+    responses((status = 200, body = views::Overlap), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn overlap(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<OverlapBody>,
+) -> ApiResult<axum::Json<views::Overlap>> {
+    let channel = match body.only_reachable.as_deref() {
+        None => None,
+        Some("email") => Some(Channel::Email),
+        Some("sms") => Some(Channel::Sms),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "only_reachable {other:?}: expected email or sms"
+            ))
+            .at("only_reachable"));
+        }
+    };
+    let snap = state.base.snapshot()?;
+    Ok(axum::Json(views::overlap(&snap, &body.segments, channel)?))
+}
+
 /// The schema of the newest version, computed once per version.
 #[derive(Default)]
 pub struct SchemaCache(Mutex<Option<Arc<BaseSchema>>>);

@@ -193,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .route("/segments/{id}/export", get(segments::export))
         .route("/preview", post(data::preview))
         .route("/audience", post(data::audience))
+        .route("/overlap", post(data::overlap))
         .route("/schema", get(data::schema))
         .route("/sql", post(data::sql))
         .route("/imports", get(data::imports))

@@ -474,3 +474,125 @@ pub async fn schema(snap: &Snapshot) -> Result<BaseSchema> {
             .collect(),
     })
 }
+
+/// How segments intersect: each one's size, every pairwise intersection,
+/// the union and the intersection of all; counted among the contacts
+/// reachable on a channel when one is given.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Overlap {
+    /// `email`, `sms`, or none (every contact).
+    pub only_reachable: Option<&'static str>,
+    pub segments: Vec<OverlapSegment>,
+    /// `matrix[i][j]`: contacts in segments i and j (the diagonal: in i).
+    pub matrix: Vec<Vec<u64>>,
+    /// `percent[i][j]`: `matrix[i][j]` as a percentage of segment i's size
+    /// (one decimal; none when i is empty).
+    pub percent: Vec<Vec<Option<f64>>>,
+    /// Contacts in at least one of the segments.
+    pub union: u64,
+    /// Contacts in all of them.
+    pub intersection: u64,
+}
+
+/// A segment of an overlap, with the state its members were counted in.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct OverlapSegment {
+    pub id: String,
+    pub name: String,
+    /// As in the segments list: counts of a `failed` or `computing`
+    /// segment are those of its last computation, and say so.
+    pub status: &'static str,
+    pub computed_at: Option<String>,
+    pub size: u64,
+}
+
+/// The overlap of segments (ids or names) in a version of the base.
+pub fn overlap(
+    snap: &Snapshot,
+    keys: &[String],
+    only_reachable: Option<crate::jobs::segments::Channel>,
+) -> Result<Overlap> {
+    use crate::jobs::segments::Channel;
+    if keys.is_empty() {
+        return Err(crate::Error::usage("an overlap needs at least one segment"));
+    }
+    let computing = computing_now(snap.dir());
+    let now = Utc::now();
+    let reach = match only_reachable {
+        None => None,
+        Some(channel) => {
+            let (yes, no) = match channel {
+                Channel::Email => ("email_subscribers", "email_bad_addresses"),
+                Channel::Sms => ("sms_subscribers", "sms_bad_numbers"),
+            };
+            let (_, yes) = members_of(snap, yes)?;
+            let (_, no) = members_of(snap, no)?;
+            Some(yes.members - no.members)
+        }
+    };
+    let mut segments = Vec::with_capacity(keys.len());
+    let mut sets: Vec<RoaringBitmap> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (rec, members) = members_of(snap, key)?;
+        if segments.iter().any(|s: &OverlapSegment| s.id == rec.id) {
+            return Err(crate::Error::usage(format!(
+                "segment {} is given twice",
+                rec.id
+            )));
+        }
+        let set = match &reach {
+            Some(r) => members.members & r,
+            None => members.members,
+        };
+        let summary = SegmentSummary::of(&rec, &snap.base.config, now, computing);
+        segments.push(OverlapSegment {
+            id: rec.id,
+            name: rec.name,
+            status: summary.status,
+            computed_at: summary.computed_at,
+            size: set.len(),
+        });
+        sets.push(set);
+    }
+    let n = sets.len();
+    let mut matrix = vec![vec![0u64; n]; n];
+    for i in 0..n {
+        matrix[i][i] = sets[i].len();
+        for j in i + 1..n {
+            let both = sets[i].intersection_len(&sets[j]);
+            matrix[i][j] = both;
+            matrix[j][i] = both;
+        }
+    }
+    let percent = matrix
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .map(|&c| {
+                    let size = matrix[i][i];
+                    (size > 0).then(|| (c as f64 * 1000.0 / size as f64).round() / 10.0)
+                })
+                .collect()
+        })
+        .collect();
+    let union = sets
+        .iter()
+        .fold(RoaringBitmap::new(), |acc, s| acc | s)
+        .len();
+    let intersection = sets[1..]
+        .iter()
+        .fold(sets[0].clone(), |acc, s| acc & s)
+        .len();
+    Ok(Overlap {
+        only_reachable: only_reachable.map(|c| match c {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }),
+        segments,
+        matrix,
+        percent,
+        union,
+        intersection,
+    })
+}

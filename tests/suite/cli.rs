@@ -611,3 +611,118 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
     }
 }
+
+/// `segment overlap`: every cell equals a SQL count with `in_segment`, the
+/// reachable counts equal what `audience` counts, and the JSON has the
+/// shape the README documents.
+#[test]
+fn overlap_counts_equal_sql_and_audience() {
+    let dir = small_base();
+    let b = dir.path();
+    segments(b)
+        .args([
+            "segment",
+            "create",
+            "--static",
+            "--name",
+            "VIP",
+            "--from-query",
+        ])
+        .arg("SELECT contact_id FROM contacts WHERE contact_id IN (101, 102, 104, 106)")
+        .assert()
+        .success();
+    let ids = [
+        "email_contacts",
+        "sms_contacts",
+        "vip",
+        "email_bad_addresses",
+    ];
+    let o = json_of(
+        segments(b)
+            .args(["segment", "overlap"])
+            .args(ids)
+            .args(["--format", "json"]),
+    );
+    let sql_count = |q: String| -> u64 {
+        let out = stdout_of(segments(b).args(["sql", "--format", "csv", &q]));
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    };
+    for (i, a) in ids.iter().enumerate() {
+        assert_eq!(o["segments"][i]["id"], *a);
+        assert_eq!(o["segments"][i]["status"], "up_to_date");
+        for (j, c) in ids.iter().enumerate() {
+            let want = sql_count(format!(
+                "SELECT count(*) FROM contacts WHERE in_segment(contact_id, '{a}') AND in_segment(contact_id, '{c}')"
+            ));
+            assert_eq!(o["matrix"][i][j], want, "{a} ∩ {c}");
+            let size = o["matrix"][i][i].as_u64().unwrap();
+            let pct = o["percent"][i][j].as_f64();
+            if size == 0 {
+                assert!(pct.is_none());
+            } else {
+                let want = (want as f64 * 1000.0 / size as f64).round() / 10.0;
+                assert_eq!(pct, Some(want));
+            }
+        }
+    }
+    let any = ids
+        .iter()
+        .map(|a| format!("in_segment(contact_id, '{a}')"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        o["union"],
+        sql_count(format!(
+            "SELECT count(*) FROM contacts WHERE {}",
+            any.join(" OR ")
+        ))
+    );
+    assert_eq!(
+        o["intersection"],
+        sql_count(format!(
+            "SELECT count(*) FROM contacts WHERE {}",
+            any.join(" AND ")
+        ))
+    );
+
+    // Reachable by e-mail: each size is `audience --include A`; each pair
+    // is |A| + |B| − |A ∪ B| of audience counts.
+    let reach = json_of(segments(b).args(["segment", "overlap"]).args(ids).args([
+        "--only-reachable",
+        "email",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(reach["only_reachable"], "email");
+    let audience = |include: &str| -> u64 {
+        let out = stdout_of(segments(b).args([
+            "audience",
+            "--include",
+            include,
+            "--channel",
+            "email",
+            "--as-of",
+            AS_OF,
+        ]));
+        out.split(' ').next().unwrap().parse().unwrap()
+    };
+    for (i, a) in ids.iter().enumerate() {
+        assert_eq!(reach["matrix"][i][i], audience(a), "{a}");
+        for (j, c) in ids.iter().enumerate().skip(i + 1) {
+            let both = audience(a) + audience(c) - audience(&format!("{a},{c}"));
+            assert_eq!(reach["matrix"][i][j], both, "{a} ∩ {c} reachable");
+            assert_eq!(reach["matrix"][j][i], both);
+        }
+    }
+
+    // The table shows percentages; bad input is refused.
+    let table = stdout_of(segments(b).args(["segment", "overlap", "email_contacts", "vip"]));
+    assert!(table.contains('%') && table.contains("union: "), "{table}");
+    segments(b)
+        .args(["segment", "overlap", "vip", "nope"])
+        .assert()
+        .failure();
+    segments(b)
+        .args(["segment", "overlap", "vip", "VIP"])
+        .assert()
+        .failure();
+}

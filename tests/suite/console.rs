@@ -150,6 +150,19 @@ async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
 
+/// A count as the console prints it (en-GB grouping).
+fn fmt_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 fn number(text: &str) -> Option<u64> {
     let digits: String = text.chars().filter(char::is_ascii_digit).collect();
     digits.parse().ok()
@@ -241,8 +254,9 @@ async fn scenario(c: &Client, api: &Api, b: &Path) {
     .await;
     let cli = json_of(segments(b).args(["segment", "list", "--format", "json"]));
     let rows = js(c, "return Array.from(document.querySelectorAll('#segments tbody tr')).map(tr => ({id: tr.dataset.id, \
-        name: tr.cells[0].innerText, status: tr.querySelector('.badge').dataset.status, contacts: tr.cells[3].innerText, \
-        email: tr.cells[4].innerText, sms: tr.cells[5].innerText}))").await;
+        name: tr.cells[1].innerText, status: tr.querySelector('.badge').dataset.status, \
+        contacts: tr.querySelector('[data-col=contacts]').innerText, email: tr.querySelector('[data-col=email_optins]').innerText, \
+        sms: tr.querySelector('[data-col=sms_optins]').innerText}))").await;
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), cli.as_array().unwrap().len());
     for want in cli.as_array().unwrap() {
@@ -513,6 +527,71 @@ async fn scenario(c: &Client, api: &Api, b: &Path) {
             .await
             .is_ok()
     );
+
+    // The overlap of three segments picked on the list: the numbers of
+    // `segment overlap`, and a draft of "A and B" in the builder.
+    let picked = ["email_subscribers", "sms_subscribers", "active_contacts"];
+    for id in picked {
+        click(c, &format!("#segments tr[data-id={id}] input.pick")).await;
+    }
+    click(c, "#overlap-selected").await;
+    until("the overlap matrix", || async {
+        c.find(Locator::Css("#overlap td.cell")).await.ok()
+    })
+    .await;
+    let cli = json_of(
+        segments(b)
+            .args(["segment", "overlap"])
+            .args(picked)
+            .args(["--format", "json"]),
+    );
+    for (i, a) in picked.iter().enumerate() {
+        for (j, o) in picked.iter().enumerate() {
+            let cell = text(c, &format!("#overlap td[data-row={a}][data-col={o}] b"))
+                .await
+                .unwrap();
+            assert_eq!(number(&cell), cli["matrix"][i][j].as_u64(), "{a} ∩ {o}");
+        }
+    }
+    let totals = text(c, "#overlap-totals").await.unwrap();
+    assert!(
+        totals.contains(&format!(
+            "In at least one: {}",
+            fmt_int(cli["union"].as_u64().unwrap())
+        )),
+        "{totals}"
+    );
+    shot(c, "overlap").await;
+    choose(c, "#overlap-channel", "email").await;
+    until("the matrix among e-mail reachable contacts", || async {
+        text(c, "#overlap-totals")
+            .await
+            .filter(|t| t.contains("reachable by e-mail"))
+    })
+    .await;
+    click(
+        c,
+        "#overlap td[data-row=email_subscribers][data-col=sms_subscribers] .drafts a",
+    )
+    .await;
+    let words = until("the draft in the builder", || async {
+        text(c, "#builder-words").await.filter(|t| !t.is_empty())
+    })
+    .await;
+    assert_eq!(
+        words,
+        "in segment email_subscribers AND in segment sms_subscribers"
+    );
+    let both = cli["matrix"][0][1].as_u64().unwrap();
+    until("the draft's live count", || async {
+        (number(&text(c, "#live-count").await?) == Some(both)).then_some(())
+    })
+    .await;
+    c.goto(&format!("{}/", api.url)).await.unwrap();
+    until("the segments table", || async {
+        c.find(Locator::Css("#update-all")).await.ok()
+    })
+    .await;
 
     // Update all now: the nightly job with its progress, then every
     // segment up to date.

@@ -627,6 +627,41 @@ fn audience_schema_sql_and_imports() {
         "bad_request",
     );
 
+    // The overlap is `segment overlap`'s.
+    let o = Api::ok(api.post(
+        "/api/overlap",
+        &json!({"segments": ["email_contacts", "sms_contacts"], "only_reachable": "sms"}),
+    ));
+    let cli = json_of(segments(b).args([
+        "segment",
+        "overlap",
+        "email_contacts",
+        "sms_contacts",
+        "--only-reachable",
+        "sms",
+        "--format",
+        "json",
+    ]));
+    assert_eq!(o, cli);
+    error(
+        api.post("/api/overlap", &json!({"segments": ["nope"]})),
+        StatusCode::NOT_FOUND,
+        "unknown_segment",
+    );
+    error(
+        api.post("/api/overlap", &json!({"segments": []})),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    error(
+        api.post(
+            "/api/overlap",
+            &json!({"segments": ["vip"], "only_reachable": "fax"}),
+        ),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+
     // The schema offers each field's operators and choices, the event types
     // with the columns they fill and their operations.
     let schema = Api::ok(api.get("/api/schema"));
@@ -1021,6 +1056,7 @@ fn openapi_document_is_committed_and_current() {
         "/api/segments/{id}/export",
         "/api/preview",
         "/api/audience",
+        "/api/overlap",
         "/api/schema",
         "/api/sql",
         "/api/imports",

@@ -112,7 +112,9 @@ function ask({ title, message, input, ok, danger }) {
   });
 }
 
-function go(path) {
+// Open a page of the console; a message shown now stays only when asked.
+function go(path, keepFlash) {
+  if (!keepFlash) $("#flash").replaceChildren();
   history.pushState({}, "", path);
   route();
 }
@@ -232,8 +234,14 @@ function stopLive() {
 
 async function segmentsPage(app) {
   const params = new URLSearchParams(location.search);
-  const state = { sort: params.get("sort") || "name", status: params.get("status") || "" };
+  const state = { sort: params.get("sort") || "name", status: params.get("status") || "", selected: new Set() };
   const tbody = h("tbody");
+  const overlapButton = h("button", { type: "button", id: "overlap-selected", disabled: true,
+    onclick: () => go(`/overlap?segments=${Array.from(state.selected).map(encodeURIComponent).join(",")}`) }, "Overlap of selected");
+  const selectionChanged = () => {
+    overlapButton.disabled = state.selected.size < 2;
+    overlapButton.textContent = state.selected.size ? `Overlap of selected (${state.selected.size})` : "Overlap of selected";
+  };
   const filter = h("select", { id: "status-filter", onchange: () => { state.status = filter.value; keep(); load(); } },
     h("option", { value: "" }, "All statuses"),
     Object.entries(STATUS).map(([k, v]) => h("option", { value: k, selected: state.status === k }, v)));
@@ -242,7 +250,7 @@ async function segmentsPage(app) {
   const progress = h("div", { class: "progress", hidden: true }, h("span", {}, "Nightly update:"), bar, barText);
   const updateAll = h("button", { type: "button", id: "update-all", onclick: startRun }, "Update all now");
   const heads = [
-    ["name", "Name"], [null, "Kind"], ["status", "Status"], ["size", "Contacts", "num"], [null, "E-mail opt-ins", "num"],
+    [null, ""], ["name", "Name"], [null, "Kind"], ["status", "Status"], ["size", "Contacts", "num"], [null, "E-mail opt-ins", "num"],
     [null, "SMS opt-ins", "num"], ["computed", "Last computed"], [null, "Duration", "num"], [null, "Actions"],
   ].map(([key, label, cls]) => h("th", { class: cls, scope: "col" }, key
     ? h("button", { type: "button", class: "sort", "data-sort": key, "aria-sort": state.sort === key ? (key === "name" ? "ascending" : "descending") : undefined,
@@ -255,6 +263,7 @@ async function segmentsPage(app) {
     h("div", { class: "toolbar" },
       h("label", {}, "Status", filter),
       h("span", { class: "grow" }),
+      overlapButton,
       updateAll,
       h("a", { class: "button primary", href: "/new", onclick: (ev) => { ev.preventDefault(); go("/new"); } }, "New segment")),
     progress,
@@ -285,6 +294,8 @@ async function segmentsPage(app) {
     const id = encodeURIComponent(s.id);
     const paused = s.status === "paused";
     return h("tr", { "data-id": s.id },
+      h("td", {}, h("input", { type: "checkbox", class: "pick", "aria-label": `Select ${s.name}`, checked: state.selected.has(s.id),
+        onchange: (ev) => { if (ev.target.checked) state.selected.add(s.id); else state.selected.delete(s.id); selectionChanged(); } })),
       h("td", {}, link(`/segments/${id}`, s.name)),
       h("td", { class: "kind" }, s.kind),
       h("td", {}, badge(s)),
@@ -334,7 +345,7 @@ async function segmentsPage(app) {
     }
     if (!app.isConnected) return;
     tbody.replaceChildren(...page.segments.map(row));
-    if (!page.segments.length) tbody.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No segment.")));
+    if (!page.segments.length) tbody.replaceChildren(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No segment.")));
     summary.textContent = `${page.total} segment${page.total === 1 ? "" : "s"}`;
     const busy = runSource || page.segments.some((s) => s.status === "computing");
     refreshTimer = setTimeout(() => load(true), busy ? 2000 : 30000);
@@ -796,6 +807,13 @@ async function builderPage(app, id) {
     document.title = `Edit ${seg.name} · Segments`;
   } else {
     document.title = "New segment · Segments";
+    const draft = new URLSearchParams(location.search).get("draft");
+    if (draft) {
+      try {
+        const d = JSON.parse(draft);
+        def = { name: d.name || "", description: "", criteria: d.criteria && ("all" in d.criteria || "any" in d.criteria) ? d.criteria : { all: [] } };
+      } catch (e) { /* an unreadable draft: start empty */ }
+    }
   }
   const ctx = {
     schema,
@@ -900,7 +918,7 @@ async function builderPage(app, id) {
         : await api("POST", "/segments", payload());
       const failed = r.run && r.run.segments.find((s) => s.error);
       flash(failed ? `Saved, but the computation failed: ${failed.error}` : `${r.segment.name} saved: ${fmtInt(r.segment.contacts)} contacts.`, failed ? "error" : "ok");
-      go(`/segments/${encodeURIComponent(r.segment.id)}`);
+      go(`/segments/${encodeURIComponent(r.segment.id)}`, true);
     } catch (e) {
       if (e.code === "conflict") {
         nameErr.textContent = e.message;
@@ -948,6 +966,47 @@ async function builderPage(app, id) {
           h("div", { class: "actions" }, saveButton, link("/", "Cancel", { class: "button" }))))));
   draw();
   preview();
+}
+
+// ------------------------------------------------------------------ overlap
+
+async function overlapPage(app) {
+  const params = new URLSearchParams(location.search);
+  const ids = (params.get("segments") || "").split(",").map((x) => x.trim()).filter(Boolean);
+  const channel = params.get("reachable") || "";
+  const o = await api("POST", "/overlap", channel ? { segments: ids, only_reachable: channel } : { segments: ids });
+  document.title = "Overlap · Segments";
+  const draft = (name, criteria) => `/new?draft=${encodeURIComponent(JSON.stringify({ name, criteria }))}`;
+  const pick = select("Count", [["", "all contacts"], ["email", "contacts reachable by e-mail"], ["sms", "contacts reachable by SMS"]], channel, (v) => {
+    const q = new URLSearchParams({ segments: ids.join(",") });
+    if (v) q.set("reachable", v);
+    go(`/overlap?${q}`);
+  }, { id: "overlap-channel" });
+  const segs = o.segments;
+  const heat = (p) => (p === null ? "heat-0" : `heat-${Math.min(10, Math.round(p / 10))}`);
+  const table = h("table", { id: "overlap", class: "matrix" },
+    h("caption", { class: "muted" }, "Each cell: contacts in the row's segment and the column's, and their share of the row's segment."),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Segment"), h("th", { scope: "col", class: "num" }, "Size"),
+      segs.map((s) => h("th", { scope: "col", class: "num" }, s.name)))),
+    h("tbody", {}, segs.map((a, i) => h("tr", { "data-id": a.id },
+      h("th", { scope: "row" }, link(`/segments/${encodeURIComponent(a.id)}`, a.name), " ",
+        a.status === "up_to_date" ? null : badge(a)),
+      h("td", { class: "num", "data-size": a.id }, fmtInt(a.size)),
+      segs.map((b, j) => h("td", { class: `num cell ${i === j ? "diag" : heat(o.percent[i][j])}`, "data-row": a.id, "data-col": b.id },
+        h("b", {}, fmtInt(o.matrix[i][j])),
+        i === j ? null : h("span", { class: "pct" }, o.percent[i][j] === null ? "" : ` ${o.percent[i][j]}%`),
+        i === j ? null : h("span", { class: "drafts" },
+          link(draft(`${a.name} and ${b.name}`, { all: [{ segment: a.id }, { segment: b.id }] }), "A and B", { title: `New segment: ${a.name} and ${b.name}` }),
+          link(draft(`${a.name} not ${b.name}`, { all: [{ segment: a.id }, { not: { segment: b.id } }] }), "A not B", { title: `New segment: ${a.name} and not ${b.name}` }))))))));
+  const stale = segs.filter((s) => s.status === "failed" || s.status === "computing");
+  fill(app,
+    h("p", {}, link("/", "← Segments")),
+    h("h1", {}, "Overlap"),
+    h("div", { class: "toolbar" }, pick),
+    stale.length ? h("p", { class: "notice error" }, `Counted from their last computation: ${stale.map((s) => `${s.name} (${STATUS[s.status]})`).join(", ")}.`) : null,
+    h("div", { class: "table-wrap" }, table),
+    h("p", { id: "overlap-totals" }, `In at least one: `, h("b", {}, fmtInt(o.union)), ` · in all: `, h("b", {}, fmtInt(o.intersection)),
+      o.only_reachable ? ` · reachable by ${o.only_reachable === "email" ? "e-mail" : "SMS"} only` : ""));
 }
 
 // ----------------------------------------------------------------- audience
@@ -1059,6 +1118,7 @@ async function route() {
     if (path === "/") await segmentsPage(app);
     else if (path === "/new") await builderPage(app, null);
     else if (path === "/audience") await audiencePage(app);
+    else if (path === "/overlap") await overlapPage(app);
     else if (parts[0] === "segments" && parts.length === 2) await segmentPage(app, parts[1]);
     else if (parts[0] === "segments" && parts[2] === "profiles") await profilesPage(app, parts[1]);
     else if (parts[0] === "segments" && parts[2] === "edit") await builderPage(app, parts[1]);
