@@ -27,6 +27,9 @@ Workloads (names as in bench-report.json):
 - preview:<id>: `SELECT count(*)` of one definition;
 - nested-count: ((email_subscribers ∪ sms_subscribers) ∩ active_contacts
   − email_bad_addresses) ∩ all_contacts, counted, over the materialized tables;
+- overlap: the pairwise intersection counts of the `overlap` workload's
+  segments, from their materialized tables (one self-join), checked equal
+  to our matrix;
 - sql:<name>: the three typical ad-hoc queries of bench-report.json, in
   DuckDB's dialect (segments read from the materialized tables);
 - import:contacts-csv / import:events-parquet: DuckDB converting the bench's
@@ -689,6 +692,22 @@ def nested_count_sql(tables):
     )
 
 
+def overlap_sql(tables, ids):
+    """Every pairwise intersection count of some segments, from their tables."""
+    members = " UNION ALL ".join(f"SELECT {i} AS i, contact_id FROM {tables[s]}" for i, s in enumerate(ids))
+    return (
+        f"WITH m AS ({members}) "
+        "SELECT a.i, b.i, count(*) FROM m a JOIN m b USING (contact_id) GROUP BY a.i, b.i"
+    )
+
+
+def overlap_matrix(con, sql, n):
+    matrix = [[0] * n for _ in range(n)]
+    for i, j, c in con.execute(sql).fetchall():
+        matrix[i][j] = c
+    return matrix
+
+
 def run_mode(args):
     """Everything one DuckDB set-up does; writes its figures to args.result."""
     duckdb = ensure_duckdb()
@@ -731,6 +750,14 @@ def run_mode(args):
         count = con.execute(sql).fetchone()[0]
         runs = time_runs(max(args.runs, 5) * 20, lambda: con.execute(sql).fetchone())
         out["nested_count"] = summary(runs, count=count)
+
+    ov = report.get("overlap") or {}
+    ids = ov.get("segments") or []
+    if ids and all(s in tables for s in ids):
+        sql = overlap_sql(tables, ids)
+        matrix = overlap_matrix(con, sql, len(ids))
+        runs = time_runs(max(args.runs, 5) * 4, lambda: con.execute(sql).fetchall())
+        out["overlap"] = summary(runs, same=matrix == ov.get("matrix"))
 
     out["sql_queries"] = {}
     for q in report.get("sql_queries", []):
@@ -823,6 +850,8 @@ def comparison_rows(report, modes, imports):
         rows.append((name, ours.get(name), *(modes[m]["previews"][p["id"]]["median_ms"] for m in MODES)))
     if all("nested_count" in modes[m] for m in MODES):
         rows.append(("nested-count", ours.get("nested-count"), *(modes[m]["nested_count"]["median_ms"] for m in MODES)))
+    if all("overlap" in modes[m] for m in MODES):
+        rows.append(("overlap", ours.get("overlap"), *(modes[m]["overlap"]["median_ms"] for m in MODES)))
     for q in report.get("sql_queries", []):
         name = f"sql:{q['name']}"
         if all(q["name"] in modes[m].get("sql_queries", {}) for m in MODES):
@@ -861,6 +890,9 @@ def count_checks(report, modes):
             m = re.match(r"^(\d+) contacts", notes.get(f"preview:{pid}", ""))
             if m and int(m.group(1)) != fig["count"]:
                 problems.append(f"[{mode}] preview:{pid}: duckdb {fig['count']}, segments {m.group(1)}")
+        ov = modes[mode].get("overlap")
+        if ov and not ov["same"]:
+            problems.append(f"[{mode}] overlap: the matrix differs from ours")
         nested = modes[mode].get("nested_count")
         m = re.search(r"= (\d+)$", notes.get("nested-count", ""))
         if nested and m and int(m.group(1)) != nested["count"]:

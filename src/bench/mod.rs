@@ -34,7 +34,7 @@ pub struct BenchOptions {
     /// Timed runs per workload (after one warm-up run).
     pub runs: usize,
     /// nightly, preview (or one of them: preview:parisiens), nested-count,
-    /// sql, import, or all.
+    /// overlap, sql, import, or all.
     pub workloads: Vec<String>,
 }
 
@@ -128,6 +128,8 @@ pub struct BenchReport {
     /// The `sql` workload's queries, ours and DuckDB's.
     pub sql_queries: Vec<Value>,
     pub import: Value,
+    /// The `overlap` workload's segments and matrix, for DuckDB to compute again.
+    pub overlap: Value,
 }
 
 /// Run the benchmark; returns the report (also written to `base/bench-report.json`).

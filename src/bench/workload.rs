@@ -228,6 +228,29 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         ));
     }
 
+    // The 20×20 overlap matrix of the first 20 segments.
+    let mut overlap = json!({});
+    if wants("overlap") {
+        let snap = base.snapshot()?;
+        let ids: Vec<String> = snap
+            .manifest
+            .segments
+            .iter()
+            .take(20)
+            .map(|s| s.id.clone())
+            .collect();
+        let (runs, o) = time_runs(opts.runs.max(5) * 4, || {
+            crate::jobs::views::overlap(&snap, &ids, None)
+        })?;
+        results.push(WorkloadResult::new(
+            "overlap",
+            runs,
+            json!({}),
+            format!("{n}×{n} matrix, union {}", o.union, n = ids.len()),
+        ));
+        overlap = json!({"segments": ids, "matrix": o.matrix});
+    }
+
     let sql_queries = sql_queries();
     if wants("sql") {
         for q in &sql_queries {
@@ -312,6 +335,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         preview_segments: previews,
         sql_queries,
         import,
+        overlap,
     };
     write_json(&dir.join("bench-report.json"), &report)?;
     Ok(report)

@@ -184,7 +184,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// nightly, preview (or one of them: preview:parisiens), nested-count,
-    /// sql, import, or all.
+    /// overlap, sql, import, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
 }
