@@ -125,14 +125,15 @@ fn main() {
         };
         let remote = || -> u64 {
             let v: Value = client
-                .post(format!("{url}/preview?as_of={}", as_of.to_rfc3339()))
+                .post(format!("{url}/preview"))
+                .query(&[("as_of", as_of.to_rfc3339())])
                 .bearer_auth(&token)
                 .json(&p)
                 .send()
                 .unwrap()
                 .json()
                 .unwrap();
-            v["count"].as_u64().unwrap()
+            v["count"].as_u64().unwrap_or_else(|| panic!("{v}"))
         };
         for _ in 0..2 {
             assert_eq!(local(), remote());
@@ -193,6 +194,36 @@ fn main() {
         quantile(&b, 0.99)
     );
     results.push(json!({"list": local_list(), "local_ms": a, "http_ms": b}));
+
+    // The console's segments page as a browser loads it: the page, its
+    // script and stylesheet, then the list (with the session cookie).
+    let cookie = format!("segments_session={token}");
+    let origin = url.trim_end_matches("/api").to_string();
+    let get = |path: &str| {
+        let r = client
+            .get(format!("{origin}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.bytes().unwrap().len()
+    };
+    let page = || {
+        get("/") + get("/assets/console.js") + get("/assets/console.css") + get("/api/segments?sort=name&limit=10000")
+    };
+    let bytes = page();
+    let mut c = Vec::new();
+    for _ in 0..opts.runs.max(50) {
+        let t = Instant::now();
+        page();
+        c.push(ms(t));
+    }
+    println!(
+        "segments page (HTML, script, stylesheet, list; {bytes} bytes): p50 {:.2} ms, p99 {:.2} ms",
+        quantile(&c, 0.5),
+        quantile(&c, 0.99)
+    );
+    results.push(json!({"segments_page_ms": c}));
     let out = opts.dir.join("bench-http.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&results).unwrap()).unwrap();
     println!("runs written to {}", out.display());
