@@ -209,7 +209,10 @@ fn main() {
         r.bytes().unwrap().len()
     };
     let page = || {
-        get("/") + get("/assets/console.js") + get("/assets/console.css") + get("/api/segments?sort=name&limit=10000")
+        get("/")
+            + get("/assets/console.js")
+            + get("/assets/console.css")
+            + get("/api/segments?sort=name&limit=10000")
     };
     let bytes = page();
     let mut c = Vec::new();
