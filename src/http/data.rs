@@ -93,9 +93,9 @@ pub async fn preview(
     let def = definition(&body)?;
     let as_of = parse_instant(p.as_of.as_deref(), "as_of")?.unwrap_or_else(chrono::Utc::now);
     let snap = state.base.snapshot()?;
-    let preview = seg::preview(&snap, &def, as_of).await?;
-    let profiles = match seg::profiles_of(snap.dir(), &snap.manifest, &preview.sample_iids)? {
-        Some(batch) => json_rows(&[batch])?,
+    let preview = seg::preview_with_profiles(&snap, &def, as_of).await?;
+    let profiles = match &preview.profiles {
+        Some(batch) => json_rows(std::slice::from_ref(batch))?,
         None => Vec::new(),
     };
     Ok(axum::Json(PreviewAnswer { preview, profiles }))

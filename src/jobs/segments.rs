@@ -105,13 +105,32 @@ pub struct Preview {
     pub count: u64,
     /// The contact ids of the first ten members.
     pub sample: Vec<u64>,
-    /// Their internal ids.
-    #[serde(skip)]
-    pub sample_iids: Vec<u32>,
     pub duration_ms: u64,
+    /// With [`preview_with_profiles`]: `contact_id` and the
+    /// [`PROFILE_COLUMNS`] of the sample, read in the same pass.
+    #[serde(skip)]
+    pub profiles: Option<RecordBatch>,
 }
 
 pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) -> Result<Preview> {
+    preview_reading(snap, def, as_of, false).await
+}
+
+/// A preview with the profiles of its sample (as a criteria builder shows it).
+pub async fn preview_with_profiles(
+    snap: &Snapshot,
+    def: &Definition,
+    as_of: DateTime<Utc>,
+) -> Result<Preview> {
+    preview_reading(snap, def, as_of, true).await
+}
+
+async fn preview_reading(
+    snap: &Snapshot,
+    def: &Definition,
+    as_of: DateTime<Utc>,
+    profiles: bool,
+) -> Result<Preview> {
     let t0 = std::time::Instant::now();
     check_definition(&snap.manifest, &snap.base, def)?;
     let session = Session::new(&snap.base, snap.manifest.clone())?;
@@ -125,20 +144,25 @@ pub async fn preview(snap: &Snapshot, def: &Definition, as_of: DateTime<Utc>) ->
         .expect("one result")
         .map_err(Error::from)?;
     let sample_iids: Vec<u32> = bm.iter().take(10).collect();
-    let sample = contact_ids_of(snap.dir(), &snap.manifest, &sample_iids)?;
+    let m = &snap.manifest;
+    let columns: Vec<&str> = PROFILE_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| profiles && m.fields.iter().any(|f| f.name == *c))
+        .collect();
+    let rows = contact_rows(snap.dir(), m, &sample_iids, &columns)?;
     Ok(Preview {
         count: bm.len(),
-        sample,
-        sample_iids,
+        sample: match &rows {
+            Some(batch) => contact_id_values(batch)?,
+            None => Vec::new(),
+        },
         duration_ms: t0.elapsed().as_millis() as u64,
+        profiles: rows.filter(|_| profiles),
     })
 }
 
-/// The user ids of some internal ids, in id order.
-pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>> {
-    let Some(batch) = contact_rows(dir, m, iids, &[])? else {
-        return Ok(Vec::new());
-    };
+fn contact_id_values(batch: &RecordBatch) -> Result<Vec<u64>> {
     let cids = batch
         .column_by_name("contact_id")
         .and_then(|a| {
@@ -149,6 +173,14 @@ pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>
     Ok(cids.values().to_vec())
 }
 
+/// The user ids of some internal ids, in id order.
+pub fn contact_ids_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Vec<u64>> {
+    match contact_rows(dir, m, iids, &[])? {
+        Some(batch) => contact_id_values(&batch),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The profile columns a preview shows of its sample, those the base has.
 pub const PROFILE_COLUMNS: &[&str] = &[
     "first_name",
@@ -157,16 +189,6 @@ pub const PROFILE_COLUMNS: &[&str] = &[
     "email_optin",
     "sms_optin",
 ];
-
-/// `contact_id` and [`PROFILE_COLUMNS`] of some internal ids, in id order.
-pub fn profiles_of(dir: &Path, m: &Manifest, iids: &[u32]) -> Result<Option<RecordBatch>> {
-    let columns: Vec<&str> = PROFILE_COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| m.fields.iter().any(|f| f.name == *c))
-        .collect();
-    contact_rows(dir, m, iids, &columns)
-}
 
 /// `contact_id` and `columns` of the contacts of some internal ids, in id
 /// order. Only the row groups that may hold the ids are read (contacts are
