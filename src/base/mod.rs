@@ -434,6 +434,25 @@ pub fn default_memory_limit() -> usize {
 }
 
 /// A size in bytes: `1048576`, `512MiB`, `2GiB`, `1.5GB`, `800KB`.
+/// How long to wait for the writer lock: `500ms`, `30s`, `2m`; a bare
+/// number is seconds. At most ten minutes.
+pub fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?}: expected a wait such as 500ms, 30s or 2m");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    Ok(d.min(Duration::from_secs(600)))
+}
+
 pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
     let t = text.trim();
     let split = t

@@ -39,9 +39,16 @@ struct Cli {
     /// The base directory.
     #[arg(long, global = true, env = "SEGMENTS_BASE", default_value = ".")]
     base: PathBuf,
+    /// When another writer holds the base, wait for it this long
+    /// (e.g. 30s, 5m; at most 10m) instead of failing at once.
+    #[arg(long, global = true, env = "SEGMENTS_WAIT", value_parser = segments::base::parse_wait)]
+    wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--wait` of this run, for every base it opens.
+static LOCK_WAIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -460,7 +467,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
 }
 
 fn open(dir: &Path) -> anyhow::Result<Base> {
-    Ok(Base::open(dir)?)
+    let mut base = Base::open(dir)?;
+    base.lock_wait = LOCK_WAIT.get().copied().flatten();
+    Ok(base)
 }
 
 fn describe(cmd: &str) -> String {
@@ -474,6 +483,7 @@ fn describe(cmd: &str) -> String {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = cli.base.clone();
+    let _ = LOCK_WAIT.set(cli.wait);
     match cli.command {
         Command::Init(args) => return init_base(&dir, args).await,
         Command::Import(cmd) => return import_cmd(&dir, cmd).await,

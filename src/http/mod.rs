@@ -122,24 +122,13 @@ pub struct WaitParam {
 
 impl WaitParam {
     pub fn duration(&self) -> Result<Option<Duration>, ApiError> {
-        let Some(text) = self.wait.as_deref().map(str::trim) else {
-            return Ok(None);
-        };
-        let bad = || {
-            ApiError::bad_request(format!("wait={text:?}: expected e.g. 500ms, 30s, 2m")).at("wait")
-        };
-        let (digits, unit) = text.split_at(
-            text.find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len()),
-        );
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            _ => return Err(bad()),
-        };
-        Ok(Some(d.min(Duration::from_secs(600))))
+        self.wait
+            .as_deref()
+            .map(|text| {
+                crate::base::parse_wait(text)
+                    .map_err(|m| ApiError::bad_request(format!("wait={m}")).at("wait"))
+            })
+            .transpose()
     }
 }
 

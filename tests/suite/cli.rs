@@ -726,3 +726,55 @@ fn overlap_counts_equal_sql_and_audience() {
         .assert()
         .failure();
 }
+
+/// `--wait`: a writer finds the base held by another, waits for it, then
+/// does its work; without it, it fails at once naming the holder.
+#[test]
+fn a_writer_waits_for_another_with_wait() {
+    let dir = small_base();
+    let b = dir.path();
+    let scratch = tempfile::tempdir().unwrap();
+    let pause = scratch.path().join("pause");
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+        .env("SEGMENTS_BASE", b)
+        .env("SEGMENTS_PAUSE_AT", "1")
+        .env("SEGMENTS_PAUSE_FILE", &pause)
+        .args(["segment", "pause", "sms_contacts"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    super::common::wait_for_pause(&mut holder, &pause);
+    let out = segments(b)
+        .args(["segment", "pause", "email_contacts"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("segments segment pause sms_contacts"), "{err}");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::remove_file(&pause).unwrap();
+        holder.wait().unwrap()
+    });
+    let waited =
+        stdout_of(segments(b).args(["--wait", "60s", "segment", "pause", "email_contacts"]));
+    assert!(waited.starts_with("paused email_contacts"), "{waited}");
+    assert!(release.join().unwrap().success());
+    let list = json_of(segments(b).args(["segment", "list", "--format", "json"]));
+    let status = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(
+        (status("sms_contacts"), status("email_contacts")),
+        (Value::from("paused"), Value::from("paused"))
+    );
+    segments(b)
+        .args(["--wait", "soon", "segment", "list"])
+        .assert()
+        .failure();
+}
