@@ -725,6 +725,22 @@ fn overlap_counts_equal_sql_and_audience() {
         .args(["segment", "overlap", "vip", "VIP"])
         .assert()
         .failure();
+
+    // A failed segment is shown as failed, not silently with its numbers.
+    let broken = b.join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"name": "Broken", "criteria": {"query": "SELECT CAST(email AS BIGINT) AS contact_id FROM contacts"}}"#,
+    )
+    .unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&broken)
+        .assert()
+        .code(2);
+    let o = json_of(segments(b).args(["segment", "overlap", "broken", "vip", "--format", "json"]));
+    assert_eq!(o["segments"][0]["status"], "failed");
+    assert_eq!(o["segments"][1]["status"], "up_to_date");
 }
 
 /// `--wait`: a writer finds the base held by another, waits for it, then
