@@ -749,17 +749,7 @@ fn overlap_counts_equal_sql_and_audience() {
 fn a_writer_waits_for_another_with_wait() {
     let dir = small_base();
     let b = dir.path();
-    let scratch = tempfile::tempdir().unwrap();
-    let pause = scratch.path().join("pause");
-    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
-        .env("SEGMENTS_BASE", b)
-        .env("SEGMENTS_PAUSE_AT", "1")
-        .env("SEGMENTS_PAUSE_FILE", &pause)
-        .args(["segment", "pause", "sms_contacts"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    super::common::wait_for_pause(&mut holder, &pause);
+    let holder = super::common::HeldWriter::start(b);
     let out = segments(b)
         .args(["segment", "pause", "email_contacts"])
         .output()
@@ -767,11 +757,7 @@ fn a_writer_waits_for_another_with_wait() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("segments segment pause sms_contacts"), "{err}");
-    let release = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        std::fs::remove_file(&pause).unwrap();
-        holder.wait().unwrap()
-    });
+    let release = holder.release_after(std::time::Duration::from_millis(500));
     let waited =
         stdout_of(segments(b).args(["--wait", "60s", "segment", "pause", "email_contacts"]));
     assert!(waited.starts_with("paused email_contacts"), "{waited}");

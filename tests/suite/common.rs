@@ -382,3 +382,51 @@ pub fn serve(base: &Path, password: &str, args: &[&str]) -> (std::process::Child
         .unwrap_or_else(|| panic!("no address in {first:?}"));
     (child, port)
 }
+
+/// Another process's writer holding a base: `segment pause sms_contacts`,
+/// held at its first durable step until released.
+pub struct HeldWriter {
+    child: std::process::Child,
+    pause: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl HeldWriter {
+    pub fn start(base: &Path) -> HeldWriter {
+        let scratch = tempfile::tempdir().unwrap();
+        let pause = scratch.path().join("pause");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
+            .env("SEGMENTS_BASE", base)
+            .env("SEGMENTS_PAUSE_AT", "1")
+            .env("SEGMENTS_PAUSE_FILE", &pause)
+            .args(["segment", "pause", "sms_contacts"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_pause(&mut child, &pause);
+        HeldWriter {
+            child,
+            pause,
+            _scratch: scratch,
+        }
+    }
+
+    /// Let it go on after `after`; the thread answers its exit status.
+    pub fn release_after(
+        self,
+        after: std::time::Duration,
+    ) -> std::thread::JoinHandle<std::process::ExitStatus> {
+        let HeldWriter {
+            mut child,
+            pause,
+            _scratch: scratch,
+        } = self;
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            std::fs::remove_file(&pause).unwrap();
+            let status = child.wait().unwrap();
+            drop(scratch);
+            status
+        })
+    }
+}

@@ -848,17 +848,7 @@ fn a_busy_writer_is_named_or_waited_for() {
     let dir = small_base();
     let b = dir.path();
     let api = Api::start(b);
-    let scratch = tempfile::tempdir().unwrap();
-    let pause = scratch.path().join("pause");
-    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
-        .env("SEGMENTS_BASE", b)
-        .env("SEGMENTS_PAUSE_AT", "1")
-        .env("SEGMENTS_PAUSE_FILE", &pause)
-        .args(["segment", "pause", "sms_contacts"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    super::common::wait_for_pause(&mut holder, &pause);
+    let holder = super::common::HeldWriter::start(b);
     let busy = error(
         api.post("/api/segments/email_contacts/pause", &json!({})),
         StatusCode::CONFLICT,
@@ -879,11 +869,7 @@ fn a_busy_writer_is_named_or_waited_for() {
     // Reads go on meanwhile.
     Api::ok(api.get("/api/segments"));
     // With a wait, the write goes through once the holder is done.
-    let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        std::fs::remove_file(&pause).unwrap();
-        holder.wait().unwrap()
-    });
+    let release = holder.release_after(Duration::from_millis(500));
     let done = Api::ok(api.post("/api/segments/email_contacts/pause?wait=60s", &json!({})));
     assert_eq!(done["status"], "paused");
     assert!(release.join().unwrap().success());
