@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use roaring::RoaringBitmap;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
@@ -29,6 +30,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::base::bitmaps::read_bitmap;
 use crate::base::contacts::stored_contacts_schema;
 use crate::base::events::events_schema;
+use crate::base::manifest::EventFile;
 use crate::base::schema::FieldType;
 use crate::base::{Base, Manifest};
 use crate::engine::udf::{LowerTags, LowerText, MonthDay};
@@ -210,10 +212,18 @@ fn shared_caches() -> Result<CacheManagerConfig> {
 }
 
 fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String]) -> Result<()> {
+    ctx.register_table(name, listing_table(ctx, schema, files)?)?;
+    Ok(())
+}
+
+/// A table over exactly these Parquet files (an empty one without files).
+fn listing_table(
+    ctx: &SessionContext,
+    schema: SchemaRef,
+    files: &[String],
+) -> Result<Arc<dyn TableProvider>> {
     if files.is_empty() {
-        let t = MemTable::try_new(schema, vec![vec![]])?;
-        ctx.register_table(name, Arc::new(t))?;
-        return Ok(());
+        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
     }
     let urls = files
         .iter()
@@ -225,9 +235,16 @@ fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String
         .with_listing_options(options)
         .with_schema(schema);
     let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
-    ctx.register_table(
-        name,
-        Arc::new(ListingTable::try_new(config)?.with_cache(stats)),
-    )?;
-    Ok(())
+    Ok(Arc::new(ListingTable::try_new(config)?.with_cache(stats)))
+}
+
+impl Session {
+    /// The events table over some of the snapshot's events files.
+    pub fn events_table(&self, files: &[&EventFile]) -> Result<Arc<dyn TableProvider>> {
+        let paths: Vec<String> = files
+            .iter()
+            .map(|e| abs(&self.base, &e.file.path))
+            .collect();
+        listing_table(&self.ctx, self.events_schema.clone(), &paths)
+    }
 }

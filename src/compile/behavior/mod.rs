@@ -274,7 +274,7 @@ impl Session {
     ) -> Result<(String, String)> {
         let scan = Scan::new(self, parts, clock)?;
         let end = self.all_contacts.max().map(|m| m + 1).unwrap_or(0);
-        let df = scan.frame(&self.ctx, 0, end).await?;
+        let df = scan.frame(&self.ctx, &scan.groups[0], 0, end).await?;
         let plan = df.into_optimized_plan()?.display_indent().to_string();
         let threads = self.ctx.copied_config().target_partitions().max(1);
         let shards = scan
@@ -294,11 +294,12 @@ impl Session {
             .count();
         let summary = format!(
             "{} condition(s) ({} on existence, {} aggregated) in {} shard(s) of contacts; \
-             conditions per event type: {}; row filters: {} on dictionary values, {} per row",
+             {}; conditions per event type: {}; row filters: {} on dictionary values, {} per row",
             parts.len(),
             parts.len() - aggregated,
             aggregated,
             shards,
+            scan.files_line(),
             types.join(", "),
             on_values,
             scan.atoms.len() - on_values
@@ -324,8 +325,21 @@ struct Leaf {
     time: usize,
 }
 
+/// Events files read by one plan of each shard.
+struct FileGroup {
+    /// None: the snapshot's whole `events` table.
+    table: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    /// The time that stands for every row, for files read without `ts`.
+    ts: Option<i64>,
+    /// That time, a batch long.
+    fill: Vec<i64>,
+    files: usize,
+}
+
 /// The shared scan of a batch of behaviour conditions.
 struct Scan {
+    /// The files, in groups read alike.
+    groups: Vec<FileGroup>,
     leaves: Vec<Leaf>,
     /// Event type → the conditions that accept it.
     by_type: HashMap<String, Vec<u32>>,
@@ -478,7 +492,8 @@ fn slot_name(names: &mut Vec<String>, name: &str) -> usize {
 /// The columns of a batch of the scan, as the kernel reads them.
 struct Rows<'a> {
     iid: &'a [u32],
-    ts: &'a [i64],
+    /// Times (µs), or one time standing for every row of a group of files.
+    ts: std::borrow::Cow<'a, [i64]>,
     keys: ScalarBuffer<i32>,
     type_valid: Option<NullBuffer>,
     /// Event type code → the conditions that accept it.

@@ -2,7 +2,10 @@
 //! batch of conditions needs, shards of contacts, and the rows of a batch
 //! as the kernel reads them.
 
+use std::borrow::Cow;
+
 use super::*;
+use crate::base::manifest::EventFile;
 
 impl Scan {
     pub(super) fn new(session: &Session, parts: &[BehaviorParts], clock: &Clock) -> Result<Scan> {
@@ -21,6 +24,8 @@ impl Scan {
         let (mut ts_lo, mut ts_hi) = (i64::MAX, i64::MIN);
         let mut having = Vec::new();
         let (mut floats, mut times) = (0, 0);
+        // Where a first/last test changes outcome (None: not only at instants).
+        let mut value_cuts: Option<Vec<i64>> = Some(Vec::new());
         for (k, p) in parts.iter().enumerate() {
             let mut types = p.types.clone();
             types.sort();
@@ -85,6 +90,15 @@ impl Scan {
                 clock,
                 EmptyRule::Aggregate,
             ));
+            if matches!(p.agg, Agg::First | Agg::Last) {
+                value_cuts = match (value_cuts, time_cuts(&pass)) {
+                    (Some(mut all), Some(cuts)) => {
+                        all.extend(cuts);
+                        Some(all)
+                    }
+                    _ => None,
+                };
+            }
             let schema = Arc::new(Schema::new(fields));
             let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             having.push(HavingTest {
@@ -93,7 +107,9 @@ impl Scan {
                 pass: session.physical_expr(pass, &df_schema)?,
             });
         }
+        let groups = file_groups(session, &leaves, value_cuts)?;
         Ok(Scan {
+            groups,
             leaves,
             by_type,
             values,
@@ -109,6 +125,22 @@ impl Scan {
             times,
             layout: session.scan_layout,
         })
+    }
+
+    /// How the events files are read, for `recompute --dry-run`.
+    pub(super) fn files_line(&self) -> String {
+        let full: usize = self
+            .groups
+            .iter()
+            .filter(|g| g.ts.is_none())
+            .map(|g| g.files)
+            .sum();
+        let alike: Vec<&FileGroup> = self.groups.iter().filter(|g| g.ts.is_some()).collect();
+        let without: usize = alike.iter().map(|g| g.files).sum();
+        format!(
+            "events files: {full} read with their times, {without} without (in {} group(s))",
+            alike.len()
+        )
     }
 
     /// Bytes of state per contact.
@@ -167,23 +199,28 @@ impl Scan {
     }
 
     /// `_iid, ts (µs), type, values..., extras...` of the events of contacts
-    /// `[lo, hi)` that some condition may match.
-    pub(super) async fn frame(&self, ctx: &SessionContext, lo: u32, hi: u32) -> Result<DataFrame> {
+    /// `[lo, hi)` in a group of files that some condition may match (`ts`
+    /// left out where the group stands for it).
+    pub(super) async fn frame(
+        &self,
+        ctx: &SessionContext,
+        group: &FileGroup,
+        lo: u32,
+        hi: u32,
+    ) -> Result<DataFrame> {
         let iid = || col(IID);
         let mut filter = iid()
             .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
             .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))));
-        if self.ts_lo <= self.ts_hi {
+        let mut select = vec![iid()];
+        if group.ts.is_none() {
             if self.ts_lo > i64::MIN {
                 filter = filter.and(col("ts").gt_eq(ts_lit(self.ts_lo)));
             }
             filter = filter.and(col("ts").lt_eq(ts_lit(self.ts_hi)));
+            select.push(datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"));
         }
-        let mut select = vec![
-            iid(),
-            datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"),
-            col("type"),
-        ];
+        select.push(col("type"));
         for (j, v) in self.values.iter().enumerate() {
             select.push(v.clone().alias(format!("v{j}")));
         }
@@ -193,7 +230,17 @@ impl Scan {
         for (j, d) in self.dictionaries.iter().enumerate() {
             select.push(col(d.as_str()).alias(format!("d{j}")));
         }
-        Ok(ctx.table(EVENTS).await?.filter(filter)?.select(select)?)
+        let table = match &group.table {
+            Some(t) => {
+                let source = datafusion::datasource::provider_as_source(t.clone());
+                let plan =
+                    datafusion::logical_expr::LogicalPlanBuilder::scan(EVENTS, source, None)?
+                        .build()?;
+                DataFrame::new(ctx.state(), plan)
+            }
+            None => ctx.table(EVENTS).await?,
+        };
+        Ok(table.filter(filter)?.select(select)?)
     }
 
     pub(super) async fn run_shard(
@@ -203,22 +250,27 @@ impl Scan {
         lo: u32,
         hi: u32,
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
-        if self.ts_lo <= self.ts_hi {
+        // A shard whose whole state fits in cache takes each batch as it
+        // comes, while the batch is in cache too. Otherwise, as each file
+        // brings the shard's contacts in id order, the batches are kept and
+        // dispatched block of contacts by block, so that a block's state
+        // stays in cache while the rows of every file for it are added.
+        let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
+        let mut kept = Vec::new();
+        // No condition's window holds an instant: no row can match.
+        let groups: &[FileGroup] = if self.ts_lo <= self.ts_hi {
+            &self.groups
+        } else {
+            &[]
+        };
+        for group in groups {
             let plan = self
-                .frame(ctx, lo, hi)
+                .frame(ctx, group, lo, hi)
                 .await?
                 .create_physical_plan()
                 .await?;
             let plan = without_filters(plan)?;
             let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
-            // A shard whose whole state fits in cache takes each batch as it
-            // comes, while the batch is in cache too. Otherwise, as each file
-            // brings the shard's contacts in id order, the batches are kept
-            // and dispatched block of contacts by block, so that a block's
-            // state stays in cache while the rows of every file for it are
-            // added.
-            let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
-            let mut kept = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 let blockwise = !direct
@@ -227,42 +279,60 @@ impl Scan {
                         .as_primitive_opt::<UInt32Type>()
                         .is_some_and(|ids| ids.values().is_sorted());
                 if blockwise {
-                    kept.push(batch);
+                    kept.push((batch, group));
                 } else {
-                    let rows = self.rows(&batch)?;
+                    let rows = self.rows(&batch, group)?;
                     self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
                 }
             }
-            let rows: Vec<Rows> = kept.iter().map(|b| self.rows(b)).collect::<Result<_>>()?;
-            let mut cursors = vec![0usize; rows.len()];
-            let block = match self.layout.block_contacts {
-                Some(n) => n.max(1),
-                None => (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32,
-            };
-            let mut a = lo;
-            while a < hi {
-                let b = a.saturating_add(block).min(hi);
-                for (r, at) in rows.iter().zip(cursors.iter_mut()) {
-                    let end = *at + r.iid[*at..].partition_point(|&id| id < b);
-                    self.accumulate(state, lo, hi, r, *at..end);
-                    *at = end;
-                }
-                a = b;
+        }
+        let rows: Vec<Rows> = kept
+            .iter()
+            .map(|(b, group)| self.rows(b, group))
+            .collect::<Result<_>>()?;
+        let mut cursors = vec![0usize; rows.len()];
+        let block = match self.layout.block_contacts {
+            Some(n) => n.max(1),
+            None => (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32,
+        };
+        let mut a = lo;
+        while a < hi && !rows.is_empty() {
+            let b = a.saturating_add(block).min(hi);
+            for (r, at) in rows.iter().zip(cursors.iter_mut()) {
+                let end = *at + r.iid[*at..].partition_point(|&id| id < b);
+                self.accumulate(state, lo, hi, r, *at..end);
+                *at = end;
             }
+            a = b;
         }
         self.finish(state, lo)
     }
 
     /// The columns of a batch of the scan, as the kernel reads them.
-    pub(super) fn rows<'a>(&'a self, batch: &'a RecordBatch) -> Result<Rows<'a>> {
-        let iid = batch.column(0).as_primitive_opt::<UInt32Type>();
-        let ts = batch.column(1).as_primitive_opt::<Int64Type>();
-        let (Some(iid), Some(ts)) = (iid, ts) else {
-            return Err(Error::Internal(
-                "events scan: unexpected id or ts type".into(),
-            ));
+    pub(super) fn rows<'a>(
+        &'a self,
+        batch: &'a RecordBatch,
+        group: &'a FileGroup,
+    ) -> Result<Rows<'a>> {
+        let unexpected = || Error::Internal("events scan: unexpected id or ts type".into());
+        let iid = batch
+            .column(0)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(unexpected)?;
+        let (ts, at_type): (Cow<'a, [i64]>, usize) = match group.ts {
+            None => {
+                let ts = batch
+                    .column(1)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(unexpected)?;
+                (Cow::Borrowed(ts.values()), 2)
+            }
+            Some(_) if batch.num_rows() <= group.fill.len() => {
+                (Cow::Borrowed(&group.fill[..batch.num_rows()]), 1)
+            }
+            Some(t) => (Cow::Owned(vec![t; batch.num_rows()]), 1),
         };
-        let types = dictionary(batch.column(2))?;
+        let types = dictionary(batch.column(at_type))?;
         let names = types
             .values()
             .as_any()
@@ -286,7 +356,7 @@ impl Scan {
             .enumerate()
             .map(|(k, d)| if d.is_empty() { skip } else { k as u32 })
             .collect();
-        let first_value = 3;
+        let first_value = at_type + 1;
         let values: Vec<&Float64Array> = (0..self.values.len())
             .map(|j| batch.column(first_value + j).as_primitive::<Float64Type>())
             .collect();
@@ -313,7 +383,7 @@ impl Scan {
             .collect();
         Ok(Rows {
             iid: iid.values(),
-            ts: ts.values(),
+            ts,
             keys: types.keys().values().clone(),
             type_valid: types.nulls().cloned(),
             dispatch,
@@ -322,6 +392,135 @@ impl Scan {
             extras,
         })
     }
+}
+
+/// The events files of the snapshot, in groups read alike. A file whose
+/// rows all fall on the same side of every instant where some condition's
+/// window starts or ends, or where a first/last test changes outcome
+/// (`value_cuts`; None when such a test depends on more than instants), is
+/// read without `ts`: one of its times stands for every row, since each
+/// window takes all of its rows or none and each first/last value stays
+/// on the same side of every instant its test compares it with (the
+/// largest of such values too). Such files are grouped by those sides;
+/// the others are read in full; files no window reaches are left out.
+/// Without files to read so, the one group is the whole `events` table.
+fn file_groups(
+    session: &Session,
+    leaves: &[Leaf],
+    value_cuts: Option<Vec<i64>>,
+) -> Result<Vec<FileGroup>> {
+    let whole = || {
+        vec![FileGroup {
+            table: None,
+            ts: None,
+            fill: Vec::new(),
+            files: session.manifest.events.len(),
+        }]
+    };
+    let Some(mut cuts) = value_cuts else {
+        return Ok(whole());
+    };
+    for l in leaves.iter().filter(|l| l.lo <= l.hi) {
+        cuts.push(l.lo);
+        cuts.push(l.hi.saturating_add(1));
+    }
+    cuts.retain(|&c| c > i64::MIN && c < i64::MAX);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut exact = Vec::new();
+    let mut alike: Vec<(Vec<bool>, Vec<&EventFile>)> = Vec::new();
+    for file in &session.manifest.events {
+        let (min, max) = (file.min_ts, file.max_ts);
+        if leaves
+            .iter()
+            .filter(|l| l.lo <= l.hi)
+            .all(|l| max < l.lo || min > l.hi)
+        {
+            continue;
+        }
+        if cuts.iter().any(|&c| min < c && c <= max) {
+            exact.push(file);
+            continue;
+        }
+        let sides: Vec<bool> = cuts.iter().map(|&c| min >= c).collect();
+        match alike.iter_mut().find(|(s, _)| *s == sides) {
+            Some((_, files)) => files.push(file),
+            None => alike.push((sides, vec![file])),
+        }
+    }
+    if alike.is_empty() {
+        return Ok(whole());
+    }
+    let batch = session.ctx.copied_config().batch_size();
+    let mut groups = Vec::with_capacity(alike.len() + 1);
+    if !exact.is_empty() {
+        groups.push(FileGroup {
+            table: Some(session.events_table(&exact)?),
+            ts: None,
+            fill: Vec::new(),
+            files: exact.len(),
+        });
+    }
+    for (_, files) in alike {
+        let t = files[0].min_ts;
+        groups.push(FileGroup {
+            table: Some(session.events_table(&files)?),
+            ts: Some(t),
+            fill: vec![t; batch],
+            files: files.len(),
+        });
+    }
+    Ok(groups)
+}
+
+/// The instants at which the value `a` of a first/last test changes its
+/// outcome: the test holds alike for two values on the same side of each
+/// (`v < c` for both or `v >= c` for both). None when the test does more
+/// with the value than compare it with instants (a day-of-year test).
+fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+    let is_value = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "a");
+    let instant = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), _), _) => Some(*v),
+        _ => None,
+    };
+    let mut cuts = Vec::new();
+    let mut only_instants = true;
+    let walked = pass.apply(|e| match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) if is_value(left) || is_value(right) => {
+            let (v, op) = if is_value(left) {
+                (instant(right), Some(*op))
+            } else {
+                (instant(left), op.swap())
+            };
+            match (v, op) {
+                (Some(v), Some(Operator::Lt | Operator::GtEq)) => cuts.push(v),
+                (Some(v), Some(Operator::Gt | Operator::LtEq)) => cuts.push(v.saturating_add(1)),
+                (Some(v), Some(Operator::Eq | Operator::NotEq)) => {
+                    cuts.extend([v, v.saturating_add(1)])
+                }
+                _ => only_instants = false,
+            }
+            Ok(TreeNodeRecursion::Jump)
+        }
+        Expr::Between(Between {
+            expr, low, high, ..
+        }) if is_value(expr) => {
+            match (instant(low), instant(high)) {
+                (Some(lo), Some(hi)) => cuts.extend([lo, hi.saturating_add(1)]),
+                _ => only_instants = false,
+            }
+            Ok(TreeNodeRecursion::Jump)
+        }
+        Expr::IsNull(x) | Expr::IsNotNull(x) if is_value(x) => Ok(TreeNodeRecursion::Jump),
+        e if is_value(e) => {
+            only_instants = false;
+            Ok(TreeNodeRecursion::Stop)
+        }
+        _ => Ok(TreeNodeRecursion::Continue),
+    });
+    (walked.is_ok() && only_instants).then_some(cuts)
 }
 
 /// The plan without its filter operators. The scan keeps their predicate to
