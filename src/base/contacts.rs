@@ -131,7 +131,8 @@ pub fn to_storage(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch
 fn write_contacts(w: &Writer, batch: &RecordBatch) -> Result<DataFile> {
     let stored = for_storage(batch)?;
     let sink = w.new_file("contacts", "contacts", "parquet")?;
-    write_parquet(sink, stored.schema(), &[stored], contacts_properties())
+    let props = contacts_properties(&stored.schema());
+    write_parquet(sink, stored.schema(), &[stored], props)
 }
 
 /// The schema of the contacts table as stored (dictionary-encoded text
@@ -627,7 +628,7 @@ impl Output {
         samples.push(new_sample.clone());
         let schema = storage_schema(&new_sample.schema(), &samples)?;
         let sink = w.new_file("contacts", "contacts", "parquet")?;
-        let mut out = ParallelWriter::new(sink, schema.clone(), contacts_properties())?;
+        let mut out = ParallelWriter::new(sink, schema.clone(), contacts_properties(&schema))?;
         for b in pending {
             out.write(to_storage(&b, &schema)?)?;
         }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, new_null_array};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
@@ -218,26 +218,36 @@ pub fn read_parquet_one(path: &Path, columns: Option<&[&str]>) -> Result<RecordB
 
 /// Writer settings for contacts: zstd, statistics for pruning; the ids,
 /// read by every scan, delta-encoded (the dense internal ids take a few
-/// bytes a page and decode at memory speed).
-pub fn contacts_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid level"),
-        ))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(256 * 1024))
-        // Pages of a few thousand contacts, so that a lookup by id (a
-        // sample, a page of members) decodes little.
-        .set_data_page_row_count_limit(16 * 1024)
-        .set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
-        .set_column_encoding(ColumnPath::from("_iid"), Encoding::DELTA_BINARY_PACKED)
-        .set_column_compression(ColumnPath::from("_iid"), Compression::UNCOMPRESSED)
-        .set_column_dictionary_enabled(ColumnPath::from("contact_id"), false)
-        .set_column_encoding(
-            ColumnPath::from("contact_id"),
-            Encoding::DELTA_BINARY_PACKED,
-        )
-        .build()
+/// bytes a page and decode at memory speed). Columns whose values are
+/// (nearly) one per contact, e-mail addresses, phone numbers and times,
+/// are stored without a dictionary: it would hold every value, and reading
+/// a few contacts (a preview's sample) would decode all of it.
+pub fn contacts_properties(schema: &Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder();
+    for f in schema.fields() {
+        let unique = matches!(f.name().as_str(), "email" | "phone")
+            || matches!(f.data_type(), DataType::Timestamp(..));
+        if unique {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+        }
+    }
+    b.set_compression(Compression::ZSTD(
+        ZstdLevel::try_new(1).expect("valid level"),
+    ))
+    .set_statistics_enabled(EnabledStatistics::Page)
+    .set_max_row_group_row_count(Some(256 * 1024))
+    // Pages of a few thousand contacts, so that a lookup by id (a
+    // sample, a page of members) decodes little.
+    .set_data_page_row_count_limit(16 * 1024)
+    .set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
+    .set_column_encoding(ColumnPath::from("_iid"), Encoding::DELTA_BINARY_PACKED)
+    .set_column_compression(ColumnPath::from("_iid"), Compression::UNCOMPRESSED)
+    .set_column_dictionary_enabled(ColumnPath::from("contact_id"), false)
+    .set_column_encoding(
+        ColumnPath::from("contact_id"),
+        Encoding::DELTA_BINARY_PACKED,
+    )
+    .build()
 }
 
 /// Writer settings for events: sorted ids and timestamps delta-encoded and

@@ -326,7 +326,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
                 let writer = ParallelWriter::new(
                     w.new_file("contacts", "contacts", "parquet")?,
                     stored.clone(),
-                    contacts_properties(),
+                    contacts_properties(&stored),
                 )?;
                 contacts_writer.insert((writer, stored))
             }
