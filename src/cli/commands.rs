@@ -393,7 +393,9 @@ pub(super) fn check_cmd(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCode> {
+/// Generate a base, then compute its segments as of the generation's
+/// time, so that it is ready to query, serve or benchmark.
+pub(super) async fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCode> {
     let opts = segments::synth::GenOptions {
         contacts: args.contacts,
         events_per_contact: args.events_per_contact,
@@ -407,6 +409,17 @@ pub(super) fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCode> {
         stats.contacts,
         stats.events,
         t0.elapsed().as_secs_f64()
+    );
+    let mut base = open(dir)?;
+    let bar = progress_bar(&mut base);
+    let report = nightly(&base, "segments gen", opts.as_of).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "computed {} segments in {} ms: the base is up to date",
+        report.segments.len(),
+        report.duration_ms
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -504,7 +504,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => return sql_cmd(&dir, args).await,
         Command::Serve(args) => return serve_cmd(&dir, args).await,
         Command::Check => return check_cmd(&dir),
-        Command::Gen(args) => return gen_cmd(&dir, args),
+        Command::Gen(args) => return gen_cmd(&dir, args).await,
         Command::Bench(args) => return bench_cmd(args).await,
         Command::Demo(args) => return demo(&args.dir, args.contacts).await,
     }

@@ -347,21 +347,7 @@ impl Session {
     /// Contacts returned by a read-only query over the ad-hoc SQL tables
     /// that yields `contact_id`.
     pub async fn query_bitmap(&self, q: &str) -> Result<RoaringBitmap> {
-        let ctx = crate::engine::tables::user_context(&self.base, &self.manifest)?;
-        let user = crate::engine::guard::guarded(&ctx, q).await?;
-        if user
-            .schema()
-            .field_with_unqualified_name("contact_id")
-            .is_err()
-        {
-            return Err(Error::usage(
-                "a query criterion must return a contact_id column",
-            ));
-        }
-        let ids = user.select(vec![datafusion::logical_expr::cast(
-            col("contact_id"),
-            datafusion::arrow::datatypes::DataType::UInt64,
-        )])?;
+        let ids = self.query_plan(q).await?;
         let map = crate::base::ids::ContactIdMap::load(self.base.dir(), &self.manifest)?;
         let mut out = RoaringBitmap::new();
         let mut stream = ids.execute_stream().await?;
@@ -377,6 +363,26 @@ impl Session {
             );
         }
         Ok(out)
+    }
+
+    /// The plan of a query criterion, read-only, down to its `contact_id`
+    /// column; nothing is read but file metadata.
+    pub async fn query_plan(&self, q: &str) -> Result<DataFrame> {
+        let ctx = crate::engine::tables::user_context(&self.base, &self.manifest)?;
+        let user = crate::engine::guard::guarded(&ctx, q).await?;
+        if user
+            .schema()
+            .field_with_unqualified_name("contact_id")
+            .is_err()
+        {
+            return Err(Error::usage(
+                "a query criterion must return a contact_id column",
+            ));
+        }
+        Ok(user.select(vec![datafusion::logical_expr::cast(
+            col("contact_id"),
+            datafusion::arrow::datatypes::DataType::UInt64,
+        )])?)
     }
 }
 

@@ -26,9 +26,9 @@ use crate::error::{Error, Result};
 use crate::jobs::ManifestCatalog;
 use crate::jobs::recompute::{RunReport, compute, compute_into};
 
-/// Check a definition against a version of the base: schema, references,
-/// SQL predicates, and cycles (a definition replacing a segment of the same
-/// id takes its place in the graph).
+/// Check a definition against a version of the base: schema, references
+/// and cycles (a definition replacing a segment of the same id takes its
+/// place in the graph). [`check_plans`] then plans what SQL it holds.
 pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<()> {
     let cat = ManifestCatalog {
         manifest: m,
@@ -44,16 +44,6 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
             name: &def.name,
         },
     )?;
-    let mut has_sql = false;
-    def.criteria
-        .visit(&mut |c| has_sql |= matches!(c, Criterion::Sql(_)));
-    if has_sql {
-        check_sql(
-            &def.criteria,
-            "criteria",
-            &Session::new(base, Arc::new(m.clone()))?,
-        )?;
-    }
     let mut g = graph_of(m)?;
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
     g.add(&def.id, deps);
@@ -66,16 +56,66 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
     Ok(())
 }
 
-/// Plan every `sql` predicate against the contacts table, so that a typo is
-/// refused at save with its JSON path rather than failing every night.
-fn check_sql(c: &Criterion, path: &str, session: &Session) -> Result<()> {
-    let clock = Clock::new(Utc::now(), chrono_tz::UTC);
-    c.walk(path, &mut |node, path| match node {
-        Criterion::Sql(_) => crate::compile::contacts_expr(node, session, &clock)
-            .map(|_| ())
-            .map_err(|e| Error::definition(format!("{path}.sql"), e.to_string())),
-        _ => Ok(()),
-    })
+/// Plan every leaf of a definition without reading data: each `sql`
+/// predicate against the contacts table, each `query` over the SQL tables
+/// (down to its `contact_id`), each behaviour condition and field
+/// condition; so that what cannot run is refused at save with its JSON
+/// path, rather than saved and failing every night. Only failures that
+/// depend on data at run time remain (memory, a referenced segment
+/// failing).
+pub async fn check_plans(session: &Session, def: &Definition) -> Result<()> {
+    let clock = Clock::new(Utc::now(), session.base.tz());
+    let contacts = datafusion::common::DFSchema::try_from_qualified_schema(
+        crate::engine::session::CONTACTS,
+        &session.contacts_schema,
+    )?;
+    let contacts_plan = |node: &Criterion| {
+        let e = crate::compile::contacts_expr(node, session, &clock)?;
+        session.physical_expr(e, &contacts).map(|_| ())
+    };
+    let mut queries = Vec::new();
+    def.criteria.walk("criteria", &mut |node, path| {
+        let at = |what: &str, e: Error| Error::definition(format!("{path}.{what}"), one_line(e));
+        match node {
+            Criterion::Sql(_) => contacts_plan(node).map_err(|e| at("sql", e)),
+            Criterion::Field(_) => contacts_plan(node).map_err(|e| at("field", e)),
+            Criterion::Behavior(b) => session
+                .behavior_parts(b, &clock)
+                .map(|_| ())
+                .map_err(|e| at("behavior", e)),
+            Criterion::Query(q) => {
+                queries.push((format!("{path}.query"), q.clone()));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    })?;
+    for (path, q) in queries {
+        let planned = match session.query_plan(&q).await {
+            Ok(df) => df
+                .create_physical_plan()
+                .await
+                .map(|_| ())
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        planned.map_err(|e| Error::definition(path, one_line(e)))?;
+    }
+    Ok(())
+}
+
+/// The message of a planning error on one line (DataFusion lists the
+/// valid columns on a line of their own), without the internal id column.
+fn one_line(e: Error) -> String {
+    let message = match e {
+        Error::Definition { message, .. } => message,
+        e => e.to_string(),
+    };
+    message
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("contacts._iid, ", "")
 }
 
 struct SelfAware<'a> {
@@ -134,6 +174,7 @@ async fn preview_reading(
     let t0 = std::time::Instant::now();
     check_definition(&snap.manifest, &snap.base, def)?;
     let session = Session::new(&snap.base, snap.manifest.clone())?;
+    check_plans(&session, def).await?;
     let clock = Clock::new(as_of, snap.base.tz());
     let targets = vec![(def.id.clone(), def.name.clone(), def.criteria.clone())];
     let comp = compute(&session, &snap.manifest, snap.dir(), &clock, &targets).await;
@@ -302,6 +343,7 @@ pub async fn duplicate(
 pub async fn create(w: &mut Writer, def: &Definition, as_of: DateTime<Utc>) -> Result<RunReport> {
     check_unique(&w.next, &def.id, &def.name, None)?;
     check_definition(&w.next, &w.base, def)?;
+    check_plans(&Session::new(&w.base, Arc::new(w.next.clone()))?, def).await?;
     w.next
         .segments
         .push(new_record(def, Some(def.criteria_json.clone())));
@@ -326,6 +368,7 @@ pub async fn edit(
     def.id = id.clone();
     check_unique(&w.next, &def.id, &def.name, Some(&id))?;
     check_definition(&w.next, &w.base, &def)?;
+    check_plans(&Session::new(&w.base, Arc::new(w.next.clone()))?, &def).await?;
     let rec = w.next.segment_mut(&id).expect("checked");
     rec.name = def.name.clone();
     rec.description = def.description.clone();

@@ -9,31 +9,8 @@ fn versions(tb: &TestBase) -> Vec<u64> {
     list_versions(tb.path()).unwrap()
 }
 
-/// Every file of a base with its contents, but for the test's own input
-/// files and the pins of this process's readers (the lock is empty between
-/// writers).
 fn files(tb: &TestBase) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in walk(tb.path()) {
-        if !entry.contains("/input/") && !entry.contains("/readers/") {
-            let bytes = std::fs::read(&entry).unwrap();
-            out.push((entry, bytes));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn walk(p: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(p).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().to_string_lossy().to_string());
-        }
-    }
-    out
+    super::common::base_files(tb.path())
 }
 
 const AS_OF: &str = "2026-03-02T12:00:00Z";

@@ -780,3 +780,120 @@ fn a_writer_waits_for_another_with_wait() {
         .assert()
         .failure();
 }
+
+/// A definition that can never run is refused when it is saved, edited or
+/// previewed, with the JSON path of the criterion at fault, and the base
+/// is left byte for byte as it was; what fails only on the data (a cast of
+/// a text that is not a number) is still saved, as *failed*.
+#[test]
+fn what_cannot_be_planned_is_refused_at_save() {
+    let dir = small_base();
+    let b = dir.path();
+    let inputs = tempfile::tempdir().unwrap();
+    let def = inputs.path().join("def.json");
+    std::fs::write(
+        &def,
+        r#"{"id": "fr", "name": "FR", "criteria": {"field": "country", "op": "eq", "value": "fr"}}"#,
+    )
+    .unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .success();
+    let before = super::common::base_files(b);
+    let cases = [
+        (
+            r#"{"query": "SELECT * FROM '/etc/passwd'"}"#,
+            "criteria.query",
+            "/etc/passwd",
+        ),
+        (
+            r#"{"all": [{"field": "country", "op": "eq", "value": "fr"}, {"query": "SELECT email FROM contacts"}]}"#,
+            "criteria.all[1].query",
+            "contact_id",
+        ),
+        (
+            r#"{"any": [{"not": {"sql": "no_such_column > 1"}}]}"#,
+            "criteria.any[0].not.sql",
+            "no_such_column",
+        ),
+        (
+            r#"{"not": {"query": "DELETE FROM contacts"}}"#,
+            "criteria.not.query",
+            "read-only",
+        ),
+        (
+            r#"{"sql": "city + 1 > 2"}"#,
+            "criteria.sql",
+            "Cannot coerce",
+        ),
+        (
+            r#"{"query": "SELECT city + 1 AS contact_id FROM contacts"}"#,
+            "criteria.query",
+            "Cannot coerce",
+        ),
+    ];
+    for (criteria, path, what) in cases {
+        std::fs::write(
+            &def,
+            format!(r#"{{"name": "Never", "criteria": {criteria}}}"#),
+        )
+        .unwrap();
+        for args in [
+            vec!["segment", "create"],
+            vec!["segment", "edit", "fr"],
+            vec!["segment", "preview"],
+        ] {
+            let out = segments(b).args(&args).arg(&def).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} {criteria}: accepted");
+            assert!(
+                err.contains(path) && err.contains(what),
+                "{args:?} {criteria}: expected {path:?} and {what:?} in {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        assert!(
+            super::common::base_files(b) == before,
+            "{criteria}: the base changed"
+        );
+    }
+    std::fs::write(
+        &def,
+        r#"{"name": "Broken", "criteria": {"query": "SELECT CAST(email AS BIGINT) AS contact_id FROM contacts"}}"#,
+    )
+    .unwrap();
+    segments(b)
+        .args(["segment", "create"])
+        .arg(&def)
+        .assert()
+        .code(2);
+    let show = json_of(segments(b).args(["segment", "show", "broken", "--format", "json"]));
+    assert_eq!(show["status"], "failed", "{show}");
+}
+
+/// `gen` leaves a base ready: every segment computed as of the generation.
+#[test]
+fn gen_ends_with_every_segment_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path();
+    let out = stdout_of(segments(b).args([
+        "gen",
+        "--contacts",
+        "3000",
+        "--events-per-contact",
+        "5",
+        "--as-of",
+        AS_OF,
+    ]));
+    assert!(out.contains("the base is up to date"), "{out}");
+    let list = json_of(segments(b).args(["segment", "list", "--format", "json"]));
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 4, "{list:?}");
+    for s in list {
+        assert_eq!(s["status"], "up_to_date", "{s}");
+        assert!(s["computed_at"].is_string(), "{s}");
+    }
+    assert!(list.iter().any(|s| s["contacts"].as_u64() > Some(0)));
+}

@@ -430,3 +430,29 @@ impl HeldWriter {
         })
     }
 }
+
+/// Every file of a base with its contents, but for the test's own input
+/// files and the pins of this process's readers (the lock is empty between
+/// writers).
+pub fn base_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(p: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path().to_string_lossy().to_string());
+            }
+        }
+        out
+    }
+    let mut out = Vec::new();
+    for entry in walk(dir) {
+        if !entry.contains("/input/") && !entry.contains("/readers/") {
+            let bytes = std::fs::read(&entry).unwrap();
+            out.push((entry, bytes));
+        }
+    }
+    out.sort();
+    out
+}

@@ -525,6 +525,17 @@ fn segment_routes_answer_like_the_command_line() {
         "invalid_definition",
     );
     assert_eq!(err["path"], "criteria.all[1].op");
+    // A query that cannot be planned is refused at save, nothing saved.
+    let listed = Api::ok(api.get("/api/segments"));
+    let never =
+        json!({"name": "Never", "criteria": {"any": [{"query": "SELECT * FROM '/etc/passwd'"}]}});
+    let err = error(
+        api.post("/api/segments", &never),
+        StatusCode::BAD_REQUEST,
+        "invalid_definition",
+    );
+    assert_eq!(err["path"], "criteria.any[0].query");
+    assert_eq!(Api::ok(api.get("/api/segments")), listed);
     error(
         api.get("/api/segments/nope"),
         StatusCode::NOT_FOUND,
