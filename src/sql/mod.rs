@@ -1,6 +1,7 @@
 //! Read-only SQL over a snapshot: the guard that refuses writes and file
 //! access, shared by `segments sql` and the `query` criterion.
 
+mod catalog;
 pub mod serve;
 
 use crate::engine::guard::guarded;

@@ -36,7 +36,7 @@ use datafusion_postgres::pgwire::api::auth::{
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::Response;
+use datafusion_postgres::pgwire::api::results::{Response, Tag};
 use datafusion_postgres::pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, METADATA_USER, PgWireServerHandlers,
 };
@@ -46,6 +46,7 @@ use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use tokio::net::TcpListener;
 
+use super::catalog::{SERVER_VERSION, for_datafusion, shown_version};
 use crate::base::{Base, Snapshot};
 use crate::engine::guard::read_only;
 use crate::engine::guard::{check_plan, guarded};
@@ -76,7 +77,7 @@ pub async fn serve(
             "serve needs a password: set SEGMENTS_PASSWORD or `password` under [serve] in segments.toml",
         ));
     }
-    let versions = Arc::new(Versions::open(base)?);
+    let versions = Arc::new(Versions::open(base, &opts.user)?);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         // First: hooks are asked in order and the first answer wins.
         Arc::new(ReadOnly {
@@ -88,6 +89,8 @@ pub async fn serve(
     ];
     let mut params = DefaultServerParameterProvider::default();
     params.default_transaction_read_only = true;
+    params.is_superuser = false;
+    params.server_version = SERVER_VERSION.to_string();
     let first = versions.latest()?;
     let handlers = Arc::new(Handlers {
         session: Arc::new(DfSessionService::new_with_hooks(first.ctx.clone(), hooks)),
@@ -131,6 +134,8 @@ struct Version {
 /// The newest version, and superseded ones kept pinned for a while.
 struct Versions {
     base: Base,
+    /// The one user who can log in (what `current_user` answers).
+    user: String,
     live: Mutex<Live>,
 }
 
@@ -140,9 +145,10 @@ struct Live {
 }
 
 impl Versions {
-    fn open(base: Base) -> Result<Versions> {
+    fn open(base: Base, user: &str) -> Result<Versions> {
         Ok(Versions {
             base,
+            user: user.to_string(),
             live: Mutex::new(Live {
                 current: None,
                 retired: Vec::new(),
@@ -163,6 +169,7 @@ impl Versions {
         let ctx = user_context(&snapshot.base, &snapshot.manifest)?;
         setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
             .map_err(|e| Error::Engine(*e))?;
+        super::catalog::register(&ctx, &self.user);
         let version = Arc::new(Version {
             snapshot,
             ctx: Arc::new(ctx),
@@ -263,6 +270,37 @@ impl ErrorHandler for NameTheUser {
             *user = u.clone();
         }
     }
+}
+
+/// The tag of a savepoint statement, answered without effect: a
+/// read-only transaction has nothing to roll back to (SQLAlchemy and
+/// other clients open savepoints around their queries).
+fn savepoint_tag(stmt: &Statement) -> Option<&'static str> {
+    match stmt {
+        Statement::Savepoint { .. } => Some("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Some("RELEASE"),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Some("ROLLBACK"),
+        _ => None,
+    }
+}
+
+/// The answer to a `SHOW` of one text value.
+async fn show((name, value): (&str, String)) -> PgWireResult<Response> {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)])),
+        vec![Arc::new(StringArray::from(vec![value]))],
+    )
+    .map_err(|e| to_wire(e.into()))?;
+    let df = SessionContext::new()
+        .read_batch(batch)
+        .map_err(|e| to_wire(e.into()))?;
+    encode_dataframe(df, &Format::UnifiedText, None)
+        .await
+        .map(Response::Query)
 }
 
 /// SET variables the session hook keeps per connection. Any other SET would
@@ -421,6 +459,12 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(tag) = savepoint_tag(stmt) {
+            return Some(Ok(Response::Execution(Tag::new(tag))));
+        }
+        if let Some(shown) = shown_version(stmt) {
+            return Some(show(shown).await);
+        }
         if let Some(answer) = not_a_query(&self.versions, stmt).await {
             return answer;
         }
@@ -428,6 +472,7 @@ impl QueryHook for ReadOnly {
             Ok(v) => v,
             Err(e) => return Some(Err(to_wire(e))),
         };
+        let stmt = for_datafusion(stmt);
         let df = match guarded(&version.ctx, &stmt.to_string()).await {
             Ok(df) => df,
             Err(e) => return Some(Err(to_wire(e))),
@@ -446,10 +491,22 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if savepoint_tag(stmt).is_some() {
+            return Some(Ok(LogicalPlan::EmptyRelation(
+                datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(datafusion::common::DFSchema::empty()),
+                },
+            )));
+        }
         if let Some(answer) = not_a_query(&self.versions, stmt).await {
             return answer;
         }
-        Some(checked_plan(&self.versions, stmt).await.map_err(to_wire))
+        Some(
+            checked_plan(&self.versions, &for_datafusion(stmt))
+                .await
+                .map_err(to_wire),
+        )
     }
 
     /// Plans were checked when parsed; checked again before they run.
@@ -461,6 +518,12 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(tag) = savepoint_tag(stmt) {
+            return Some(Ok(Response::Execution(Tag::new(tag))));
+        }
+        if let Some(shown) = shown_version(stmt) {
+            return Some(show(shown).await);
+        }
         match kind(stmt) {
             Kind::Refused => Some(Err(refuse_statement(stmt))),
             Kind::Query => read_only()

@@ -477,3 +477,100 @@ fn the_sql_shell_edits_statements_on_a_terminal() {
     let history = std::fs::read_to_string(home.path().join(".segments_history")).unwrap();
     assert!(history.contains("40 + 2 AS answer"), "{history}");
 }
+
+/// A BI client built on SQLAlchemy 2 and psycopg 3 (as Superset is) against
+/// `segments serve`: it reads the version as PostgreSQL's, lists tables,
+/// views and their columns with types, opens and rolls back a savepoint,
+/// and reads a query with a bound parameter into pandas, with the rows of
+/// `segments sql`.
+#[test]
+fn sqlalchemy_and_pandas_inspect_and_read_over_the_postgresql_protocol() {
+    let ready = std::process::Command::new("python3")
+        .args(["-c", "import sqlalchemy, psycopg, pandas"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "python3 with sqlalchemy, psycopg and pandas is needed: \
+         python3 -m pip install sqlalchemy 'psycopg[binary]' pandas (.ci/run does)"
+    );
+    let dir = small_base();
+    let b = dir.path();
+    let server = Server::start(b, "s3cret pass");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/sqlalchemy_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([&server.port.to_string(), "s3cret pass"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["server_version_info"], serde_json::json!([16, 6]));
+    assert!(
+        seen["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL 16.6 (segments "),
+        "{seen}"
+    );
+    assert_eq!(seen["current_user"], "segments");
+    assert_eq!(seen["after_savepoint"], 6);
+    assert_eq!(
+        seen["tables"],
+        serde_json::json!(["imports", "segment_members", "segments"])
+    );
+    assert_eq!(seen["views"], serde_json::json!(["contacts", "events"]));
+    let header = std::fs::read_to_string(testdata("small/contacts.csv")).unwrap();
+    let header: Vec<&str> = header.lines().next().unwrap().split(',').collect();
+    let columns: Vec<(String, String)> = seen["columns"]["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c[0].as_str().unwrap().into(), c[1].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        header
+    );
+    let type_of = |name: &str| columns.iter().find(|c| c.0 == name).unwrap().1.clone();
+    assert_eq!(
+        [
+            type_of("city"),
+            type_of("email_optin"),
+            type_of("birth_date")
+        ],
+        ["TEXT", "BOOLEAN", "DATE"]
+    );
+    for t in ["events", "segments", "segment_members", "imports"] {
+        assert!(!seen["columns"][t].as_array().unwrap().is_empty(), "{t}");
+    }
+    let expected: Vec<Value> = String::from_utf8(
+        segments(b)
+            .args([
+                "sql",
+                "--format",
+                "csv",
+                "SELECT contact_id, city FROM contacts WHERE score > 100 ORDER BY contact_id",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| {
+        let (id, city) = l.split_once(',').unwrap();
+        serde_json::json!([id.parse::<u64>().unwrap(), city])
+    })
+    .collect();
+    assert!(expected.len() >= 3, "{expected:?}");
+    assert_eq!(seen["rows"], Value::Array(expected));
+}
