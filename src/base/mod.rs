@@ -433,26 +433,31 @@ pub fn default_memory_limit() -> usize {
         .unwrap_or(4 << 30)
 }
 
-/// A size in bytes: `1048576`, `512MiB`, `2GiB`, `1.5GB`, `800KB`.
 /// How long to wait for the writer lock: `500ms`, `30s`, `2m`; a bare
 /// number is seconds. At most ten minutes.
 pub fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
+    Ok(parse_duration(text)?.min(Duration::from_secs(600)))
+}
+
+/// A duration as `500ms`, `30s` (or `30`), `2m` or `1h`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
-    let bad = || format!("{text:?}: expected a wait such as 500ms, 30s or 2m");
+    let bad = || format!("{text:?}: expected a duration such as 500ms, 30s, 2m or 1h");
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let d = match unit {
+    Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(bad()),
-    };
-    Ok(d.min(Duration::from_secs(600)))
+    })
 }
 
+/// A size in bytes: `1048576`, `512MiB`, `2GiB`, `1.5GB`, `800KB`.
 pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
     let t = text.trim();
     let split = t

@@ -169,6 +169,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         memory_limit,
         max_upload,
         request_timeout,
+        statement_timeout,
     } = args;
     let (http, pg) = match (http, pg) {
         (None, None) => (Some("8080".to_string()), Some("5433".to_string())),
@@ -210,6 +211,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
                 listen,
                 user: user.clone(),
                 password,
+                statement_timeout,
             };
             segments::sql::serve::serve(
                 base,

@@ -164,6 +164,11 @@ struct ServeArgs {
     /// A request still running after this many seconds is answered 408.
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
+    /// Over the PostgreSQL protocol, a statement still running after this
+    /// long is cancelled (e.g. 30s, 5m); each connection may change it
+    /// with `SET statement_timeout`. Default: none.
+    #[arg(long, value_parser = segments::base::parse_duration)]
+    statement_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Args)]

@@ -1,8 +1,9 @@
 //! The DataFusion rooms' common ground: the session over one version of a
 //! base (tables, caches, memory limit), the functions it registers, the
-//! tables of ad-hoc SQL, and the read-only guard. `compile` plans criteria
+//! tables of ad-hoc SQL, the read-only guard and the time limit of a query. `compile` plans criteria
 //! on it; `sql` serves queries from it.
 
+pub mod deadline;
 pub mod guard;
 pub mod session;
 pub mod tables;

@@ -163,6 +163,7 @@ fn fresh_state(base: &Base) -> Result<SessionState> {
                 .with_config(config)
                 .with_runtime_env(runtime)
                 .with_default_features()
+                .with_query_planner(Arc::new(crate::engine::deadline::Planner))
                 .build();
             templates().push((key, s.clone()));
             s

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Set, SetExpr, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
@@ -44,10 +44,12 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::tokio::process_socket;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, QueryHook};
+use futures::StreamExt;
 use tokio::net::TcpListener;
 
 use super::catalog::{SERVER_VERSION, for_datafusion, shown_version};
 use crate::base::{Base, Snapshot};
+use crate::engine::deadline::{TIMEOUT_MESSAGE, with_deadline};
 use crate::engine::guard::read_only;
 use crate::engine::guard::{check_plan, guarded};
 use crate::engine::tables::user_context;
@@ -62,6 +64,9 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub user: String,
     pub password: String,
+    /// The statement timeout a connection starts with (`SET
+    /// statement_timeout` changes it for the connection; 0 turns it off).
+    pub statement_timeout: Option<Duration>,
 }
 
 /// Serve until `shutdown` completes. `ready` is told the bound address
@@ -82,6 +87,7 @@ pub async fn serve(
         // First: hooks are asked in order and the first answer wins.
         Arc::new(ReadOnly {
             versions: versions.clone(),
+            statement_timeout: opts.statement_timeout,
         }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
@@ -286,6 +292,21 @@ fn savepoint_tag(stmt: &Statement) -> Option<&'static str> {
     }
 }
 
+/// A query stopped by its statement timeout as PostgreSQL reports it
+/// (SQLSTATE 57014, query_canceled); other errors as they are.
+fn timed_out(e: PgWireError) -> PgWireError {
+    match &e {
+        PgWireError::ApiError(inner) if inner.to_string().contains(TIMEOUT_MESSAGE) => {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "57014".into(),
+                TIMEOUT_MESSAGE.into(),
+            )))
+        }
+        _ => e,
+    }
+}
+
 /// The answer to a `SHOW` of one text value.
 async fn show((name, value): (&str, String)) -> PgWireResult<Response> {
     use datafusion::arrow::array::StringArray;
@@ -433,6 +454,40 @@ async fn check_cursor(versions: &Versions, stmt: &Statement) -> Result<()> {
 
 struct ReadOnly {
     versions: Arc<Versions>,
+    statement_timeout: Option<Duration>,
+}
+
+/// Where datafusion-postgres keeps a connection's `statement_timeout` (ms).
+const TIMEOUT_KEY: &str = "statement_timeout_ms";
+/// Set once the connection's timeout has its starting value.
+const TIMEOUT_SET_KEY: &str = "segments_statement_timeout_set";
+
+impl ReadOnly {
+    /// Give the connection the server's statement timeout, before its first
+    /// statement (which may be a `SET statement_timeout`) is handled.
+    fn start_timeout(&self, client: &mut dyn HookClient) {
+        let metadata = client.metadata_mut();
+        if metadata.contains_key(TIMEOUT_SET_KEY) {
+            return;
+        }
+        metadata.insert(TIMEOUT_SET_KEY.into(), String::new());
+        if let Some(t) = self.statement_timeout {
+            metadata.insert(TIMEOUT_KEY.into(), t.as_millis().to_string());
+        }
+    }
+
+    /// The connection's statement timeout.
+    fn timeout(&self, client: &(dyn ClientInfo + Send + Sync)) -> Option<Duration> {
+        let metadata = client.metadata();
+        if !metadata.contains_key(TIMEOUT_SET_KEY) {
+            return self.statement_timeout;
+        }
+        metadata
+            .get(TIMEOUT_KEY)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis)
+    }
 }
 
 /// The hook's answer to a statement that is not a query: a refusal, or
@@ -459,6 +514,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.start_timeout(client);
         if let Some(tag) = savepoint_tag(stmt) {
             return Some(Ok(Response::Execution(Tag::new(tag))));
         }
@@ -474,14 +530,23 @@ impl QueryHook for ReadOnly {
         };
         let stmt = for_datafusion(stmt);
         let df = match guarded(&version.ctx, &stmt.to_string()).await {
-            Ok(df) => df,
+            Ok(df) => match self.timeout(client) {
+                Some(limit) => {
+                    let (state, plan) = df.into_parts();
+                    DataFrame::new(state, with_deadline(plan, limit))
+                }
+                None => df,
+            },
             Err(e) => return Some(Err(to_wire(e))),
         };
         let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         Some(
             encode_dataframe(df, &Format::UnifiedText, Some(format))
                 .await
-                .map(Response::Query),
+                .map(|mut rows| {
+                    rows.data_rows = Box::pin(rows.data_rows.map(|row| row.map_err(timed_out)));
+                    Response::Query(rows)
+                }),
         )
     }
 
@@ -489,7 +554,7 @@ impl QueryHook for ReadOnly {
         &self,
         stmt: &Statement,
         _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         if savepoint_tag(stmt).is_some() {
             return Some(Ok(LogicalPlan::EmptyRelation(
@@ -502,9 +567,14 @@ impl QueryHook for ReadOnly {
         if let Some(answer) = not_a_query(&self.versions, stmt).await {
             return answer;
         }
+        let limit = self.timeout(client);
         Some(
             checked_plan(&self.versions, &for_datafusion(stmt))
                 .await
+                .map(|plan| match limit {
+                    Some(limit) => with_deadline(plan, limit),
+                    None => plan,
+                })
                 .map_err(to_wire),
         )
     }
@@ -516,8 +586,9 @@ impl QueryHook for ReadOnly {
         plan: &LogicalPlan,
         _params: &ParamValues,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.start_timeout(client);
         if let Some(tag) = savepoint_tag(stmt) {
             return Some(Ok(Response::Execution(Tag::new(tag))));
         }

@@ -45,4 +45,17 @@ frame = pd.read_sql(
     params={"s": 100},
 )
 seen["rows"] = [[int(r.contact_id), r.city] for r in frame.itertuples()]
+# A statement over the connection's timeout is cancelled; the next runs.
+with engine.connect() as conn:
+    conn.execute(sa.text("SET statement_timeout = '300ms'"))
+    try:
+        conn.execute(
+            sa.text("SELECT count(*) FROM generate_series(1, 5000000000) WHERE value > :v"),
+            {"v": 0},
+        ).scalar()
+        seen["timeout"] = "not cancelled"
+    except sa.exc.DBAPIError as e:
+        seen["timeout"] = str(e.orig)
+        conn.rollback()
+    seen["after_timeout"] = conn.execute(sa.text("SELECT count(*) FROM contacts")).scalar()
 print(json.dumps(seen))

@@ -249,15 +249,32 @@ impl Server {
 
     /// Run psql (unaligned, tuples only, stop on error).
     fn psql(&self, password: &str, sql: &str) -> std::process::Output {
+        self.psql_session(password, &[sql])
+    }
+
+    /// Run statements in one psql session (unaligned, tuples only), stopping
+    /// at the first error, with SQLSTATEs in messages.
+    fn psql_session(&self, password: &str, statements: &[&str]) -> std::process::Output {
         let psql = ["/usr/bin/psql", "/usr/local/bin/psql"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("psql not found: install the postgresql-client package (.ci/run does)");
-        std::process::Command::new(psql)
-            .args(["-h", "127.0.0.1", "-U", "segments", "-d", "segments"])
+        let mut cmd = std::process::Command::new(psql);
+        cmd.args(["-h", "127.0.0.1", "-U", "segments", "-d", "segments"])
             .args(["-p", &self.port.to_string()])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGPASSWORD", password)
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
+            ]);
+        for s in statements {
+            cmd.args(["-c", s]);
+        }
+        cmd.env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "20")
             .output()
             .unwrap()
@@ -573,4 +590,55 @@ fn sqlalchemy_and_pandas_inspect_and_read_over_the_postgresql_protocol() {
     .collect();
     assert!(expected.len() >= 3, "{expected:?}");
     assert_eq!(seen["rows"], Value::Array(expected));
+    assert!(
+        seen["timeout"]
+            .as_str()
+            .unwrap()
+            .contains("canceling statement due to statement timeout"),
+        "{seen}"
+    );
+    assert_eq!(seen["after_timeout"], 6);
+}
+
+/// `serve --statement-timeout`: a statement running longer is cancelled
+/// with SQLSTATE 57014; `SET statement_timeout` changes it for the
+/// connection, 0 turns it off; the connection goes on.
+#[test]
+fn statements_over_their_timeout_are_cancelled() {
+    let dir = small_base();
+    let b = dir.path();
+    let (child, port) = super::common::serve(
+        b,
+        "pw",
+        &["--pg", "127.0.0.1:0", "--statement-timeout", "1s"],
+    );
+    let server = Server { child, port };
+    let long = "SELECT count(*) FROM generate_series(1, 5000000000)";
+    let out = server.psql_session("pw", &[long]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("57014: canceling statement due to statement timeout"),
+        "{err}"
+    );
+    let out = server.psql_session(
+        "pw",
+        &[
+            "SHOW statement_timeout",
+            "SET statement_timeout = '200ms'",
+            "SHOW statement_timeout",
+            "SET statement_timeout = 0",
+            "SELECT count(*) FROM generate_series(1, 3000000)",
+            "SET statement_timeout = '200ms'",
+            long,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["1000ms", "SET", "200ms", "SET", "3000000", "SET"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("57014"));
 }

@@ -1,0 +1,209 @@
+//! A time limit on a query (a statement timeout): a node at the root of its
+//! plan ends the query's stream with an error once the time is up, and
+//! drops the streams below it, which stops their work. The clock starts
+//! when the query starts running, and the node travels with a prepared
+//! statement's plan until it is executed.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchemaRef, DataFusionError};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, RecordBatchStream,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::Stream;
+
+/// The message of a query stopped by its time limit (as PostgreSQL's).
+pub const TIMEOUT_MESSAGE: &str = "canceling statement due to statement timeout";
+
+/// `plan`, stopped when it runs longer than `limit`.
+pub fn with_deadline(plan: LogicalPlan, limit: Duration) -> LogicalPlan {
+    LogicalPlan::Extension(Extension {
+        node: Arc::new(Deadline { input: plan, limit }),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+struct Deadline {
+    input: LogicalPlan,
+    limit: Duration,
+}
+
+impl UserDefinedLogicalNodeCore for Deadline {
+    fn name(&self) -> &str {
+        "Deadline"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "Deadline: {:?}", self.limit)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
+        Ok(Deadline {
+            input: inputs.swap_remove(0),
+            limit: self.limit,
+        })
+    }
+}
+
+/// The query planner of the sessions: DataFusion's, which also plans
+/// [`Deadline`] nodes.
+#[derive(Debug)]
+pub struct Planner;
+
+#[async_trait]
+impl QueryPlanner for Planner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(DeadlinePlanner)])
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
+}
+
+struct DeadlinePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for DeadlinePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn datafusion::logical_expr::UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _planning: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(deadline) = node.as_any().downcast_ref::<Deadline>() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(DeadlineExec {
+            input: physical_inputs[0].clone(),
+            limit: deadline.limit,
+        })))
+    }
+}
+
+#[derive(Debug)]
+struct DeadlineExec {
+    input: Arc<dyn ExecutionPlan>,
+    limit: Duration,
+}
+
+impl DisplayAs for DeadlineExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeadlineExec: {:?}", self.limit)
+    }
+}
+
+impl ExecutionPlan for DeadlineExec {
+    fn name(&self) -> &str {
+        "DeadlineExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(DeadlineExec {
+            input: children.swap_remove(0),
+            limit: self.limit,
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let schema = self.input.schema();
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(Timed {
+            input: Some(input),
+            timer: Box::pin(tokio::time::sleep(self.limit)),
+            schema,
+        }))
+    }
+}
+
+/// The input's batches until the timer fires, then the timeout error.
+struct Timed {
+    input: Option<SendableRecordBatchStream>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    schema: SchemaRef,
+}
+
+impl Stream for Timed {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.input.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            // Dropping the input stops the work under it.
+            self.input = None;
+            return Poll::Ready(Some(Err(DataFusionError::External(TIMEOUT_MESSAGE.into()))));
+        }
+        let polled = self.input.as_mut().map(|i| i.as_mut().poll_next(cx));
+        match polled {
+            Some(Poll::Ready(None)) | None => {
+                self.input = None;
+                Poll::Ready(None)
+            }
+            Some(other) => other,
+        }
+    }
+}
+
+impl RecordBatchStream for Timed {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
