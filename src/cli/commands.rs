@@ -170,7 +170,13 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         max_upload,
         request_timeout,
         statement_timeout,
+        tls_cert,
+        tls_key,
     } = args;
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(segments::sql::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
     let (http, pg) = match (http, pg) {
         (None, None) => (Some("8080".to_string()), Some("5433".to_string())),
         other => other,
@@ -184,17 +190,20 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
     let http_server = {
         let base = base.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         async move {
             let Some(listen) = http else { return Ok(()) };
             let mut opts = segments::http::HttpOptions::new(listen, base.config.serve.accounts());
             opts.max_upload = max_upload;
             opts.request_timeout = std::time::Duration::from_secs(request_timeout);
+            opts.tls = tls;
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
             segments::http::serve(
                 base,
                 opts,
                 |addr| {
                     eprintln!(
-                        "serving {} on http://{addr}/ (JSON API); Ctrl-C stops",
+                        "serving {} on {scheme}://{addr}/ (JSON API); Ctrl-C stops",
                         dir.display()
                     )
                 },
@@ -207,19 +216,22 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         let stop = stop.clone();
         async move {
             let Some(listen) = pg else { return Ok(()) };
+            let with_tls = tls.is_some();
             let opts = segments::sql::serve::ServeOptions {
                 listen,
                 user: user.clone(),
                 password,
                 statement_timeout,
+                tls,
             };
             segments::sql::serve::serve(
                 base,
                 opts,
                 |addr| {
                     eprintln!(
-                        "serving {} on {addr} (PostgreSQL protocol, user {user}, read-only); Ctrl-C stops",
-                        dir.display()
+                        "serving {} on {addr} (PostgreSQL protocol{}, user {user}, read-only); Ctrl-C stops",
+                        dir.display(),
+                        if with_tls { ", TLS" } else { "" }
                     )
                 },
                 async move { stop.cancelled().await },

@@ -169,6 +169,13 @@ struct ServeArgs {
     /// with `SET statement_timeout`. Default: none.
     #[arg(long, value_parser = segments::base::parse_duration)]
     statement_timeout: Option<std::time::Duration>,
+    /// Serve HTTPS and TLS over the PostgreSQL protocol with this
+    /// certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]

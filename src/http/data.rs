@@ -510,8 +510,14 @@ pub async fn login(
         .auth
         .login(&body.user, &body.password)
         .ok_or_else(|| ApiError::unauthorized("wrong user or password"))?;
+    // Over HTTPS, the browser sends the cookie over HTTPS only.
+    let secure = if state.options.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         answer.token, answer.expires_in_s
     );
     Ok(([(header::SET_COOKIE, cookie)], axum::Json(answer)).into_response())

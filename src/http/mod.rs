@@ -53,6 +53,8 @@ pub struct HttpOptions {
     pub max_body: usize,
     /// Largest imported file.
     pub max_upload: usize,
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<crate::sql::tls::TlsFiles>,
 }
 
 impl HttpOptions {
@@ -63,6 +65,7 @@ impl HttpOptions {
             request_timeout: Duration::from_secs(600),
             max_body: 4 << 20,
             max_upload: 16 << 30,
+            tls: None,
         }
     }
 }
@@ -251,10 +254,84 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::usage(format!("cannot listen on {}: {e}", options.listen)))?;
+    let tls = match &options.tls {
+        Some(files) => Some(files.acceptor(&[b"http/1.1"])?),
+        None => None,
+    };
     let app = router(AppState::new(base, options));
     ready(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("HTTP server: {e}")))
+    match tls {
+        Some(acceptor) => {
+            axum::serve(TlsListener::new(listener, acceptor, addr), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+    .map_err(|e| Error::Internal(format!("HTTP server: {e}")))
+}
+
+/// Connections accepted over TLS. Handshakes run concurrently, each in a
+/// task of its own with a time limit, so that a slow client holds up no
+/// other; the connections come out as their handshakes end.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+type TlsStream<S> = datafusion_postgres::pgwire::tokio::tokio_rustls::server::TlsStream<S>;
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    fn new(
+        listener: TcpListener,
+        acceptor: datafusion_postgres::pgwire::tokio::TlsAcceptor,
+        addr: SocketAddr,
+    ) -> TlsListener {
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (socket, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: wait, then go on.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        TlsListener { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task ends only with the server.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
 }

@@ -3,6 +3,7 @@
 
 mod catalog;
 pub mod serve;
+pub mod tls;
 
 use crate::engine::guard::guarded;
 use crate::engine::tables;

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     /// The statement timeout a connection starts with (`SET
     /// statement_timeout` changes it for the connection; 0 turns it off).
     pub statement_timeout: Option<Duration>,
+    /// Accept TLS connections (`sslmode=require`) with this certificate.
+    pub tls: Option<super::tls::TlsFiles>,
 }
 
 /// Serve until `shutdown` completes. `ready` is told the bound address
@@ -82,6 +84,10 @@ pub async fn serve(
             "serve needs a password: set SEGMENTS_PASSWORD or `password` under [serve] in segments.toml",
         ));
     }
+    let tls = match &opts.tls {
+        Some(files) => Some(files.acceptor(&[b"postgresql"])?),
+        None => None,
+    };
     let versions = Arc::new(Versions::open(base, &opts.user)?);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         // First: hooks are asked in order and the first answer wins.
@@ -103,6 +109,7 @@ pub async fn serve(
         user: Arc::new(User::new(&opts.user, &opts.password)),
         params: Arc::new(params),
         connections: Arc::new(ConnectionManager::new()),
+        tls_only: tls.is_some(),
     });
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -115,9 +122,9 @@ pub async fn serve(
         loop {
             match listener.accept().await {
                 Ok((socket, _)) => {
-                    let handlers = handlers.clone();
+                    let (handlers, tls) = (handlers.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let _ = process_socket(socket, None, handlers).await;
+                        let _ = process_socket(socket, tls, handlers).await;
                     });
                 }
                 // Out of file descriptors and the like: wait, then go on.
@@ -234,6 +241,8 @@ struct Handlers {
     user: Arc<User>,
     params: Arc<DefaultServerParameterProvider>,
     connections: Arc<ConnectionManager>,
+    /// Refuse connections that did not start TLS.
+    tls_only: bool,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -247,11 +256,12 @@ impl PgWireServerHandlers for Handlers {
 
     /// A new handler per connection: it holds the connection's SCRAM exchange.
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(
-            SASLAuthStartupHandler::new(self.params.clone())
+        Arc::new(TlsOnly {
+            required: self.tls_only,
+            inner: SASLAuthStartupHandler::new(self.params.clone())
                 .with_scram(ScramAuth::new(self.user.clone()))
                 .with_connection_manager(self.connections.clone()),
-        )
+        })
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
@@ -260,6 +270,43 @@ impl PgWireServerHandlers for Handlers {
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(NameTheUser)
+    }
+}
+
+/// A server with a certificate serves TLS connections only (as PostgreSQL's
+/// `hostssl`): a client that did not ask for TLS is refused at its first
+/// message, before any password is exchanged.
+struct TlsOnly<H> {
+    required: bool,
+    inner: H,
+}
+
+#[async_trait]
+impl<H: StartupHandler> StartupHandler for TlsOnly<H> {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: datafusion_postgres::pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + futures::Sink<datafusion_postgres::pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<
+            <C as futures::Sink<datafusion_postgres::pgwire::messages::PgWireBackendMessage>>::Error,
+        >,
+    {
+        if self.required && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server accepts TLS connections only (sslmode=require)".into(),
+            ))));
+        }
+        self.inner.on_startup(client, message).await
     }
 }
 

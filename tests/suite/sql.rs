@@ -642,3 +642,123 @@ fn statements_over_their_timeout_are_cancelled() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("57014"));
 }
+
+/// `serve --tls-cert --tls-key`: psql connects with `sslmode=verify-full`
+/// and curl with the certificate as its authority, the session cookie is
+/// `Secure`; plain connections are refused; without a certificate
+/// `sslmode=require` is refused; a key that is not one stops the server
+/// with the file named.
+#[test]
+fn serve_speaks_tls_over_both_protocols() {
+    let dir = small_base();
+    let b = dir.path();
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key) = (keys.path().join("cert.pem"), keys.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext"])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed (.ci/run installs it)");
+    assert!(made.status.success(), "{made:?}");
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls = ["--tls-cert", cert_s, "--tls-key", key_s];
+
+    let (child, port) =
+        super::common::serve(b, "pw", &[&["--pg", "127.0.0.1:0"][..], &tls].concat());
+    let server = Server { child, port };
+    let psql = |sslmode: &str, sql: &str| {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host=localhost port={port} user=segments dbname=segments sslmode={sslmode} sslrootcert={cert_s}"
+            ))
+            .args(["-X", "-A", "-t", "-c", sql])
+            .env("PGPASSWORD", "pw")
+            .env("PGCONNECT_TIMEOUT", "20")
+            .output()
+            .unwrap()
+    };
+    let out = psql("verify-full", "\\conninfo");
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        info.contains("SSL connection (protocol: TLSv1."),
+        "{info} {out:?}"
+    );
+    let out = psql("verify-full", "SELECT count(*) FROM contacts");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    let out = psql("disable", "SELECT 1");
+    assert!(!out.status.success(), "a plain connection was served");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("accepts TLS connections only"),
+        "{out:?}"
+    );
+    drop(server);
+
+    let (child, port) =
+        super::common::serve(b, "pw", &[&["--http", "127.0.0.1:0"][..], &tls].concat());
+    let server = Server { child, port };
+    let curl = |url: &str| {
+        std::process::Command::new("curl")
+            .args(["-s", "-S", "-i", "--cacert", cert_s, "-u", "segments:pw"])
+            .args(["-H", "content-type: application/json"])
+            .args(["-d", r#"{"user": "segments", "password": "pw"}"#])
+            .arg(url)
+            .output()
+            .expect("curl is needed (.ci/run installs it)")
+    };
+    let out = curl(&format!("https://localhost:{port}/api/login"));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer} {out:?}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+    let out = curl(&format!("http://localhost:{port}/api/login"));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("200 OK"),
+        "plain HTTP was served"
+    );
+    drop(server);
+
+    // Without a certificate, TLS is refused; a bad key stops the server.
+    let plain = Server::start(b, "pw");
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=segments dbname=segments sslmode=require",
+            plain.port
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not support SSL"),
+        "{out:?}"
+    );
+    let out = segments(b)
+        .env("SEGMENTS_PASSWORD", "pw")
+        .args([
+            "serve",
+            "--pg",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            cert_s,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(cert_s) && err.contains("private key"), "{err}");
+}
