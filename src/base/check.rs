@@ -7,6 +7,7 @@ use roaring::RoaringBitmap;
 use crate::base::Snapshot;
 use crate::base::bitmaps::{TaggedBitmaps, read_bitmap};
 use crate::base::manifest::Manifest;
+use crate::base::manifest::history_problems;
 use crate::base::store::read_checked;
 use crate::error::{Error, Result};
 
@@ -68,6 +69,17 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
                         st.contacts,
                         members.len()
                     ));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let tz = snap.base.tz();
+    for s in &m.segments {
+        match s.history.points(dir) {
+            Ok(points) => {
+                for p in history_problems(&points, snap.base.config.history_days, tz) {
+                    problems.push(format!("segment {}: {p}", s.id));
                 }
             }
             Err(e) => problems.push(e.to_string()),

@@ -39,6 +39,11 @@ pub struct Config {
     /// `segments serve`: who may connect.
     #[serde(default, skip_serializing_if = "ServeConfig::is_empty")]
     pub serve: ServeConfig,
+    /// Days of detailed history per segment: older computations keep one
+    /// point a day (its size, the day's entries and exits) and lose their
+    /// entry and exit bitmaps. 0 keeps every detail.
+    #[serde(default = "default_history_days")]
+    pub history_days: u32,
 }
 
 /// The user and password of `segments serve` (the environment variables
@@ -147,6 +152,9 @@ fn default_tz() -> String {
 fn default_threshold() -> usize {
     200
 }
+fn default_history_days() -> u32 {
+    400
+}
 fn default_tags_separator() -> String {
     ";".into()
 }
@@ -171,6 +179,7 @@ impl Default for Config {
             activity: default_activity(),
             fields: BTreeMap::new(),
             serve: ServeConfig::default(),
+            history_days: default_history_days(),
         }
     }
 }

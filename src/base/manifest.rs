@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::base::schema::FieldDef;
@@ -205,6 +206,71 @@ pub struct HistoryPoint {
     /// Bitmaps of the entries and exits of that computation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<DataFile>,
+}
+
+/// Bound the detail of a history to `days` (0: every detail kept), counted
+/// back from `now`, the time (`as_of`) of its newest computation: older
+/// points lose their entry and exit bitmaps (whose files are then no longer
+/// referenced), and the old points of one day (in `tz`) that follow each
+/// other become one, with the day's last size and its entries and exits
+/// summed.
+pub fn bound_history(points: &mut Vec<HistoryPoint>, now: DateTime<Utc>, days: u32, tz: Tz) {
+    if days == 0 {
+        return;
+    }
+    let horizon = now - chrono::Duration::days(days as i64);
+    if points.iter().all(|p| p.as_of >= horizon) {
+        return;
+    }
+    let day = |t: DateTime<Utc>| t.with_timezone(&tz).date_naive();
+    let mut kept: Vec<HistoryPoint> = Vec::with_capacity(points.len());
+    for mut p in points.drain(..) {
+        if p.as_of >= horizon {
+            kept.push(p);
+            continue;
+        }
+        p.delta = None;
+        match kept.last_mut() {
+            Some(last) if last.as_of < horizon && day(last.as_of) == day(p.as_of) => {
+                last.entries += p.entries;
+                last.exits += p.exits;
+                last.at = p.at;
+                last.as_of = p.as_of;
+                last.size = p.size;
+            }
+            _ => kept.push(p),
+        }
+    }
+    *points = kept;
+}
+
+/// The problems of a history against its bound (see [`bound_history`]): an
+/// old point that keeps its bitmaps, or two old points of one day in a row.
+pub fn history_problems(points: &[HistoryPoint], days: u32, tz: Tz) -> Vec<String> {
+    let Some(now) = points.last().map(|p| p.as_of) else {
+        return Vec::new();
+    };
+    if days == 0 {
+        return Vec::new();
+    }
+    let horizon = now - chrono::Duration::days(days as i64);
+    let old = |p: &HistoryPoint| p.as_of < horizon;
+    let day = |p: &HistoryPoint| p.as_of.with_timezone(&tz).date_naive();
+    let mut problems = Vec::new();
+    if points.iter().any(|p| old(p) && p.delta.is_some()) {
+        problems.push(format!(
+            "history older than {days} days keeps entry and exit bitmaps"
+        ));
+    }
+    if points
+        .windows(2)
+        .any(|w| old(&w[0]) && old(&w[1]) && day(&w[0]) == day(&w[1]))
+    {
+        problems.push(format!(
+            "history older than {days} days has more than one point a day"
+        ));
+    }
+    problems
 }
 
 impl Manifest {
@@ -475,5 +541,83 @@ mod tests {
         }
         let h: History = serde_json::from_str(r#"[{"delta":7}]"#).unwrap();
         assert!(h.deltas(dir).is_err());
+    }
+
+    /// Points at `as_of` times (RFC 3339), each with a delta file, and its
+    /// size, entries and exits.
+    fn points(at: &[(&str, u64, u64, u64)]) -> Vec<HistoryPoint> {
+        at.iter()
+            .enumerate()
+            .map(|(i, &(t, size, entries, exits))| {
+                let t: DateTime<Utc> = t.parse().unwrap();
+                HistoryPoint {
+                    at: t,
+                    as_of: t,
+                    size,
+                    entries,
+                    exits,
+                    delta: Some(DataFile {
+                        path: format!("bitmaps/delta-{i}.bm"),
+                        bytes: 1,
+                        crc32: 0,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn history_beyond_its_days_keeps_one_point_a_day_without_bitmaps() {
+        let tz: Tz = "Europe/Paris".parse().unwrap();
+        let mut h = points(&[
+            ("2026-01-01T09:00:00Z", 10, 10, 0),
+            ("2026-01-01T21:00:00Z", 12, 3, 1),
+            // 23:30 UTC is the next day in Paris.
+            ("2026-01-01T23:30:00Z", 11, 0, 1),
+            ("2026-01-03T09:00:00Z", 15, 4, 0),
+            ("2026-01-09T09:00:00Z", 14, 0, 1),
+            ("2026-01-09T10:00:00Z", 16, 2, 0),
+            ("2026-01-10T09:00:00Z", 16, 0, 0),
+        ]);
+        assert_eq!(history_problems(&h, 0, tz), Vec::<String>::new());
+        assert_eq!(history_problems(&h, 3, tz).len(), 2);
+        let now = h.last().unwrap().as_of;
+        bound_history(&mut h, now, 3, tz);
+        let seen: Vec<(String, u64, u64, u64, bool)> = h
+            .iter()
+            .map(|p| {
+                (
+                    p.as_of.to_rfc3339(),
+                    p.size,
+                    p.entries,
+                    p.exits,
+                    p.delta.is_some(),
+                )
+            })
+            .collect();
+        let row =
+            |t: &str, size, entries, exits, delta| (t.to_string(), size, entries, exits, delta);
+        assert_eq!(
+            seen,
+            vec![
+                row("2026-01-01T21:00:00+00:00", 12, 13, 1, false),
+                row("2026-01-01T23:30:00+00:00", 11, 0, 1, false),
+                row("2026-01-03T09:00:00+00:00", 15, 4, 0, false),
+                row("2026-01-09T09:00:00+00:00", 14, 0, 1, true),
+                row("2026-01-09T10:00:00+00:00", 16, 2, 0, true),
+                row("2026-01-10T09:00:00+00:00", 16, 0, 0, true),
+            ]
+        );
+        assert_eq!(history_problems(&h, 3, tz), Vec::<String>::new());
+        // Bounding again changes nothing; 0 days keeps every detail.
+        let again = h.clone();
+        bound_history(&mut h, now, 3, tz);
+        assert_eq!(format!("{h:?}"), format!("{again:?}"));
+        let mut all = points(&[
+            ("2020-01-01T00:00:00Z", 1, 1, 0),
+            ("2026-01-01T00:00:00Z", 1, 0, 0),
+        ]);
+        bound_history(&mut all, now, 0, tz);
+        assert!(all.iter().all(|p| p.delta.is_some()));
     }
 }

@@ -7,7 +7,9 @@ use roaring::RoaringBitmap;
 
 use crate::base::Writer;
 use crate::base::bitmaps::TaggedBitmaps;
-use crate::base::manifest::{HistoryPoint, SegmentRecord, SegmentStats, SegmentStatus};
+use crate::base::manifest::{
+    HistoryPoint, SegmentRecord, SegmentStats, SegmentStatus, bound_history,
+};
 use crate::error::Result;
 
 /// Tag of the member set inside a members file.
@@ -107,7 +109,8 @@ pub fn store_result(
             .write(w, &format!("delta-{}", rec.id))?,
         )
     };
-    rec.history.points_mut(w.dir())?.push(HistoryPoint {
+    let points = rec.history.points_mut(w.dir())?;
+    points.push(HistoryPoint {
         at,
         as_of,
         size: new.len(),
@@ -115,6 +118,7 @@ pub fn store_result(
         exits: exits.len(),
         delta,
     });
+    bound_history(points, as_of, w.base.config.history_days, w.base.tz());
     rec.stats = Some(SegmentStats {
         contacts: new.len(),
         email_optins: new.intersection_len(&optins.email),
@@ -171,9 +175,24 @@ pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap, gone_optins: &OptIn
             }
             rec.members = Some(kept.encode().write(w, &format!("seg-{}", rec.id))?);
         }
-        // Replay the history to know which deleted contacts were members at each point.
-        let mut were = RoaringBitmap::new();
-        for p in rec.history.points_mut(&dir)? {
+        // Replay the detailed history to know which deleted contacts were
+        // members at each point, from the members before its first point
+        // (the current members with its points undone, newest first).
+        // Points beyond `history_days` keep the sizes they had.
+        let points = rec.history.points_mut(&dir)?;
+        let detailed = points.len()
+            - points
+                .iter()
+                .rev()
+                .take_while(|p| p.delta.is_some() || p.entries + p.exits == 0)
+                .count();
+        let mut before = m.members.clone();
+        for p in points[detailed..].iter().rev() {
+            let (entries, exits) = read_delta(&dir, p)?;
+            before = (before - entries) | exits;
+        }
+        let mut were = before & gone;
+        for p in &mut points[detailed..] {
             let (entries, exits) = read_delta(&dir, p)?;
             let (ge, gx) = (&entries & gone, &exits & gone);
             were |= &ge;

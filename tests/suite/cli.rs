@@ -897,3 +897,105 @@ fn gen_ends_with_every_segment_up_to_date() {
     }
     assert!(list.iter().any(|s| s["contacts"].as_u64() > Some(0)));
 }
+
+/// `history_days`: computations older than that (counted back from the
+/// newest) keep one point a day (the day's last size, its entries and exits
+/// summed) and lose their entry and exit bitmaps; `check` verifies it, and
+/// reports a base computed under a longer setting until its next
+/// computation; deleting a contact afterwards leaves a sound base.
+#[test]
+fn history_is_bounded_to_its_days() {
+    let dir = small_base();
+    let b = dir.path();
+    let toml = b.join("segments.toml");
+    let set_days = |days: u32| {
+        let text = std::fs::read_to_string(&toml).unwrap();
+        assert!(text.contains("history_days = "), "{text}");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("history_days = ") {
+                    format!("history_days = {days}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&toml, text).unwrap();
+    };
+    let check = |code: i32| {
+        let out = segments(b).arg("check").output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for as_of in [
+        "2026-11-24T08:00:00Z",
+        "2026-11-24T20:00:00Z",
+        "2026-11-26T08:00:00Z",
+        "2026-11-30T08:00:00Z",
+        "2026-12-01T08:00:00Z",
+    ] {
+        segments(b)
+            .args(["recompute", "--as-of", as_of])
+            .assert()
+            .success();
+    }
+    check(0);
+    // A shorter setting: check names what the next computation bounds.
+    set_days(3);
+    let report = check(3);
+    assert!(
+        report.contains("history older than 3 days keeps entry and exit bitmaps"),
+        "{report}"
+    );
+    segments(b)
+        .args(["recompute", "--as-of", "2026-12-01T09:00:00Z"])
+        .assert()
+        .success();
+    check(0);
+    let history = |id: &str| {
+        json_of(segments(b).args(["segment", "history", id, "--format", "json"]))
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let h = history("all_contacts");
+    let days: Vec<&str> = h
+        .iter()
+        .map(|p| &p["as_of"].as_str().unwrap()[..10])
+        .collect();
+    // Before 2026-11-28T09:00 one point a day (the base's imports computed
+    // it twice on 2026-11-23); after, every computation.
+    assert_eq!(
+        days,
+        [
+            "2026-11-23",
+            "2026-11-24",
+            "2026-11-26",
+            "2026-11-30",
+            "2026-12-01",
+            "2026-12-01"
+        ],
+        "{h:?}"
+    );
+    // The sizes add up from the entries and exits, merged points included.
+    let mut size = 0i64;
+    for p in &h {
+        size += p["entries"].as_i64().unwrap() - p["exits"].as_i64().unwrap();
+        assert_eq!(size, p["size"].as_i64().unwrap(), "{h:?}");
+    }
+    segments(b)
+        .args(["contacts", "delete", "101"])
+        .assert()
+        .success();
+    check(0);
+    let h = history("all_contacts");
+    let sizes: Vec<u64> = h.iter().map(|p| p["size"].as_u64().unwrap()).collect();
+    // The points the history can replay lose the deleted contact; the
+    // oldest, whose entries lost their bitmap, keeps its size.
+    assert_eq!(sizes, [6, 5, 5, 5, 5, 5], "{h:?}");
+}
