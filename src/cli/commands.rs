@@ -187,6 +187,14 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
     base.memory_limit = memory_limit;
     let (user, password) = base.config.serve.credentials();
     let stop = tokio_util::sync::CancellationToken::new();
+    // Memory freed after a query's peak goes back to the system.
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(crate::return_freed_memory).await;
+        }
+    });
     let http_server = {
         let base = base.clone();
         let stop = stop.clone();

@@ -762,3 +762,49 @@ fn serve_speaks_tls_over_both_protocols() {
     assert!(!out.status.success());
     assert!(err.contains(cert_s) && err.contains("private key"), "{err}");
 }
+
+/// A server that ran a large query gives the memory back: its resident
+/// size returns near where it was, instead of staying at the query's peak.
+#[test]
+fn serve_gives_memory_back_after_a_large_query() {
+    let dir = small_base();
+    let server = Server::start(dir.path(), "pw");
+    let status = |field: &str| -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    };
+    let before = status("VmRSS:");
+    // A sort of 3M rows of ~50 bytes.
+    let out = server.psql(
+        "pw",
+        "SELECT count(*) FROM (SELECT value, concat('x', value, repeat('y', 40)) AS s \
+         FROM generate_series(1, 3000000) ORDER BY s DESC, value LIMIT 2999999)",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2999999",
+        "{out:?}"
+    );
+    let peak = status("VmHWM:");
+    assert!(
+        peak > before + 300,
+        "the query peaked at {peak} MiB from {before} MiB"
+    );
+    let mut now = status("VmRSS:");
+    for _ in 0..60 {
+        if now < before + 150 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        now = status("VmRSS:");
+    }
+    assert!(
+        now < before + 150,
+        "resident {now} MiB after a peak of {peak} MiB, {before} MiB before"
+    );
+}
