@@ -44,6 +44,10 @@ pub struct Config {
     /// entry and exit bitmaps. 0 keeps every detail.
     #[serde(default = "default_history_days")]
     pub history_days: u32,
+    /// After an events import, a month holding more files than this is
+    /// merged into one (`segments compact` does it for every month).
+    #[serde(default = "default_compact_after_files")]
+    pub compact_after_files: usize,
 }
 
 /// The user and password of `segments serve` (the environment variables
@@ -155,6 +159,9 @@ fn default_threshold() -> usize {
 fn default_history_days() -> u32 {
     400
 }
+fn default_compact_after_files() -> usize {
+    8
+}
 fn default_tags_separator() -> String {
     ";".into()
 }
@@ -180,6 +187,7 @@ impl Default for Config {
             fields: BTreeMap::new(),
             serve: ServeConfig::default(),
             history_days: default_history_days(),
+            compact_after_files: default_compact_after_files(),
         }
     }
 }

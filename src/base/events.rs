@@ -353,6 +353,98 @@ fn write_sorted(
     })
 }
 
+/// One month's files merged into one by [`compact_months`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MonthCompaction {
+    pub month: String,
+    /// Files before; one after.
+    pub files: usize,
+    pub rows: u64,
+}
+
+/// The months that hold more than `max_files` files, oldest first.
+pub fn months_over(events: &[EventFile], max_files: usize) -> Vec<String> {
+    let mut per_month: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in events {
+        *per_month.entry(e.month.as_str()).or_default() += 1;
+    }
+    per_month
+        .into_iter()
+        .filter(|(_, n)| *n > max_files.max(1))
+        .map(|(m, _)| m.to_string())
+        .collect()
+}
+
+/// Merge the files of each of `months` into one, sorted by (`_iid`, `ts`)
+/// as an import writes a month (rows of one contact at one instant keep
+/// the order of their files), in the next version; the merged file takes
+/// the place of the month's first. A file written before a column was added
+/// reads it as empty, as the scans do.
+pub fn compact_months(w: &mut Writer, months: &[String]) -> Result<Vec<MonthCompaction>> {
+    let dir = w.dir().to_path_buf();
+    let schema = events_schema(&w.next.event_columns);
+    let files = std::mem::take(&mut w.next.events);
+    let mut merged: BTreeMap<String, EventFile> = BTreeMap::new();
+    let mut report = Vec::new();
+    for month in months {
+        let of_month: Vec<&EventFile> = files.iter().filter(|e| &e.month == month).collect();
+        if of_month.len() < 2 {
+            continue;
+        }
+        let batches = of_month
+            .iter()
+            .map(|e| {
+                let b = read_parquet_one(&dir.join(&e.file.path), None)?;
+                aligned(&b, &schema)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let all = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        drop(batches);
+        let iids = iid_column(&all);
+        let ts = ts_column(&all).values();
+        let mut keyed: Vec<(u32, i64, u32)> = (0..all.num_rows() as u32)
+            .into_par_iter()
+            .map(|r| (iids[r as usize], ts[r as usize], r))
+            .collect();
+        keyed.par_sort_unstable();
+        let indices = UInt32Array::from_iter_values(keyed.iter().map(|k| k.2));
+        drop(keyed);
+        let file = write_sorted(w, &schema, &all, Some(&indices), month)?;
+        report.push(MonthCompaction {
+            month: month.clone(),
+            files: of_month.len(),
+            rows: file.rows,
+        });
+        merged.insert(month.clone(), file);
+    }
+    let compacted: Vec<String> = merged.keys().cloned().collect();
+    let mut out = Vec::with_capacity(files.len());
+    for e in files {
+        if !compacted.contains(&e.month) {
+            out.push(e);
+        } else if let Some(file) = merged.remove(&e.month) {
+            out.push(file);
+        }
+    }
+    w.next.events = out;
+    Ok(report)
+}
+
+/// A batch of an events file with the columns of `schema`: those it lacks
+/// (added to the base after it was written) empty.
+fn aligned(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(datafusion::arrow::compute::cast(c, f.data_type())?),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 /// Rewrite the event files that hold events of deleted contacts.
 pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
     let dir = w.dir().to_path_buf();

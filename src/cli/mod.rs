@@ -78,6 +78,9 @@ enum Command {
     Serve(ServeArgs),
     /// Verify the base: manifest, files, checksums, bitmaps, statistics.
     Check,
+    /// Merge the events files of each month that imports have cut into
+    /// several into one (imports do it past `compact_after_files`).
+    Compact(CompactArgs),
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),
     /// Benchmark workloads on a generated base (see BENCHMARKS.md).
@@ -176,6 +179,13 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    /// Merge the months holding more files than this.
+    #[arg(long, default_value_t = 1)]
+    max_files: usize,
 }
 
 #[derive(Args)]
@@ -516,6 +526,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => return sql_cmd(&dir, args).await,
         Command::Serve(args) => return serve_cmd(&dir, args).await,
         Command::Check => return check_cmd(&dir),
+        Command::Compact(args) => {
+            let base = open(&dir)?;
+            let merged = segments::jobs::compact::compact(
+                &base,
+                &describe("segments compact"),
+                args.max_files,
+            )
+            .await?;
+            if merged.is_empty() {
+                println!(
+                    "nothing to compact: no month holds more than {} file(s)",
+                    args.max_files.max(1)
+                );
+            }
+            for m in merged {
+                println!(
+                    "{}: {} files merged into one ({} events)",
+                    m.month, m.files, m.rows
+                );
+            }
+        }
         Command::Gen(args) => return gen_cmd(&dir, args).await,
         Command::Bench(args) => return bench_cmd(args).await,
         Command::Demo(args) => return demo(&args.dir, args.contacts).await,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::base::Base;
 use crate::base::contacts::{ImportOptions, import_contacts};
-use crate::base::events::{EventImportOptions, import_events};
+use crate::base::events::{EventImportOptions, compact_months, import_events, months_over};
 use crate::base::imports::ImportReport;
 use crate::error::Result;
 use crate::jobs::recompute::{RunReport, after_import};
@@ -39,7 +39,13 @@ pub async fn import(
     let (out, _) = crate::jobs::change(base, command, async |w| {
         let report = match what {
             ImportFile::Contacts { file, options } => import_contacts(w, file, options)?,
-            ImportFile::Events { file, options } => import_events(w, file, options)?,
+            ImportFile::Events { file, options } => {
+                let report = import_events(w, file, options)?;
+                // Months that imports have cut into many files are merged.
+                let crowded = months_over(&w.next.events, w.base.config.compact_after_files);
+                compact_months(w, &crowded)?;
+                report
+            }
         };
         let refreshed = after_import(w, as_of.unwrap_or_else(Utc::now)).await?;
         Ok((report, refreshed))

@@ -1,6 +1,7 @@
 //! The user-facing verbs over a base: init with the default segments,
 //! segment lifecycle, the nightly recompute, audiences.
 
+pub mod compact;
 pub mod contacts;
 pub mod export;
 pub mod import;

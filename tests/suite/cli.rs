@@ -907,22 +907,7 @@ fn gen_ends_with_every_segment_up_to_date() {
 fn history_is_bounded_to_its_days() {
     let dir = small_base();
     let b = dir.path();
-    let toml = b.join("segments.toml");
-    let set_days = |days: u32| {
-        let text = std::fs::read_to_string(&toml).unwrap();
-        assert!(text.contains("history_days = "), "{text}");
-        let text: String = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("history_days = ") {
-                    format!("history_days = {days}\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(&toml, text).unwrap();
-    };
+    let set_days = |days: u32| set_config(b, "history_days", &days.to_string());
     let check = |code: i32| {
         let out = segments(b).arg("check").output().unwrap();
         assert_eq!(out.status.code(), Some(code), "{out:?}");
@@ -998,4 +983,105 @@ fn history_is_bounded_to_its_days() {
     // The points the history can replay lose the deleted contact; the
     // oldest, whose entries lost their bitmap, keeps its size.
     assert_eq!(sizes, [6, 5, 5, 5, 5, 5], "{h:?}");
+}
+
+/// Set a top-level key of a base's `segments.toml`.
+fn set_config(base: &std::path::Path, key: &str, value: &str) {
+    let toml = base.join("segments.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let prefix = format!("{key} = ");
+    assert!(text.contains(&prefix), "{text}");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(&prefix) {
+                format!("{key} = {value}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&toml, text).unwrap();
+}
+
+/// Events files per month of a base's newest version.
+fn files_per_month(base: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let snap = segments::base::Base::open(base)
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for e in &snap.manifest.events {
+        *out.entry(e.month.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// `segments compact` merges each month's files into one; every answer is
+/// the same after it (members with their entry times, a recompute, SQL over
+/// events); an events import merges a month past `compact_after_files`.
+#[test]
+fn compaction_merges_months_and_changes_no_answer() {
+    let dir = small_base();
+    let b = dir.path();
+    set_config(b, "compact_after_files", "1000");
+    for name in ["second", "third"] {
+        segments(b)
+            .env("SEGMENTS_IMPORT_CHUNK_BYTES", "40")
+            .args(["import", "events"])
+            .arg(testdata("small/events.csv"))
+            .args(["--name", name, "--as-of", AS_OF])
+            .assert()
+            .success();
+    }
+    let before_files = files_per_month(b);
+    assert!(before_files.values().all(|&n| n >= 3), "{before_files:?}");
+    let answers = |b: &std::path::Path| {
+        let list = json_of(segments(b).args(["segment", "list", "--format", "json"]));
+        let mut out = Vec::new();
+        for s in list.as_array().unwrap() {
+            let id = s["id"].as_str().unwrap();
+            out.push(stdout_of(
+                segments(b).args(["segment", "members", id, "--format", "json"]),
+            ));
+        }
+        out.push(stdout_of(segments(b).args([
+            "sql",
+            "--format",
+            "csv",
+            "SELECT contact_id, ts, type, operation_id, url, amount FROM events \
+             ORDER BY contact_id, ts, type, operation_id, url, amount",
+        ])));
+        out
+    };
+    let before = answers(b);
+    let out = stdout_of(segments(b).args(["compact"]));
+    assert!(out.contains("2026-11: "), "{out}");
+    let after_files = files_per_month(b);
+    assert!(after_files.values().all(|&n| n == 1), "{after_files:?}");
+    assert_eq!(
+        after_files.keys().collect::<Vec<_>>(),
+        before_files.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(answers(b), before);
+    segments(b).arg("check").assert().success();
+    // A recompute on the merged files finds the same members.
+    segments(b)
+        .args(["recompute", "--as-of", AS_OF])
+        .assert()
+        .success();
+    assert_eq!(answers(b), before);
+    assert!(stdout_of(segments(b).args(["compact"])).starts_with("nothing to compact"));
+    // An import past the setting merges the months it crowds.
+    set_config(b, "compact_after_files", "2");
+    segments(b)
+        .env("SEGMENTS_IMPORT_CHUNK_BYTES", "40")
+        .args(["import", "events"])
+        .arg(testdata("small/events.csv"))
+        .args(["--name", "fourth", "--as-of", AS_OF])
+        .assert()
+        .success();
+    let files = files_per_month(b);
+    assert!(files.values().all(|&n| n <= 2), "{files:?}");
+    segments(b).arg("check").assert().success();
 }

@@ -55,7 +55,8 @@ fn ok(base: &Path, args: &[&str]) -> String {
 
 /// What a user can see of a base, in full and in order: every contact with
 /// every field, every event, the imports, each segment's statistics, every
-/// member with its entry time, and each segment's history. Times taken from
+/// member with its entry time, and each segment's history; and the number
+/// of events files of each month. Times taken from
 /// the clock (when an import or a computation ran) are kept when `known`
 /// holds them (they come from the state before the command) and read
 /// `<new>` otherwise, so that two runs of one command compare equal.
@@ -76,6 +77,12 @@ fn state(base: &Path, known: &HashSet<String>) -> String {
         .unwrap()
         .snapshot()
         .unwrap();
+    // How the events are laid out in files (what `compact` changes).
+    let mut per_month = std::collections::BTreeMap::new();
+    for e in &snap.manifest.events {
+        *per_month.entry(e.month.as_str()).or_insert(0) += 1;
+    }
+    out.push(format!("events files per month: {per_month:?}"));
     for rec in &snap.manifest.segments {
         out.push(format!("history of {}", rec.id));
         for p in rec.history.points(snap.dir()).unwrap().iter() {
@@ -176,6 +183,28 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
         &["import", "contacts", &contacts, "--as-of", AS_OF],
     );
     ok(&template, &["import", "events", &events, "--as-of", AS_OF]);
+    // Months cut into several files, for `compact` to merge.
+    let config = template.join("segments.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("compact_after_files = 8"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("compact_after_files = 8", "compact_after_files = 1000"),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "import", "events", &events, "--name", "chunked", "--as-of", AS_OF,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let out = run_with(
+        &template,
+        &args,
+        None,
+        &[("SEGMENTS_IMPORT_CHUNK_BYTES", "40")],
+    );
+    assert!(out.status.success(), "{out:?}");
     let parisiens = testdata("segments/04-parisiens.json").display().to_string();
     ok(
         &template,
@@ -254,6 +283,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
             5,
         ),
         ("recompute", vec!["recompute", "--as-of", LATER], &[], 15),
+        ("compact", vec!["compact"], &[], 15),
         (
             "contacts delete",
             vec!["contacts", "delete", "101", "102"],
@@ -328,7 +358,7 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
         total += points;
         report.push(format!("{name}: {points} ({saw_old} old, {saw_new} new)"));
     }
-    assert!(total >= 181, "{total} durable steps in all");
+    assert!(total >= 200, "{total} durable steps in all");
     println!(
         "crash matrix: {total} crash points over {} commands; {}",
         commands.len(),
