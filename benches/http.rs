@@ -1,6 +1,7 @@
 //! The HTTP API against the library in the same process, on the benchmark
 //! base of `segments bench`: the five typical previews, in-process and as
-//! `POST /api/preview` over loopback, interleaved; then the segments list
+//! `POST /api/preview` over loopback, interleaved, with and without the
+//! sample's profiles; then the segments list
 //! (`GET /api/segments`, every segment). Prints p50 and p99 of each and
 //! their ratio (see BENCHMARKS.md).
 //!
@@ -110,23 +111,35 @@ fn main() {
         base.snapshot().unwrap().manifest.segments.len(),
         opts.runs
     );
+    // Each preview two ways, each in process and over HTTP, interleaved:
+    // the count and the sample's ids (`preview`, `?profiles=false`), and
+    // with the sample's profiles, as the criteria builder asks for it
+    // (`preview_with_profiles`, the default of `POST /api/preview`).
     println!(
-        "| preview | in-process p50 | HTTP p50 | ratio | in-process p99 | HTTP p99 | contacts |"
+        "| preview | with profiles | in-process p50 | HTTP p50 | ratio | in-process p99 | HTTP p99 | contacts |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut results = Vec::new();
     for p in typical_previews().unwrap() {
         let def = Definition::parse(&p).unwrap();
-        let local = || {
+        let local = |profiles: bool| {
             let snap = base.snapshot().unwrap();
-            rt.block_on(segments::jobs::segments::preview(&snap, &def, as_of))
-                .unwrap()
-                .count
+            let preview = if profiles {
+                rt.block_on(segments::jobs::segments::preview_with_profiles(
+                    &snap, &def, as_of,
+                ))
+            } else {
+                rt.block_on(segments::jobs::segments::preview(&snap, &def, as_of))
+            };
+            preview.unwrap().count
         };
-        let remote = || -> u64 {
+        let remote = |profiles: bool| -> u64 {
             let v: Value = client
                 .post(format!("{url}/preview"))
-                .query(&[("as_of", as_of.to_rfc3339())])
+                .query(&[
+                    ("as_of", as_of.to_rfc3339()),
+                    ("profiles", profiles.to_string()),
+                ])
                 .bearer_auth(&token)
                 .json(&p)
                 .send()
@@ -135,28 +148,33 @@ fn main() {
                 .unwrap();
             v["count"].as_u64().unwrap_or_else(|| panic!("{v}"))
         };
-        for _ in 0..2 {
-            assert_eq!(local(), remote());
+        for profiles in [false, true] {
+            for _ in 0..2 {
+                assert_eq!(local(profiles), remote(profiles));
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..opts.runs {
+                let t = Instant::now();
+                let n = local(profiles);
+                a.push(ms(t));
+                let t = Instant::now();
+                assert_eq!(remote(profiles), n);
+                b.push(ms(t));
+            }
+            let (a50, b50) = (quantile(&a, 0.5), quantile(&b, 0.5));
+            println!(
+                "| {} | {} | {a50:.1} ms | {b50:.1} ms | {:.3} | {:.1} ms | {:.1} ms | {} |",
+                def.id,
+                if profiles { "yes" } else { "no" },
+                b50 / a50,
+                quantile(&a, 0.99),
+                quantile(&b, 0.99),
+                local(profiles)
+            );
+            results.push(
+                json!({"preview": def.id, "profiles": profiles, "local_ms": a, "http_ms": b}),
+            );
         }
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..opts.runs {
-            let t = Instant::now();
-            let n = local();
-            a.push(ms(t));
-            let t = Instant::now();
-            assert_eq!(remote(), n);
-            b.push(ms(t));
-        }
-        let (a50, b50) = (quantile(&a, 0.5), quantile(&b, 0.5));
-        println!(
-            "| {} | {a50:.1} ms | {b50:.1} ms | {:.3} | {:.1} ms | {:.1} ms | {} |",
-            def.id,
-            b50 / a50,
-            quantile(&a, 0.99),
-            quantile(&b, 0.99),
-            local()
-        );
-        results.push(json!({"preview": def.id, "local_ms": a, "http_ms": b}));
     }
 
     let list = || {

@@ -78,13 +78,24 @@ pub struct AsOfParam {
     pub as_of: Option<String>,
 }
 
-/// Count and sample of a definition; nothing is saved (`segment preview`).
-#[utoipa::path(operation_id = "preview", post, path = "/api/preview", tag = "segments", params(AsOfParam),
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewParams {
+    /// RFC 3339 instant (or a date) to evaluate relative criteria at (default now).
+    pub as_of: Option<String>,
+    /// With the profiles of the sample (default true); `false` answers the
+    /// count and the sample's ids alone, as `segment preview` does.
+    pub profiles: Option<bool>,
+}
+
+/// Count and sample of a definition, with the sample's profiles; nothing is
+/// saved (`segment preview`).
+#[utoipa::path(operation_id = "preview", post, path = "/api/preview", tag = "segments", params(PreviewParams),
     request_body = PreviewBody,
     responses((status = 200, body = PreviewAnswer), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn preview(
     State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<AsOfParam>,
+    ApiQuery(p): ApiQuery<PreviewParams>,
     ApiJson(mut body): ApiJson<Value>,
 ) -> ApiResult<axum::Json<PreviewAnswer>> {
     if let Some(obj) = body.as_object_mut() {
@@ -93,7 +104,10 @@ pub async fn preview(
     let def = definition(&body)?;
     let as_of = parse_instant(p.as_of.as_deref(), "as_of")?.unwrap_or_else(chrono::Utc::now);
     let snap = state.base.snapshot()?;
-    let preview = seg::preview_with_profiles(&snap, &def, as_of).await?;
+    let preview = match p.profiles {
+        Some(false) => seg::preview(&snap, &def, as_of).await?,
+        _ => seg::preview_with_profiles(&snap, &def, as_of).await?,
+    };
     let profiles = match &preview.profiles {
         Some(batch) => json_rows(std::slice::from_ref(batch))?,
         None => Vec::new(),

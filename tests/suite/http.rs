@@ -330,6 +330,19 @@ fn segment_routes_answer_like_the_command_line() {
         cli.contains(&format!("sample: {}", sample.join(", "))),
         "{cli} vs {preview}"
     );
+    // With the sample's profiles by default; without them on request.
+    let profiles = preview["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), sample.len());
+    assert_eq!(profiles[0]["contact_id"], preview["sample"][0]);
+    let bare = Api::ok(api.post(&format!("/api/preview?as_of={AS_OF}&profiles=false"), &def));
+    assert_eq!(
+        (&bare["count"], &bare["sample"], &bare["profiles"]),
+        (
+            &preview["count"],
+            &preview["sample"],
+            &serde_json::json!([])
+        )
+    );
 
     // Create, then the list, show, members and export equal the CLI's.
     let created = Api::expect(
