@@ -31,6 +31,8 @@ mod suite {
     pub mod readers;
     /// Plain-Rust reference evaluator written from the SPEC (tests only).
     pub mod reference;
+    /// Clients of both protocols for a minute while imports and recomputes run.
+    pub mod soak;
     /// Read-only SQL: the command, the shell, the PostgreSQL protocol.
     pub mod sql;
     /// Validation errors with JSON paths, cycles.

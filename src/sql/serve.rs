@@ -9,7 +9,10 @@
 //!   variables kept per connection); everything else is refused.
 //! - Snapshots: each statement reads the newest version of the base when it
 //!   starts. A superseded version stays pinned for [`RETAIN`] so that
-//!   queries and prepared statements still running on it can finish.
+//!   queries and prepared statements still running on it can finish; of
+//!   those, the [`RETAIN_VERSIONS`] newest (each holds a few MiB of
+//!   catalog), so that a server whose base changes every few seconds keeps
+//!   its memory.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -57,6 +60,8 @@ use crate::error::{Error, Result};
 
 /// How long a superseded version stays pinned by the server.
 pub const RETAIN: Duration = Duration::from_secs(3600);
+/// How many superseded versions stay pinned at most.
+pub const RETAIN_VERSIONS: usize = 8;
 
 /// Who may connect, and where.
 #[derive(Debug, Clone)]
@@ -144,6 +149,17 @@ struct Version {
     ctx: Arc<SessionContext>,
 }
 
+/// The `pg_catalog` schema of datafusion-postgres holds the catalog list it
+/// is registered in: a cycle that would keep every version's session (a few
+/// MiB each) for good. It is taken out when the version is let go.
+impl Drop for Version {
+    fn drop(&mut self) {
+        if let Some(catalog) = self.ctx.catalog("datafusion") {
+            let _ = catalog.deregister_schema("pg_catalog", true);
+        }
+    }
+}
+
 /// The newest version, and superseded ones kept pinned for a while.
 struct Versions {
     base: Base,
@@ -193,6 +209,8 @@ impl Versions {
         }
         live.retired
             .retain(|(at, _)| now.duration_since(*at) < RETAIN);
+        let excess = live.retired.len().saturating_sub(RETAIN_VERSIONS);
+        live.retired.drain(..excess);
         Ok(version)
     }
 }

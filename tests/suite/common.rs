@@ -356,6 +356,26 @@ pub fn succeeded(out: std::process::Output) -> std::process::Output {
 /// [http://]127.0.0.1:PORT...`). The rest of its standard error is read
 /// and dropped, so that the server never writes to a closed pipe.
 pub fn serve(base: &Path, password: &str, args: &[&str]) -> (std::process::Child, u16) {
+    let (child, ports) = serve_lines(base, password, args, 1);
+    (child, ports[0])
+}
+
+/// `segments serve` on both protocols (ports chosen by the system): the
+/// process, its HTTP port and its PostgreSQL port.
+pub fn serve_both(base: &Path, password: &str) -> (std::process::Child, u16, u16) {
+    let args = ["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"];
+    let (child, ports) = serve_lines(base, password, &args, 2);
+    (child, ports[0], ports[1])
+}
+
+/// Start `segments serve` and read the port of each of its first `lines`
+/// lines (HTTP first when there are two).
+fn serve_lines(
+    base: &Path,
+    password: &str,
+    args: &[&str],
+    lines: usize,
+) -> (std::process::Child, Vec<u16>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segments"))
         .env("SEGMENTS_BASE", base)
@@ -366,21 +386,26 @@ pub fn serve(base: &Path, password: &str, args: &[&str]) -> (std::process::Child
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    stderr.read_line(&mut first).unwrap();
+    let mut found: Vec<(bool, u16)> = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .map(|r| {
+                r.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        found.push((line.contains("PostgreSQL protocol"), port));
+    }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let port = first
-        .split("127.0.0.1:")
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
-    (child, port)
+    found.sort();
+    (child, found.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Another process's writer holding a base: `segment pause sms_contacts`,
