@@ -17,7 +17,7 @@ use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::properties::{
-    DEFAULT_MAX_ROW_GROUP_ROW_COUNT, EnabledStatistics, WriterProperties,
+    DEFAULT_MAX_ROW_GROUP_ROW_COUNT, EnabledStatistics, WriterProperties, WriterPropertiesBuilder,
 };
 use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::schema::types::ColumnPath;
@@ -231,36 +231,22 @@ pub fn contacts_properties(schema: &Schema) -> WriterProperties {
             b = b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
         }
     }
-    b.set_compression(Compression::ZSTD(
-        ZstdLevel::try_new(1).expect("valid level"),
-    ))
-    .set_statistics_enabled(EnabledStatistics::Page)
-    .set_max_row_group_row_count(Some(256 * 1024))
-    // Pages of a few thousand contacts, so that a lookup by id (a
-    // sample, a page of members) decodes little.
-    .set_data_page_row_count_limit(16 * 1024)
-    .set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
-    .set_column_encoding(ColumnPath::from("_iid"), Encoding::DELTA_BINARY_PACKED)
-    .set_column_compression(ColumnPath::from("_iid"), Compression::UNCOMPRESSED)
-    .set_column_dictionary_enabled(ColumnPath::from("contact_id"), false)
-    .set_column_encoding(
-        ColumnPath::from("contact_id"),
-        Encoding::DELTA_BINARY_PACKED,
-    )
-    .build()
-}
-
-/// Writer settings for events: sorted ids and timestamps delta-encoded and
-/// left uncompressed (a codec buys little on them and costs on every scan),
-/// dictionary encoding for the repetitive text columns, light zstd elsewhere.
-pub fn events_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let b = b
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(512 * 1024))
-        .set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        // Pages of a few thousand contacts, so that a lookup by id (a
+        // sample, a page of members) decodes little.
+        .set_data_page_row_count_limit(16 * 1024);
+    ids_delta_encoded(b).build()
+}
+
+/// The ids of contacts and events, in id order: internal ids
+/// delta-encoded and uncompressed, contact ids delta-encoded.
+fn ids_delta_encoded(b: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
+    b.set_column_dictionary_enabled(ColumnPath::from("_iid"), false)
         .set_column_encoding(ColumnPath::from("_iid"), Encoding::DELTA_BINARY_PACKED)
         .set_column_compression(ColumnPath::from("_iid"), Compression::UNCOMPRESSED)
         .set_column_dictionary_enabled(ColumnPath::from("contact_id"), false)
@@ -268,6 +254,19 @@ pub fn events_properties() -> WriterProperties {
             ColumnPath::from("contact_id"),
             Encoding::DELTA_BINARY_PACKED,
         )
+}
+
+/// Writer settings for events: sorted ids and timestamps delta-encoded and
+/// left uncompressed (a codec buys little on them and costs on every scan),
+/// dictionary encoding for the repetitive text columns, light zstd elsewhere.
+pub fn events_properties() -> WriterProperties {
+    let b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(512 * 1024));
+    ids_delta_encoded(b)
         .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
         .set_column_encoding(ColumnPath::from("ts"), Encoding::DELTA_BINARY_PACKED)
         .set_column_compression(ColumnPath::from("ts"), Compression::UNCOMPRESSED)

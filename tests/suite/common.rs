@@ -481,3 +481,15 @@ pub fn base_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Fail unless python3 imports `modules` (`.ci/run` installs them with pip).
+pub fn require_python(modules: &str, pip: &str) {
+    let ready = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "python3 with {modules} is needed: python3 -m pip install {pip} (.ci/run does)"
+    );
+}

@@ -15,14 +15,7 @@ const RESIDENT_BOUND_MIB: u64 = 300;
 
 #[test]
 fn clients_of_both_protocols_for_a_minute_while_the_base_changes() {
-    let ready = std::process::Command::new("python3")
-        .args(["-c", "import psycopg"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "python3 with psycopg is needed: python3 -m pip install 'psycopg[binary]' (.ci/run does)"
-    );
+    super::common::require_python("psycopg", "'psycopg[binary]'");
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path();
     segments(b)

@@ -502,14 +502,9 @@ fn the_sql_shell_edits_statements_on_a_terminal() {
 /// `segments sql`.
 #[test]
 fn sqlalchemy_and_pandas_inspect_and_read_over_the_postgresql_protocol() {
-    let ready = std::process::Command::new("python3")
-        .args(["-c", "import sqlalchemy, psycopg, pandas"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "python3 with sqlalchemy, psycopg and pandas is needed: \
-         python3 -m pip install sqlalchemy 'psycopg[binary]' pandas (.ci/run does)"
+    super::common::require_python(
+        "sqlalchemy, psycopg, pandas",
+        "sqlalchemy 'psycopg[binary]' pandas",
     );
     let dir = small_base();
     let b = dir.path();
