@@ -27,6 +27,7 @@ pub mod criteria;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod idle;
 pub mod jobs;
 pub mod sql;
 pub mod synth;

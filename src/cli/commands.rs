@@ -170,9 +170,11 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         max_upload,
         request_timeout,
         statement_timeout,
+        idle_timeout,
         tls_cert,
         tls_key,
     } = args;
+    let idle_timeout = Some(idle_timeout).filter(|t| !t.is_zero());
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(segments::sql::tls::TlsFiles { cert, key }),
         _ => None,
@@ -205,6 +207,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
             opts.max_upload = max_upload;
             opts.request_timeout = std::time::Duration::from_secs(request_timeout);
             opts.tls = tls;
+            opts.idle_timeout = idle_timeout;
             let scheme = if opts.tls.is_some() { "https" } else { "http" };
             segments::http::serve(
                 base,
@@ -231,6 +234,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
                 password,
                 statement_timeout,
                 tls,
+                idle_timeout,
             };
             segments::sql::serve::serve(
                 base,

@@ -172,6 +172,11 @@ struct ServeArgs {
     /// with `SET statement_timeout`. Default: none.
     #[arg(long, value_parser = segments::base::parse_duration)]
     statement_timeout: Option<std::time::Duration>,
+    /// A connection of either protocol waiting this long for its client's
+    /// next statement or request is closed (e.g. 10m, 1h; 0: never). A
+    /// statement still running is not waiting.
+    #[arg(long, value_parser = segments::base::parse_duration, default_value = "1h")]
+    idle_timeout: std::time::Duration,
     /// Serve HTTPS and TLS over the PostgreSQL protocol with this
     /// certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]

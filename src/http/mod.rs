@@ -27,6 +27,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -55,6 +56,9 @@ pub struct HttpOptions {
     pub max_upload: usize,
     /// Serve HTTPS with this certificate.
     pub tls: Option<crate::sql::tls::TlsFiles>,
+    /// A connection waiting this long for its client's next request is
+    /// closed (never with `None`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl HttpOptions {
@@ -66,6 +70,7 @@ impl HttpOptions {
             max_body: 4 << 20,
             max_upload: 16 << 30,
             tls: None,
+            idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -258,21 +263,55 @@ pub async fn serve(
         Some(files) => Some(files.acceptor(&[b"http/1.1"])?),
         None => None,
     };
+    let idle = options.idle_timeout;
     let app = router(AppState::new(base, options));
     ready(addr);
     match tls {
         Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor, addr), app)
+            let listener = Idle::new(TlsListener::new(listener, acceptor, addr), idle);
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         None => {
-            axum::serve(listener, app)
+            // Answers leave as they are written, without waiting on the
+            // client's acknowledgement of the previous segment.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(Idle::new(listener, idle), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
     }
     .map_err(|e| Error::Internal(format!("HTTP server: {e}")))
+}
+
+/// Connections closed once they have waited on their client for the
+/// idle time.
+struct Idle<L> {
+    inner: L,
+    limit: Option<Duration>,
+}
+
+impl<L> Idle<L> {
+    fn new(inner: L, limit: Option<Duration>) -> Idle<L> {
+        Idle { inner, limit }
+    }
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Idle<L> {
+    type Io = crate::idle::IdleIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        (crate::idle::IdleIo::new(io, self.limit), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 /// Connections accepted over TLS. Handshakes run concurrently, each in a
@@ -305,6 +344,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let _ = socket.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let handshake =

@@ -57,6 +57,7 @@ use crate::engine::guard::read_only;
 use crate::engine::guard::{check_plan, guarded};
 use crate::engine::tables::user_context;
 use crate::error::{Error, Result};
+use crate::idle::IdleWatch;
 
 /// How long a superseded version stays pinned by the server.
 pub const RETAIN: Duration = Duration::from_secs(3600);
@@ -74,6 +75,9 @@ pub struct ServeOptions {
     pub statement_timeout: Option<Duration>,
     /// Accept TLS connections (`sslmode=require`) with this certificate.
     pub tls: Option<super::tls::TlsFiles>,
+    /// A connection waiting this long for its client's next statement is
+    /// closed (never with `None`).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Serve until `shutdown` completes. `ready` is told the bound address
@@ -127,9 +131,24 @@ pub async fn serve(
         loop {
             match listener.accept().await {
                 Ok((socket, _)) => {
+                    // As PostgreSQL: messages leave as they are written.
+                    let _ = socket.set_nodelay(true);
                     let (handlers, tls) = (handlers.clone(), tls.clone());
+                    let watch = opts
+                        .idle_timeout
+                        .and_then(|limit| IdleWatch::new(&socket, limit).ok());
                     tokio::spawn(async move {
-                        let _ = process_socket(socket, tls, handlers).await;
+                        let plain = tls.is_none();
+                        let served = process_socket(socket, tls, handlers);
+                        match watch {
+                            Some(watch) => tokio::select! {
+                                _ = served => {}
+                                () = watch.idle() => watch.close(plain),
+                            },
+                            None => {
+                                let _ = served.await;
+                            }
+                        }
                     });
                 }
                 // Out of file descriptors and the like: wait, then go on.

@@ -360,10 +360,11 @@ pub fn serve(base: &Path, password: &str, args: &[&str]) -> (std::process::Child
     (child, ports[0])
 }
 
-/// `segments serve` on both protocols (ports chosen by the system): the
-/// process, its HTTP port and its PostgreSQL port.
-pub fn serve_both(base: &Path, password: &str) -> (std::process::Child, u16, u16) {
-    let args = ["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"];
+/// `segments serve` on both protocols (ports chosen by the system), with
+/// `more` arguments: the process, its HTTP port and its PostgreSQL port.
+pub fn serve_both(base: &Path, password: &str, more: &[&str]) -> (std::process::Child, u16, u16) {
+    let mut args = vec!["--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"];
+    args.extend_from_slice(more);
     let (child, ports) = serve_lines(base, password, &args, 2);
     (child, ports[0], ports[1])
 }

@@ -40,7 +40,7 @@ fn clients_of_both_protocols_for_a_minute_while_the_base_changes() {
     let events = b.join("soak-events.csv");
     std::fs::write(&events, csv).unwrap();
 
-    let (child, http, pg) = super::common::serve_both(b, "pw");
+    let (child, http, pg) = super::common::serve_both(b, "pw", &[]);
     let server = Server(child);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/soak.py");
     let mut clients = std::process::Command::new("python3")

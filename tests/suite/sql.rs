@@ -255,6 +255,16 @@ impl Server {
     /// Run statements in one psql session (unaligned, tuples only), stopping
     /// at the first error, with SQLSTATEs in messages.
     fn psql_session(&self, password: &str, statements: &[&str]) -> std::process::Output {
+        let mut cmd = self.psql_command(password);
+        for s in statements {
+            cmd.args(["-c", s]);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// psql connected to the server (unaligned, tuples only, stop on
+    /// error, SQLSTATEs in messages), statements still to give.
+    fn psql_command(&self, password: &str) -> std::process::Command {
         let psql = ["/usr/bin/psql", "/usr/local/bin/psql"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -270,14 +280,10 @@ impl Server {
                 "ON_ERROR_STOP=1",
                 "-v",
                 "VERBOSITY=verbose",
-            ]);
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        cmd.env("PGPASSWORD", password)
-            .env("PGCONNECT_TIMEOUT", "20")
-            .output()
-            .unwrap()
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "20");
+        cmd
     }
 }
 
@@ -636,6 +642,72 @@ fn statements_over_their_timeout_are_cancelled() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("57014"));
+}
+
+/// `serve --idle-timeout`: a connection of either protocol left waiting on
+/// its client that long is closed, psql being told why (SQLSTATE 57P05);
+/// a statement running longer is not waiting (its statement timeout ends
+/// it); an HTTP connection that keeps asking stays open.
+#[test]
+fn idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let dir = small_base();
+    let (child, http, pg) = super::common::serve_both(
+        dir.path(),
+        "pw",
+        &["--idle-timeout", "2s", "--statement-timeout", "5s"],
+    );
+    let server = Server { child, port: pg };
+
+    let out = server.psql_session(
+        "pw",
+        &["SELECT count(*) FROM generate_series(1, 5000000000)"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("57014"), "{err}");
+
+    let mut psql = server
+        .psql_command("pw")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = psql.stdin.take().unwrap();
+    input.write_all(b"SELECT 41 + 1;\n").unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    let _ = input.write_all(b"SELECT 7;\n");
+    drop(input);
+    let out = psql.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{err}");
+    assert!(
+        err.contains("57P05: terminating connection due to idle-session timeout"),
+        "{err}"
+    );
+
+    // HTTP: three requests, each within the idle time of the last answer
+    // though the last comes well after it has passed since connecting.
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = b"GET /api/segments HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut seen = String::new();
+    for n in 1..=3 {
+        socket.write_all(request).unwrap();
+        while seen.matches("HTTP/1.1 401").count() < n || !seen.ends_with('}') {
+            let mut chunk = [0u8; 4096];
+            let got = socket.read(&mut chunk).unwrap();
+            assert!(got > 0, "closed after {} answers: {seen}", n - 1);
+            seen.push_str(&String::from_utf8_lossy(&chunk[..got]));
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    // Then nothing: the server closes it.
+    let mut chunk = [0u8; 64];
+    assert_eq!(socket.read(&mut chunk).unwrap(), 0);
 }
 
 /// `serve --tls-cert --tls-key`: psql connects with `sslmode=verify-full`
