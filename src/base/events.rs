@@ -1,6 +1,8 @@
 //! Behaviour history: the append-only events import, laid out for the
-//! queries we run (files per month of `ts`, rows sorted by internal id then
-//! `ts`), and the removal of a deleted contact's events.
+//! queries we run (files per month of `ts`, rows sorted by event type, then
+//! internal id, then `ts`, a row group per type at least, so that a scan of
+//! some types reads their row groups only and a scan of some contacts their
+//! pages only), and the removal of a deleted contact's events.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,11 +10,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
     UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
@@ -25,7 +27,7 @@ use crate::base::manifest::{EventFile, ImportKind, ImportRecord};
 use crate::base::schema::{
     CONTACT_ID, FieldDef, FieldType, IID, check_field_name, recognised_event_field,
 };
-use crate::base::table::{events_properties, read_parquet_one, schema_ref, write_parquet};
+use crate::base::table::{ParallelWriter, events_properties, read_parquet_one, schema_ref};
 use crate::error::{Error, Place, Result};
 
 /// Text event columns (types, operations, URLs, product names...) repeat a
@@ -252,7 +254,8 @@ pub fn month_of(micros: i64) -> String {
         .unwrap_or_else(|| "invalid".into())
 }
 
-/// Split a batch by month of `ts`, sort each part by (`_iid`, `ts`), write a file each.
+/// Split a batch by month of `ts`, sort each part by (`type`, `_iid`, `ts`),
+/// write a file each.
 pub fn write_partitioned(
     w: &Writer,
     schema: &SchemaRef,
@@ -260,6 +263,7 @@ pub fn write_partitioned(
 ) -> Result<Vec<EventFile>> {
     let ts = ts_column(batch).values();
     let iids = iid_column(batch);
+    let types = type_ranks(batch)?;
     // Rows by month, grouped in parallel (an import often holds one month,
     // or months in order, so the latest month is looked up first).
     let by_month: BTreeMap<i64, Vec<u32>> = (0..ts.len() as u32)
@@ -281,16 +285,19 @@ pub fn write_partitioned(
         });
     let mut out = Vec::new();
     for (_, rows) in by_month {
-        // Sorted by (`_iid`, `ts`), then by row so that the order is the
-        // same however the rows were grouped.
-        let mut keyed: Vec<(u32, i64, u32)> = rows
+        // Sorted by (`type`, `_iid`, `ts`), then by row so that the order is
+        // the same however the rows were grouped.
+        let mut keyed: Vec<(u32, u32, i64, u32)> = rows
             .par_iter()
-            .map(|&r| (iids[r as usize], ts[r as usize], r))
+            .map(|&r| {
+                let r_ = r as usize;
+                (types[r_], iids[r_], ts[r_], r)
+            })
             .collect();
         drop(rows);
         keyed.par_sort_unstable();
-        let month = month_of(keyed[0].1);
-        let indices = UInt32Array::from_iter_values(keyed.iter().map(|r| r.2));
+        let month = month_of(keyed[0].2);
+        let indices = UInt32Array::from_iter_values(keyed.iter().map(|r| r.3));
         drop(keyed);
         out.push(write_sorted(w, schema, batch, Some(&indices), &month)?);
     }
@@ -312,8 +319,37 @@ fn month_index(micros: i64) -> i64 {
     year * 12 + month - 1
 }
 
-/// Write the rows `indices` of a batch, which are in (`_iid`, `ts`) order,
-/// as one month's file (all rows, in their order, without indices).
+/// Each row's event type as its rank among the batch's types (in the order
+/// of their names), whatever the dictionary holding them.
+fn type_ranks(batch: &RecordBatch) -> Result<Vec<u32>> {
+    let column = batch
+        .column_by_name("type")
+        .ok_or_else(|| Error::Internal("events: no type column".into()))?;
+    let column = datafusion::arrow::compute::cast(
+        column,
+        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+    )?;
+    let types = column.as_dictionary::<Int32Type>();
+    let names = types.values().as_string::<i32>();
+    let mut order: Vec<u32> = (0..names.len() as u32).collect();
+    order.sort_by_key(|&k| names.value(k as usize));
+    // Equal names (a dictionary may repeat one) share their rank.
+    let mut rank = vec![0u32; names.len()];
+    for pair in order.windows(2) {
+        let same = names.value(pair[0] as usize) == names.value(pair[1] as usize);
+        rank[pair[1] as usize] = rank[pair[0] as usize] + u32::from(!same);
+    }
+    Ok(types
+        .keys()
+        .values()
+        .iter()
+        .map(|&k| rank[k as usize])
+        .collect())
+}
+
+/// Write the rows `indices` of a batch, which are in (`type`, `_iid`, `ts`)
+/// order, as one month's file (all rows, in their order, without indices),
+/// each type's rows in row groups of their own.
 fn write_sorted(
     w: &Writer,
     schema: &SchemaRef,
@@ -338,12 +374,16 @@ fn write_sorted(
         .iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
     let sink = w.new_file(&format!("events/{month}"), "events", "parquet")?;
-    let file = write_parquet(
-        sink,
-        schema.clone(),
-        std::slice::from_ref(&sorted),
-        events_properties(),
-    )?;
+    let mut writer = ParallelWriter::new(sink, schema.clone(), events_properties())?;
+    let types = type_ranks(&sorted)?;
+    let mut start = 0;
+    while start < types.len() {
+        let len = types[start..].partition_point(|&t| t == types[start]);
+        writer.write(sorted.slice(start, len))?;
+        writer.end_row_group()?;
+        start += len;
+    }
+    let file = writer.finish()?;
     Ok(EventFile {
         file,
         month: month.to_string(),
@@ -351,6 +391,22 @@ fn write_sorted(
         min_ts,
         max_ts,
     })
+}
+
+/// A month's file written in (`_iid`, `ts`) order, as the generator writes
+/// it, rewritten in the stored order; the first file is removed.
+pub fn sort_by_type(w: &Writer, file: &EventFile) -> Result<EventFile> {
+    let path = w.dir().join(&file.file.path);
+    let batch = read_parquet_one(&path, None)?;
+    let types = type_ranks(&batch)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    // Stable: each type's rows keep their (`_iid`, `ts`) order.
+    order.par_sort_by_key(|&r| types[r as usize]);
+    let indices = UInt32Array::from(order);
+    let sorted = write_sorted(w, &batch.schema(), &batch, Some(&indices), &file.month)?;
+    drop(batch);
+    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(sorted)
 }
 
 /// One month's files merged into one by [`compact_months`].
@@ -375,8 +431,8 @@ pub fn months_over(events: &[EventFile], max_files: usize) -> Vec<String> {
         .collect()
 }
 
-/// Merge the files of each of `months` into one, sorted by (`_iid`, `ts`)
-/// as an import writes a month (rows of one contact at one instant keep
+/// Merge the files of each of `months` into one, sorted by (`type`,
+/// `_iid`, `ts`) as an import writes a month (rows of one contact at one instant keep
 /// the order of their files), in the next version; the merged file takes
 /// the place of the month's first. A file written before a column was added
 /// reads it as empty, as the scans do.
@@ -402,12 +458,16 @@ pub fn compact_months(w: &mut Writer, months: &[String]) -> Result<Vec<MonthComp
         drop(batches);
         let iids = iid_column(&all);
         let ts = ts_column(&all).values();
-        let mut keyed: Vec<(u32, i64, u32)> = (0..all.num_rows() as u32)
+        let types = type_ranks(&all)?;
+        let mut keyed: Vec<(u32, u32, i64, u32)> = (0..all.num_rows() as u32)
             .into_par_iter()
-            .map(|r| (iids[r as usize], ts[r as usize], r))
+            .map(|r| {
+                let r_ = r as usize;
+                (types[r_], iids[r_], ts[r_], r)
+            })
             .collect();
         keyed.par_sort_unstable();
-        let indices = UInt32Array::from_iter_values(keyed.iter().map(|k| k.2));
+        let indices = UInt32Array::from_iter_values(keyed.iter().map(|k| k.3));
         drop(keyed);
         let file = write_sorted(w, &schema, &all, Some(&indices), month)?;
         report.push(MonthCompaction {
@@ -468,7 +528,7 @@ pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
             .collect();
         let kept = filter_record_batch(&batch, &keep)?;
         if kept.num_rows() > 0 {
-            // Filtering keeps the (`_iid`, `ts`) order.
+            // Filtering keeps the (`type`, `_iid`, `ts`) order.
             out.push(write_sorted(w, &kept.schema(), &kept, None, &ef.month)?);
         }
     }

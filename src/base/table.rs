@@ -340,6 +340,14 @@ impl ParallelWriter {
         Ok(())
     }
 
+    /// End the row group being written: the next rows start another.
+    pub fn end_row_group(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
     /// Encode the pending batches as one row group.
     fn flush(&mut self) -> Result<()> {
         let perr = |e| Error::parquet(&self.path, e);

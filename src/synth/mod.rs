@@ -4,8 +4,10 @@
 //! custom events, empty values, tags and a declared choice field.
 //!
 //! It streams: contacts are written in chunks, and events go straight into
-//! one Parquet writer per month, already sorted by (internal id, ts) because
-//! contacts are generated in id order with their events in time order.
+//! one Parquet writer per month, sorted by (internal id, ts) because
+//! contacts are generated in id order with their events in time order;
+//! each month is then regrouped by event type, as imports store it (one
+//! month in memory at a time).
 
 mod examples;
 
@@ -342,13 +344,15 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
         let n = writer.rows;
         let file = writer.finish()?;
         let (lo, hi) = month_bounds(&month);
-        files.push(EventFile {
+        let generated = EventFile {
             file,
             month,
             rows: n,
             min_ts: lo,
             max_ts: hi,
-        });
+        };
+        // Stored as an import stores a month: by type, then contact.
+        files.push(crate::base::events::sort_by_type(&w, &generated)?);
     }
     w.next.contacts = match contacts_writer {
         Some((writer, _)) => Some(writer.finish()?),

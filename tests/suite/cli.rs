@@ -877,6 +877,7 @@ fn gen_ends_with_every_segment_up_to_date() {
         AS_OF,
     ]));
     assert!(out.contains("the base is up to date"), "{out}");
+    assert!(assert_stored_by_type(b) > 1);
     let list = json_of(segments(b).args(["segment", "list", "--format", "json"]));
     let list = list.as_array().unwrap();
     assert!(list.len() >= 4, "{list:?}");
@@ -967,6 +968,7 @@ fn history_is_bounded_to_its_days() {
         .assert()
         .success();
     check(0);
+    assert_stored_by_type(b);
     let h = history("all_contacts");
     let sizes: Vec<u64> = h.iter().map(|p| p["size"].as_u64().unwrap()).collect();
     // The points the history can replay lose the deleted contact; the
@@ -1006,6 +1008,84 @@ fn files_per_month(base: &std::path::Path) -> std::collections::BTreeMap<String,
     out
 }
 
+/// Every events file of the base stores its rows as imports write them: a
+/// type's rows in row groups of their own, types in order of name, each
+/// type's rows by (`_iid`, `ts`). Returns the number of files.
+pub fn assert_stored_by_type(base: &std::path::Path) -> usize {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Int32Type, TimestampMicrosecondType, UInt32Type};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let snap = segments::base::Base::open(base)
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    for e in &snap.manifest.events {
+        let path = base.join(&e.file.path);
+        let file = std::fs::File::open(&path).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let groups = builder.metadata().num_row_groups();
+        let mut last_type: Option<String> = None;
+        for g in 0..groups {
+            let file = std::fs::File::open(&path).unwrap();
+            let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .with_row_groups(vec![g])
+                .build()
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let mut types = std::collections::BTreeSet::new();
+            let mut keys: Vec<(u32, i64)> = Vec::new();
+            for b in &batches {
+                let t = b
+                    .column_by_name("type")
+                    .unwrap()
+                    .as_dictionary::<Int32Type>();
+                let names = t.values().as_string::<i32>();
+                for k in t.keys().values() {
+                    types.insert(names.value(*k as usize).to_string());
+                }
+                let iid = b
+                    .column_by_name("_iid")
+                    .unwrap()
+                    .as_primitive::<UInt32Type>();
+                let ts = b
+                    .column_by_name("ts")
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>();
+                assert_eq!(ts.null_count(), 0);
+                keys.extend(
+                    iid.values()
+                        .iter()
+                        .copied()
+                        .zip(ts.values().iter().copied()),
+                );
+            }
+            assert_eq!(
+                types.len(),
+                1,
+                "{}: row group {g} holds {types:?}",
+                e.file.path
+            );
+            let ty = types.pop_first().unwrap();
+            assert!(
+                keys.is_sorted(),
+                "{}: row group {g} not by (_iid, ts)",
+                e.file.path
+            );
+            if let Some(prev) = &last_type {
+                assert!(
+                    *prev <= ty,
+                    "{}: type {ty} after {prev} (row group {g})",
+                    e.file.path
+                );
+            }
+            last_type = Some(ty);
+        }
+    }
+    snap.manifest.events.len()
+}
+
 /// `segments compact` merges each month's files into one; every answer is
 /// the same after it (members with their entry times, a recompute, SQL over
 /// events); an events import merges a month past `compact_after_files`.
@@ -1043,9 +1123,11 @@ fn compaction_merges_months_and_changes_no_answer() {
         ])));
         out
     };
+    assert_stored_by_type(b);
     let before = answers(b);
     let out = stdout_of(segments(b).args(["compact"]));
     assert!(out.contains("2026-11: "), "{out}");
+    assert_stored_by_type(b);
     let after_files = files_per_month(b);
     assert!(after_files.values().all(|&n| n == 1), "{after_files:?}");
     assert_eq!(
@@ -1072,5 +1154,6 @@ fn compaction_merges_months_and_changes_no_answer() {
         .success();
     let files = files_per_month(b);
     assert!(files.values().all(|&n| n <= 2), "{files:?}");
+    assert_stored_by_type(b);
     segments(b).arg("check").assert().success();
 }

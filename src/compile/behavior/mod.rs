@@ -5,8 +5,9 @@
 //! closed interval of `ts`, and an optional boolean over other columns such
 //! as operations and `where` filters) and a per-contact aggregate with its
 //! `having` test. DataFusion scans events once per contact shard (a range of
-//! internal ids; the files are sorted by id, so row groups and pages outside
-//! the range are pruned) and computes the `where` booleans (a filter on one
+//! internal ids) and for the conditions' event types (files keep each type's
+//! rows in row groups of their own, sorted by id, so the row groups of other
+//! types and the pages outside the range are pruned) and computes the `where` booleans (a filter on one
 //! dictionary-encoded column, such as an operation or a URL test, is
 //! evaluated on the dictionary's values and looked up by key); the kernel below
 //! groups rows by their event type's dictionary code and runs each

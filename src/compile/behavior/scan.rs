@@ -212,6 +212,18 @@ impl Scan {
         let mut filter = iid()
             .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
             .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))));
+        // Files store each type's rows in row groups of their own: the
+        // groups of other types are skipped by their statistics.
+        let mut types: Vec<&String> = self.by_type.keys().collect();
+        types.sort();
+        let dictionary = |t: &String| {
+            lit(ScalarValue::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(ScalarValue::Utf8(Some(t.clone()))),
+            ))
+        };
+        filter =
+            filter.and(col("type").in_list(types.into_iter().map(dictionary).collect(), false));
         let mut select = vec![iid()];
         if group.ts.is_none() {
             if self.ts_lo > i64::MIN {
