@@ -1,6 +1,7 @@
 //! The HTTP API against the library in the same process, on the benchmark
-//! base of `segments bench`: the five typical previews, in-process and as
-//! `POST /api/preview` over loopback, interleaved, with and without the
+//! base of `segments bench`: the five typical previews, in-process (the
+//! verb run on a worker of the server's runtime, as its handlers run) and
+//! as `POST /api/preview` over loopback, interleaved, with and without the
 //! sample's profiles; then the segments list
 //! (`GET /api/segments`, every segment). Prints p50 and p99 of each and
 //! their ratio (see BENCHMARKS.md).
@@ -95,14 +96,21 @@ fn main() {
     });
     let addr = rx.recv().unwrap();
     let url = format!("http://{addr}/api");
-    let client = reqwest::blocking::Client::new();
-    let login: Value = client
-        .post(format!("{url}/login"))
-        .json(&json!({"user": "bench", "password": password}))
-        .send()
-        .unwrap()
-        .json()
+    // The client runs on the calling thread, as an async back end calls
+    // the API: no hop to a client thread per request.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
+    let client = reqwest::Client::new();
+    let fetch = |request: reqwest::RequestBuilder| -> Value {
+        client_rt.block_on(async { request.send().await.unwrap().json().await.unwrap() })
+    };
+    let login = fetch(
+        client
+            .post(format!("{url}/login"))
+            .json(&json!({"user": "bench", "password": password})),
+    );
     let token = login["token"].as_str().unwrap().to_string();
 
     let contacts = base.snapshot().unwrap().manifest.contact_count;
@@ -122,30 +130,31 @@ fn main() {
     let mut results = Vec::new();
     for p in typical_previews().unwrap() {
         let def = Definition::parse(&p).unwrap();
+        // The verb runs on a worker of the runtime, as the server's
+        // handlers do: the two differ by the HTTP layer only.
         let local = |profiles: bool| {
             let snap = base.snapshot().unwrap();
-            let preview = if profiles {
-                rt.block_on(segments::jobs::segments::preview_with_profiles(
-                    &snap, &def, as_of,
-                ))
-            } else {
-                rt.block_on(segments::jobs::segments::preview(&snap, &def, as_of))
-            };
-            preview.unwrap().count
+            let def = def.clone();
+            let task = rt.spawn(async move {
+                if profiles {
+                    segments::jobs::segments::preview_with_profiles(&snap, &def, as_of).await
+                } else {
+                    segments::jobs::segments::preview(&snap, &def, as_of).await
+                }
+            });
+            rt.block_on(task).unwrap().unwrap().count
         };
         let remote = |profiles: bool| -> u64 {
-            let v: Value = client
-                .post(format!("{url}/preview"))
-                .query(&[
-                    ("as_of", as_of.to_rfc3339()),
-                    ("profiles", profiles.to_string()),
-                ])
-                .bearer_auth(&token)
-                .json(&p)
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
+            let v = fetch(
+                client
+                    .post(format!("{url}/preview"))
+                    .query(&[
+                        ("as_of", as_of.to_rfc3339()),
+                        ("profiles", profiles.to_string()),
+                    ])
+                    .bearer_auth(&token)
+                    .json(&p),
+            );
             v["count"].as_u64().unwrap_or_else(|| panic!("{v}"))
         };
         for profiles in [false, true] {
@@ -178,13 +187,11 @@ fn main() {
     }
 
     let list = || {
-        let v: Value = client
-            .get(format!("{url}/segments?limit=10000"))
-            .bearer_auth(&token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let v = fetch(
+            client
+                .get(format!("{url}/segments?limit=10000"))
+                .bearer_auth(&token),
+        );
         v["total"].as_u64().unwrap()
     };
     let local_list = || {
@@ -218,13 +225,14 @@ fn main() {
     let cookie = format!("segments_session={token}");
     let origin = url.trim_end_matches("/api").to_string();
     let get = |path: &str| {
-        let r = client
+        let request = client
             .get(format!("{origin}{path}"))
-            .header("cookie", &cookie)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.bytes().unwrap().len()
+            .header("cookie", &cookie);
+        client_rt.block_on(async {
+            let r = request.send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.bytes().await.unwrap().len()
+        })
     };
     let page = || {
         get("/")
