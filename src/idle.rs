@@ -141,7 +141,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 }
 
 /// A connection of the PostgreSQL server, watched from the kernel's
-/// account of its socket (the protocol library owns the socket itself).
+/// account of its socket (the protocol library owns the socket itself):
+/// when it last sent and received data; with the count of its running
+/// statements, since a statement sends its row description long before
+/// its rows.
 pub struct IdleWatch {
     /// The same socket (a duplicated descriptor).
     socket: std::net::TcpStream,
@@ -157,14 +160,15 @@ impl IdleWatch {
     }
 
     /// Resolves once the connection has waited on its client for the
-    /// limit; never where the kernel does not tell.
-    pub async fn idle(&self) {
+    /// limit; never where the kernel does not tell. `running` tells whether
+    /// a statement is running (its first rows may have been sent already).
+    pub async fn idle(&self, running: impl Fn() -> bool) {
         loop {
             let Some((sent, received)) = last_data(&self.socket) else {
                 return std::future::pending().await;
             };
-            // The server spoke last: it waits on the client.
-            let wait = if sent <= received {
+            // The server spoke last and runs nothing: it waits on the client.
+            let wait = if sent <= received && !running() {
                 match self.limit.checked_sub(sent) {
                     Some(left) if !left.is_zero() => left,
                     _ => return,

@@ -2,11 +2,14 @@
 //! plan ends the query's stream with an error once the time is up, and
 //! drops the streams below it, which stops their work. The clock starts
 //! when the query starts running, and the node travels with a prepared
-//! statement's plan until it is executed.
+//! statement's plan until it is executed. The same node counts the
+//! statements of a connection running at a time ([`Running`]), which a
+//! server asks before closing a connection as idle.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,17 +31,82 @@ use futures::Stream;
 /// The message of a query stopped by its time limit (as PostgreSQL's).
 pub const TIMEOUT_MESSAGE: &str = "canceling statement due to statement timeout";
 
-/// `plan`, stopped when it runs longer than `limit`.
-pub fn with_deadline(plan: LogicalPlan, limit: Duration) -> LogicalPlan {
+/// `plan`, stopped when it runs longer than `limit`, and counted in
+/// `running` while its rows are produced; `plan` itself without either.
+pub fn with_deadline(
+    plan: LogicalPlan,
+    limit: Option<Duration>,
+    running: Option<Arc<Running>>,
+) -> LogicalPlan {
+    if limit.is_none() && running.is_none() {
+        return plan;
+    }
     LogicalPlan::Extension(Extension {
-        node: Arc::new(Deadline { input: plan, limit }),
+        node: Arc::new(Deadline {
+            input: plan,
+            limit,
+            running: running.map(RunningRef),
+        }),
     })
+}
+
+/// The statements of one connection whose rows are being produced.
+#[derive(Debug, Default)]
+pub struct Running(AtomicUsize);
+
+impl Running {
+    /// Whether a statement is running now.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// One more running statement, until dropped.
+struct RunningGuard(Arc<Running>);
+
+impl RunningGuard {
+    fn new(running: Arc<Running>) -> RunningGuard {
+        running.0.fetch_add(1, Ordering::SeqCst);
+        RunningGuard(running)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's [`Running`], compared by identity (a plan node must be
+/// comparable and hashable).
+#[derive(Debug, Clone)]
+struct RunningRef(Arc<Running>);
+
+impl PartialEq for RunningRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RunningRef {}
+
+impl std::hash::Hash for RunningRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state);
+    }
+}
+
+impl PartialOrd for RunningRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (Arc::as_ptr(&self.0) as usize).partial_cmp(&(Arc::as_ptr(&other.0) as usize))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 struct Deadline {
     input: LogicalPlan,
-    limit: Duration,
+    limit: Option<Duration>,
+    running: Option<RunningRef>,
 }
 
 impl UserDefinedLogicalNodeCore for Deadline {
@@ -59,7 +127,10 @@ impl UserDefinedLogicalNodeCore for Deadline {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "Deadline: {:?}", self.limit)
+        match self.limit {
+            Some(limit) => write!(f, "Deadline: {limit:?}"),
+            None => write!(f, "Deadline: none"),
+        }
     }
 
     fn with_exprs_and_inputs(
@@ -70,6 +141,7 @@ impl UserDefinedLogicalNodeCore for Deadline {
         Ok(Deadline {
             input: inputs.swap_remove(0),
             limit: self.limit,
+            running: self.running.clone(),
         })
     }
 }
@@ -111,6 +183,7 @@ impl ExtensionPlanner for DeadlinePlanner {
         Ok(Some(Arc::new(DeadlineExec {
             input: physical_inputs[0].clone(),
             limit: deadline.limit,
+            running: deadline.running.as_ref().map(|r| r.0.clone()),
         })))
     }
 }
@@ -118,12 +191,16 @@ impl ExtensionPlanner for DeadlinePlanner {
 #[derive(Debug)]
 struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
-    limit: Duration,
+    limit: Option<Duration>,
+    running: Option<Arc<Running>>,
 }
 
 impl DisplayAs for DeadlineExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeadlineExec: {:?}", self.limit)
+        match self.limit {
+            Some(limit) => write!(f, "DeadlineExec: {limit:?}"),
+            None => write!(f, "DeadlineExec: none"),
+        }
     }
 }
 
@@ -154,6 +231,7 @@ impl ExecutionPlan for DeadlineExec {
         Ok(Arc::new(DeadlineExec {
             input: children.swap_remove(0),
             limit: self.limit,
+            running: self.running.clone(),
         }))
     }
 
@@ -166,8 +244,9 @@ impl ExecutionPlan for DeadlineExec {
         let input = self.input.execute(partition, context)?;
         Ok(Box::pin(Timed {
             input: Some(input),
-            timer: Box::pin(tokio::time::sleep(self.limit)),
+            timer: self.limit.map(|limit| Box::pin(tokio::time::sleep(limit))),
             schema,
+            running: self.running.clone().map(RunningGuard::new),
         }))
     }
 }
@@ -175,8 +254,10 @@ impl ExecutionPlan for DeadlineExec {
 /// The input's batches until the timer fires, then the timeout error.
 struct Timed {
     input: Option<SendableRecordBatchStream>,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     schema: SchemaRef,
+    /// Held until the rows end.
+    running: Option<RunningGuard>,
 }
 
 impl Stream for Timed {
@@ -186,15 +267,19 @@ impl Stream for Timed {
         if self.input.is_none() {
             return Poll::Ready(None);
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
             // Dropping the input stops the work under it.
             self.input = None;
+            self.running = None;
             return Poll::Ready(Some(Err(DataFusionError::External(TIMEOUT_MESSAGE.into()))));
         }
         let polled = self.input.as_mut().map(|i| i.as_mut().poll_next(cx));
         match polled {
             Some(Poll::Ready(None)) | None => {
                 self.input = None;
+                self.running = None;
                 Poll::Ready(None)
             }
             Some(other) => other,

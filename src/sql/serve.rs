@@ -14,6 +14,7 @@
 //!   catalog), so that a server whose base changes every few seconds keeps
 //!   its memory.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ use tokio::net::TcpListener;
 
 use super::catalog::{SERVER_VERSION, for_datafusion, shown_version};
 use crate::base::{Base, Snapshot};
-use crate::engine::deadline::{TIMEOUT_MESSAGE, with_deadline};
+use crate::engine::deadline::{Running, TIMEOUT_MESSAGE, with_deadline};
 use crate::engine::guard::read_only;
 use crate::engine::guard::{check_plan, guarded};
 use crate::engine::tables::user_context;
@@ -98,11 +99,13 @@ pub async fn serve(
         None => None,
     };
     let versions = Arc::new(Versions::open(base, &opts.user)?);
+    let connections = Arc::new(Connections::default());
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         // First: hooks are asked in order and the first answer wins.
         Arc::new(ReadOnly {
             versions: versions.clone(),
             statement_timeout: opts.statement_timeout,
+            connections: connections.clone(),
         }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
@@ -130,25 +133,27 @@ pub async fn serve(
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     // As PostgreSQL: messages leave as they are written.
                     let _ = socket.set_nodelay(true);
                     let (handlers, tls) = (handlers.clone(), tls.clone());
                     let watch = opts
                         .idle_timeout
                         .and_then(|limit| IdleWatch::new(&socket, limit).ok());
+                    let connection = connections.open(peer);
                     tokio::spawn(async move {
                         let plain = tls.is_none();
                         let served = process_socket(socket, tls, handlers);
                         match watch {
                             Some(watch) => tokio::select! {
                                 _ = served => {}
-                                () = watch.idle() => watch.close(plain),
+                                () = watch.idle(|| connection.statements.any()) => watch.close(plain),
                             },
                             None => {
                                 let _ = served.await;
                             }
                         }
+                        drop(connection);
                     });
                 }
                 // Out of file descriptors and the like: wait, then go on.
@@ -159,6 +164,48 @@ pub async fn serve(
     tokio::select! {
         () = accept => Ok(()),
         () = shutdown => Ok(()),
+    }
+}
+
+/// The statements running on each open connection, by the client's
+/// address (what the query hooks know of a connection).
+#[derive(Default)]
+struct Connections(Mutex<HashMap<SocketAddr, Arc<Running>>>);
+
+/// An open connection; it leaves [`Connections`] when dropped.
+struct Connection {
+    connections: Arc<Connections>,
+    peer: SocketAddr,
+    statements: Arc<Running>,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>, peer: SocketAddr) -> Connection {
+        let statements = Arc::new(Running::default());
+        self.0
+            .lock()
+            .expect("connections lock")
+            .insert(peer, statements.clone());
+        Connection {
+            connections: self.clone(),
+            peer,
+            statements,
+        }
+    }
+
+    /// The running statements of the connection from `peer`.
+    fn of(&self, peer: SocketAddr) -> Option<Arc<Running>> {
+        self.0.lock().expect("connections lock").get(&peer).cloned()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.connections
+            .0
+            .lock()
+            .expect("connections lock")
+            .remove(&self.peer);
     }
 }
 
@@ -539,6 +586,7 @@ async fn check_cursor(versions: &Versions, stmt: &Statement) -> Result<()> {
 struct ReadOnly {
     versions: Arc<Versions>,
     statement_timeout: Option<Duration>,
+    connections: Arc<Connections>,
 }
 
 /// Where datafusion-postgres keeps a connection's `statement_timeout` (ms).
@@ -558,6 +606,13 @@ impl ReadOnly {
         if let Some(t) = self.statement_timeout {
             metadata.insert(TIMEOUT_KEY.into(), t.as_millis().to_string());
         }
+    }
+
+    /// `plan` under the connection's statement timeout, and counted among
+    /// its running statements while it runs.
+    fn bounded(&self, plan: LogicalPlan, client: &(dyn ClientInfo + Send + Sync)) -> LogicalPlan {
+        let running = self.connections.of(client.socket_addr());
+        with_deadline(plan, self.timeout(client), running)
     }
 
     /// The connection's statement timeout.
@@ -614,13 +669,10 @@ impl QueryHook for ReadOnly {
         };
         let stmt = for_datafusion(stmt);
         let df = match guarded(&version.ctx, &stmt.to_string()).await {
-            Ok(df) => match self.timeout(client) {
-                Some(limit) => {
-                    let (state, plan) = df.into_parts();
-                    DataFrame::new(state, with_deadline(plan, limit))
-                }
-                None => df,
-            },
+            Ok(df) => {
+                let (state, plan) = df.into_parts();
+                DataFrame::new(state, self.bounded(plan, client))
+            }
             Err(e) => return Some(Err(to_wire(e))),
         };
         let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
@@ -651,14 +703,10 @@ impl QueryHook for ReadOnly {
         if let Some(answer) = not_a_query(&self.versions, stmt).await {
             return answer;
         }
-        let limit = self.timeout(client);
         Some(
             checked_plan(&self.versions, &for_datafusion(stmt))
                 .await
-                .map(|plan| match limit {
-                    Some(limit) => with_deadline(plan, limit),
-                    None => plan,
-                })
+                .map(|plan| self.bounded(plan, client))
                 .map_err(to_wire),
         )
     }
