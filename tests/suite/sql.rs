@@ -656,7 +656,7 @@ fn idle_connections_are_closed() {
     let (child, http, pg) = super::common::serve_both(
         dir.path(),
         "pw",
-        &["--idle-timeout", "2s", "--statement-timeout", "5s"],
+        &["--idle-timeout", "3s", "--statement-timeout", "6s"],
     );
     let server = Server { child, port: pg };
 
@@ -676,7 +676,7 @@ fn idle_connections_are_closed() {
         .unwrap();
     let mut input = psql.stdin.take().unwrap();
     input.write_all(b"SELECT 41 + 1;\n").unwrap();
-    std::thread::sleep(Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(6000));
     let _ = input.write_all(b"SELECT 7;\n");
     drop(input);
     let out = psql.wait_with_output().unwrap();
