@@ -7,7 +7,9 @@
 //! `having` test. DataFusion scans events once per contact shard (a range of
 //! internal ids) and for the conditions' event types (files keep each type's
 //! rows in row groups of their own, sorted by id, so the row groups of other
-//! types and the pages outside the range are pruned) and computes the `where` booleans (a filter on one
+//! types and the pages outside the range are pruned; types whose conditions
+//! read the same columns are read by one plan, the columns none of them
+//! reads left unread) and computes the `where` booleans (a filter on one
 //! dictionary-encoded column, such as an operation or a URL test, is
 //! evaluated on the dictionary's values and looked up by key); the kernel below
 //! groups rows by their event type's dictionary code and runs each
@@ -275,8 +277,14 @@ impl Session {
     ) -> Result<(String, String)> {
         let scan = Scan::new(self, parts, clock)?;
         let end = self.all_contacts.max().map(|m| m + 1).unwrap_or(0);
-        let df = scan.frame(&self.ctx, &scan.groups[0], 0, end).await?;
-        let plan = df.into_optimized_plan()?.display_indent().to_string();
+        let mut plans = Vec::new();
+        for projection in &scan.projections {
+            let df = scan
+                .frame(&self.ctx, &scan.groups[0], projection, 0, end)
+                .await?;
+            plans.push(df.into_optimized_plan()?.display_indent().to_string());
+        }
+        let plan = plans.join("\n");
         let threads = self.ctx.copied_config().target_partitions().max(1);
         let shards = scan
             .shards(end as u64, self.event_rows(), threads, self.scan_layout)
@@ -326,6 +334,17 @@ struct Leaf {
     time: usize,
 }
 
+/// Event types whose conditions read the same value, filter and
+/// dictionary columns: they are read by one plan, the other columns
+/// projected empty rather than read (a type's rows have row groups of
+/// their own, where a column it never has is empty).
+struct Projection {
+    types: Vec<String>,
+    values: Vec<bool>,
+    planned: Vec<bool>,
+    dictionaries: Vec<bool>,
+}
+
 /// Events files read by one plan of each shard.
 struct FileGroup {
     /// None: the snapshot's whole `events` table.
@@ -350,10 +369,15 @@ struct Scan {
     values: Vec<Expr>,
     planned: Vec<Expr>,
     dictionaries: Vec<String>,
+    /// A typed empty value of each dictionary column, projected for the
+    /// types whose conditions do not read it.
+    dictionary_nulls: Vec<ScalarValue>,
     /// The row filters conditions share, and each condition's filter as
     /// the conjunction of some of them.
     atoms: Vec<Atom>,
     extras: Vec<Vec<usize>>,
+    /// The types read alike, each set with the columns its conditions read.
+    projections: Vec<Projection>,
     /// Rows outside `[ts_lo, ts_hi]` match no condition.
     ts_lo: i64,
     ts_hi: i64,

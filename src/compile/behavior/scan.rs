@@ -108,6 +108,15 @@ impl Scan {
             });
         }
         let groups = file_groups(session, &leaves, value_cuts)?;
+        let projections = projections(&by_type, &leaves, &filters, values.len());
+        let dictionary_nulls = filters
+            .dictionaries
+            .iter()
+            .map(|d| {
+                let field = session.events_schema.field_with_name(d)?;
+                Ok(ScalarValue::try_from(field.data_type())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Scan {
             groups,
             leaves,
@@ -115,8 +124,10 @@ impl Scan {
             values,
             planned: filters.planned,
             dictionaries: filters.dictionaries,
+            dictionary_nulls,
             atoms: filters.atoms,
             extras: filters.extras,
+            projections,
             ts_lo,
             ts_hi,
             having,
@@ -205,6 +216,7 @@ impl Scan {
         &self,
         ctx: &SessionContext,
         group: &FileGroup,
+        projection: &Projection,
         lo: u32,
         hi: u32,
     ) -> Result<DataFrame> {
@@ -214,16 +226,14 @@ impl Scan {
             .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))));
         // Files store each type's rows in row groups of their own: the
         // groups of other types are skipped by their statistics.
-        let mut types: Vec<&String> = self.by_type.keys().collect();
-        types.sort();
+        let types = &projection.types;
         let dictionary = |t: &String| {
             lit(ScalarValue::Dictionary(
                 Box::new(DataType::Int32),
                 Box::new(ScalarValue::Utf8(Some(t.clone()))),
             ))
         };
-        filter =
-            filter.and(col("type").in_list(types.into_iter().map(dictionary).collect(), false));
+        filter = filter.and(col("type").in_list(types.iter().map(dictionary).collect(), false));
         let mut select = vec![iid()];
         if group.ts.is_none() {
             if self.ts_lo > i64::MIN {
@@ -233,14 +243,27 @@ impl Scan {
             select.push(datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"));
         }
         select.push(col("type"));
+        // Columns no condition of these types reads are projected empty.
         for (j, v) in self.values.iter().enumerate() {
-            select.push(v.clone().alias(format!("v{j}")));
+            let v = match projection.values[j] {
+                true => v.clone(),
+                false => lit(ScalarValue::Float64(None)),
+            };
+            select.push(v.alias(format!("v{j}")));
         }
         for (j, x) in self.planned.iter().enumerate() {
-            select.push(x.clone().alias(format!("x{j}")));
+            let x = match projection.planned[j] {
+                true => x.clone(),
+                false => lit(ScalarValue::Boolean(None)),
+            };
+            select.push(x.alias(format!("x{j}")));
         }
         for (j, d) in self.dictionaries.iter().enumerate() {
-            select.push(col(d.as_str()).alias(format!("d{j}")));
+            let d = match projection.dictionaries[j] {
+                true => col(d.as_str()),
+                false => lit(self.dictionary_nulls[j].clone()),
+            };
+            select.push(d.alias(format!("d{j}")));
         }
         let table = match &group.table {
             Some(t) => {
@@ -276,25 +299,27 @@ impl Scan {
             &[]
         };
         for group in groups {
-            let plan = self
-                .frame(ctx, group, lo, hi)
-                .await?
-                .create_physical_plan()
-                .await?;
-            let plan = without_filters(plan)?;
-            let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                let blockwise = !direct
-                    && batch
-                        .column(0)
-                        .as_primitive_opt::<UInt32Type>()
-                        .is_some_and(|ids| ids.values().is_sorted());
-                if blockwise {
-                    kept.push((batch, group));
-                } else {
-                    let rows = self.rows(&batch, group)?;
-                    self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+            for projection in &self.projections {
+                let plan = self
+                    .frame(ctx, group, projection, lo, hi)
+                    .await?
+                    .create_physical_plan()
+                    .await?;
+                let plan = without_filters(plan)?;
+                let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let blockwise = !direct
+                        && batch
+                            .column(0)
+                            .as_primitive_opt::<UInt32Type>()
+                            .is_some_and(|ids| ids.values().is_sorted());
+                    if blockwise {
+                        kept.push((batch, group));
+                    } else {
+                        let rows = self.rows(&batch, group)?;
+                        self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+                    }
                 }
             }
         }
@@ -576,4 +601,46 @@ fn dictionary(a: &ArrayRef) -> Result<DictionaryArray<Int32Type>> {
         &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
     )?;
     Ok(cast.as_dictionary::<Int32Type>().clone())
+}
+
+/// The event types of a scan in sets read alike: the types whose conditions
+/// read the same value, filter and dictionary columns.
+fn projections(
+    by_type: &HashMap<String, Vec<u32>>,
+    leaves: &[Leaf],
+    filters: &Filters,
+    values: usize,
+) -> Vec<Projection> {
+    let mut types: Vec<&String> = by_type.keys().collect();
+    types.sort();
+    let mut out: Vec<Projection> = Vec::new();
+    for t in types {
+        let mut p = Projection {
+            types: vec![t.clone()],
+            values: vec![false; values],
+            planned: vec![false; filters.planned.len()],
+            dictionaries: vec![false; filters.dictionaries.len()],
+        };
+        for &k in &by_type[t] {
+            let leaf = &leaves[k as usize];
+            if let Some(v) = leaf.value {
+                p.values[v] = true;
+            }
+            let extra = leaf.extra.map(|e| filters.extras[e].as_slice());
+            for &a in extra.unwrap_or(&[]) {
+                match &filters.atoms[a] {
+                    Atom::Planned(j) => p.planned[*j] = true,
+                    Atom::Dictionary(j, _) => p.dictionaries[*j] = true,
+                }
+            }
+        }
+        let alike = out.iter_mut().find(|q| {
+            q.values == p.values && q.planned == p.planned && q.dictionaries == p.dictionaries
+        });
+        match alike {
+            Some(q) => q.types.push(t.clone()),
+            None => out.push(p),
+        }
+    }
+    out
 }
