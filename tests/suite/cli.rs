@@ -996,7 +996,7 @@ fn set_config(base: &std::path::Path, key: &str, value: &str) {
 }
 
 /// Events files per month of a base's newest version.
-fn files_per_month(base: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+pub(super) fn files_per_month(base: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
     let snap = segments::base::Base::open(base)
         .unwrap()
         .snapshot()

@@ -78,10 +78,7 @@ fn state(base: &Path, known: &HashSet<String>) -> String {
         .snapshot()
         .unwrap();
     // How the events are laid out in files (what `compact` changes).
-    let mut per_month = std::collections::BTreeMap::new();
-    for e in &snap.manifest.events {
-        *per_month.entry(e.month.as_str()).or_insert(0) += 1;
-    }
+    let per_month = super::cli::files_per_month(base);
     out.push(format!("events files per month: {per_month:?}"));
     for rec in &snap.manifest.segments {
         out.push(format!("history of {}", rec.id));
