@@ -70,6 +70,7 @@ fn main() {
             &base,
             "bench http: nightly",
             as_of,
+            segments::jobs::recompute::Fresh::Full,
         ))
         .unwrap();
         eprintln!("nightly run first: {:.1}s", ms(t) / 1000.0);

@@ -340,6 +340,14 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
         rows_skipped: 0,
         contacts: touched_file,
     });
+    crate::base::changes::record(
+        w,
+        crate::base::changes::Changed {
+            presence: (first_new..next_iid).collect(),
+            fields: touched,
+            ..Default::default()
+        },
+    )?;
     w.next.fields = fields;
     w.next.next_iid = next_iid;
     w.next.contact_count = all.len();
@@ -813,5 +821,14 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
     }
     w.next.imports = imports;
     crate::base::members::forget_contacts(w, &gone, &gone_optins)?;
+    crate::base::changes::record(
+        w,
+        crate::base::changes::Changed {
+            fields: gone.clone(),
+            presence: gone.clone(),
+            events: gone.clone(),
+            types: None,
+        },
+    )?;
     Ok(gone.len())
 }

@@ -93,6 +93,7 @@ pub fn import_events(
     let mut first_unknown: Option<(Place, u64)> = None;
     let mut files = Vec::new();
     let mut touched = RoaringBitmap::new();
+    let mut types = std::collections::BTreeSet::new();
     let mut added = 0u64;
     for chunk in input.iter() {
         let chunk = chunk?;
@@ -153,6 +154,7 @@ pub fn import_events(
         } else {
             filter_record_batch(&batch, &BooleanArray::from(keep))?
         };
+        add_types(&batch, &mut types)?;
         touched |= iid_column(&batch)
             .par_chunks(256 * 1024)
             .map(|part| part.iter().copied().collect::<RoaringBitmap>())
@@ -171,6 +173,14 @@ pub fn import_events(
     }
     w.next.events.extend(files);
     w.next.event_columns = columns;
+    crate::base::changes::record(
+        w,
+        crate::base::changes::Changed {
+            events: touched.clone(),
+            types: Some(types.into_iter().collect()),
+            ..Default::default()
+        },
+    )?;
 
     let now = Utc::now();
     let (id, name) = import_name(&w.next, file, opts.name.as_deref(), now)?;
@@ -317,6 +327,29 @@ fn month_index(micros: i64) -> i64 {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     year * 12 + month - 1
+}
+
+/// Add the event types of a batch's rows to a set.
+fn add_types(batch: &RecordBatch, into: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    let column = batch
+        .column_by_name("type")
+        .ok_or_else(|| Error::Internal("events: no type column".into()))?;
+    let column = datafusion::arrow::compute::cast(
+        column,
+        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+    )?;
+    let types = column.as_dictionary::<Int32Type>();
+    let names = types.values().as_string::<i32>();
+    let mut used = vec![false; names.len()];
+    for &k in types.keys().values().iter() {
+        used[k as usize] = true;
+    }
+    for (k, used) in used.into_iter().enumerate() {
+        if used && !into.contains(names.value(k)) {
+            into.insert(names.value(k).to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Each row's event type as its rank among the batch's types (in the order

@@ -40,6 +40,38 @@ pub struct Manifest {
     /// Reports of the last recompute runs, newest last.
     #[serde(default)]
     pub runs: Vec<DataFile>,
+    /// The results of every condition of the last recompute of all active
+    /// segments, which the next one patches (see `base::changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<KeptLeaves>,
+    /// What each import or deletion since `leaves` changed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+}
+
+/// Condition results kept for the next recompute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptLeaves {
+    /// The version whose data they reflect.
+    pub version: u64,
+    /// The instant they were computed as of.
+    pub as_of: DateTime<Utc>,
+    /// One bitmap per condition, tagged by its position in `keys`.
+    pub bitmaps: DataFile,
+    /// JSON: the conditions and the settings they were compiled under.
+    pub keys: DataFile,
+}
+
+/// The contacts one import or deletion changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub version: u64,
+    /// Bitmaps: contacts whose fields changed (added, updated, deleted),
+    /// contacts added or deleted, contacts with new or deleted events.
+    pub contacts: DataFile,
+    /// The event types of the new events (None: any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
 }
 
 /// A file of the base, relative to its directory, with its size and checksum.
@@ -290,6 +322,8 @@ impl Manifest {
             imports: Vec::new(),
             segments: Vec::new(),
             runs: Vec::new(),
+            leaves: None,
+            changes: Vec::new(),
         }
     }
 
@@ -306,6 +340,10 @@ impl Manifest {
             out.extend(s.history.deltas(dir)?);
         }
         out.extend(self.runs.iter().cloned());
+        if let Some(l) = &self.leaves {
+            out.extend([l.bitmaps.clone(), l.keys.clone()]);
+        }
+        out.extend(self.changes.iter().map(|c| c.contacts.clone()));
         Ok(out)
     }
 

@@ -7,6 +7,7 @@
 //! still need them (pins of live processes, plus a grace period).
 
 pub mod bitmaps;
+pub mod changes;
 pub mod check;
 pub mod config;
 pub mod contacts;

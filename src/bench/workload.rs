@@ -17,7 +17,7 @@ use crate::base::Base;
 use crate::base::members::Members;
 use crate::criteria::Definition;
 use crate::error::{Error, Result};
-use crate::jobs::recompute::{active_ids, dependency_order, recompute, targets_of};
+use crate::jobs::recompute::{Fresh, active_ids, dependency_order, recompute, targets_of};
 
 const PREFIXES: &[&str] = &[
     "par", "lyo", "mar", "tou", "ni", "bor", "lil", "ren", "é", "gr",
@@ -162,7 +162,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if wants("nightly") {
         let (runs, n) = time_runs(opts.runs, || {
             let mut w = base.writer("segments bench: nightly")?;
-            let report = rt.block_on(recompute(&mut w, as_of))?;
+            let report = rt.block_on(recompute(&mut w, as_of, Fresh::Full))?;
             w.commit()?;
             Ok(report.segments.len())
         })?;

@@ -24,9 +24,15 @@ pub(super) async fn recompute_cmd(dir: &Path, args: RecomputeArgs) -> anyhow::Re
         as_of,
         jobs,
         dry_run,
+        full,
         report,
         format,
     } = args;
+    let fresh = if full {
+        Fresh::Full
+    } else {
+        Fresh::Incremental
+    };
     let mut base = open(dir)?;
     base.jobs = jobs;
     if let Some(index) = report {
@@ -52,14 +58,15 @@ pub(super) async fn recompute_cmd(dir: &Path, args: RecomputeArgs) -> anyhow::Re
             segments::jobs::recompute::dry_run(
                 &base,
                 &snap.manifest,
-                as_of.unwrap_or_else(Utc::now)
+                as_of.unwrap_or_else(Utc::now),
+                fresh
             )
             .await?
         );
         return Ok(ExitCode::SUCCESS);
     }
     let bar = progress_bar(&mut base);
-    let report = nightly(&base, &describe("recompute"), now_or(as_of)).await?;
+    let report = nightly(&base, &describe("recompute"), now_or(as_of), fresh).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -303,7 +310,7 @@ pub(super) async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> 
     let mut base = open(dir)?;
     segments::synth::create_examples(&base, as_of).await?;
     let bar = progress_bar(&mut base);
-    let report = nightly(&base, "segments demo", as_of).await?;
+    let report = nightly(&base, "segments demo", as_of, Fresh::Incremental).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -438,7 +445,7 @@ pub(super) async fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCod
     );
     let mut base = open(dir)?;
     let bar = progress_bar(&mut base);
-    let report = nightly(&base, "segments gen", opts.as_of).await?;
+    let report = nightly(&base, "segments gen", opts.as_of, Fresh::Incremental).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -24,7 +24,7 @@ use segments::base::events::EventImportOptions;
 use segments::criteria::Definition;
 use segments::jobs::export::RowFormat;
 use segments::jobs::import::{ImportFile, import};
-use segments::jobs::recompute::{RunReport, nightly};
+use segments::jobs::recompute::{Fresh, RunReport, nightly};
 use segments::jobs::segments::{self as seg, Channel};
 use segments::jobs::views;
 use segments::jobs::{change, init};
@@ -106,6 +106,10 @@ struct RecomputeArgs {
     /// Print the plan (order, shared leaves, passes) and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Evaluate every condition for every contact (default: patch the
+    /// results of the last run where contacts, events or time moved).
+    #[arg(long)]
+    full: bool,
     /// Show a stored run report instead (1 = latest, 2 = the one before...).
     #[arg(long, num_args = 0..=1, default_missing_value = "1")]
     report: Option<usize>,

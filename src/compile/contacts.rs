@@ -12,6 +12,7 @@
 //! the scan are evaluated in parallel.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -57,8 +58,12 @@ struct Atom {
 
 impl Session {
     /// One bitmap per boolean expression over contacts: the contacts for
-    /// which it is true.
-    pub async fn contact_bitmaps(&self, exprs: &[Expr]) -> Result<Vec<RoaringBitmap>> {
+    /// which it is true, among all or among the internal ids of `range`.
+    pub async fn contact_bitmaps(
+        &self,
+        exprs: &[Expr],
+        range: Option<Range<u32>>,
+    ) -> Result<Vec<RoaringBitmap>> {
         let dictionaries: HashMap<String, Field> = self
             .contacts_schema
             .fields()
@@ -90,6 +95,7 @@ impl Session {
             }
         }
         if shared.is_empty()
+            && range.is_none()
             && let Some(out) = self
                 .contact_bitmaps_from_pages(&rewritten, &atom_exprs)
                 .await?
@@ -105,8 +111,11 @@ impl Session {
                 .enumerate()
                 .map(|(i, e)| e.clone().alias(shared_name(i))),
         );
-        let df = self.ctx.table(CONTACTS).await?.select(select)?;
-        let plan = df.create_physical_plan().await?;
+        let mut df = self.ctx.table(CONTACTS).await?;
+        if let Some(r) = range {
+            df = df.filter(crate::compile::iid_range(r))?;
+        }
+        let plan = df.select(select)?.create_physical_plan().await?;
         let scan = plan.schema();
         let mut atoms = Vec::with_capacity(atom_exprs.len());
         let mut fields: Vec<Field> = scan.fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -13,11 +13,12 @@ pub mod behavior;
 mod contacts;
 mod dictionary;
 pub mod expr;
+pub mod fresh;
 pub mod materialize;
 mod pages;
 
 use std::collections::HashMap;
-use std::ops::Not;
+use std::ops::{Not, Range};
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::common::DFSchema;
@@ -53,6 +54,9 @@ pub struct Plan {
     pub contact_leaves: Vec<Criterion>,
     pub event_leaves: Vec<Behavior>,
     pub queries: Vec<String>,
+    /// What identifies each contact and behaviour leaf across runs.
+    pub contact_keys: Vec<String>,
+    pub event_keys: Vec<String>,
     index: HashMap<String, usize>,
 }
 
@@ -70,8 +74,9 @@ impl Plan {
     pub fn add(&mut self, c: &Criterion) -> Node {
         if contacts_only(c) && !matches!(c, Criterion::All(v) | Criterion::Any(v) if v.is_empty()) {
             let key = format!("c:{c:?}");
-            let i = *self.index.entry(key).or_insert_with(|| {
+            let i = *self.index.entry(key.clone()).or_insert_with(|| {
                 self.contact_leaves.push(c.clone());
+                self.contact_keys.push(key);
                 self.contact_leaves.len() - 1
             });
             return Node::Contacts(i);
@@ -82,8 +87,9 @@ impl Plan {
             Criterion::Not(x) => Node::Not(Box::new(self.add(x))),
             Criterion::Behavior(b) => {
                 let key = format!("e:{b:?}");
-                let i = *self.index.entry(key).or_insert_with(|| {
+                let i = *self.index.entry(key.clone()).or_insert_with(|| {
                     self.event_leaves.push((**b).clone());
+                    self.event_keys.push(key);
                     self.event_leaves.len() - 1
                 });
                 Node::Events(i)
@@ -195,8 +201,8 @@ impl Session {
             (out, t.elapsed().as_millis() as u64)
         }
         let ((contacts, c_ms), (events, e_ms), (queries, q_ms)) = tokio::join!(
-            timed(self.contacts_pass(&plan.contact_leaves, clock)),
-            timed(self.events_pass(&plan.event_leaves, clock)),
+            timed(self.contacts_pass(&plan.contact_leaves, clock, None)),
+            timed(self.events_pass(&plan.event_leaves, clock, None)),
             timed(self.queries_pass(&plan.queries)),
         );
         LeafResults {
@@ -207,7 +213,14 @@ impl Session {
         }
     }
 
-    async fn contacts_pass(&self, leaves: &[Criterion], clock: &Clock) -> Vec<Outcome> {
+    /// The contacts pass over every contact, or over the internal ids of
+    /// `range` only (the results then hold for those contacts only).
+    async fn contacts_pass(
+        &self,
+        leaves: &[Criterion],
+        clock: &Clock,
+        range: Option<Range<u32>>,
+    ) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut exprs = Vec::new();
         let mut slots = Vec::new();
@@ -224,7 +237,7 @@ impl Session {
         if exprs.is_empty() {
             return out;
         }
-        match self.contact_bitmaps(&exprs).await {
+        match self.contact_bitmaps(&exprs, range.clone()).await {
             Ok(bitmaps) => {
                 for (slot, bm) in slots.into_iter().zip(bitmaps) {
                     out[slot] = Ok(bm);
@@ -235,7 +248,7 @@ impl Session {
             Err(_) if exprs.len() > 1 => {
                 for (slot, e) in slots.into_iter().zip(exprs) {
                     out[slot] = self
-                        .contact_bitmaps(&[e])
+                        .contact_bitmaps(&[e], range.clone())
                         .await
                         .map(|mut v| v.remove(0))
                         .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));
@@ -294,7 +307,14 @@ impl Session {
         Ok((contacts, events))
     }
 
-    async fn events_pass(&self, leaves: &[Behavior], clock: &Clock) -> Vec<Outcome> {
+    /// The behaviour pass over every contact, or over the internal ids of
+    /// `range` only (the results then hold for those contacts only).
+    async fn events_pass(
+        &self,
+        leaves: &[Behavior],
+        clock: &Clock,
+        range: Option<Range<u32>>,
+    ) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut compiled = Vec::new();
         for (i, b) in leaves.iter().enumerate() {
@@ -311,7 +331,7 @@ impl Session {
         }
         let all = &self.all_contacts;
         let parts: Vec<BehaviorParts> = compiled.iter().map(|(_, p)| p.clone()).collect();
-        match self.behavior_bitmaps(&parts, clock).await {
+        match self.behavior_bitmaps_in(&parts, clock, range.clone()).await {
             Ok(results) => {
                 for ((slot, p), (has, pass)) in compiled.iter().zip(results) {
                     out[*slot] = Ok(p.finish(has, pass, all));
@@ -322,7 +342,10 @@ impl Session {
             Err(e) => {
                 let shared = std::sync::Arc::new(self.name_damaged_file(e));
                 for (slot, p) in &compiled {
-                    out[*slot] = match self.behavior_bitmaps(std::slice::from_ref(p), clock).await {
+                    out[*slot] = match self
+                        .behavior_bitmaps_in(std::slice::from_ref(p), clock, range.clone())
+                        .await
+                    {
                         Ok(mut r) => {
                             let (has, pass) = r.remove(0);
                             Ok(p.finish(has, pass, all))
@@ -384,6 +407,14 @@ impl Session {
             datafusion::arrow::datatypes::DataType::UInt64,
         )])?)
     }
+}
+
+/// `range.start <= _iid < range.end`.
+pub(crate) fn iid_range(r: Range<u32>) -> Expr {
+    use datafusion::common::ScalarValue;
+    col(IID)
+        .gt_eq(lit(ScalarValue::UInt32(Some(r.start))))
+        .and(col(IID).lt(lit(ScalarValue::UInt32(Some(r.end)))))
 }
 
 /// Stream a plan whose first column is `_iid` and the next `n` are booleans

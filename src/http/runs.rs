@@ -12,16 +12,16 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
-use super::segments::{WriteParams, parse_instant};
+use super::segments::parse_instant;
 use super::{ApiQuery, AppState, WaitParam, command};
 use crate::base::ProgressHook;
-use crate::jobs::recompute::{RunReport, nightly};
+use crate::jobs::recompute::{Fresh, RunReport, nightly};
 
 /// Runs started by this server, newest last (the last 100 are kept).
 #[derive(Default)]
@@ -83,15 +83,30 @@ pub struct Started {
     pub events: String,
 }
 
+/// `wait` and `as_of` as for every write; `full=true` evaluates every
+/// condition for every contact instead of patching the kept results.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RecomputeParams {
+    /// `500ms`, `30s`, `2m`: wait that long for another writer to finish
+    /// (default: answer 409 at once).
+    pub wait: Option<String>,
+    /// RFC 3339 instant (or a date) to evaluate relative criteria at.
+    pub as_of: Option<String>,
+    /// Evaluate every condition for every contact (default: only where
+    /// something changed since the last run).
+    pub full: Option<bool>,
+}
+
 /// Start the nightly job (every active segment) in the background. Answers
 /// 409 at once when another writer holds the base (unless `wait` is given:
 /// the run then waits for it).
-#[utoipa::path(operation_id = "start_recompute", post, path = "/api/recompute", tag = "runs", params(WriteParams),
+#[utoipa::path(operation_id = "start_recompute", post, path = "/api/recompute", tag = "runs", params(RecomputeParams),
     responses((status = 202, body = Started), (status = 409, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    ApiQuery(p): ApiQuery<WriteParams>,
+    ApiQuery(p): ApiQuery<RecomputeParams>,
 ) -> ApiResult<Response> {
     let wait = WaitParam {
         wait: p.wait.clone(),
@@ -134,7 +149,12 @@ pub async fn start(
     )));
     let who = command(&caller, "recompute");
     tokio::spawn(async move {
-        let outcome = nightly(&base, &who, as_of).await;
+        let fresh = if p.full.unwrap_or(false) {
+            Fresh::Full
+        } else {
+            Fresh::Incremental
+        };
+        let outcome = nightly(&base, &who, as_of, fresh).await;
         tx.send_modify(|s| {
             s.finished_at = Some(Utc::now());
             match outcome {

@@ -15,10 +15,12 @@ use serde::Serialize;
 
 use crate::base::Writer;
 use crate::base::bitmaps::read_bitmap;
+use crate::base::changes::Earlier;
 use crate::base::manifest::{Manifest, SegmentStatus};
 use crate::base::members::{Members, OptIns, store_result};
 use crate::compile::expr::Clock;
-use crate::compile::{Bitmaps, LeafResults, Node, Outcome, Plan, eval};
+use crate::compile::fresh::Freshness;
+use crate::compile::{Bitmaps, Node, Outcome, Plan, eval};
 use crate::criteria::Criterion;
 use crate::criteria::graph::SegmentGraph;
 use crate::engine::Session;
@@ -27,6 +29,10 @@ use crate::error::{Error, Result};
 /// The outcome of evaluating a batch of segments.
 pub struct Computation {
     pub results: BTreeMap<String, Outcome>,
+    /// Each condition's result, by key, for the next run to patch.
+    pub leaves: Vec<(String, RoaringBitmap)>,
+    /// How kept results were used.
+    pub freshness: Freshness,
     pub contact_leaves: usize,
     pub event_leaves: usize,
     pub queries: usize,
@@ -138,11 +144,36 @@ pub async fn compute(
     clock: &Clock,
     targets: &[(String, String, Criterion)],
 ) -> Computation {
+    compute_since(session, m, dir, clock, targets, Earlier::None("".into())).await
+}
+
+/// [`compute`], patching the conditions' kept results when there are.
+pub async fn compute_since(
+    session: &Session,
+    m: &Manifest,
+    dir: &std::path::Path,
+    clock: &Clock,
+    targets: &[(String, String, Criterion)],
+    earlier: Earlier,
+) -> Computation {
     let start = Instant::now();
     let mut plan = Plan::default();
     let nodes: Vec<Node> = targets.iter().map(|(_, _, c)| plan.add(c)).collect();
-    let leaves: LeafResults = session.run_leaves(&plan, clock).await;
+    let (leaves, freshness) = match &earlier {
+        Earlier::Kept(kept) => session.run_leaves_since(&plan, clock, kept).await,
+        Earlier::None(why) => (
+            session.run_leaves(&plan, clock).await,
+            Freshness::full(why.clone(), &plan),
+        ),
+    };
     let leaves_ms = start.elapsed().as_millis() as u64;
+    let kept_leaves: Vec<(String, RoaringBitmap)> = plan
+        .contact_keys
+        .iter()
+        .zip(&leaves.contacts)
+        .chain(plan.event_keys.iter().zip(&leaves.events))
+        .filter_map(|(k, r)| r.as_ref().ok().map(|bm| (k.clone(), bm.clone())))
+        .collect();
     let trees = Instant::now();
     let mut batch_keys = HashMap::new();
     for (id, name, _) in targets {
@@ -163,6 +194,8 @@ pub async fn compute(
     }
     Computation {
         results: batch.into_iter().collect(),
+        leaves: kept_leaves,
+        freshness,
         contact_leaves: plan.contact_leaves.len(),
         event_leaves: plan.event_leaves.len(),
         queries: plan.queries.len(),
@@ -213,6 +246,9 @@ pub struct RunReport {
     pub queries: usize,
     #[serde(default)]
     pub phases: Phases,
+    /// How the results kept from the previous run were used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
     pub segments: Vec<SegmentRun>,
 }
 
@@ -242,11 +278,44 @@ pub fn targets_of(m: &Manifest, ids: &[String]) -> Result<Vec<(String, String, C
 }
 
 /// Compute the given dynamic segments inside a writer and record the results
-/// (members, history, statistics, status) in its next manifest.
+/// (members, history, statistics, status) in its next manifest, patching
+/// the conditions' kept results (see [`crate::compile::fresh`]).
 pub async fn compute_into(
     w: &mut Writer,
     ids: &[String],
     as_of: DateTime<Utc>,
+) -> Result<RunReport> {
+    compute_into_with(w, ids, as_of, Fresh::Incremental).await
+}
+
+/// Whether a recompute may patch the results kept from the previous one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fresh {
+    #[default]
+    Incremental,
+    /// Every condition evaluated for every contact (`recompute --full`).
+    Full,
+}
+
+/// The results kept for a writer's version, or why there are none usable.
+fn earlier(w: &Writer, fresh: Fresh) -> Earlier {
+    if fresh == Fresh::Full {
+        return Earlier::None("a full run was asked for".into());
+    }
+    match crate::base::changes::kept(&w.base, &w.next) {
+        Ok(e) => e,
+        Err(e) => Earlier::None(format!("the kept results cannot be read ({e})")),
+    }
+}
+
+/// [`compute_into`], choosing whether kept results are patched. When the
+/// batch is every active segment, its conditions' results are kept for
+/// the next run.
+pub async fn compute_into_with(
+    w: &mut Writer,
+    ids: &[String],
+    as_of: DateTime<Utc>,
+    fresh: Fresh,
 ) -> Result<RunReport> {
     let started = Instant::now();
     let started_at = Utc::now();
@@ -256,7 +325,19 @@ pub async fn compute_into(
     let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
-    let comp = compute(&session, &w.next, &dir, &clock, &targets).await;
+    let earlier = earlier(w, fresh);
+    let mut comp = compute_since(&session, &w.next, &dir, &clock, &targets, earlier).await;
+    let every_active = {
+        let mut a = active_ids(&w.next);
+        let mut b = ids.to_vec();
+        a.sort();
+        b.sort();
+        b.dedup();
+        a == b
+    };
+    if every_active {
+        crate::base::changes::keep(w, as_of, std::mem::take(&mut comp.leaves))?;
+    }
     let t = Instant::now();
     let opt = optins(&session).await?;
     let mut phases = Phases {
@@ -273,6 +354,7 @@ pub async fn compute_into(
         event_leaves: comp.event_leaves,
         queries: comp.queries,
         phases,
+        freshness: Some(comp.freshness.clone()),
         segments: Vec::new(),
     };
     let mut segments = std::mem::take(&mut w.next.segments);
@@ -340,15 +422,16 @@ pub async fn nightly(
     base: &crate::base::Base,
     command: &str,
     as_of: DateTime<Utc>,
+    fresh: Fresh,
 ) -> Result<RunReport> {
     let (report, _) =
-        crate::jobs::change(base, command, async |w| recompute(w, as_of).await).await?;
+        crate::jobs::change(base, command, async |w| recompute(w, as_of, fresh).await).await?;
     Ok(report)
 }
 
-pub async fn recompute(w: &mut Writer, as_of: DateTime<Utc>) -> Result<RunReport> {
+pub async fn recompute(w: &mut Writer, as_of: DateTime<Utc>, fresh: Fresh) -> Result<RunReport> {
     let ids = active_ids(&w.next);
-    let report = compute_into(w, &ids, as_of).await?;
+    let report = compute_into_with(w, &ids, as_of, fresh).await?;
     save_report(w, &report)?;
     Ok(report)
 }
@@ -395,6 +478,7 @@ pub async fn dry_run(
     base: &crate::base::Base,
     m: &Manifest,
     as_of: DateTime<Utc>,
+    fresh: Fresh,
 ) -> Result<String> {
     use std::fmt::Write;
     let ids = active_ids(m);
@@ -413,6 +497,14 @@ pub async fn dry_run(
     let session = Session::new(base, Arc::new(m.clone()))?;
     let clock = Clock::new(as_of, base.tz());
     let (contacts, events) = session.explain(&plan, &clock).await?;
+    let earlier = match fresh {
+        Fresh::Full => Earlier::None("a full run was asked for".into()),
+        Fresh::Incremental => crate::base::changes::kept(base, m)?,
+    };
+    let freshness = match &earlier {
+        Earlier::Kept(kept) => session.freshness_since(&plan, &clock, kept).await,
+        Earlier::None(why) => Freshness::full(why.clone(), &plan),
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -435,6 +527,7 @@ pub async fn dry_run(
         plan.queries.len(),
         references
     );
+    let _ = writeln!(out, "\n{}", freshness.describe());
     let _ = writeln!(out, "\npass 1, one scan of contacts:\n{contacts}");
     for (i, pass) in events.iter().enumerate() {
         let _ = writeln!(out, "\npass {}, one scan of events: {pass}", i + 2);

@@ -363,6 +363,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
     w.next.next_iid = opts.contacts;
     w.next.fields = fields;
     w.next.events = files;
+    crate::base::changes::forget(&mut w.next);
     w.commit()?;
     Ok(GenStats {
         contacts: opts.contacts as u64,

@@ -309,6 +309,24 @@ fn every_durable_step_of_every_writing_command_survives_a_crash() {
         let new = state(&reference, &known);
         assert_ne!(new, old, "{name} changes what users see");
         std::fs::remove_dir_all(&reference).unwrap();
+        if *name == "recompute" {
+            // The template keeps its conditions' results: the recompute
+            // patches them, and equals one that evaluates everything.
+            let report = ok(&template, &["recompute", "--dry-run", "--as-of", LATER]);
+            assert!(report.contains("\nincremental: "), "{report}");
+            let full = scratch.path().join("full");
+            copy_base(&template, &full);
+            let mut args = args.clone();
+            args.insert(1, "--full".into());
+            let out = run_with(&full, &args, None, env);
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(
+                state(&full, &known),
+                new,
+                "an incremental recompute equals a full one"
+            );
+            std::fs::remove_dir_all(&full).unwrap();
+        }
         let (mut points, mut saw_old, mut saw_new) = (0, 0, 0);
         for n in 1.. {
             let dir = scratch.path().join(format!("crash-{n}"));

@@ -18,7 +18,8 @@ struct Damage {
     pass: &'static [&'static [&'static str]],
 }
 
-const RECOMPUTE: &[&str] = &["recompute", "--as-of", AS_OF];
+/// In full: an incremental recompute with nothing changed reads no data file.
+const RECOMPUTE: &[&str] = &["recompute", "--full", "--as-of", AS_OF];
 const LIST: &[&str] = &["segment", "list"];
 const COUNT_CONTACTS: &[&str] = &["sql", "SELECT count(*) FROM contacts"];
 const COUNT_EVENTS: &[&str] = &["sql", "SELECT count(*), sum(amount) FROM events"];

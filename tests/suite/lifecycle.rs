@@ -6,7 +6,7 @@ use serde_json::json;
 use super::common::{TestBase, at, rt};
 use segments::base::members::Members;
 use segments::criteria::Definition;
-use segments::jobs::recompute::recompute;
+use segments::jobs::recompute::{Fresh, recompute};
 use segments::jobs::segments as seg;
 
 fn def(v: serde_json::Value) -> Definition {
@@ -91,7 +91,8 @@ fn entry_dates_over_three_recomputes_stay_exit_and_reenter() {
         ("2026-02-05T00:00:00Z", 3),
     ] {
         let mut w = tb.base.writer("t").unwrap();
-        rt.block_on(recompute(&mut w, at(as_of))).unwrap();
+        rt.block_on(recompute(&mut w, at(as_of), Fresh::Incremental))
+            .unwrap();
         w.commit().unwrap();
         let snap = tb.base.snapshot().unwrap();
         let (rec, m) = seg::members_of(&snap, "recent").unwrap();
@@ -137,7 +138,8 @@ fn pause_freezes_members_and_resume_recomputes() {
         "paused: frozen through the import's recompute"
     );
     let mut w = tb.base.writer("t").unwrap();
-    rt.block_on(recompute(&mut w, chrono::Utc::now())).unwrap();
+    rt.block_on(recompute(&mut w, chrono::Utc::now(), Fresh::Incremental))
+        .unwrap();
     w.commit().unwrap();
     assert_eq!(
         members(&tb, "big").len(),
@@ -205,7 +207,9 @@ fn a_failing_segment_and_its_dependants_fail_alone_and_keep_members() {
     .unwrap();
     // Break the SQL of `flaky` behind validation's back: it now fails at run time.
     w.next.segment_mut("flaky").unwrap().criteria = Some(json!({"sql": "no_such_column > 15"}));
-    let report = rt.block_on(recompute(&mut w, chrono::Utc::now())).unwrap();
+    let report = rt
+        .block_on(recompute(&mut w, chrono::Utc::now(), Fresh::Incremental))
+        .unwrap();
     w.commit().unwrap();
     let failed: Vec<&str> = report.failures().iter().map(|f| f.id.as_str()).collect();
     assert_eq!(failed, vec!["child", "flaky"]);

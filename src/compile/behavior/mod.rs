@@ -107,7 +107,78 @@ pub struct BehaviorParts {
     zero_matches: bool,
 }
 
+/// How the outcome of a behaviour condition can change for a contact whose
+/// events stay the same, when the clock moves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Moved {
+    /// It cannot.
+    Same,
+    /// Only for contacts with an event of the condition's types whose time
+    /// falls in one of these closed intervals (µs).
+    Bands(Vec<(i64, i64)>),
+    /// For any contact.
+    Everything,
+}
+
 impl BehaviorParts {
+    /// The event types the condition reads.
+    pub fn types(&self) -> &[String] {
+        &self.types
+    }
+
+    /// How this condition (compiled at `clock`) can differ from the same
+    /// condition compiled at `earlier_clock` (`earlier`): the window's ends
+    /// move, and so do the instants a `first`/`last` test compares with.
+    /// A filter on event columns that depends on the clock (a date column
+    /// within the last days...) can change anything.
+    pub fn moved_since(
+        &self,
+        earlier: &BehaviorParts,
+        clock: &Clock,
+        earlier_clock: &Clock,
+    ) -> Moved {
+        if self.extra != earlier.extra {
+            return Moved::Everything;
+        }
+        let mut bands = Vec::new();
+        let mut band = |a: i64, b: i64| {
+            if a != b {
+                bands.push((a.min(b), a.max(b)));
+            }
+        };
+        band(earlier.lo, self.lo);
+        band(earlier.hi, self.hi);
+        if self.exists.is_none() && matches!(self.agg, Agg::First | Agg::Last) {
+            let test = |clock: &Clock| {
+                op_expr(
+                    &self.value_ty,
+                    self.op,
+                    &self.operand,
+                    false,
+                    col("a"),
+                    clock,
+                    EmptyRule::Aggregate,
+                )
+            };
+            let (now, then) = (test(clock), test(earlier_clock));
+            if now != then {
+                match (scan::time_cuts(&then), scan::time_cuts(&now)) {
+                    (Some(a), Some(b)) if a.len() == b.len() => {
+                        for (x, y) in a.into_iter().zip(b) {
+                            band(x, y);
+                        }
+                    }
+                    _ => return Moved::Everything,
+                }
+            }
+        }
+        if bands.is_empty() {
+            Moved::Same
+        } else {
+            Moved::Bands(bands)
+        }
+    }
+
     /// Contacts with no matching event pass too (count or sum tested
     /// against a bound that 0 satisfies): the result is `pass | (all - has)`.
     pub fn finish(
@@ -213,14 +284,34 @@ impl Session {
         parts: &[BehaviorParts],
         clock: &Clock,
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        self.behavior_bitmaps_in(parts, clock, None).await
+    }
+
+    /// [`Session::behavior_bitmaps`] for the contacts of an internal id
+    /// range (or all): only the events of those contacts are read.
+    pub async fn behavior_bitmaps_in(
+        &self,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+        range: Option<std::ops::Range<u32>>,
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
         let scan = Arc::new(Scan::new(self, parts, clock)?);
-        let end = self.all_contacts.max().map(|m| m as u64 + 1).unwrap_or(0);
+        let all_end = self.all_contacts.max().map(|m| m as u64 + 1).unwrap_or(0);
+        let (start, end) = match range {
+            Some(r) => (u64::from(r.start), u64::from(r.end).min(all_end)),
+            None => (0, all_end),
+        };
         let mut out = vec![(RoaringBitmap::new(), RoaringBitmap::new()); parts.len()];
-        if end == 0 {
+        if end <= start {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = Arc::new(scan.shards(end, self.event_rows(), threads, self.scan_layout));
+        let shards = Arc::new(scan.shards(
+            start..end,
+            self.event_rows() * (end - start) / all_end,
+            threads,
+            self.scan_layout,
+        ));
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // One worker per thread takes the next shard until none is left,
         // reusing its state arrays from shard to shard.
@@ -287,7 +378,7 @@ impl Session {
         let plan = plans.join("\n");
         let threads = self.ctx.copied_config().target_partitions().max(1);
         let shards = scan
-            .shards(end as u64, self.event_rows(), threads, self.scan_layout)
+            .shards(0..end as u64, self.event_rows(), threads, self.scan_layout)
             .len();
         let mut types: Vec<String> = scan
             .by_type

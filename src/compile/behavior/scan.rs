@@ -178,20 +178,23 @@ impl Scan {
     /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
     /// thread, each small enough for its state and its buffered rows to fit
     /// their budgets (`rows` is the number of events in the base).
+    /// Shards of the contacts of `ids`, whose events number about `rows`.
     pub(super) fn shards(
         &self,
-        end: u64,
+        ids: std::ops::Range<u64>,
         rows: u64,
         threads: usize,
         layout: ScanLayout,
     ) -> Vec<(u32, u32)> {
+        let (start, end) = (ids.start, ids.end);
+        let contacts = end.saturating_sub(start);
         let state_fit = (SHARD_STATE_BYTES / self.bytes_per_contact()) as u64;
-        let rows_per_contact = rows.div_ceil(end.max(1)).max(1);
+        let rows_per_contact = rows.div_ceil(contacts.max(1)).max(1);
         let rows_fit = (SHARD_ROW_BYTES / self.bytes_per_row()) as u64 / rows_per_contact;
-        let even = end.div_ceil((threads * SHARDS_PER_THREAD) as u64);
+        let even = contacts.div_ceil((threads * SHARDS_PER_THREAD) as u64);
         // A state small enough to take batches as they come needs no
         // blocks: fewer shards then save plans.
-        let wide = end.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
+        let wide = contacts.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
         let len = match layout.shard_contacts {
             Some(n) => n.max(1) as u64,
             None if self.fits_in_cache(wide.min(u32::MAX as u64) as u32) => {
@@ -200,7 +203,7 @@ impl Scan {
             None => state_fit.min(rows_fit).min(even).max(HAVING_CHUNK as u64),
         };
         let mut out = Vec::new();
-        let mut lo = 0u64;
+        let mut lo = start;
         while lo < end {
             let hi = (lo + len).min(end);
             out.push((lo as u32, hi as u32));
@@ -514,7 +517,7 @@ fn file_groups(
 /// outcome: the test holds alike for two values on the same side of each
 /// (`v < c` for both or `v >= c` for both). None when the test does more
 /// with the value than compare it with instants (a day-of-year test).
-fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
+pub(super) fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::{Between, BinaryExpr, Operator};
     let is_value = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "a");

@@ -122,6 +122,89 @@ pub(super) fn gen_ts(rng: &mut Rng, anchors: &[DateTime<Utc>]) -> i64 {
     }
 }
 
+/// A contact drawn with empty values, non-ASCII text and dates near the anchors.
+pub(super) fn gen_contact(
+    rng: &mut Rng,
+    id: i64,
+    cities: &[&str],
+    anchors: &[DateTime<Utc>],
+) -> Contact {
+    let empty = |rng: &mut Rng| rng.chance(0.2);
+    Contact {
+        id,
+        city: if empty(rng) {
+            None
+        } else {
+            Some(rng.pick(cities).to_string())
+        },
+        email: if empty(rng) {
+            None
+        } else {
+            Some(rng.pick(EMAILS).to_string())
+        },
+        score: if empty(rng) {
+            None
+        } else {
+            Some(*rng.pick(&[-3, 0, 1, 5, 10, 42, 100]) + rng.range(0, 1))
+        },
+        spent: if empty(rng) {
+            None
+        } else {
+            Some(*rng.pick(AMOUNTS))
+        },
+        birth_date: if empty(rng) {
+            None
+        } else {
+            Some(gen_date(rng, anchors))
+        },
+        created_at: if empty(rng) {
+            None
+        } else {
+            Some(gen_ts(rng, anchors))
+        },
+        email_optin: if empty(rng) {
+            None
+        } else {
+            Some(rng.chance(0.5))
+        },
+        loyalty: if empty(rng) {
+            None
+        } else {
+            Some(rng.pick(LOYALTY).to_string())
+        },
+        interests: if empty(rng) {
+            None
+        } else {
+            let k = rng.below(4);
+            Some((0..k).map(|_| rng.pick(TAGS).to_string()).collect())
+        },
+    }
+}
+
+/// An event of a contact at a time near the anchors.
+pub(super) fn gen_event(rng: &mut Rng, contact_id: i64, anchors: &[DateTime<Utc>]) -> Event {
+    Event {
+        contact_id,
+        ts: gen_ts(rng, anchors),
+        ty: rng.pick(EVENT_TYPES).to_string(),
+        operation_id: if rng.chance(0.3) {
+            None
+        } else {
+            Some(rng.pick(OPERATIONS).to_string())
+        },
+        url: if rng.chance(0.3) {
+            None
+        } else {
+            Some(rng.pick(URLS).to_string())
+        },
+        amount: if rng.chance(0.3) {
+            None
+        } else {
+            Some(*rng.pick(AMOUNTS))
+        },
+    }
+}
+
 pub(super) fn gen_data(rng: &mut Rng) -> Data {
     let anchors = as_ofs();
     let n = rng.range(10, 40) as usize;
@@ -138,80 +221,12 @@ pub(super) fn gen_data(rng: &mut Rng) -> Data {
     let mut id = 0i64;
     for _ in 0..n {
         id += rng.range(1, 5);
-        let empty = |rng: &mut Rng| rng.chance(0.2);
-        contacts.push(Contact {
-            id,
-            city: if empty(rng) {
-                None
-            } else {
-                Some(rng.pick(cities).to_string())
-            },
-            email: if empty(rng) {
-                None
-            } else {
-                Some(rng.pick(EMAILS).to_string())
-            },
-            score: if empty(rng) {
-                None
-            } else {
-                Some(*rng.pick(&[-3, 0, 1, 5, 10, 42, 100]) + rng.range(0, 1))
-            },
-            spent: if empty(rng) {
-                None
-            } else {
-                Some(*rng.pick(AMOUNTS))
-            },
-            birth_date: if empty(rng) {
-                None
-            } else {
-                Some(gen_date(rng, &anchors))
-            },
-            created_at: if empty(rng) {
-                None
-            } else {
-                Some(gen_ts(rng, &anchors))
-            },
-            email_optin: if empty(rng) {
-                None
-            } else {
-                Some(rng.chance(0.5))
-            },
-            loyalty: if empty(rng) {
-                None
-            } else {
-                Some(rng.pick(LOYALTY).to_string())
-            },
-            interests: if empty(rng) {
-                None
-            } else {
-                let k = rng.below(4);
-                Some((0..k).map(|_| rng.pick(TAGS).to_string()).collect())
-            },
-        });
+        contacts.push(gen_contact(rng, id, cities, &anchors));
     }
     let mut events = Vec::new();
     for c in &contacts {
         for _ in 0..rng.below(9) {
-            events.push(Event {
-                contact_id: c.id,
-                ts: gen_ts(rng, &anchors),
-                ty: rng.pick(EVENT_TYPES).to_string(),
-                operation_id: if rng.chance(0.3) {
-                    None
-                } else {
-                    Some(rng.pick(OPERATIONS).to_string())
-                },
-                url: if rng.chance(0.3) {
-                    None
-                } else {
-                    Some(rng.pick(URLS).to_string())
-                },
-                amount: if rng.chance(0.3) {
-                    None
-                } else {
-                    Some(*rng.pick(AMOUNTS))
-                },
-            });
+            events.push(gen_event(rng, c.id, &anchors));
         }
     }
     let mut dates: Vec<NaiveDate> = contacts.iter().filter_map(|c| c.birth_date).collect();
@@ -552,7 +567,11 @@ pub(super) fn build_base(
         }
     }
     let mut w = base.writer("test").expect("writer");
-    rt.block_on(segments::jobs::recompute::recompute(&mut w, recompute_at))
-        .expect("recompute");
+    rt.block_on(segments::jobs::recompute::recompute(
+        &mut w,
+        recompute_at,
+        segments::jobs::recompute::Fresh::Incremental,
+    ))
+    .expect("recompute");
     w.commit().expect("commit");
 }

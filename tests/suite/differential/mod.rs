@@ -177,6 +177,7 @@ const DEFAULT_SEGMENTS: &[&str] = &[
 const IMPORTS: &[&str] = &["imp1", "imp2", "ev1"];
 
 mod data;
+mod fresh;
 mod trees;
 use data::*;
 use trees::*;

@@ -1,0 +1,435 @@
+//! Conditions evaluated again only where something changed.
+//!
+//! The results kept from the last recompute ([`Kept`]) hold one bitmap per
+//! condition as of an earlier version and instant. Now, a condition's
+//! result can differ only for:
+//! - a contact condition: the contacts whose fields changed (added,
+//!   updated, deleted); every contact when it depends on the clock (its
+//!   expression compiled at the two instants differs, as relative dates
+//!   do across days, or it calls a function of the current time);
+//! - a behaviour condition: the contacts added or deleted, those with new
+//!   events of its types, and those with an event of its types in one of
+//!   the bands of time that the ends of its window and its `first`/`last`
+//!   instants swept between the two instants ([`Moved`]); every contact
+//!   when a filter on event columns depends on the clock.
+//!
+//! Such a condition is evaluated again over the internal ids from the first
+//! to the last of those contacts (every contact when they spread over most
+//! ids, or when a condition of the pass is evaluated in full anyway), and
+//! its result patched: `(kept − changed) ∪ (new ∩ changed)`. The other
+//! conditions keep their result; a pass none of whose conditions changed
+//! reads nothing.
+
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::{Expr, Volatility, col, lit};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::base::changes::Kept;
+use crate::base::schema::IID;
+use crate::compile::behavior::Moved;
+use crate::compile::expr::{Clock, ts_lit};
+use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
+use crate::engine::Session;
+use crate::engine::session::EVENTS;
+use crate::error::Result;
+
+/// How a recompute used the results kept from the previous one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Freshness {
+    /// `incremental` (kept results patched) or `full` (every condition
+    /// evaluated for every contact).
+    pub mode: String,
+    /// Why the run is full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The version and instant of the kept results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_as_of: Option<DateTime<Utc>>,
+    /// Contacts changed by imports and deletions since.
+    pub changed_contacts: u64,
+    pub contacts: PassFreshness,
+    pub events: PassFreshness,
+}
+
+/// What one pass evaluated again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PassFreshness {
+    /// Conditions whose kept result stands.
+    pub kept: usize,
+    /// Conditions evaluated again for the contacts that may have changed.
+    pub patched: usize,
+    /// Conditions evaluated for every contact.
+    pub full: usize,
+    /// Contacts the patched conditions were evaluated again for.
+    pub dirty_contacts: u64,
+    /// Share of the internal ids whose rows the pass read (0: none).
+    pub read_share: f64,
+}
+
+impl Freshness {
+    /// A few lines for people: how each pass runs.
+    pub fn describe(&self) -> String {
+        let head = match (&self.reason, self.since_version, self.since_as_of) {
+            (Some(why), ..) => format!("full: every condition for every contact ({why})"),
+            (None, Some(v), Some(t)) => format!(
+                "incremental: from the results of version {v} as of {}; {} contact(s) changed since",
+                t.to_rfc3339(),
+                self.changed_contacts
+            ),
+            _ => "incremental".to_string(),
+        };
+        let pass = |name: &str, p: &PassFreshness| {
+            format!(
+                "  {name}: {} kept, {} patched for {} contact(s), {} in full; reads {:.1}% of ids",
+                p.kept,
+                p.patched,
+                p.dirty_contacts,
+                p.full,
+                p.read_share * 100.0
+            )
+        };
+        format!(
+            "{head}\n{}\n{}",
+            pass("contact conditions", &self.contacts),
+            pass("behaviour conditions", &self.events)
+        )
+    }
+
+    /// A full run, and why.
+    pub fn full(reason: impl Into<String>, plan: &Plan) -> Freshness {
+        Freshness {
+            mode: "full".into(),
+            reason: Some(reason.into()),
+            contacts: PassFreshness {
+                full: plan.contact_leaves.len(),
+                read_share: f64::from(u8::from(!plan.contact_leaves.is_empty())),
+                ..PassFreshness::default()
+            },
+            events: PassFreshness {
+                full: plan.event_leaves.len(),
+                read_share: f64::from(u8::from(!plan.event_leaves.is_empty())),
+                ..PassFreshness::default()
+            },
+            ..Freshness::default()
+        }
+    }
+}
+
+/// Event types, and closed intervals of time (µs).
+type Banded = (Vec<String>, Vec<(i64, i64)>);
+
+/// What to do with one condition.
+enum Way {
+    /// Its kept result stands.
+    Keep(RoaringBitmap),
+    /// Evaluate it again for these contacts (kept result, contacts).
+    Patch(RoaringBitmap, RoaringBitmap),
+    /// Evaluate it for every contact.
+    Full,
+}
+
+impl Way {
+    fn patch(kept: &RoaringBitmap, dirty: RoaringBitmap) -> Way {
+        if dirty.is_empty() {
+            Way::Keep(kept.clone())
+        } else {
+            Way::Patch(kept.clone(), dirty)
+        }
+    }
+}
+
+/// Whether an expression calls a function whose result is not fixed by its
+/// arguments (the current time, a random number).
+fn reads_clock(e: &Expr) -> bool {
+    e.exists(|e| {
+        Ok(matches!(e, Expr::ScalarFunction(f)
+            if f.func.signature().volatility != Volatility::Immutable))
+    })
+    .unwrap_or(true)
+}
+
+impl Session {
+    /// What each leaf of a plan needs, from kept results (see the module's
+    /// documentation): reads the events in the bands of time that moved.
+    async fn ways_since(&self, plan: &Plan, clock: &Clock, kept: &Kept) -> Ways {
+        let then = Clock::new(kept.as_of, clock.tz);
+        let dirty = &kept.dirty;
+
+        let contacts: Vec<Way> = plan
+            .contact_leaves
+            .iter()
+            .zip(&plan.contact_keys)
+            .map(|(leaf, key)| {
+                let Some(old) = kept.results.get(key) else {
+                    return Way::Full;
+                };
+                match (
+                    contacts_expr(leaf, self, clock),
+                    contacts_expr(leaf, self, &then),
+                ) {
+                    (Ok(now), Ok(before)) if now == before && !reads_clock(&now) => {
+                        Way::patch(old, dirty.fields.clone())
+                    }
+                    _ => Way::Full,
+                }
+            })
+            .collect();
+
+        let mut events = Vec::with_capacity(plan.event_leaves.len());
+        let mut banded: Vec<(usize, Banded)> = Vec::new();
+        for (i, (b, key)) in plan.event_leaves.iter().zip(&plan.event_keys).enumerate() {
+            let Some(old) = kept.results.get(key) else {
+                events.push(Way::Full);
+                continue;
+            };
+            let way = match (self.behavior_parts(b, clock), self.behavior_parts(b, &then)) {
+                (Ok(now), Ok(before)) => match now.moved_since(&before, clock, &then) {
+                    Moved::Everything => Way::Full,
+                    moved => {
+                        if let Moved::Bands(bands) = moved {
+                            banded.push((i, (now.types().to_vec(), bands)));
+                        }
+                        Way::Patch(old.clone(), dirty.for_events(now.types()))
+                    }
+                },
+                _ => Way::Full,
+            };
+            events.push(way);
+        }
+        // Contacts with events in the bands of time that moved.
+        let wanted: Vec<Banded> = banded.iter().map(|(_, b)| b.clone()).collect();
+        match self.banded_contacts(&wanted).await {
+            Ok(found) => {
+                for ((i, _), bm) in banded.iter().zip(found) {
+                    if let Way::Patch(_, d) = &mut events[*i] {
+                        *d |= bm;
+                    }
+                }
+            }
+            Err(_) => {
+                for (i, _) in &banded {
+                    events[*i] = Way::Full;
+                }
+            }
+        }
+        let events = events
+            .into_iter()
+            .map(|w| match w {
+                Way::Patch(old, d) => Way::patch(&old, d),
+                w => w,
+            })
+            .collect();
+        Ways { contacts, events }
+    }
+
+    /// How a recompute from kept results would run, without running it.
+    pub async fn freshness_since(&self, plan: &Plan, clock: &Clock, kept: &Kept) -> Freshness {
+        let ways = self.ways_since(plan, clock, kept).await;
+        let all = &self.all_contacts;
+        Freshness {
+            mode: "incremental".into(),
+            reason: None,
+            since_version: Some(kept.version),
+            since_as_of: Some(kept.as_of),
+            changed_contacts: kept.dirty.contacts().len(),
+            contacts: PassWork::of(&ways.contacts, all).fresh,
+            events: PassWork::of(&ways.events, all).fresh,
+        }
+    }
+
+    /// Evaluate the leaves of a plan from kept results: each leaf keeps its
+    /// result, is patched for the contacts that may have changed, or is
+    /// evaluated in full (see the module's documentation).
+    pub async fn run_leaves_since(
+        &self,
+        plan: &Plan,
+        clock: &Clock,
+        kept: &Kept,
+    ) -> (LeafResults, Freshness) {
+        let Ways {
+            contacts: contact_ways,
+            events: event_ways,
+        } = self.ways_since(plan, clock, kept).await;
+        let dirty = &kept.dirty;
+        let all = &self.all_contacts;
+        let (c_work, e_work) = (
+            PassWork::of(&contact_ways, all),
+            PassWork::of(&event_ways, all),
+        );
+        let c_leaves: Vec<_> = c_work
+            .run_on
+            .iter()
+            .map(|&i| plan.contact_leaves[i].clone())
+            .collect();
+        let e_leaves: Vec<_> = e_work
+            .run_on
+            .iter()
+            .map(|&i| plan.event_leaves[i].clone())
+            .collect();
+        async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
+            let t = std::time::Instant::now();
+            let out = f.await;
+            (out, t.elapsed().as_millis() as u64)
+        }
+        let ((c_new, c_ms), (e_new, e_ms), (queries, q_ms)) = tokio::join!(
+            timed(async {
+                if c_leaves.is_empty() {
+                    Vec::new()
+                } else {
+                    self.contacts_pass(&c_leaves, clock, c_work.range.clone())
+                        .await
+                }
+            }),
+            timed(async {
+                if e_leaves.is_empty() {
+                    Vec::new()
+                } else {
+                    self.events_pass(&e_leaves, clock, e_work.range.clone())
+                        .await
+                }
+            }),
+            timed(self.queries_pass(&plan.queries)),
+        );
+        let c_fresh = c_work.fresh.clone();
+        let e_fresh = e_work.fresh.clone();
+        let contacts = c_work.combine(contact_ways, c_new, all);
+        let events = e_work.combine(event_ways, e_new, all);
+        let freshness = Freshness {
+            mode: "incremental".into(),
+            reason: None,
+            since_version: Some(kept.version),
+            since_as_of: Some(kept.as_of),
+            changed_contacts: dirty.contacts().len(),
+            contacts: c_fresh,
+            events: e_fresh,
+        };
+        (
+            LeafResults {
+                contacts,
+                events,
+                queries,
+                pass_ms: [c_ms, e_ms, q_ms],
+            },
+            freshness,
+        )
+    }
+
+    /// For each (event types, closed intervals of time): the contacts with
+    /// an event of one of the types at a time in one of the intervals, in
+    /// one scan of events (files and row groups outside the intervals are
+    /// skipped by their statistics).
+    async fn banded_contacts(&self, wanted: &[Banded]) -> Result<Vec<RoaringBitmap>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tests = Vec::with_capacity(wanted.len());
+        for (types, bands) in wanted {
+            let types: Vec<Expr> = types.iter().map(|t| lit(t.clone())).collect();
+            let mut when = lit(false);
+            for &(lo, hi) in bands {
+                when = when.or(col("ts").between(ts_lit(lo), ts_lit(hi)));
+            }
+            tests.push(col("type").in_list(types, false).and(when));
+        }
+        let any = tests
+            .iter()
+            .cloned()
+            .reduce(Expr::or)
+            .expect("at least one test");
+        let mut select = vec![col(IID)];
+        select.extend(
+            tests
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| t.alias(format!("b{i}"))),
+        );
+        let df = self.ctx.table(EVENTS).await?.filter(any)?.select(select)?;
+        collect_masks(df, wanted.len()).await
+    }
+}
+
+/// What each leaf of a plan needs.
+struct Ways {
+    contacts: Vec<Way>,
+    events: Vec<Way>,
+}
+
+/// The work of one pass: which conditions to evaluate, over which ids.
+struct PassWork {
+    /// Positions of the conditions to evaluate.
+    run_on: Vec<usize>,
+    range: Option<Range<u32>>,
+    fresh: PassFreshness,
+}
+
+impl PassWork {
+    fn of(ways: &[Way], all: &RoaringBitmap) -> PassWork {
+        let full = ways.iter().filter(|w| matches!(w, Way::Full)).count();
+        let mut dirty = RoaringBitmap::new();
+        let mut run_on = Vec::new();
+        let mut patched = 0;
+        for (i, w) in ways.iter().enumerate() {
+            match w {
+                Way::Keep(_) => continue,
+                Way::Patch(_, d) => {
+                    dirty |= d;
+                    patched += 1;
+                }
+                Way::Full => {}
+            }
+            run_on.push(i);
+        }
+        let span = all.max().map_or(0, |m| m + 1);
+        // Patched conditions read the ids of their changed contacts only,
+        // unless those spread over most ids or the pass reads every contact
+        // anyway.
+        let range = match (dirty.min(), dirty.max()) {
+            (Some(lo), Some(hi)) if full == 0 && u64::from(hi - lo) * 2 < u64::from(span) => {
+                Some(lo..hi + 1)
+            }
+            _ => None,
+        };
+        let read_share = match (&range, run_on.is_empty()) {
+            (_, true) => 0.0,
+            (Some(r), false) => f64::from(r.end - r.start) / f64::from(span.max(1)),
+            (None, false) => 1.0,
+        };
+        PassWork {
+            run_on,
+            range,
+            fresh: PassFreshness {
+                kept: ways.len() - full - patched,
+                patched,
+                full,
+                dirty_contacts: dirty.len(),
+                read_share,
+            },
+        }
+    }
+}
+
+impl PassWork {
+    /// The pass's results: kept ones, patched ones, and the ones evaluated
+    /// in full (`evaluated`: results of `run_on`, in order).
+    fn combine(self, ways: Vec<Way>, evaluated: Vec<Outcome>, all: &RoaringBitmap) -> Vec<Outcome> {
+        let mut new: Vec<Option<Outcome>> = vec![None; ways.len()];
+        for (i, r) in self.run_on.iter().zip(evaluated) {
+            new[*i] = Some(r);
+        }
+        ways.into_iter()
+            .zip(new)
+            .map(|(way, new)| match (way, new) {
+                (Way::Keep(old), _) => Ok(old & all),
+                (Way::Patch(old, d), Some(new)) => new.map(|new| ((old - &d) | (new & &d)) & all),
+                (Way::Full, Some(new)) => new,
+                (_, None) => unreachable!("evaluated by the pass"),
+            })
+            .collect()
+    }
+}
