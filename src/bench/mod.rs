@@ -3,6 +3,7 @@
 //! (median, min, max, peak memory, throughput), written as a JSON report
 //! that `benches/duckdb_compare.py` reads to run the same work in DuckDB.
 
+mod incremental;
 mod workload;
 
 use std::path::{Path, PathBuf};

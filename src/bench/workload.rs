@@ -176,6 +176,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         write_nightly_files(&base)?;
     }
 
+    if wants("incremental") {
+        results.extend(super::incremental::run(&base, &rt, as_of, opts.runs)?);
+    }
+
     // Five typical new segments, previewed (count and sample, nothing saved).
     let previews = typical_previews()?;
     for p in &previews {

@@ -221,8 +221,8 @@ struct BenchArgs {
     /// Timed runs per workload (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// nightly, preview (or one of them: preview:parisiens), nested-count,
-    /// overlap, sql, import, or all.
+    /// nightly, incremental, preview (or one of them: preview:parisiens),
+    /// nested-count, overlap, sql, import, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
 }

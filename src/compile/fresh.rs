@@ -202,9 +202,32 @@ impl Session {
             };
             events.push(way);
         }
-        // Contacts with events in the bands of time that moved.
-        let wanted: Vec<Banded> = banded.iter().map(|(_, b)| b.clone()).collect();
+        // Contacts with events in the bands of time that moved. Contacts
+        // with events at given times are spread over the ids: finding them
+        // pays only when the pass would otherwise read few ids. When it
+        // reads them all anyway (a condition evaluated in full, changed
+        // contacts spread over most ids), the conditions whose bands moved
+        // are evaluated in full too, at no extra cost.
+        let span = self.all_contacts.max().map_or(0, |m| m + 1);
+        let mut changed = RoaringBitmap::new();
+        for w in &events {
+            if let Way::Patch(_, d) = w {
+                changed |= d;
+            }
+        }
+        let reads_all = events.iter().any(|w| matches!(w, Way::Full))
+            || id_range(&changed, span).is_none() && !changed.is_empty();
+        let wanted: Vec<Banded> = if reads_all {
+            Vec::new()
+        } else {
+            banded.iter().map(|(_, b)| b.clone()).collect()
+        };
         match self.banded_contacts(&wanted).await {
+            Ok(_) if reads_all => {
+                for (i, _) in &banded {
+                    events[*i] = Way::Full;
+                }
+            }
             Ok(found) => {
                 for ((i, _), bm) in banded.iter().zip(found) {
                     if let Way::Patch(_, d) = &mut events[*i] {
@@ -354,6 +377,16 @@ impl Session {
     }
 }
 
+/// The ids from the first to the last of some contacts, unless they spread
+/// over half of all ids (`span`) or more: reading a range of ids costs
+/// about its share of a full read, so a wide range is read whole.
+fn id_range(contacts: &RoaringBitmap, span: u32) -> Option<Range<u32>> {
+    match (contacts.min(), contacts.max()) {
+        (Some(lo), Some(hi)) if u64::from(hi - lo) * 2 < u64::from(span) => Some(lo..hi + 1),
+        _ => None,
+    }
+}
+
 /// What each leaf of a plan needs.
 struct Ways {
     contacts: Vec<Way>,
@@ -389,11 +422,10 @@ impl PassWork {
         // Patched conditions read the ids of their changed contacts only,
         // unless those spread over most ids or the pass reads every contact
         // anyway.
-        let range = match (dirty.min(), dirty.max()) {
-            (Some(lo), Some(hi)) if full == 0 && u64::from(hi - lo) * 2 < u64::from(span) => {
-                Some(lo..hi + 1)
-            }
-            _ => None,
+        let range = if full == 0 {
+            id_range(&dirty, span)
+        } else {
+            None
         };
         let read_share = match (&range, run_on.is_empty()) {
             (_, true) => 0.0,
