@@ -423,6 +423,7 @@ fn write_sorted(
         rows: sorted.num_rows() as u64,
         min_ts,
         max_ts,
+        by_type: true,
     })
 }
 

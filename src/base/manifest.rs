@@ -90,6 +90,10 @@ pub struct EventFile {
     pub rows: u64,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// Rows sorted by type, then internal id and time, each type's rows in
+    /// row groups of their own (false: by id and time, types mixed).
+    #[serde(default)]
+    pub by_type: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

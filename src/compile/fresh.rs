@@ -121,6 +121,11 @@ impl Freshness {
     }
 }
 
+/// Past this many events in the bands of time a condition's boundaries
+/// swept, their contacts are not looked up: spread over the ids, they make
+/// the condition read every contact anyway.
+const BAND_EVENTS_LOOKED_UP: f64 = 256.0;
+
 /// Event types, and closed intervals of time (µs).
 type Banded = (Vec<String>, Vec<(i64, i64)>);
 
@@ -202,12 +207,20 @@ impl Session {
             };
             events.push(way);
         }
-        // Contacts with events in the bands of time that moved. Contacts
-        // with events at given times are spread over the ids: finding them
-        // pays only when the pass would otherwise read few ids. When it
-        // reads them all anyway (a condition evaluated in full, changed
-        // contacts spread over most ids), the conditions whose bands moved
-        // are evaluated in full too, at no extra cost.
+        // Contacts with events in the bands of time that moved. Bands that
+        // hold many events (by the files' time ranges) hold contacts spread
+        // over the ids: their conditions are evaluated in full without
+        // looking them up. Finding the others pays only when the pass would
+        // otherwise read few ids: when it reads them all anyway (a
+        // condition evaluated in full, changed contacts spread over most
+        // ids), they are evaluated in full too, at no extra cost.
+        banded.retain(|(i, (_, bands))| {
+            let crowded = self.events_in(bands) >= BAND_EVENTS_LOOKED_UP;
+            if crowded {
+                events[*i] = Way::Full;
+            }
+            !crowded
+        });
         let span = self.all_contacts.max().map_or(0, |m| m + 1);
         let mut changed = RoaringBitmap::new();
         for w in &events {
@@ -217,17 +230,13 @@ impl Session {
         }
         let reads_all = events.iter().any(|w| matches!(w, Way::Full))
             || id_range(&changed, span).is_none() && !changed.is_empty();
-        let wanted: Vec<Banded> = if reads_all {
-            Vec::new()
+        let found = if reads_all {
+            Err(())
         } else {
-            banded.iter().map(|(_, b)| b.clone()).collect()
+            let wanted: Vec<Banded> = banded.iter().map(|(_, b)| b.clone()).collect();
+            self.banded_contacts(&wanted).await.map_err(|_| ())
         };
-        match self.banded_contacts(&wanted).await {
-            Ok(_) if reads_all => {
-                for (i, _) in &banded {
-                    events[*i] = Way::Full;
-                }
-            }
+        match found {
             Ok(found) => {
                 for ((i, _), bm) in banded.iter().zip(found) {
                     if let Way::Patch(_, d) = &mut events[*i] {
@@ -235,7 +244,7 @@ impl Session {
                     }
                 }
             }
-            Err(_) => {
+            Err(()) => {
                 for (i, _) in &banded {
                     events[*i] = Way::Full;
                 }
@@ -341,6 +350,22 @@ impl Session {
             },
             freshness,
         )
+    }
+
+    /// About how many events fall in some closed intervals of time, from
+    /// the files' time ranges (as if each file's rows were spread evenly).
+    fn events_in(&self, bands: &[(i64, i64)]) -> f64 {
+        let mut n = 0.0;
+        for f in &self.manifest.events {
+            let width = (f.max_ts - f.min_ts) as f64 + 1.0;
+            for &(lo, hi) in bands {
+                let overlap = hi.min(f.max_ts) as f64 - lo.max(f.min_ts) as f64 + 1.0;
+                if overlap > 0.0 {
+                    n += f.rows as f64 * (overlap / width).min(1.0);
+                }
+            }
+        }
+        n
     }
 
     /// For each (event types, closed intervals of time): the contacts with

@@ -350,6 +350,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
             rows: n,
             min_ts: lo,
             max_ts: hi,
+            by_type: false,
         };
         // Stored as an import stores a month: by type, then contact.
         files.push(crate::base::events::sort_by_type(&w, &generated)?);

@@ -108,7 +108,10 @@ impl Scan {
             });
         }
         let groups = file_groups(session, &leaves, value_cuts)?;
-        let projections = projections(&by_type, &leaves, &filters, values.len());
+        // Files whose row groups mix types would be read once per
+        // projection: they are read once, with every column.
+        let stored_by_type = session.manifest.events.iter().all(|e| e.by_type);
+        let projections = projections(&by_type, &leaves, &filters, values.len(), stored_by_type);
         let dictionary_nulls = filters
             .dictionaries
             .iter()
@@ -607,12 +610,14 @@ fn dictionary(a: &ArrayRef) -> Result<DictionaryArray<Int32Type>> {
 }
 
 /// The event types of a scan in sets read alike: the types whose conditions
-/// read the same value, filter and dictionary columns.
+/// read the same value, filter and dictionary columns (all in one set,
+/// reading every column any of them reads, unless `split`).
 fn projections(
     by_type: &HashMap<String, Vec<u32>>,
     leaves: &[Leaf],
     filters: &Filters,
     values: usize,
+    split: bool,
 ) -> Vec<Projection> {
     let mut types: Vec<&String> = by_type.keys().collect();
     types.sort();
@@ -638,10 +643,20 @@ fn projections(
             }
         }
         let alike = out.iter_mut().find(|q| {
-            q.values == p.values && q.planned == p.planned && q.dictionaries == p.dictionaries
+            !split
+                || q.values == p.values
+                    && q.planned == p.planned
+                    && q.dictionaries == p.dictionaries
         });
         match alike {
-            Some(q) => q.types.push(t.clone()),
+            Some(q) => {
+                q.types.push(t.clone());
+                let or =
+                    |a: &mut Vec<bool>, b: &[bool]| a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+                or(&mut q.values, &p.values);
+                or(&mut q.planned, &p.planned);
+                or(&mut q.dictionaries, &p.dictionaries);
+            }
             None => out.push(p),
         }
     }
