@@ -3,8 +3,9 @@
 //! 1/365 of the history, with its mix of types and contacts) and 1% of the
 //! contacts are updated. The nightly from the kept results is timed against
 //! a full one over the same data and instant (their segments must agree),
-//! then an import of 10,000 events with the refresh of the segments, an
-//! hour after the nightly. Nothing is published: every run starts from the
+//! then the nightly again with nothing changed, an import of 1,000 new
+//! contacts refreshed at the nightly's instant, and an import of 10,000
+//! events with the refresh of the segments an hour after the nightly. Nothing is published: every run starts from the
 //! same manifest in one writer, dropped at the end, so the base stays as
 //! generated (but for the full nightly it starts from).
 
@@ -43,7 +44,9 @@ pub fn run(
         scratch.join("burst-events.parquet"),
         scratch.join("contact-updates.parquet"),
     );
-    let (day_rows, updated) = rt.block_on(write_files(base, as_of, &day, &burst, &updates))?;
+    let signups = scratch.join("new-contacts.parquet");
+    let (day_rows, updated, new_contacts) =
+        rt.block_on(write_files(base, as_of, &day, &burst, &updates, &signups))?;
     let events_options = |what: &str| EventImportOptions {
         name: Some(format!("bench {what}")),
         skip_unknown: true,
@@ -98,6 +101,50 @@ pub fn run(
         ),
     ];
 
+    // Nothing changed since: the nightly again at the same instant.
+    let mut w = base.writer("segments bench: nothing changed")?;
+    let start = w.next.clone();
+    let (runs_ms, same) = time_runs(runs, || {
+        w.next = start.clone();
+        rt.block_on(recompute(&mut w, as_of, Fresh::Incremental))
+    })?;
+    drop(w);
+    out.push(WorkloadResult::new(
+        "incremental:nothing-changed",
+        runs_ms,
+        json!({}),
+        format!(
+            "the nightly again at the same instant; {}",
+            freshness(&same)
+        ),
+    ));
+
+    // New contacts (a sign-up form's day), at the same instant, and the refresh.
+    let mut w = base.writer("segments bench: new contacts")?;
+    let start = w.next.clone();
+    let (runs_ms, refreshed) = time_runs(runs, || {
+        w.next = start.clone();
+        import_contacts(
+            &mut w,
+            &signups,
+            &ImportOptions {
+                name: Some("bench sign-ups".into()),
+                overwrite_empty: false,
+            },
+        )?;
+        rt.block_on(after_import(&mut w, as_of))
+    })?;
+    drop(w);
+    out.push(WorkloadResult::new(
+        "incremental:import-1000-new-contacts",
+        runs_ms,
+        json!({}),
+        format!(
+            "import of {new_contacts} new contacts and the refresh of the segments at the nightly's instant; {}",
+            refreshed.as_ref().map(freshness).unwrap_or_default()
+        ),
+    ));
+
     // A burst of events an hour after the nightly, and the refresh.
     let mut w = base.writer("segments bench: a burst of events")?;
     let start = w.next.clone();
@@ -150,7 +197,8 @@ async fn write_files(
     day: &Path,
     burst: &Path,
     updates: &Path,
-) -> Result<(u64, u64)> {
+    signups: &Path,
+) -> Result<(u64, u64, u64)> {
     let snap = base.snapshot()?;
     let ctx = crate::engine::tables::user_context(&snap.base, &snap.manifest)?;
     let columns: Vec<String> = snap
@@ -177,7 +225,15 @@ async fn write_files(
              score + 1 AS score FROM contacts WHERE contact_id % 100 = 7";
     let contacts = collect(&ctx, q).await?;
     crate::jobs::export::write_batch(updates, &contacts)?;
-    Ok((events.num_rows() as u64, contacts.num_rows() as u64))
+    let q = "SELECT contact_id + (SELECT max(contact_id) FROM contacts) AS contact_id, \
+             city, score FROM contacts ORDER BY contact_id LIMIT 1000";
+    let new = collect(&ctx, q).await?;
+    crate::jobs::export::write_batch(signups, &new)?;
+    Ok((
+        events.num_rows() as u64,
+        contacts.num_rows() as u64,
+        new.num_rows() as u64,
+    ))
 }
 
 async fn collect(ctx: &datafusion::prelude::SessionContext, q: &str) -> Result<RecordBatch> {
