@@ -144,7 +144,15 @@ pub async fn compute(
     clock: &Clock,
     targets: &[(String, String, Criterion)],
 ) -> Computation {
-    compute_since(session, m, dir, clock, targets, Earlier::None("".into())).await
+    compute_since(
+        session,
+        m,
+        dir,
+        clock,
+        targets,
+        Earlier::None("no kept results were asked for".into()),
+    )
+    .await
 }
 
 /// [`compute`], patching the conditions' kept results when there are.

@@ -933,6 +933,46 @@ fn recompute_runs_in_the_background_with_its_progress() {
     assert_eq!(run["done"], run["total"]);
     assert_eq!(run["report"]["segments"].as_array().unwrap().len(), 11);
     assert_eq!(Api::ok(api.get("/api/runs")).as_array().unwrap().len(), 1);
+    // From the results the imports' refresh kept; with `full`, everything
+    // is evaluated again, to the same segments.
+    let fresh = &run["report"]["freshness"];
+    assert_eq!(fresh["mode"], "incremental", "{fresh}");
+    let full = Api::expect(
+        api.post(
+            &format!("/api/recompute?as_of={AS_OF}&full=true"),
+            &json!({}),
+        ),
+        StatusCode::ACCEPTED,
+    );
+    let full_id = full["id"].as_u64().unwrap();
+    let _ = api
+        .get(&format!("/api/runs/{full_id}/events"))
+        .text()
+        .unwrap();
+    let again = Api::ok(api.get(&format!("/api/runs/{full_id}")));
+    assert_eq!(again["state"], "done", "{again}");
+    let f = &again["report"]["freshness"];
+    assert_eq!(f["mode"], "full", "{f}");
+    assert_eq!(f["events"]["kept"], 0, "{f}");
+    let sizes = |r: &Value| -> Vec<(String, u64)> {
+        r["report"]["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(sizes(&again), sizes(&run));
+    error(
+        api.post("/api/recompute?full=maybe", &json!({})),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
     error(
         api.get("/api/runs/99"),
         StatusCode::NOT_FOUND,
