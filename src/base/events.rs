@@ -453,6 +453,62 @@ pub struct MonthCompaction {
 }
 
 /// The months that hold more than `max_files` files, oldest first.
+/// Whether an events file keeps each type's rows in row groups of their
+/// own: recorded by the writer since the flag exists, read from the row
+/// groups' statistics of `type` for files written before (once a process:
+/// files never change).
+pub fn stored_by_type(dir: &Path, e: &EventFile) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static SEEN: LazyLock<Mutex<HashMap<String, bool>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    if e.by_type {
+        return true;
+    }
+    let path = dir.join(&e.file.path);
+    let key = path.display().to_string();
+    if let Some(&known) = SEEN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return known;
+    }
+    let by_type = row_groups_by_type(&path).unwrap_or(false);
+    SEEN.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, by_type);
+    by_type
+}
+
+/// Every row group's `type` statistics hold one value.
+fn row_groups_by_type(path: &Path) -> Option<bool> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
+    let meta = reader.metadata();
+    let column = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "type")?;
+    Some(meta.row_groups().iter().all(|g| {
+        g.column(column).statistics().is_some_and(
+            |s| matches!((s.min_bytes_opt(), s.max_bytes_opt()), (Some(a), Some(b)) if a == b),
+        )
+    }))
+}
+
+/// The months `segments compact` rewrites: those holding more than
+/// `max_files` files, and those with a file of the older layout (by
+/// contact, types mixed in every row group), rewritten by type.
+pub fn months_to_rewrite(dir: &Path, events: &[EventFile], max_files: usize) -> Vec<String> {
+    let mut out = months_over(events, max_files);
+    for e in events {
+        if !out.contains(&e.month) && !stored_by_type(dir, e) {
+            out.push(e.month.clone());
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn months_over(events: &[EventFile], max_files: usize) -> Vec<String> {
     let mut per_month: BTreeMap<&str, usize> = BTreeMap::new();
     for e in events {
@@ -478,7 +534,7 @@ pub fn compact_months(w: &mut Writer, months: &[String]) -> Result<Vec<MonthComp
     let mut report = Vec::new();
     for month in months {
         let of_month: Vec<&EventFile> = files.iter().filter(|e| &e.month == month).collect();
-        if of_month.len() < 2 {
+        if of_month.len() < 2 && of_month.iter().all(|e| stored_by_type(&dir, e)) {
             continue;
         }
         let batches = of_month

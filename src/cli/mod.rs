@@ -79,7 +79,8 @@ enum Command {
     /// Verify the base: manifest, files, checksums, bitmaps, statistics.
     Check,
     /// Merge the events files of each month that imports have cut into
-    /// several into one (imports do it past `compact_after_files`).
+    /// several into one (imports do it past `compact_after_files`), and
+    /// rewrite by type the files of the older layout.
     Compact(CompactArgs),
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),

@@ -1157,3 +1157,127 @@ fn compaction_merges_months_and_changes_no_answer() {
     assert_stored_by_type(b);
     segments(b).arg("check").assert().success();
 }
+
+/// Events files of the older layout (by contact and time, types mixed in
+/// every row group), as bases written before the by-type layout hold them:
+/// every answer is the same, and `segments compact` rewrites them by type,
+/// months of a single file included.
+#[test]
+fn files_of_the_older_layout_read_alike_and_compact_rewrites_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path();
+    segments(b)
+        .args([
+            "gen",
+            "--contacts",
+            "3000",
+            "--events-per-contact",
+            "8",
+            "--as-of",
+            AS_OF,
+        ])
+        .assert()
+        .success();
+    let answers = |b: &std::path::Path| {
+        segments(b)
+            .args(["recompute", "--full", "--as-of", AS_OF])
+            .assert()
+            .success();
+        [
+            "SELECT segment_id, count(*), min(contact_id), max(contact_id) FROM segment_members \
+             GROUP BY segment_id ORDER BY segment_id",
+            "SELECT type, count(*), round(sum(amount), 6), min(ts), max(ts) FROM events GROUP BY type ORDER BY type",
+        ]
+        .iter()
+        .map(|q| stdout_of(segments(b).args(["sql", "--format", "csv", q])))
+        .collect::<Vec<_>>()
+    };
+    // A sum of purchases' amounts: by type, purchases are read with their
+    // amounts, the other types without.
+    segments(b)
+        .args(["segment", "create"])
+        .arg(testdata("segments/03-gros-acheteurs.json"))
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    let event_plans = |b: &std::path::Path| {
+        let plan = stdout_of(segments(b).args(["recompute", "--dry-run", "--as-of", AS_OF]));
+        let events = plan
+            .split("\npass 2")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        events
+            .lines()
+            .filter(|l| l.starts_with("Projection: events._iid"))
+            .count()
+    };
+    assert!(event_plans(b) >= 2, "one plan per set of types read alike");
+    let before = answers(b);
+    let months = rewrite_as_older_layout(b);
+    assert!(months >= 12, "{months} months");
+    let base = segments::base::Base::open(b).unwrap();
+    let snap = base.snapshot().unwrap();
+    assert!(
+        snap.manifest
+            .events
+            .iter()
+            .all(|e| !segments::base::events::stored_by_type(snap.dir(), e)),
+        "the rewritten files mix types in their row groups"
+    );
+    drop(snap);
+    segments(b).arg("check").assert().success();
+    assert_eq!(answers(b), before, "files of the older layout read alike");
+    // Row groups mixing types would be read once per plan: one plan reads them.
+    assert_eq!(event_plans(b), 1);
+    let out = stdout_of(segments(b).args(["compact"]));
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": ")).count(),
+        months,
+        "{out}"
+    );
+    assert_stored_by_type(b);
+    assert!(event_plans(b) >= 2);
+    assert_eq!(answers(b), before, "after compact");
+    assert!(stdout_of(segments(b).args(["compact"])).starts_with("nothing to compact"));
+}
+
+/// Rewrite every events file of the current version sorted by (`_iid`,
+/// `ts`) in row groups of 500 rows, flagged as not by type, as older
+/// versions wrote them; returns the number of files.
+fn rewrite_as_older_layout(b: &std::path::Path) -> usize {
+    use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    let base = segments::base::Base::open(b).unwrap();
+    let version = base.latest_version().unwrap();
+    let path = segments::base::manifest::manifest_path(b, version);
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let files = manifest["events"].as_array_mut().unwrap();
+    for e in files.iter_mut() {
+        let rel = e["file"]["path"].as_str().unwrap().to_string();
+        let batch = segments::base::table::read_parquet_one(&b.join(&rel), None).unwrap();
+        let sort: Vec<SortColumn> = ["_iid", "ts"]
+            .iter()
+            .map(|c| SortColumn {
+                values: batch.column_by_name(c).unwrap().clone(),
+                options: None,
+            })
+            .collect();
+        let sorted = take_record_batch(&batch, &lexsort_to_indices(&sort, None).unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(500))
+            .build();
+        let mut w = ArrowWriter::try_new(&mut bytes, sorted.schema(), Some(props)).unwrap();
+        w.write(&sorted).unwrap();
+        w.close().unwrap();
+        std::fs::write(b.join(&rel), &bytes).unwrap();
+        e["file"]["bytes"] = bytes.len().into();
+        e["file"]["crc32"] = crc32fast::hash(&bytes).into();
+        e.as_object_mut().unwrap().remove("by_type");
+    }
+    let n = files.len();
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    n
+}

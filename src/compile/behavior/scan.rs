@@ -110,7 +110,11 @@ impl Scan {
         let groups = file_groups(session, &leaves, value_cuts)?;
         // Files whose row groups mix types would be read once per
         // projection: they are read once, with every column.
-        let stored_by_type = session.manifest.events.iter().all(|e| e.by_type);
+        let stored_by_type = session
+            .manifest
+            .events
+            .iter()
+            .all(|e| crate::base::events::stored_by_type(session.base.dir(), e));
         let projections = projections(&by_type, &leaves, &filters, values.len(), stored_by_type);
         let dictionary_nulls = filters
             .dictionaries
