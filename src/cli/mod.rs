@@ -546,15 +546,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             if merged.is_empty() {
                 println!(
-                    "nothing to compact: no month holds more than {} file(s)",
+                    "nothing to compact: no month holds more than {} file(s), every file is stored by type",
                     args.max_files.max(1)
                 );
             }
             for m in merged {
-                println!(
-                    "{}: {} files merged into one ({} events)",
-                    m.month, m.files, m.rows
-                );
+                match m.files {
+                    1 => println!("{}: rewritten by type ({} events)", m.month, m.rows),
+                    n => println!("{}: {n} files merged into one ({} events)", m.month, m.rows),
+                }
             }
         }
         Command::Gen(args) => return gen_cmd(&dir, args).await,
