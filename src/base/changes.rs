@@ -210,6 +210,18 @@ pub fn keep(
     Ok(())
 }
 
+/// The kept results stand, unchanged, for the version being written and
+/// `as_of` (every condition kept its result); the changes they now include
+/// are dropped.
+pub fn keep_again(w: &mut Writer, as_of: DateTime<Utc>) {
+    let version = w.next.version;
+    if let Some(l) = &mut w.next.leaves {
+        l.version = version;
+        l.as_of = as_of;
+        w.next.changes.retain(|c| c.version > version);
+    }
+}
+
 /// Forget kept results (a base rewritten from scratch).
 pub fn forget(m: &mut Manifest) {
     m.leaves = None;

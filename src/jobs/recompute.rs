@@ -334,6 +334,10 @@ pub async fn compute_into_with(
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
     let earlier = earlier(w, fresh);
+    let kept = match &earlier {
+        Earlier::Kept(k) => Some(k.results.len()),
+        Earlier::None(_) => None,
+    };
     let mut comp = compute_since(&session, &w.next, &dir, &clock, &targets, earlier).await;
     let every_active = {
         let mut a = active_ids(&w.next);
@@ -343,7 +347,14 @@ pub async fn compute_into_with(
         b.dedup();
         a == b
     };
-    if every_active {
+    // Every condition kept its result, and the batch has those conditions
+    // only: the kept files stand for this version too.
+    let f = &comp.freshness;
+    let unchanged = f.contacts.patched + f.contacts.full + f.events.patched + f.events.full == 0
+        && kept == Some(comp.leaves.len());
+    if every_active && unchanged {
+        crate::base::changes::keep_again(w, as_of);
+    } else if every_active {
         crate::base::changes::keep(w, as_of, std::mem::take(&mut comp.leaves))?;
     }
     let t = Instant::now();
