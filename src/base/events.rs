@@ -329,15 +329,20 @@ fn month_index(micros: i64) -> i64 {
     year * 12 + month - 1
 }
 
-/// Add the event types of a batch's rows to a set.
-fn add_types(batch: &RecordBatch, into: &mut std::collections::BTreeSet<String>) -> Result<()> {
+/// The `type` column of a batch as a dictionary, whatever it is stored as.
+fn type_dictionary(batch: &RecordBatch) -> Result<ArrayRef> {
     let column = batch
         .column_by_name("type")
         .ok_or_else(|| Error::Internal("events: no type column".into()))?;
-    let column = datafusion::arrow::compute::cast(
+    Ok(datafusion::arrow::compute::cast(
         column,
         &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-    )?;
+    )?)
+}
+
+/// Add the event types of a batch's rows to a set.
+fn add_types(batch: &RecordBatch, into: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    let column = type_dictionary(batch)?;
     let types = column.as_dictionary::<Int32Type>();
     let names = types.values().as_string::<i32>();
     let mut used = vec![false; names.len()];
@@ -355,13 +360,7 @@ fn add_types(batch: &RecordBatch, into: &mut std::collections::BTreeSet<String>)
 /// Each row's event type as its rank among the batch's types (in the order
 /// of their names), whatever the dictionary holding them.
 fn type_ranks(batch: &RecordBatch) -> Result<Vec<u32>> {
-    let column = batch
-        .column_by_name("type")
-        .ok_or_else(|| Error::Internal("events: no type column".into()))?;
-    let column = datafusion::arrow::compute::cast(
-        column,
-        &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-    )?;
+    let column = type_dictionary(batch)?;
     let types = column.as_dictionary::<Int32Type>();
     let names = types.values().as_string::<i32>();
     let mut order: Vec<u32> = (0..names.len() as u32).collect();
