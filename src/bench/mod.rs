@@ -1,7 +1,8 @@
 //! The benchmark workloads behind `segments bench`: a generated base of a
 //! given size, and named workloads timed over several runs after a warm-up
 //! (median, min, max, peak memory, throughput), written as a JSON report
-//! that `benches/duckdb_compare.py` reads to run the same work in DuckDB.
+//! that `benches/peers_compare.py` reads to run the same work in DuckDB and
+//! ClickHouse.
 
 mod incremental;
 mod workload;
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 pub use workload::{generated_definitions, prepare, typical_previews};
 
 /// The instant every benchmark base is generated and evaluated at, so that
-/// runs and DuckDB see the same windows.
+/// runs and the peers see the same windows.
 pub fn bench_as_of() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-23T03:00:00Z")
         .expect("valid instant")
@@ -34,8 +35,8 @@ pub struct BenchOptions {
     pub segments: usize,
     /// Timed runs per workload (after one warm-up run).
     pub runs: usize,
-    /// nightly, preview (or one of them: preview:parisiens), nested-count,
-    /// overlap, sql, import, or all.
+    /// nightly, incremental, preview (or one of them: preview:parisiens),
+    /// floor, nested-count, overlap, sql, import, or all.
     pub workloads: Vec<String>,
 }
 
@@ -126,10 +127,10 @@ pub struct BenchReport {
     pub as_of: String,
     pub workloads: Vec<WorkloadResult>,
     pub preview_segments: Vec<Value>,
-    /// The `sql` workload's queries, ours and DuckDB's.
+    /// The `sql` workload's queries, ours and the peers'.
     pub sql_queries: Vec<Value>,
     pub import: Value,
-    /// The `overlap` workload's segments and matrix, for DuckDB to compute again.
+    /// The `overlap` workload's segments and matrix, for the peers to compute again.
     pub overlap: Value,
 }
 

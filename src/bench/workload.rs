@@ -15,7 +15,10 @@ use super::{
 };
 use crate::base::Base;
 use crate::base::members::Members;
-use crate::criteria::Definition;
+use crate::compile::Plan;
+use crate::compile::expr::Clock;
+use crate::criteria::{Criterion, Definition};
+use crate::engine::Session;
 use crate::error::{Error, Result};
 use crate::jobs::recompute::{Fresh, active_ids, dependency_order, recompute, targets_of};
 
@@ -201,6 +204,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
+    // The decoding floor of the nightly and of each preview.
+    if wants("floor") {
+        results.extend(floor(&base, &rt, as_of, opts.runs, &previews, &results)?);
+    }
+
     if wants("nested-count") {
         let snap = base.snapshot()?;
         let load = |id: &str| -> Result<RoaringBitmap> {
@@ -345,24 +353,94 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     Ok(report)
 }
 
-/// The three typical ad-hoc queries, in our dialect and in DuckDB's (where
-/// segments are the tables `seg_<id>` the nightly comparison materializes).
+/// What only decoding the columns and row groups the nightly and each
+/// preview read costs, with the threads they use (see
+/// [`crate::compile::floor`]); each note compares the engine's median, when
+/// that workload ran before in the same invocation.
+fn floor(
+    base: &Base,
+    rt: &tokio::runtime::Runtime,
+    as_of: chrono::DateTime<chrono::Utc>,
+    runs: usize,
+    previews: &[Value],
+    done: &[WorkloadResult],
+) -> Result<Vec<WorkloadResult>> {
+    let _runtime = rt.enter();
+    let snap = base.snapshot()?;
+    let session = Session::new(&snap.base, snap.manifest.clone())?;
+    let clock = Clock::new(as_of, snap.base.tz());
+    let events: u64 = snap.manifest.events.iter().map(|e| e.rows).sum();
+    let threads = session.ctx.copied_config().target_partitions().max(1) as f64;
+    let plan_of = |criteria: &[Criterion]| {
+        let mut plan = Plan::default();
+        for c in criteria {
+            plan.add(c);
+        }
+        plan
+    };
+    let nightly: Vec<Criterion> = targets_of(&snap.manifest, &active_ids(&snap.manifest))?
+        .into_iter()
+        .map(|(_, _, c)| c)
+        .collect();
+    let mut jobs = vec![("nightly".to_string(), plan_of(&nightly))];
+    for p in previews {
+        let def = Definition::parse(p)?;
+        jobs.push((format!("preview:{}", def.id), plan_of(&[def.criteria])));
+    }
+    let mut out = Vec::new();
+    for (workload, plan) in jobs {
+        let (runs, f) = time_runs(runs, || session.decode_floor(&plan, &clock))?;
+        let med = median(&mut runs.clone());
+        let per_event = |ms: f64| ms * 1e6 * threads / events.max(1) as f64;
+        let engine = match done.iter().find(|w| w.name == workload) {
+            Some(w) => format!(
+                "; the engine's {:.1} ms are {:.2}× it ({:.1} against {:.1} ns per event of the base per core)",
+                w.median_ms,
+                w.median_ms / med,
+                per_event(w.median_ms),
+                per_event(med)
+            ),
+            None => String::new(),
+        };
+        out.push(WorkloadResult::new(
+            &format!("floor:{workload}"),
+            runs,
+            json!({
+                "ns_per_event_per_core": per_event(med),
+                "events_decoded_per_s": f.event_rows as f64 / med * 1000.0,
+                "compressed_mb_per_s": f.bytes as f64 / 1048576.0 / med * 1000.0,
+            }),
+            format!(
+                "decoding only: {} row group(s), {} events and {} contacts, {:.1} MiB compressed{engine}",
+                f.row_groups,
+                f.event_rows,
+                f.contact_rows,
+                f.bytes as f64 / 1048576.0
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The three typical ad-hoc queries, in our dialect and in the standard SQL
+/// that DuckDB and ClickHouse both run (where segments are the tables
+/// `seg_<id>` the nightly comparison materializes).
 fn sql_queries() -> Vec<Value> {
     vec![
         json!({"name": "city-of-segment",
             "segments": "SELECT city, count(*) AS n FROM contacts WHERE in_segment(contact_id, 'g-1') GROUP BY city ORDER BY n DESC, city",
-            "duckdb": "SELECT city, count(*) AS n FROM contacts WHERE contact_id IN (SELECT contact_id FROM {seg:g-1}) GROUP BY city ORDER BY n DESC, city"}),
+            "peers": "SELECT city, count(*) AS n FROM contacts WHERE contact_id IN (SELECT contact_id FROM {seg:g-1}) GROUP BY city ORDER BY n DESC, city"}),
         json!({"name": "top-operations-by-clicks",
             "segments": "SELECT operation_id, count(*) AS clicks FROM events WHERE type = 'email_click' GROUP BY operation_id ORDER BY clicks DESC, operation_id LIMIT 10",
-            "duckdb": "SELECT operation_id, count(*) AS clicks FROM events WHERE type = 'email_click' GROUP BY operation_id ORDER BY clicks DESC, operation_id LIMIT 10"}),
+            "peers": "SELECT operation_id, count(*) AS clicks FROM events WHERE type = 'email_click' GROUP BY operation_id ORDER BY clicks DESC, operation_id LIMIT 10"}),
         json!({"name": "subscribers-not-active-last-purchase",
             "segments": "SELECT c.contact_id, max(e.ts) AS last_purchase FROM contacts c JOIN events e ON e.contact_id = c.contact_id WHERE in_segment(c.contact_id, 'email_subscribers') AND NOT in_segment(c.contact_id, 'active_contacts') AND e.type = 'purchase' GROUP BY c.contact_id",
-            "duckdb": "SELECT c.contact_id, max(e.ts) AS last_purchase FROM contacts c JOIN events e ON e.contact_id = c.contact_id WHERE c.contact_id IN (SELECT contact_id FROM {seg:email_subscribers}) AND c.contact_id NOT IN (SELECT contact_id FROM {seg:active_contacts}) AND e.type = 'purchase' GROUP BY c.contact_id"}),
+            "peers": "SELECT c.contact_id, max(e.ts) AS last_purchase FROM contacts c JOIN events e ON e.contact_id = c.contact_id WHERE c.contact_id IN (SELECT contact_id FROM {seg:email_subscribers}) AND c.contact_id NOT IN (SELECT contact_id FROM {seg:active_contacts}) AND e.type = 'purchase' GROUP BY c.contact_id"}),
     ]
 }
 
 /// `bench-segments.json` (definitions in dependency order) and
-/// `bench-members.parquet` (segment_id, contact_id) for the DuckDB comparison.
+/// `bench-members.parquet` (segment_id, contact_id) for the comparison with the peers.
 fn write_nightly_files(base: &Base) -> Result<()> {
     let snap = base.snapshot()?;
     let m = &snap.manifest;

@@ -223,6 +223,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// nightly, incremental, preview (or one of them: preview:parisiens),
+    /// floor (decoding only what the nightly and each preview read),
     /// nested-count, overlap, sql, import, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,

@@ -13,6 +13,7 @@ pub mod behavior;
 mod contacts;
 mod dictionary;
 pub mod expr;
+pub mod floor;
 pub mod fresh;
 pub mod materialize;
 mod pages;

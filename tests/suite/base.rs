@@ -895,3 +895,74 @@ fn a_base_created_again_in_the_same_folder_is_read_afresh() {
     assert_eq!(fields1, vec!["city"]);
     assert_eq!(fields2, vec!["score"]);
 }
+
+/// The decoding floor decodes the row groups of the types a plan's
+/// conditions read, in the files their windows reach, with the columns
+/// they read, and the contacts file for contact conditions.
+#[test]
+fn the_decoding_floor_reads_what_a_plan_reads() {
+    use segments::compile::Plan;
+    use segments::compile::expr::Clock;
+    use segments::criteria::Criterion;
+    let tb = new_base("Europe/Paris");
+    tb.import_contacts(
+        "c",
+        "contact_id,city\n1,Paris\n2,Lyon\n3,Paris\n4,Nice\n5,\n",
+    )
+    .unwrap();
+    tb.import_events(
+        "e",
+        "contact_id,ts,type,amount\n\
+         1,2026-09-03T10:00:00Z,purchase,20\n\
+         2,2026-09-04T10:00:00Z,email_open,\n\
+         3,2026-09-05T10:00:00Z,email_open,\n\
+         1,2026-11-03T10:00:00Z,purchase,5\n\
+         4,2026-11-04T10:00:00Z,purchase,7.5\n\
+         1,2026-11-05T10:00:00Z,email_open,\n\
+         2,2026-11-06T10:00:00Z,email_open,\n\
+         5,2026-11-07T10:00:00Z,email_open,\n\
+         3,2026-11-08T10:00:00Z,email_click,\n\
+         4,2026-11-09T10:00:00Z,email_click,\n",
+    )
+    .unwrap();
+    let rt = super::common::rt();
+    let _runtime = rt.enter();
+    let snap = tb.base.snapshot().unwrap();
+    let session = segments::engine::Session::new(&snap.base, snap.manifest.clone()).unwrap();
+    let clock = Clock::new(at("2026-11-20T12:00:00Z"), snap.base.tz());
+    let floor = |criteria: &[serde_json::Value]| {
+        let mut plan = Plan::default();
+        for c in criteria {
+            plan.add(&Criterion::parse(c, "criteria").unwrap());
+        }
+        session.decode_floor(&plan, &clock).unwrap()
+    };
+    let paris = json!({"field": "city", "op": "eq", "value": "Paris"});
+    let f = floor(std::slice::from_ref(&paris));
+    assert_eq!((f.contact_rows, f.event_rows), (5, 0), "{f:?}");
+
+    // Every purchase, in both months' files: their row groups only.
+    let spent = json!({"behavior": {"event": "purchase",
+        "having": {"agg": "sum", "field": "amount", "op": "gt", "value": 10}}});
+    let f = floor(std::slice::from_ref(&spent));
+    assert_eq!(
+        (f.contact_rows, f.event_rows, f.row_groups),
+        (0, 3, 2),
+        "{f:?}"
+    );
+    // The same rows, without the amounts, are fewer bytes.
+    let bought = json!({"behavior": {"event": "purchase"}});
+    let g = floor(std::slice::from_ref(&bought));
+    assert_eq!(g.event_rows, 3, "{g:?}");
+    assert!(g.bytes < f.bytes, "{g:?} against {f:?}");
+
+    // Opens of the last 30 days: the September file is not reached.
+    let opened = json!({"behavior": {"event": "email_open", "within": "30d"}});
+    let f = floor(std::slice::from_ref(&opened));
+    assert_eq!((f.event_rows, f.row_groups), (3, 1), "{f:?}");
+
+    // Several conditions: their types' row groups, and the contacts.
+    let clicked = json!({"behavior": {"event": "email_click"}});
+    let f = floor(&[paris, spent, opened, clicked]);
+    assert_eq!((f.contact_rows, f.event_rows), (5, 3 + 3 + 2), "{f:?}");
+}

@@ -354,6 +354,11 @@ impl Session {
         Ok(out)
     }
 
+    /// What the scan of `parts` reads of the events files.
+    pub fn events_reads(&self, parts: &[BehaviorParts], clock: &Clock) -> Result<EventReads> {
+        Ok(Scan::new(self, parts, clock)?.reads())
+    }
+
     /// Rows of events in the snapshot.
     fn event_rows(&self) -> u64 {
         self.manifest.events.iter().map(|e| e.rows).sum()
@@ -408,6 +413,20 @@ impl Session {
     }
 }
 
+/// What a scan of events reads (for the decoding floor).
+#[derive(Debug, Clone)]
+pub struct EventReads {
+    /// The files read, as positions in the snapshot's `events`, each with
+    /// whether its `ts` is read (files a window takes whole are read
+    /// without it).
+    pub files: Vec<(usize, bool)>,
+    /// The types read alike, and the columns their conditions read besides
+    /// `_iid`, `ts` and `type`.
+    pub sets: Vec<(Vec<String>, Vec<String>)>,
+    /// Each type's rows outside `[lo, hi]` (µs) match no condition.
+    pub windows: HashMap<String, (i64, i64)>,
+}
+
 /// A condition as the kernel sees it.
 #[derive(Debug, Clone, Copy)]
 struct Leaf {
@@ -444,7 +463,8 @@ struct FileGroup {
     ts: Option<i64>,
     /// That time, a batch long.
     fill: Vec<i64>,
-    files: usize,
+    /// The files, as positions in the snapshot's `events`.
+    files: Vec<usize>,
 }
 
 /// The shared scan of a batch of behaviour conditions.

@@ -151,14 +151,64 @@ impl Scan {
             .groups
             .iter()
             .filter(|g| g.ts.is_none())
-            .map(|g| g.files)
+            .map(|g| g.files.len())
             .sum();
         let alike: Vec<&FileGroup> = self.groups.iter().filter(|g| g.ts.is_some()).collect();
-        let without: usize = alike.iter().map(|g| g.files).sum();
+        let without: usize = alike.iter().map(|g| g.files.len()).sum();
         format!(
             "events files: {full} read with their times, {without} without (in {} group(s))",
             alike.len()
         )
+    }
+
+    /// What the scan reads, for the decoding floor.
+    pub(super) fn reads(&self) -> EventReads {
+        let mut sets = Vec::with_capacity(self.projections.len());
+        for p in &self.projections {
+            let mut columns = std::collections::BTreeSet::new();
+            let exprs = self.values.iter().zip(&p.values);
+            for (e, _) in exprs
+                .chain(self.planned.iter().zip(&p.planned))
+                .filter(|(_, on)| **on)
+            {
+                columns.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
+            }
+            for (d, _) in self
+                .dictionaries
+                .iter()
+                .zip(&p.dictionaries)
+                .filter(|(_, on)| **on)
+            {
+                columns.insert(d.clone());
+            }
+            sets.push((p.types.clone(), columns.into_iter().collect()));
+        }
+        let files = match self.ts_lo <= self.ts_hi {
+            true => self
+                .groups
+                .iter()
+                .flat_map(|g| g.files.iter().map(move |&i| (i, g.ts.is_none())))
+                .collect(),
+            false => Vec::new(),
+        };
+        let windows = self
+            .by_type
+            .iter()
+            .map(|(t, ks)| {
+                let leaves = ks.iter().map(|&k| &self.leaves[k as usize]);
+                let (lo, hi) = leaves
+                    .filter(|l| l.lo <= l.hi)
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), l| {
+                        (lo.min(l.lo), hi.max(l.hi))
+                    });
+                (t.clone(), (lo, hi))
+            })
+            .collect();
+        EventReads {
+            files,
+            sets,
+            windows,
+        }
     }
 
     /// Bytes of state per contact.
@@ -461,7 +511,7 @@ fn file_groups(
             table: None,
             ts: None,
             fill: Vec::new(),
-            files: session.manifest.events.len(),
+            files: (0..session.manifest.events.len()).collect(),
         }]
     };
     let Some(mut cuts) = value_cuts else {
@@ -475,8 +525,8 @@ fn file_groups(
     cuts.sort_unstable();
     cuts.dedup();
     let mut exact = Vec::new();
-    let mut alike: Vec<(Vec<bool>, Vec<&EventFile>)> = Vec::new();
-    for file in &session.manifest.events {
+    let mut alike: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
+    for (i, file) in session.manifest.events.iter().enumerate() {
         let (min, max) = (file.min_ts, file.max_ts);
         if leaves
             .iter()
@@ -486,35 +536,39 @@ fn file_groups(
             continue;
         }
         if cuts.iter().any(|&c| min < c && c <= max) {
-            exact.push(file);
+            exact.push(i);
             continue;
         }
         let sides: Vec<bool> = cuts.iter().map(|&c| min >= c).collect();
         match alike.iter_mut().find(|(s, _)| *s == sides) {
-            Some((_, files)) => files.push(file),
-            None => alike.push((sides, vec![file])),
+            Some((_, files)) => files.push(i),
+            None => alike.push((sides, vec![i])),
         }
     }
     if alike.is_empty() {
         return Ok(whole());
     }
     let batch = session.ctx.copied_config().batch_size();
+    let table = |files: &[usize]| {
+        let files: Vec<&EventFile> = files.iter().map(|&i| &session.manifest.events[i]).collect();
+        session.events_table(&files)
+    };
     let mut groups = Vec::with_capacity(alike.len() + 1);
     if !exact.is_empty() {
         groups.push(FileGroup {
-            table: Some(session.events_table(&exact)?),
+            table: Some(table(&exact)?),
             ts: None,
             fill: Vec::new(),
-            files: exact.len(),
+            files: exact,
         });
     }
     for (_, files) in alike {
-        let t = files[0].min_ts;
+        let t = session.manifest.events[files[0]].min_ts;
         groups.push(FileGroup {
-            table: Some(session.events_table(&files)?),
+            table: Some(table(&files)?),
             ts: Some(t),
             fill: vec![t; batch],
-            files: files.len(),
+            files,
         });
     }
     Ok(groups)
