@@ -4,7 +4,7 @@
 //! some types reads their row groups only and a scan of some contacts their
 //! pages only), and the removal of a deleted contact's events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -474,6 +474,49 @@ pub fn stored_by_type(dir: &Path, e: &EventFile) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, by_type);
     by_type
+}
+
+/// Rows per event type of a file stored by type, from its row groups'
+/// statistics (None for a file whose row groups mix types, or unreadable);
+/// read once a process, as files never change.
+pub fn rows_by_type(dir: &Path, e: &EventFile) -> Option<std::sync::Arc<HashMap<String, u64>>> {
+    use std::sync::{Arc, LazyLock, Mutex};
+    type Seen = HashMap<String, Option<Arc<HashMap<String, u64>>>>;
+    static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    let path = dir.join(&e.file.path);
+    let key = path.display().to_string();
+    if let Some(known) = SEEN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return known.clone();
+    }
+    let counted = count_by_type(&path).map(Arc::new);
+    SEEN.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, counted.clone());
+    counted
+}
+
+fn count_by_type(path: &Path) -> Option<HashMap<String, u64>> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
+    let meta = reader.metadata();
+    let column = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "type")?;
+    let mut out = HashMap::new();
+    for g in meta.row_groups() {
+        let s = g.column(column).statistics()?;
+        match (s.min_bytes_opt(), s.max_bytes_opt()) {
+            (Some(a), Some(b)) if a == b => {
+                let t = String::from_utf8(a.to_vec()).ok()?;
+                *out.entry(t).or_default() += g.num_rows().max(0) as u64;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Every row group's `type` statistics hold one value.

@@ -85,6 +85,10 @@ const DIRECT_STATE_BYTES: usize = 4 << 20;
 const LANES: usize = 4;
 /// Contacts per chunk when the `having` tests turn state into bitmaps.
 const HAVING_CHUNK: usize = 64 * 1024;
+/// Up to this many rows to read per thread, a scan takes one shard per
+/// thread: each shard plans and opens its files once per group of files
+/// and set of types, which costs more than balancing saves.
+const FEW_ROWS_PER_THREAD: u64 = 2 << 20;
 
 /// A behaviour condition compiled for the pass.
 #[derive(Debug, Clone)]
@@ -308,7 +312,7 @@ impl Session {
         let threads = self.ctx.copied_config().target_partitions().max(1);
         let shards = Arc::new(scan.shards(
             start..end,
-            self.event_rows() * (end - start) / all_end,
+            scan.rows * (end - start) / all_end,
             threads,
             self.scan_layout,
         ));
@@ -359,11 +363,6 @@ impl Session {
         Ok(Scan::new(self, parts, clock)?.reads())
     }
 
-    /// Rows of events in the snapshot.
-    fn event_rows(&self) -> u64 {
-        self.manifest.events.iter().map(|e| e.rows).sum()
-    }
-
     /// The plan of the scan (for `recompute --dry-run`) and a line on how its
     /// rows are dispatched.
     pub async fn behavior_explain(
@@ -383,7 +382,7 @@ impl Session {
         let plan = plans.join("\n");
         let threads = self.ctx.copied_config().target_partitions().max(1);
         let shards = scan
-            .shards(0..end as u64, self.event_rows(), threads, self.scan_layout)
+            .shards(0..end as u64, scan.rows, threads, self.scan_layout)
             .len();
         let mut types: Vec<String> = scan
             .by_type
@@ -453,6 +452,10 @@ struct Projection {
     values: Vec<bool>,
     planned: Vec<bool>,
     dictionaries: Vec<bool>,
+    /// Rows of these types outside `[lo, hi]` match none of their
+    /// conditions: row groups and pages holding only such rows are skipped.
+    lo: i64,
+    hi: i64,
 }
 
 /// Events files read by one plan of each shard.
@@ -489,6 +492,9 @@ struct Scan {
     extras: Vec<Vec<usize>>,
     /// The types read alike, each set with the columns its conditions read.
     projections: Vec<Projection>,
+    /// Rows of the files read, of the types read (all their rows for
+    /// files whose row groups mix types).
+    rows: u64,
     /// Rows outside `[ts_lo, ts_hi]` match no condition.
     ts_lo: i64,
     ts_hi: i64,

@@ -116,6 +116,17 @@ impl Scan {
             .iter()
             .all(|e| crate::base::events::stored_by_type(session.base.dir(), e));
         let projections = projections(&by_type, &leaves, &filters, values.len(), stored_by_type);
+        let rows = groups
+            .iter()
+            .flat_map(|g| &g.files)
+            .map(|&i| {
+                let e = &session.manifest.events[i];
+                match crate::base::events::rows_by_type(session.base.dir(), e) {
+                    Some(per_type) => by_type.keys().filter_map(|t| per_type.get(t)).sum(),
+                    None => e.rows,
+                }
+            })
+            .sum();
         let dictionary_nulls = filters
             .dictionaries
             .iter()
@@ -135,6 +146,7 @@ impl Scan {
             atoms: filters.atoms,
             extras: filters.extras,
             projections,
+            rows,
             ts_lo,
             ts_hi,
             having,
@@ -232,10 +244,10 @@ impl Scan {
             + 4 * self.dictionaries.len()
     }
 
-    /// Ranges of internal ids `[lo, hi)` covering `0..end`: a few per
-    /// thread, each small enough for its state and its buffered rows to fit
-    /// their budgets (`rows` is the number of events in the base).
-    /// Shards of the contacts of `ids`, whose events number about `rows`.
+    /// Ranges of internal ids `[lo, hi)` covering the contacts of `ids`,
+    /// whose events to read number about `rows`: a few per thread, each
+    /// small enough for its state and its buffered rows to fit their
+    /// budgets; one per thread when there are few rows to read.
     pub(super) fn shards(
         &self,
         ids: std::ops::Range<u64>,
@@ -252,8 +264,13 @@ impl Scan {
         // A state small enough to take batches as they come needs no
         // blocks: fewer shards then save plans.
         let wide = contacts.div_ceil((threads * DIRECT_SHARDS_PER_THREAD) as u64);
+        let few = rows <= threads as u64 * FEW_ROWS_PER_THREAD;
         let len = match layout.shard_contacts {
             Some(n) => n.max(1) as u64,
+            None if few => contacts
+                .div_ceil(threads as u64)
+                .min(state_fit)
+                .max(HAVING_CHUNK as u64),
             None if self.fits_in_cache(wide.min(u32::MAX as u64) as u32) => {
                 wide.max(HAVING_CHUNK as u64)
             }
@@ -296,10 +313,12 @@ impl Scan {
         filter = filter.and(col("type").in_list(types.iter().map(dictionary).collect(), false));
         let mut select = vec![iid()];
         if group.ts.is_none() {
-            if self.ts_lo > i64::MIN {
-                filter = filter.and(col("ts").gt_eq(ts_lit(self.ts_lo)));
+            // The windows of these types' conditions skip row groups and
+            // pages.
+            if projection.lo > i64::MIN {
+                filter = filter.and(col("ts").gt_eq(ts_lit(projection.lo)));
             }
-            filter = filter.and(col("ts").lt_eq(ts_lit(self.ts_hi)));
+            filter = filter.and(col("ts").lt_eq(ts_lit(projection.hi)));
             select.push(datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"));
         }
         select.push(col("type"));
@@ -359,7 +378,14 @@ impl Scan {
             &[]
         };
         for group in groups {
-            for projection in &self.projections {
+            // Types none of whose windows holds these rows are not read:
+            // files read without `ts` lie wholly inside or outside each
+            // window, on the side of the time that stands for their rows.
+            let reached = |p: &&Projection| match group.ts {
+                None => p.lo <= p.hi,
+                Some(t) => p.lo <= t && t <= p.hi,
+            };
+            for projection in self.projections.iter().filter(reached) {
                 let plan = self
                     .frame(ctx, group, projection, lo, hi)
                     .await?
@@ -686,9 +712,15 @@ fn projections(
             values: vec![false; values],
             planned: vec![false; filters.planned.len()],
             dictionaries: vec![false; filters.dictionaries.len()],
+            lo: i64::MAX,
+            hi: i64::MIN,
         };
         for &k in &by_type[t] {
             let leaf = &leaves[k as usize];
+            if leaf.lo <= leaf.hi {
+                p.lo = p.lo.min(leaf.lo);
+                p.hi = p.hi.max(leaf.hi);
+            }
             if let Some(v) = leaf.value {
                 p.values[v] = true;
             }
@@ -714,6 +746,8 @@ fn projections(
                 or(&mut q.values, &p.values);
                 or(&mut q.planned, &p.planned);
                 or(&mut q.dictionaries, &p.dictionaries);
+                q.lo = q.lo.min(p.lo);
+                q.hi = q.hi.max(p.hi);
             }
             None => out.push(p),
         }
