@@ -25,41 +25,56 @@ impl Scan {
             return Ok(out);
         }
         let len = st.len;
-        let mut start = 0;
-        while start < len {
-            let end = (start + HAVING_CHUNK).min(len);
-            for test in &self.having {
-                let batch = self.having_batch(test, st, start, end)?;
+        for test in &self.having {
+            // Contacts without a matching event never pass the test (it
+            // asks for a count above 0): when they are most of the shard,
+            // the test runs over the others alone.
+            let has = &out[test.leaf].0;
+            if (has.len() as usize) < len / 4 {
+                let rows: Vec<usize> = has.iter().map(|id| (id - lo) as usize).collect();
+                let mut pass = Vec::new();
+                for chunk in rows.chunks(HAVING_CHUNK) {
+                    let batch = self.having_batch(test, st, chunk.iter().copied())?;
+                    let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let bits = true_bits(mask.as_boolean());
+                    pass.extend(bits.set_indices().map(|j| lo + chunk[j] as u32));
+                }
+                out[test.leaf].1 |= RoaringBitmap::from_sorted_iter(pass)
+                    .map_err(|e| Error::Internal(format!("having: {e}")))?;
+                continue;
+            }
+            let mut start = 0;
+            while start < len {
+                let end = (start + HAVING_CHUNK).min(len);
+                let batch = self.having_batch(test, st, start..end)?;
                 let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
                 let bits = true_bits(mask.as_boolean());
                 out[test.leaf].1 |= bits_from(lo + start as u32, &bits);
+                start = end;
             }
-            start = end;
         }
         Ok(out)
     }
 
-    /// Contacts `[start, end)` of a shard with one condition's count and
-    /// aggregate.
+    /// Some contacts of a shard (positions in it, ascending) with one
+    /// condition's count and aggregate.
     pub(super) fn having_batch(
         &self,
         test: &HavingTest,
         st: &State,
-        start: usize,
-        end: usize,
+        rows: impl Iterator<Item = usize> + Clone,
     ) -> Result<RecordBatch> {
         let k = test.leaf;
         let leaf = &self.leaves[k];
-        let n = &st.n[st.cap * k + start..st.cap * k + end];
+        let n = |i: usize| st.n[st.cap * k + i];
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(
-            n.iter().map(|&c| c as i64),
+            rows.clone().map(|i| n(i) as i64),
         ))];
         match leaf.agg {
             Agg::Count => {}
             Agg::First | Agg::Last => {
-                let a: TimestampMicrosecondArray = (start..end)
-                    .zip(n)
-                    .map(|(i, &c)| (c > 0).then(|| st.t[st.cap * leaf.time + i]))
+                let a: TimestampMicrosecondArray = rows
+                    .map(|i| (n(i) > 0).then(|| st.t[st.cap * leaf.time + i]))
                     .collect();
                 let tz = match &self.ts_type {
                     DataType::Timestamp(_, tz) => tz.clone(),
@@ -68,7 +83,7 @@ impl Scan {
                 columns.push(Arc::new(a.with_timezone_opt(tz)));
             }
             _ => {
-                let a: Float64Array = (start..end)
+                let a: Float64Array = rows
                     .map(|i| {
                         let at = st.cap * leaf.float + i;
                         (st.nn[at], st.f[at])
