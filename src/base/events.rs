@@ -454,26 +454,9 @@ pub struct MonthCompaction {
 /// The months that hold more than `max_files` files, oldest first.
 /// Whether an events file keeps each type's rows in row groups of their
 /// own: recorded by the writer since the flag exists, read from the row
-/// groups' statistics of `type` for files written before (once a process:
-/// files never change).
+/// groups' statistics of `type` for files written before.
 pub fn stored_by_type(dir: &Path, e: &EventFile) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex};
-    static SEEN: LazyLock<Mutex<HashMap<String, bool>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
-    if e.by_type {
-        return true;
-    }
-    let path = dir.join(&e.file.path);
-    let key = path.display().to_string();
-    if let Some(&known) = SEEN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return known;
-    }
-    let by_type = row_groups_by_type(&path).unwrap_or(false);
-    SEEN.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, by_type);
-    by_type
+    e.by_type || rows_by_type(dir, e).is_some()
 }
 
 /// Rows per event type of a file stored by type, from its row groups'
@@ -495,6 +478,7 @@ pub fn rows_by_type(dir: &Path, e: &EventFile) -> Option<std::sync::Arc<HashMap<
     counted
 }
 
+/// Rows per type when every row group's `type` statistics hold one value.
 fn count_by_type(path: &Path) -> Option<HashMap<String, u64>> {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
@@ -517,24 +501,6 @@ fn count_by_type(path: &Path) -> Option<HashMap<String, u64>> {
         }
     }
     Some(out)
-}
-
-/// Every row group's `type` statistics hold one value.
-fn row_groups_by_type(path: &Path) -> Option<bool> {
-    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
-    let meta = reader.metadata();
-    let column = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.name() == "type")?;
-    Some(meta.row_groups().iter().all(|g| {
-        g.column(column).statistics().is_some_and(
-            |s| matches!((s.min_bytes_opt(), s.max_bytes_opt()), (Some(a), Some(b)) if a == b),
-        )
-    }))
 }
 
 /// The months `segments compact` rewrites: those holding more than
