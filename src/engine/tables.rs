@@ -10,19 +10,24 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::catalog::Session as CatalogSession;
 use datafusion::common::{Result as DFResult, ScalarValue, exec_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    TableProviderFilterPushDown, Volatility, col,
+    TableProviderFilterPushDown, Volatility, col, lit,
 };
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::SessionContext;
 use roaring::{RoaringBitmap, RoaringTreemap};
 
@@ -110,12 +115,266 @@ impl MemberStore {
     }
 }
 
+/// `contacts` or `events` as users know them: the internal id hidden, and
+/// `in_segment(contact_id, 'segment')` filters (negated or not) answered
+/// in the scan from the segments' bitmaps of internal ids, with row groups
+/// outside the members' id range skipped, instead of looking every
+/// `contact_id` up in a set of contact ids.
+struct UserTable {
+    raw: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+    store: Arc<MemberStore>,
+}
+
+impl fmt::Debug for UserTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserTable")
+    }
+}
+
+impl UserTable {
+    fn new(raw: Arc<dyn TableProvider>, store: Arc<MemberStore>) -> UserTable {
+        let visible: Vec<Field> = raw
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != IID)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        UserTable {
+            raw,
+            schema: Arc::new(Schema::new(visible)),
+            store,
+        }
+    }
+
+    /// The raw table's index of a column.
+    fn raw_index(&self, name: &str) -> DFResult<usize> {
+        Ok(self.raw.schema().index_of(name)?)
+    }
+}
+
+/// The segment an `in_segment(contact_id, 'segment')` filter names, and
+/// whether it is negated.
+fn segment_filter(e: &Expr) -> Option<(String, bool)> {
+    let (call, negated) = match e {
+        Expr::Not(inner) => (inner.as_ref(), true),
+        other => (other, false),
+    };
+    let Expr::ScalarFunction(f) = call else {
+        return None;
+    };
+    match (f.func.name(), f.args.as_slice()) {
+        ("in_segment", [Expr::Column(c), Expr::Literal(key, _)]) if c.name == CONTACT_ID => {
+            key.try_as_str().flatten().map(|k| (k.to_string(), negated))
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for UserTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        let others: Vec<&Expr> = filters
+            .iter()
+            .copied()
+            .filter(|f| segment_filter(f).is_none())
+            .collect();
+        let mut raw = self.raw.supports_filters_pushdown(&others)?.into_iter();
+        filters
+            .iter()
+            .map(|f| match segment_filter(f) {
+                Some(_) => Ok(TableProviderFilterPushDown::Exact),
+                None => Ok(raw
+                    .next()
+                    .unwrap_or(TableProviderFilterPushDown::Unsupported)),
+            })
+            .collect()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let mut raw_projection = wanted
+            .iter()
+            .map(|&i| self.raw_index(self.schema.field(i).name()))
+            .collect::<DFResult<Vec<usize>>>()?;
+        let (segments, mut others): (Vec<&Expr>, Vec<&Expr>) =
+            filters.iter().partition(|f| segment_filter(f).is_some());
+        if segments.is_empty() {
+            let others: Vec<Expr> = others.into_iter().cloned().collect();
+            return self
+                .raw
+                .scan(state, Some(&raw_projection), &others, limit)
+                .await;
+        }
+
+        // The ids the filters keep: members of every segment named, of none
+        // of those negated.
+        let mut keep: Option<RoaringBitmap> = None;
+        let mut drop = RoaringBitmap::new();
+        for (key, negated) in segments.iter().filter_map(|f| segment_filter(f)) {
+            let members = self
+                .store
+                .members(&key)
+                .map_err(datafusion::error::DataFusionError::Execution)?;
+            if negated {
+                drop |= &members.members;
+            } else {
+                keep = Some(match keep {
+                    None => members.members.clone(),
+                    Some(k) => k & &members.members,
+                });
+            }
+        }
+        let ids = IdSet::new(self.store.manifest.next_iid, keep.as_ref(), &drop);
+        let range = keep.as_ref().map(|k| (k.min(), k.max()));
+        let bounds: Vec<Expr> = match range {
+            Some((Some(lo), Some(hi))) => vec![col(IID).gt_eq(lit(lo)), col(IID).lt_eq(lit(hi))],
+            // No member at all: an empty range.
+            Some(_) => vec![col(IID).lt(lit(0u32))],
+            None => vec![],
+        };
+        others.extend(bounds.iter());
+        let others: Vec<Expr> = others.into_iter().cloned().collect();
+
+        // Read the internal id beside the wanted columns, keep the rows
+        // whose id is in the set, drop the id.
+        let iid_at = raw_projection.len();
+        raw_projection.push(self.raw_index(IID)?);
+        let scan = self
+            .raw
+            .scan(state, Some(&raw_projection), &others, None)
+            .await?;
+        let iid = Arc::new(Column::new(IID, iid_at)) as Arc<dyn PhysicalExpr>;
+        let test = ScalarFunctionExpr::try_new(
+            Arc::new(ScalarUDF::from(ids)),
+            vec![iid],
+            scan.schema().as_ref(),
+            Arc::new(state.config_options().clone()),
+        )?;
+        let filter = Arc::new(FilterExec::try_new(Arc::new(test), scan)?);
+        let columns: Vec<(Arc<dyn PhysicalExpr>, String)> = wanted
+            .iter()
+            .enumerate()
+            .map(|(at, &i)| {
+                let name = self.schema.field(i).name().clone();
+                (
+                    Arc::new(Column::new(&name, at)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(columns, filter)?))
+    }
+}
+
+/// `id_in_set(_iid)`: whether an internal id is in a set, one bit per id.
+struct IdSet {
+    bits: Arc<Vec<u64>>,
+    signature: Signature,
+}
+
+impl IdSet {
+    /// The ids below `end` in `keep` (every id when `None`) and not in `drop`.
+    fn new(end: u32, keep: Option<&RoaringBitmap>, drop: &RoaringBitmap) -> IdSet {
+        let words = (end as usize).div_ceil(64);
+        let mut bits = match keep {
+            Some(_) => vec![0u64; words],
+            None => vec![u64::MAX; words],
+        };
+        let mut set = |i: u32, on: bool| {
+            if let Some(w) = bits.get_mut(i as usize / 64) {
+                let bit = 1u64 << (i % 64);
+                if on { *w |= bit } else { *w &= !bit }
+            }
+        };
+        if let Some(k) = keep {
+            k.iter().for_each(|i| set(i, true));
+        }
+        drop.iter().for_each(|i| set(i, false));
+        IdSet {
+            bits: Arc::new(bits),
+            signature: Signature::exact(vec![DataType::UInt32], Volatility::Immutable),
+        }
+    }
+}
+
+impl fmt::Debug for IdSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("id_in_set")
+    }
+}
+
+impl PartialEq for IdSet {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.bits, &other.bits)
+    }
+}
+impl Eq for IdSet {}
+impl std::hash::Hash for IdSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.bits).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for IdSet {
+    fn name(&self) -> &str {
+        "id_in_set"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = ids.as_primitive::<UInt32Type>();
+        let bits = &self.bits;
+        let values = ids.values();
+        let found = BooleanBuffer::collect_bool(values.len(), |r| {
+            let i = values[r] as usize;
+            bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        });
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            found,
+            ids.nulls().cloned(),
+        ))))
+    }
+}
+
 /// The ad-hoc SQL context of a version of the base, built on a session of
 /// its own (its internal tables are replaced by the user-facing ones).
 pub fn user_context(base: &Base, m: &Arc<Manifest>) -> Result<SessionContext> {
     let session = Session::new(base, m.clone())?;
     // `contacts` and `events` as users know them: without the internal id.
     let user = session.ctx.clone();
+    let store = Arc::new(MemberStore {
+        dir: base.dir().to_path_buf(),
+        manifest: m.clone(),
+        ids: std::sync::OnceLock::new(),
+        loaded: Mutex::new(HashMap::new()),
+    });
     for name in [
         crate::engine::session::CONTACTS,
         crate::engine::session::EVENTS,
@@ -123,23 +382,8 @@ pub fn user_context(base: &Base, m: &Arc<Manifest>) -> Result<SessionContext> {
         let raw = user.deregister_table(name)?.ok_or_else(|| {
             crate::error::Error::Internal(format!("session without table {name}"))
         })?;
-        let visible: Vec<Expr> = raw
-            .schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name() != IID)
-            .map(|f| col(f.name().as_str()))
-            .collect();
-        let view = user.read_table(raw)?.select(visible)?.into_view();
-        user.register_table(name, view)?;
+        user.register_table(name, Arc::new(UserTable::new(raw, store.clone())))?;
     }
-
-    let store = Arc::new(MemberStore {
-        dir: base.dir().to_path_buf(),
-        manifest: m.clone(),
-        ids: std::sync::OnceLock::new(),
-        loaded: Mutex::new(HashMap::new()),
-    });
     user.register_table("segments", Arc::new(segments_table(base, m)?))?;
     user.register_table("imports", Arc::new(imports_table(m)?))?;
     user.register_table(
