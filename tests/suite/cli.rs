@@ -514,10 +514,24 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
         let query = |q: &str| stdout_of(&mut cmd(&["sql", "--format", "csv", q]));
         let contacts = query("SELECT * FROM contacts ORDER BY contact_id");
         let events = query("SELECT * FROM events ORDER BY contact_id, ts, type, amount");
-        let fields = query(
+        // The types SQL shows, then the types the contacts file stores.
+        let mut fields = query(
             "SELECT column_name, data_type FROM information_schema.columns \
              WHERE table_name = 'contacts' ORDER BY ordinal_position",
         );
+        {
+            use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+            let snap = segments::base::Base::open(dir.path())
+                .unwrap()
+                .snapshot()
+                .unwrap();
+            let stored = snap.manifest.contacts.as_ref().unwrap();
+            let file = std::fs::File::open(dir.path().join(&stored.path)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            for f in reader.schema().fields() {
+                fields.push_str(&format!("stored {}: {}\n", f.name(), f.data_type()));
+            }
+        }
         let counts = query(
             "SELECT (SELECT count(*) FROM contacts) AS c, (SELECT count(*) FROM events) AS e",
         );
@@ -570,6 +584,12 @@ fn imports_read_in_small_chunks_give_what_whole_files_give() {
     assert!(whole.3.contains("score,Float64"), "{}", whole.3);
     assert!(whole.3.contains("joined,Date32"), "{}", whole.3);
     assert!(whole.3.contains("visits,Int64"), "{}", whole.3);
+    // Text with few distinct values is stored as a dictionary, as SQL shows.
+    assert!(
+        whole.3.contains("stored code: Dictionary(Int32, Utf8)"),
+        "{}",
+        whole.3
+    );
     assert!(
         whole.3.contains("code,\"Dictionary(Int32, Utf8)\""),
         "{}",
