@@ -289,6 +289,7 @@ impl TableProvider for UserTable {
 }
 
 /// `id_in_set(_iid)`: whether an internal id is in a set, one bit per id.
+#[derive(PartialEq, Eq, Hash)]
 struct IdSet {
     bits: Arc<Vec<u64>>,
     signature: Signature,
@@ -322,18 +323,6 @@ impl IdSet {
 impl fmt::Debug for IdSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("id_in_set")
-    }
-}
-
-impl PartialEq for IdSet {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.bits, &other.bits)
-    }
-}
-impl Eq for IdSet {}
-impl std::hash::Hash for IdSet {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.bits).hash(state);
     }
 }
 
