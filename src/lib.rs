@@ -19,9 +19,11 @@
 //!   protocol.
 //! - [`http`]: the verbs as a JSON API over HTTP, with its OpenAPI document.
 //! - [`synth`]: synthetic bases; [`bench`]: benchmark workloads.
+//! - [`cli`]: the `segments` command over all of the above.
 
 pub mod base;
 pub mod bench;
+pub mod cli;
 pub mod compile;
 pub mod criteria;
 pub mod engine;

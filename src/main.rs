@@ -1,63 +1,7 @@
-//! The `segments` command line: parses arguments, opens the base, calls the
-//! library, formats the result. Errors are reported once, here.
+//! The `segments` command. Everything it does, from parsing the arguments
+//! to reporting errors, is the library's [`segments::cli`]: one crate
+//! compiles the commands and the engine they call.
 
-mod cli;
-
-use std::process::ExitCode;
-
-/// Process settings made before any thread starts.
-///
-/// - A closed pipe (`segments ... | head`) ends the process quietly, as it
-///   does other Unix tools, instead of failing a write. Sockets are written
-///   with `MSG_NOSIGNAL`, so `serve` is not affected.
-/// - Freed memory stays in the process instead of going back to the kernel
-///   at every free: batches of 64K rows are allocated and freed over and
-///   over, and glibc's defaults (trim above 128 KiB, map blocks above 128
-///   KiB) made a fresh process fault its pages in again batch after batch
-///   (a preview in a new process took 1.2 to 1.7 times as long as in a warm
-///   one).
-#[allow(unsafe_code)]
-fn process_setup() {
-    // SAFETY: both calls only change process settings, before any other
-    // thread exists.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-    }
-}
-
-/// Give the memory freed since the last call back to the system. The
-/// settings above keep freed memory in the process, which a command that
-/// ends soon wants; a server that ran a large query would keep its peak
-/// for good, so `serve` calls this every few seconds.
-#[allow(unsafe_code)]
-pub(crate) fn return_freed_memory() {
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-fn main() -> ExitCode {
-    process_setup();
-    match cli::run() {
-        Ok(code) => code,
-        Err(e) => {
-            // A closed pipe (`segments ... | head`) is a normal end.
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> std::process::ExitCode {
+    segments::cli::main()
 }

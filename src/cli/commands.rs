@@ -14,7 +14,7 @@ pub(super) async fn init_base(dir: &Path, args: InitArgs) -> anyhow::Result<Exit
     println!(
         "created base {} with {} default segments",
         base.dir().display(),
-        segments::jobs::default_segments(&base.config).len()
+        crate::jobs::default_segments(&base.config).len()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -37,7 +37,7 @@ pub(super) async fn recompute_cmd(dir: &Path, args: RecomputeArgs) -> anyhow::Re
     base.jobs = jobs;
     if let Some(index) = report {
         let snap = base.snapshot()?;
-        let r = segments::jobs::recompute::read_report(snap.dir(), &snap.manifest, index)?;
+        let r = crate::jobs::recompute::read_report(snap.dir(), &snap.manifest, index)?;
         if format == Format::Json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
@@ -55,7 +55,7 @@ pub(super) async fn recompute_cmd(dir: &Path, args: RecomputeArgs) -> anyhow::Re
         let snap = base.snapshot()?;
         print!(
             "{}",
-            segments::jobs::recompute::dry_run(
+            crate::jobs::recompute::dry_run(
                 &base,
                 &snap.manifest,
                 as_of.unwrap_or_else(Utc::now),
@@ -98,7 +98,7 @@ pub(super) async fn audience_cmd(dir: &Path, args: AudienceArgs) -> anyhow::Resu
     match out {
         Some(path) => {
             let batch = seg::members_batch(base.dir(), &m, &bm, None, &[])?;
-            segments::jobs::export::write_batch(&path, &batch)?;
+            crate::jobs::export::write_batch(&path, &batch)?;
             println!("{} contact(s) written to {}", bm.len(), path.display());
         }
         None => println!("{} contact(s)", bm.len()),
@@ -130,14 +130,14 @@ pub(super) async fn sql_cmd(dir: &Path, args: SqlArgs) -> anyhow::Result<ExitCod
         return shell::run(&base, rf).await.map(|()| ExitCode::SUCCESS);
     };
     let snap = base.snapshot()?;
-    let (schema, batches) = segments::sql::query(&snap, &query).await?;
+    let (schema, batches) = crate::sql::query(&snap, &query).await?;
     match &out {
         Some(path) => {
-            segments::jobs::export::save_batches(path, &schema, &batches, rf)?;
+            crate::jobs::export::save_batches(path, &schema, &batches, rf)?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             eprintln!("{rows} row(s) written to {}", path.display());
         }
-        None => segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &batches, rf)?,
+        None => crate::jobs::export::print_batches(&mut std::io::stdout().lock(), &batches, rf)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -183,7 +183,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
     } = args;
     let idle_timeout = Some(idle_timeout).filter(|t| !t.is_zero());
     let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => Some(segments::sql::tls::TlsFiles { cert, key }),
+        (Some(cert), Some(key)) => Some(crate::sql::tls::TlsFiles { cert, key }),
         _ => None,
     };
     let (http, pg) = match (http, pg) {
@@ -201,7 +201,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             every.tick().await;
-            let _ = tokio::task::spawn_blocking(crate::return_freed_memory).await;
+            let _ = tokio::task::spawn_blocking(super::process::return_freed_memory).await;
         }
     });
     let http_server = {
@@ -210,13 +210,13 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         let tls = tls.clone();
         async move {
             let Some(listen) = http else { return Ok(()) };
-            let mut opts = segments::http::HttpOptions::new(listen, base.config.serve.accounts());
+            let mut opts = crate::http::HttpOptions::new(listen, base.config.serve.accounts());
             opts.max_upload = max_upload;
             opts.request_timeout = std::time::Duration::from_secs(request_timeout);
             opts.tls = tls;
             opts.idle_timeout = idle_timeout;
             let scheme = if opts.tls.is_some() { "https" } else { "http" };
-            segments::http::serve(
+            crate::http::serve(
                 base,
                 opts,
                 |addr| {
@@ -235,7 +235,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
         async move {
             let Some(listen) = pg else { return Ok(()) };
             let with_tls = tls.is_some();
-            let opts = segments::sql::serve::ServeOptions {
+            let opts = crate::sql::serve::ServeOptions {
                 listen,
                 user: user.clone(),
                 password,
@@ -243,7 +243,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
                 tls,
                 idle_timeout,
             };
-            segments::sql::serve::serve(
+            crate::sql::serve::serve(
                 base,
                 opts,
                 |addr| {
@@ -267,7 +267,7 @@ pub(super) async fn serve_cmd(dir: &Path, args: ServeArgs) -> anyhow::Result<Exi
     };
     // The first to fail stops the other.
     let failed = |stop: tokio_util::sync::CancellationToken| {
-        move |r: segments::Result<()>| {
+        move |r: crate::Result<()>| {
             if r.is_err() {
                 stop.cancel();
             }
@@ -297,9 +297,9 @@ pub(super) async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> 
             "generating a demo base in {} ({contacts} contacts)...",
             dir.display()
         );
-        segments::synth::generate(
+        crate::synth::generate(
             dir,
-            &segments::synth::GenOptions {
+            &crate::synth::GenOptions {
                 contacts,
                 events_per_contact: 30,
                 seed: 42,
@@ -308,7 +308,7 @@ pub(super) async fn demo(dir: &Path, contacts: u32) -> anyhow::Result<ExitCode> 
         )?;
     }
     let mut base = open(dir)?;
-    segments::synth::create_examples(&base, as_of).await?;
+    crate::synth::create_examples(&base, as_of).await?;
     let bar = progress_bar(&mut base);
     let report = nightly(&base, "segments demo", as_of, Fresh::Incremental).await?;
     if let Some(b) = bar {
@@ -408,7 +408,7 @@ pub(super) async fn import_cmd(dir: &Path, cmd: ImportCmd) -> anyhow::Result<Exi
 pub(super) fn check_cmd(dir: &Path) -> anyhow::Result<ExitCode> {
     let base = open(dir)?;
     let snap = base.snapshot()?;
-    let problems = segments::base::check::check(&snap)?;
+    let problems = crate::base::check::check(&snap)?;
     if problems.is_empty() {
         println!(
             "ok: version {}, {} contacts, {} event files, {} segments",
@@ -429,14 +429,14 @@ pub(super) fn check_cmd(dir: &Path) -> anyhow::Result<ExitCode> {
 /// Generate a base, then compute its segments as of the generation's
 /// time, so that it is ready to query, serve or benchmark.
 pub(super) async fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCode> {
-    let opts = segments::synth::GenOptions {
+    let opts = crate::synth::GenOptions {
         contacts: args.contacts,
         events_per_contact: args.events_per_contact,
         seed: args.seed,
         as_of: args.as_of.unwrap_or_else(Utc::now),
     };
     let t0 = std::time::Instant::now();
-    let stats = segments::synth::generate(dir, &opts)?;
+    let stats = crate::synth::generate(dir, &opts)?;
     println!(
         "generated {} contacts and {} events in {:.1}s",
         stats.contacts,
@@ -458,9 +458,9 @@ pub(super) async fn gen_cmd(dir: &Path, args: GenArgs) -> anyhow::Result<ExitCod
 }
 
 pub(super) async fn bench_cmd(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let opts = segments::bench::BenchOptions::from(args);
+    let opts = crate::bench::BenchOptions::from(args);
     // The workloads own their runtime: leave this one first.
-    let report = tokio::task::spawn_blocking(move || segments::bench::run(&opts)).await??;
+    let report = tokio::task::spawn_blocking(move || crate::bench::run(&opts)).await??;
     let rows: Vec<serde_json::Value> = report
         .workloads
         .iter()

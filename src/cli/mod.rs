@@ -1,7 +1,10 @@
-//! Argument parsing (clap derive) and the wiring of each command.
+//! The `segments` command line: argument parsing (clap derive), the wiring
+//! of each command to the verbs, the formatting of results. Errors are
+//! reported once, here, by [`main`].
 
 mod commands;
 pub mod output;
+mod process;
 mod segment;
 mod shell;
 
@@ -16,18 +19,18 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::base::Base;
+use crate::base::config::Config;
+use crate::base::contacts::ImportOptions;
+use crate::base::events::EventImportOptions;
+use crate::criteria::Definition;
+use crate::jobs::export::RowFormat;
+use crate::jobs::import::{ImportFile, import};
+use crate::jobs::recompute::{Fresh, RunReport, nightly};
+use crate::jobs::segments::{self as seg, Channel};
+use crate::jobs::views;
+use crate::jobs::{change, init};
 use output::{Format, print_import, print_rows, print_run, progress_bar};
-use segments::base::Base;
-use segments::base::config::Config;
-use segments::base::contacts::ImportOptions;
-use segments::base::events::EventImportOptions;
-use segments::criteria::Definition;
-use segments::jobs::export::RowFormat;
-use segments::jobs::import::{ImportFile, import};
-use segments::jobs::recompute::{Fresh, RunReport, nightly};
-use segments::jobs::segments::{self as seg, Channel};
-use segments::jobs::views;
-use segments::jobs::{change, init};
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +44,7 @@ struct Cli {
     base: PathBuf,
     /// When another writer holds the base, wait for it this long
     /// (e.g. 30s, 5m; at most 10m) instead of failing at once.
-    #[arg(long, global = true, env = "SEGMENTS_WAIT", value_parser = segments::base::parse_wait)]
+    #[arg(long, global = true, env = "SEGMENTS_WAIT", value_parser = crate::base::parse_wait)]
     wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
@@ -144,7 +147,7 @@ struct SqlArgs {
     out: Option<PathBuf>,
     /// Memory the query's joins, sorts and aggregates may hold (e.g.
     /// 512MiB, 2GiB; default: half the machine's memory).
-    #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
+    #[arg(long, value_parser = crate::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
     memory_limit: Option<usize>,
 }
 
@@ -164,10 +167,10 @@ struct ServeArgs {
     listen: Option<std::net::IpAddr>,
     /// Memory the joins, sorts and aggregates of the queries running at
     /// once may hold together (default: half the machine's memory).
-    #[arg(long, value_parser = segments::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
+    #[arg(long, value_parser = crate::base::parse_size, env = "SEGMENTS_MEMORY_LIMIT")]
     memory_limit: Option<usize>,
     /// Largest file an import over HTTP accepts (e.g. 2G).
-    #[arg(long, value_parser = segments::base::parse_size, default_value = "16G")]
+    #[arg(long, value_parser = crate::base::parse_size, default_value = "16G")]
     max_upload: usize,
     /// A request still running after this many seconds is answered 408.
     #[arg(long, default_value_t = 600)]
@@ -175,12 +178,12 @@ struct ServeArgs {
     /// Over the PostgreSQL protocol, a statement still running after this
     /// long is cancelled (e.g. 30s, 5m); each connection may change it
     /// with `SET statement_timeout`. Default: none.
-    #[arg(long, value_parser = segments::base::parse_duration)]
+    #[arg(long, value_parser = crate::base::parse_duration)]
     statement_timeout: Option<std::time::Duration>,
     /// A connection of either protocol waiting this long for its client's
     /// next statement or request is closed (e.g. 10m, 1h; 0: never). A
     /// statement still running is not waiting.
-    #[arg(long, value_parser = segments::base::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = crate::base::parse_duration, default_value = "1h")]
     idle_timeout: std::time::Duration,
     /// Serve HTTPS and TLS over the PostgreSQL protocol with this
     /// certificate chain (PEM); needs --tls-key.
@@ -229,9 +232,9 @@ struct BenchArgs {
     workloads: Vec<String>,
 }
 
-impl From<BenchArgs> for segments::bench::BenchOptions {
+impl From<BenchArgs> for crate::bench::BenchOptions {
     fn from(a: BenchArgs) -> Self {
-        segments::bench::BenchOptions {
+        crate::bench::BenchOptions {
             dir: a.dir,
             contacts: a.contacts,
             events_per_contact: a.events_per_contact,
@@ -483,15 +486,33 @@ impl From<ChannelArg> for Channel {
 }
 
 fn parse_as_of(s: &str) -> Result<DateTime<Utc>, String> {
-    segments::base::input::parse_timestamp(s)
+    crate::base::input::parse_timestamp(s)
         .or_else(|| {
-            segments::base::input::parse_date(s)
+            crate::base::input::parse_date(s)
                 .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
         })
         .ok_or_else(|| format!("{s:?} is not an RFC 3339 instant (2026-11-23T02:00:00Z)"))
 }
 
-pub fn run() -> anyhow::Result<ExitCode> {
+/// The `segments` process: settings, arguments, the command, its exit code.
+pub fn main() -> ExitCode {
+    process::setup();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (`segments ... | head`) is a normal end.
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -522,7 +543,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(cmd) => return import_cmd(&dir, cmd).await,
         Command::Contacts(ContactsCmd::Delete { ids, file }) => {
             let base = open(&dir)?;
-            let n = segments::jobs::contacts::delete(
+            let n = crate::jobs::contacts::delete(
                 &base,
                 &describe("contacts delete"),
                 &ids,
@@ -539,12 +560,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => return check_cmd(&dir),
         Command::Compact(args) => {
             let base = open(&dir)?;
-            let merged = segments::jobs::compact::compact(
-                &base,
-                &describe("segments compact"),
-                args.max_files,
-            )
-            .await?;
+            let merged =
+                crate::jobs::compact::compact(&base, &describe("segments compact"), args.max_files)
+                    .await?;
             if merged.is_empty() {
                 println!(
                     "nothing to compact: no month holds more than {} file(s), every file is stored by type",

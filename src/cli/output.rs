@@ -3,11 +3,11 @@
 
 use std::io::{IsTerminal, Write};
 
+use crate::base::Base;
+use crate::base::imports::ImportReport;
+use crate::jobs::export::RowFormat;
+use crate::jobs::recompute::RunReport;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use segments::base::Base;
-use segments::base::imports::ImportReport;
-use segments::jobs::export::RowFormat;
-use segments::jobs::recompute::RunReport;
 use serde_json::{Value, json};
 
 /// The `--format` of every command that prints rows.
@@ -117,7 +117,7 @@ pub fn progress_bar(base: &mut Base) -> Option<indicatif::ProgressBar> {
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let hook = bar.clone();
-    base.progress = Some(segments::base::ProgressHook(std::sync::Arc::new(
+    base.progress = Some(crate::base::ProgressHook(std::sync::Arc::new(
         move |phase, done, total| {
             hook.set_length(total);
             hook.set_position(done);

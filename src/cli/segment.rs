@@ -165,7 +165,7 @@ pub(super) async fn segment(dir: &Path, cmd: SegmentCmd) -> anyhow::Result<ExitC
             };
             let (batch, _) = views::members_page(&snap, &id, &query)?;
             let rf = format.rows(RowFormat::JsonArray);
-            segments::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
+            crate::jobs::export::print_batches(&mut std::io::stdout().lock(), &[batch], rf)?;
         }
         SegmentCmd::Overlap {
             ids,
@@ -237,7 +237,7 @@ pub(super) async fn change_static(
     source: SourceArgs,
 ) -> anyhow::Result<ExitCode> {
     let source = source.source()?;
-    let (n, _) = segments::jobs::change(base, &describe("segment change"), async |w| {
+    let (n, _) = crate::jobs::change(base, &describe("segment change"), async |w| {
         seg::change_static(w, id, change, &source).await
     })
     .await?;

@@ -10,9 +10,9 @@ use rustyline::error::ReadlineError;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Completer, Helper, Highlighter, Hinter};
 
-use segments::base::Base;
-use segments::jobs::export::{RowFormat, print_batches};
-use segments::sql::{describe_tables, is_blank, query, split_statements};
+use crate::base::Base;
+use crate::jobs::export::{RowFormat, print_batches};
+use crate::sql::{describe_tables, is_blank, query, split_statements};
 
 const HELP: &str = "\
 Statements end with `;` and may span lines. Each statement reads the base as

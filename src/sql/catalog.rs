@@ -11,7 +11,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
-    visit_expressions, visit_expressions_mut,
+    Visit, VisitMut, visit_expressions, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -274,7 +274,7 @@ const AGGREGATES: &[&str] = &[
 /// (subquery) END`. Other statements are returned as they are.
 pub fn for_datafusion(stmt: &Statement) -> std::borrow::Cow<'_, Statement> {
     let mut any = false;
-    let _ = visit_expressions(stmt, |e| {
+    each_expression(stmt, &mut |e| {
         any |= matches!(e, Expr::Subquery(_));
         ControlFlow::<()>::Continue(())
     });
@@ -282,7 +282,7 @@ pub fn for_datafusion(stmt: &Statement) -> std::borrow::Cow<'_, Statement> {
         return std::borrow::Cow::Borrowed(stmt);
     }
     let mut out = stmt.clone();
-    let _ = visit_expressions_mut(&mut out, |e| {
+    each_expression_mut(&mut out, &mut |e| {
         if let Expr::Subquery(q) = e
             && let Some(rewritten) = first_row(q)
         {
@@ -338,7 +338,7 @@ fn first_row(q: &Query) -> Option<Expr> {
     let rewritten = if reads_outer(value, &names) {
         let mut value = value.clone();
         let mut failed = false;
-        let _ = visit_expressions_mut(&mut value, |e| {
+        each_expression_mut(&mut value, &mut |e| {
             let own = match e {
                 Expr::Identifier(_) => true,
                 Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
@@ -382,7 +382,7 @@ fn and(conditions: &[&Expr]) -> String {
 /// than `names`.
 fn reads_outer(e: &Expr, names: &[String]) -> bool {
     let mut found = false;
-    let _ = visit_expressions(e, |x| {
+    each_expression(e, &mut |x| {
         if let Expr::CompoundIdentifier(parts) = x
             && parts.len() >= 2
         {
@@ -420,7 +420,7 @@ fn conjuncts(e: &Expr) -> Vec<&Expr> {
 /// Whether an expression calls an aggregate function.
 fn aggregates(e: &Expr) -> bool {
     let mut found = false;
-    let _ = visit_expressions(e, |x| {
+    each_expression(e, &mut |x| {
         if let Expr::Function(f) = x {
             let name = f.name.to_string().to_lowercase();
             let name = name.rsplit('.').next().unwrap_or_default();
@@ -429,6 +429,20 @@ fn aggregates(e: &Expr) -> bool {
         ControlFlow::<()>::Continue(())
     });
     found
+}
+
+/// Calls `f` on every expression under `node`, outermost first, until it
+/// breaks. Every walk of this module goes through here or
+/// [`each_expression_mut`] with its closure behind one `dyn` type:
+/// sqlparser's visitor is generic over the closure, and each closure of
+/// its own compiled the walk of every type of the syntax tree again.
+fn each_expression<V: Visit>(node: &V, f: &mut dyn FnMut(&Expr) -> ControlFlow<()>) {
+    let _ = visit_expressions(node, f);
+}
+
+/// [`each_expression`], with the expressions open to rewriting.
+fn each_expression_mut<V: VisitMut>(node: &mut V, f: &mut dyn FnMut(&mut Expr) -> ControlFlow<()>) {
+    let _ = visit_expressions_mut(node, f);
 }
 
 /// The names and aliases of the relations a `SELECT` reads, lowercased.
@@ -457,7 +471,7 @@ fn relation_names(select: &Select) -> Vec<String> {
 /// `names` (the outer query's), and no subquery.
 fn only_outer(e: &Expr, names: &[String]) -> bool {
     let (mut outer, mut other) = (0, 0);
-    let _ = visit_expressions(e, |x| {
+    each_expression(e, &mut |x| {
         match x {
             Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
                 let qualifier = parts[parts.len() - 2].value.to_lowercase();
