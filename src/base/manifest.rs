@@ -436,30 +436,80 @@ pub fn read_manifest(dir: &Path, version: u64) -> Result<Manifest> {
     parse_manifest(dir, version, &path, &bytes)
 }
 
-/// A manifest file's path, its bytes, and the manifest parsed from them.
-type Parsed = (PathBuf, Vec<u8>, Arc<Manifest>);
+/// What tells a manifest file's contents apart without reading them. A
+/// published manifest is never written again in place: each version is
+/// written to a temporary file and renamed into place, so the same file
+/// (device and inode) with the same size and modification time holds the
+/// same bytes. A base deleted and created again in the same folder numbers
+/// its versions from the start again, in new files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let (device, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (device, inode) = (0, 0);
+        Stamp {
+            device,
+            inode,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// A manifest file's path, what identifies its contents (its stamp and
+/// its first bytes), and the manifest parsed from them.
+type Parsed = (PathBuf, Stamp, Vec<u8>, Arc<Manifest>);
 /// Manifests last read by [`read_manifest_again`], most recent first.
 static RECENT_MANIFESTS: Mutex<Vec<Parsed>> = Mutex::new(Vec::new());
 const RECENT_MANIFESTS_KEPT: usize = 4;
+/// The first bytes of a manifest, compared as well: they hold the time it
+/// was written, to the nanosecond, which tells apart two files that a
+/// file system's coarse clock and a reused inode number would not.
+const HEAD: usize = 256;
 
 /// The same as [`read_manifest`], for a process that reads the same
 /// version over and over (a server or a bench takes a snapshot per query):
-/// a manifest holds every segment with its history, and parsing it was a
-/// tenth of a small preview. The file is still read, and the parsed
-/// manifest is reused only if its bytes are the ones parsed before, as a
-/// base deleted and created again in the same folder numbers its versions
-/// from the start again.
+/// a manifest holds every segment with its history (megabytes on a base
+/// recomputed for months), and reading and parsing it was a tenth of a
+/// small preview. The parsed manifest is reused while the file opened is
+/// the one parsed before: same [`Stamp`] (taken from the open file, so the
+/// bytes and the stamp belong together) and same first bytes.
 pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Arc<Manifest>> {
+    use std::io::Read;
     let path = manifest_path(dir, version);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let stamp = Stamp::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
+    let mut bytes = Vec::with_capacity(stamp.len as usize);
+    (&mut file)
+        .take(HEAD as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
     let recent = || RECENT_MANIFESTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((.., m)) = recent().iter().find(|(p, b, _)| *p == path && *b == bytes) {
+    if let Some((.., m)) = recent()
+        .iter()
+        .find(|(p, s, head, _)| *p == path && *s == stamp && *head == bytes)
+    {
         return Ok(m.clone());
     }
+    let head = bytes.clone();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
     let m = Arc::new(parse_manifest(dir, version, &path, &bytes)?);
     let mut kept = recent();
     kept.retain(|(p, ..)| *p != path);
-    kept.insert(0, (path, bytes, m.clone()));
+    kept.insert(0, (path, stamp, head, m.clone()));
     kept.truncate(RECENT_MANIFESTS_KEPT);
     Ok(m)
 }
@@ -534,6 +584,43 @@ mod tests {
     use super::*;
 
     const POINTS: &str = r#"[{"at":"2026-11-01T03:00:00Z","as_of":"2026-11-01T03:00:00Z","size":3,"entries":3,"exits":0,"delta":{"path":"bitmaps/delta-a-v2-1.bm","bytes":40,"crc32":7}},{"at":"2026-11-02T03:00:00Z","as_of":"2026-11-02T03:00:00Z","size":3,"entries":0,"exits":0}]"#;
+
+    /// A version read again is parsed once; a base deleted and created
+    /// again in the same folder, whose version 0 is another file, is read
+    /// anew, as is a file changed in place.
+    #[test]
+    fn a_manifest_read_again_is_parsed_again_only_when_its_file_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("base");
+        let write = |by: &str| {
+            std::fs::create_dir_all(dir.join(MANIFEST_DIR)).unwrap();
+            let mut m = Manifest::empty();
+            m.written_by = by.into();
+            let bytes = serde_json::to_vec_pretty(&m).unwrap();
+            crate::base::store::write_atomic(&manifest_path(&dir, 0), &bytes).unwrap();
+        };
+        // Names of one length: the files differ by their inode and
+        // their first bytes.
+        write("first!");
+        let a = read_manifest_again(&dir, 0).unwrap();
+        let b = read_manifest_again(&dir, 0).unwrap();
+        assert_eq!(a.written_by, "first!");
+        assert!(Arc::ptr_eq(&a, &b), "parsed again although unchanged");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        write("second");
+        assert_eq!(read_manifest_again(&dir, 0).unwrap().written_by, "second");
+
+        // Written in place (never done by a writer): another length.
+        let path = manifest_path(&dir, 0);
+        let mut m = Manifest::empty();
+        m.written_by = "third, longer".into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        assert_eq!(
+            read_manifest_again(&dir, 0).unwrap().written_by,
+            "third, longer"
+        );
+    }
 
     #[test]
     fn history_is_read_when_used_and_written_back_as_it_was() {
