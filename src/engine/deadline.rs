@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -40,6 +40,20 @@ pub fn with_deadline(
 ) -> LogicalPlan {
     if limit.is_none() && running.is_none() {
         return plan;
+    }
+    // `EXPLAIN` must stay at the root: the limit goes on what it explains
+    // (and runs, with `ANALYZE`).
+    if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+        return plan
+            .map_children(|child| {
+                Ok(Transformed::yes(with_deadline(
+                    child,
+                    limit,
+                    running.clone(),
+                )))
+            })
+            .expect("wrapping a child cannot fail")
+            .data;
     }
     LogicalPlan::Extension(Extension {
         node: Arc::new(Deadline {
@@ -215,6 +229,17 @@ impl ExecutionPlan for DeadlineExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
+    }
+
+    /// The rows pass as they come: an `ORDER BY` below stays the order of
+    /// the result, and nothing is repartitioned under the node (which
+    /// would undo the sort's final merge).
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn apply_expressions(

@@ -696,6 +696,168 @@ fn sqlalchemy_and_pandas_inspect_and_read_over_the_postgresql_protocol() {
     assert_eq!(seen["after_timeout"], 6);
 }
 
+/// A base of 2,000 generated contacts and their segments, computed.
+fn generated_base() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    segments(dir.path())
+        .args(["gen", "--contacts", "2000", "--events-per-contact", "5"])
+        .args(["--as-of", AS_OF])
+        .assert()
+        .success();
+    dir
+}
+
+/// Over the PostgreSQL protocol, the rows of an `ORDER BY` come in its
+/// order, also when the plan reads several partitions (the node that
+/// times statements sits at the root of every plan), in a join of the
+/// catalog as JDBC's `getTables` writes it, and `EXPLAIN` answers.
+#[test]
+fn psql_gets_rows_in_the_order_asked_and_explains() {
+    let dir = generated_base();
+    let b = dir.path();
+    let server = Server::start(b, "pw");
+    let lines = |out: std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    for query in [
+        "SELECT contact_id FROM contacts ORDER BY contact_id DESC",
+        "SELECT contact_id, count(*) AS n FROM events GROUP BY contact_id ORDER BY n DESC, contact_id",
+    ] {
+        let expected: Vec<String> = stdout_of(segments(b).args(["sql", "--format", "csv", query]))
+            .lines()
+            .skip(1)
+            .map(|l| l.replace(',', "|"))
+            .collect();
+        assert!(expected.len() > 1000, "{query}");
+        assert_eq!(lines(server.psql("pw", query)), expected, "{query}");
+    }
+    let tables = lines(server.psql(
+        "pw",
+        "SELECT n.nspname AS TABLE_SCHEM, c.relname AS TABLE_NAME \
+         FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c \
+         WHERE c.relnamespace = n.oid AND n.nspname = 'public' ORDER BY TABLE_SCHEM, TABLE_NAME",
+    ));
+    assert_eq!(
+        tables,
+        [
+            "public|contacts",
+            "public|events",
+            "public|imports",
+            "public|segment_members",
+            "public|segments"
+        ]
+    );
+    let plan = lines(server.psql("pw", "EXPLAIN SELECT count(*) FROM contacts")).join("\n");
+    assert!(plan.contains("physical_plan"), "{plan}");
+}
+
+/// JDBC, what DBeaver and Metabase use (Debian's `libpostgresql-jdbc-java`
+/// run by the JDK's `java`): product and version, the tables in order and
+/// the columns of `contacts` with their types through `DatabaseMetaData`,
+/// and prepared statements with bound parameters giving the rows of
+/// `segments sql`.
+#[test]
+fn jdbc_reads_the_catalog_and_binds_parameters() {
+    let jar = ["/usr/share/java/postgresql.jar"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "the PostgreSQL JDBC driver is needed: install libpostgresql-jdbc-java (.ci/run does)",
+        );
+    let dir = generated_base();
+    let b = dir.path();
+    let server = Server::start(b, "s3cret pass");
+    let client =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
+    let out = std::process::Command::new("java")
+        .args(["-cp", jar])
+        .arg(&client)
+        .args([&server.port.to_string(), "s3cret pass", "email_subscribers"])
+        .output()
+        .expect("java is needed: install default-jdk-headless (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let facts = |kind: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{kind}\t")))
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    };
+    assert_eq!(facts("product"), [["PostgreSQL", "16.6"]]);
+    let tables: Vec<String> = facts("table").iter().map(|t| t.join(" ")).collect();
+    assert_eq!(
+        tables,
+        [
+            "public contacts TABLE",
+            "public events TABLE",
+            "public imports TABLE",
+            "public segment_members TABLE",
+            "public segments TABLE"
+        ]
+    );
+    let columns = facts("column");
+    let names: Vec<&str> = columns.iter().map(|c| c[0].as_str()).collect();
+    let expected_names: Vec<String> =
+        stdout_of(segments(b).args(["sql", "--format", "csv", "SELECT * FROM contacts LIMIT 1"]))
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .map(str::to_string)
+            .collect();
+    assert_eq!(names, expected_names);
+    let type_of = |name: &str| {
+        let c = columns.iter().find(|c| c[0] == name).unwrap();
+        format!("{} {}", c[1], c[2])
+    };
+    // java.sql.Types: VARCHAR 12, BIT -7, DATE 91, TIMESTAMP 93, BIGINT -5.
+    assert_eq!(
+        [
+            type_of("city"),
+            type_of("email_optin"),
+            type_of("birth_date"),
+            type_of("created_at"),
+            type_of("score")
+        ],
+        ["text 12", "bool -7", "date 91", "timestamptz 93", "int8 -5"]
+    );
+    let members = stdout_of(segments(b).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT count(*) FROM contacts WHERE in_segment(contact_id, 'email_subscribers')",
+    ]));
+    let members = members.lines().nth(1).unwrap().to_string();
+    assert_eq!(facts("members"), [[members.clone()]]);
+    assert_ne!(members, "0");
+    let ids: Vec<String> = facts("id").into_iter().map(|f| f[0].clone()).collect();
+    let expected_ids: Vec<String> = stdout_of(segments(b).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT contact_id FROM contacts WHERE score > 50 ORDER BY contact_id DESC",
+    ]))
+    .lines()
+    .skip(1)
+    .map(str::to_string)
+    .collect();
+    assert!(expected_ids.len() > 100, "{}", expected_ids.len());
+    assert_eq!(ids, expected_ids);
+}
+
 /// `serve --statement-timeout`: a statement running longer is cancelled
 /// with SQLSTATE 57014; `SET statement_timeout` changes it for the
 /// connection, 0 turns it off; the connection goes on.
