@@ -590,6 +590,27 @@ fn the_sql_shell_edits_statements_on_a_terminal() {
     assert!(history.contains("40 + 2 AS answer"), "{history}");
 }
 
+/// The standard output of a client program of `tests/clients`: `program`
+/// with its options `before`, the client's file, then `args`. The client's
+/// standard error is shown when it fails.
+fn run_client(program: &str, before: &[&str], client: &str, args: &[&str]) -> Vec<u8> {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(client);
+    let out = std::process::Command::new(program)
+        .args(before)
+        .arg(&file)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed for {client} (.ci/run installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{client}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A BI client built on SQLAlchemy 2 and psycopg 3 (as Superset is) against
 /// `segments serve`: it reads the version as PostgreSQL's, lists tables,
 /// views and their columns with types, opens and rolls back a savepoint,
@@ -604,19 +625,13 @@ fn sqlalchemy_and_pandas_inspect_and_read_over_the_postgresql_protocol() {
     let dir = small_base();
     let b = dir.path();
     let server = Server::start(b, "s3cret pass");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/sqlalchemy_client.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([&server.port.to_string(), "s3cret pass"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_client(
+        "python3",
+        &[],
+        "sqlalchemy_client.py",
+        &[&server.port.to_string(), "s3cret pass"],
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(seen["server_version_info"], serde_json::json!([16, 6]));
     assert!(
         seen["version"]
@@ -776,20 +791,13 @@ fn jdbc_reads_the_catalog_and_binds_parameters() {
     let dir = generated_base();
     let b = dir.path();
     let server = Server::start(b, "s3cret pass");
-    let client =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
-    let out = std::process::Command::new("java")
-        .args(["-cp", jar])
-        .arg(&client)
-        .args([&server.port.to_string(), "s3cret pass", "email_subscribers"])
-        .output()
-        .expect("java is needed: install default-jdk-headless (.ci/run does)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_client(
+        "java",
+        &["-cp", jar],
+        "JdbcClient.java",
+        &[&server.port.to_string(), "s3cret pass", "email_subscribers"],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(out).unwrap();
     let facts = |kind: &str| -> Vec<Vec<String>> {
         text.lines()
             .filter_map(|l| l.strip_prefix(&format!("{kind}\t")))
