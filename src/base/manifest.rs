@@ -491,7 +491,7 @@ pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Arc<Manifest>> {
     let path = manifest_path(dir, version);
     let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
     let stamp = Stamp::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
-    let mut bytes = Vec::with_capacity(stamp.len as usize);
+    let mut bytes = Vec::with_capacity(HEAD);
     (&mut file)
         .take(HEAD as u64)
         .read_to_end(&mut bytes)
@@ -504,6 +504,7 @@ pub fn read_manifest_again(dir: &Path, version: u64) -> Result<Arc<Manifest>> {
         return Ok(m.clone());
     }
     let head = bytes.clone();
+    bytes.reserve((stamp.len as usize).saturating_sub(bytes.len()));
     file.read_to_end(&mut bytes)
         .map_err(|e| Error::io(&path, e))?;
     let m = Arc::new(parse_manifest(dir, version, &path, &bytes)?);
