@@ -8,7 +8,7 @@
 //! of the condition's moving time boundaries, and keeps the earlier result
 //! for every other contact (see [`crate::compile::fresh`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use roaring::RoaringBitmap;
@@ -20,6 +20,9 @@ use crate::base::manifest::{Change, KeptLeaves, Manifest};
 use crate::base::store::read_checked;
 use crate::base::{Base, Writer};
 use crate::error::{Error, Result};
+
+/// The first bytes of a file of latest times.
+const LATEST_MAGIC: &[u8; 8] = b"SEGLAT01";
 
 /// Tags of a change's bitmaps.
 const FIELDS: i64 = 0;
@@ -128,6 +131,111 @@ pub struct Kept {
     /// Bitmap of each condition, by key.
     pub results: HashMap<String, RoaringBitmap>,
     pub dirty: Dirty,
+    /// The latest times of matching events, for the conditions that depend
+    /// on them alone.
+    pub latest: Option<LatestTimes>,
+}
+
+/// The time of each contact's latest event matching some event types and
+/// filter, for the conditions that depend on it alone (see
+/// [`crate::compile::latest`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latest {
+    /// Events before this instant (µs) are left out: a contact whose latest
+    /// matching event is older is absent.
+    pub from: i64,
+    /// Contacts with a matching event from `from` on.
+    pub ids: RoaringBitmap,
+    /// The time of each one's latest, in the order of `ids` (µs).
+    pub times: Vec<i64>,
+}
+
+/// The latest times a recompute kept, by key, with what they reflect.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatestTimes {
+    /// No event after this instant (µs) is reflected.
+    pub as_of: i64,
+    /// The events files of the version they reflect.
+    pub files: Vec<String>,
+    pub by_key: BTreeMap<String, Latest>,
+}
+
+/// The header of a file of latest times.
+#[derive(Serialize, Deserialize)]
+struct LatestHeader {
+    as_of: i64,
+    files: Vec<String>,
+    /// Key, `from`, contacts.
+    keys: Vec<(String, i64, u64)>,
+}
+
+impl LatestTimes {
+    pub fn encode(&self) -> Vec<u8> {
+        let header = LatestHeader {
+            as_of: self.as_of,
+            files: self.files.clone(),
+            keys: self
+                .by_key
+                .iter()
+                .map(|(k, l)| (k.clone(), l.from, l.ids.len()))
+                .collect(),
+        };
+        let header = serde_json::to_vec(&header).expect("header serializes");
+        let mut out = Vec::new();
+        out.extend_from_slice(LATEST_MAGIC);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for l in self.by_key.values() {
+            out.extend_from_slice(&(l.ids.serialized_size() as u64).to_le_bytes());
+            l.ids
+                .serialize_into(&mut out)
+                .expect("writing to a Vec cannot fail");
+            out.reserve(l.times.len() * 8);
+            for t in &l.times {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> std::result::Result<LatestTimes, String> {
+        let truncated = || "truncated file of latest times".to_string();
+        let mut rest = bytes
+            .strip_prefix(LATEST_MAGIC.as_slice())
+            .ok_or("not a file of latest times (bad magic)")?;
+        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+            if rest.len() < n {
+                return Err(truncated());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let len = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
+        let n = len(take(8)?);
+        let header: LatestHeader =
+            serde_json::from_slice(take(n)?).map_err(|e| format!("damaged header: {e}"))?;
+        let mut by_key = BTreeMap::new();
+        for (key, from, count) in header.keys {
+            let n = len(take(8)?);
+            let ids = RoaringBitmap::deserialize_from(take(n)?)
+                .map_err(|e| format!("damaged bitmap: {e}"))?;
+            let bytes = take(count as usize * 8)?;
+            let times = bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            if ids.len() != count {
+                return Err(format!("{key}: {} contacts for {count} times", ids.len()));
+            }
+            by_key.insert(key, Latest { from, ids, times });
+        }
+        Ok(LatestTimes {
+            as_of: header.as_of,
+            files: header.files,
+            by_key,
+        })
+    }
 }
 
 /// Why kept results cannot serve, or the results.
@@ -166,11 +274,19 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty.presence |= t.get(PRESENCE);
         dirty.events.push((c.types.clone(), t.get(EVENTS)));
     }
+    let latest = match &l.latest {
+        Some(f) => Some(
+            LatestTimes::decode(&read_checked(dir, f)?)
+                .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))?,
+        ),
+        None => None,
+    };
     Ok(Earlier::Kept(Kept {
         version: l.version,
         as_of: l.as_of,
         results,
         dirty,
+        latest,
     }))
 }
 
@@ -180,6 +296,7 @@ pub fn keep(
     w: &mut Writer,
     as_of: DateTime<Utc>,
     results: Vec<(String, RoaringBitmap)>,
+    latest: Option<&LatestTimes>,
 ) -> Result<()> {
     use std::io::Write;
     let (keys, bitmaps): (Vec<String>, Vec<RoaringBitmap>) = results.into_iter().unzip();
@@ -199,11 +316,21 @@ pub fn keep(
     sink.write_all(&serde_json::to_vec(&doc).expect("keys serialize"))
         .map_err(|e| Error::io(sink.path(), e))?;
     let keys = sink.finish()?;
+    let latest = match latest {
+        Some(l) => {
+            let mut sink = w.new_file("bitmaps", "latest", "bin")?;
+            sink.write_all(&l.encode())
+                .map_err(|e| Error::io(sink.path(), e))?;
+            Some(sink.finish()?)
+        }
+        None => None,
+    };
     w.next.leaves = Some(KeptLeaves {
         version: w.next.version,
         as_of,
         bitmaps,
         keys,
+        latest,
     });
     let version = w.next.version;
     w.next.changes.retain(|c| c.version > version);

@@ -60,6 +60,10 @@ pub struct KeptLeaves {
     pub bitmaps: DataFile,
     /// JSON: the conditions and the settings they were compiled under.
     pub keys: DataFile,
+    /// The latest times of matching events per contact (see
+    /// [`crate::base::changes::LatestTimes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<DataFile>,
 }
 
 /// The contacts one import or deletion changed.
@@ -346,6 +350,7 @@ impl Manifest {
         out.extend(self.runs.iter().cloned());
         if let Some(l) = &self.leaves {
             out.extend([l.bitmaps.clone(), l.keys.clone()]);
+            out.extend(l.latest.clone());
         }
         out.extend(self.changes.iter().map(|c| c.contacts.clone()));
         Ok(out)

@@ -13,6 +13,12 @@
 //!   instants swept between the two instants ([`Moved`]); every contact
 //!   when a filter on event columns depends on the clock.
 //!
+//! A behaviour condition that depends on a contact's matching events through
+//! the time of the latest one alone (an existence test over a window that
+//! ends at the run's instant, a `last` test) is neither patched nor
+//! evaluated again: it is answered for every contact from the latest times
+//! kept per contact, brought up to date (see [`crate::compile::latest`]).
+//!
 //! Such a condition is evaluated again over the internal ids from the first
 //! to the last of those contacts (every contact when they spread over most
 //! ids, or when a condition of the pass is evaluated in full anyway), and
@@ -32,6 +38,7 @@ use crate::base::changes::Kept;
 use crate::base::schema::IID;
 use crate::compile::behavior::Moved;
 use crate::compile::expr::{Clock, ts_lit};
+use crate::compile::latest::{self, LatestKey};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
 use crate::engine::Session;
 use crate::engine::session::EVENTS;
@@ -66,6 +73,10 @@ pub struct PassFreshness {
     pub patched: usize,
     /// Conditions evaluated for every contact.
     pub full: usize,
+    /// Conditions answered for every contact from the latest times of
+    /// matching events kept per contact, brought up to date.
+    #[serde(default)]
+    pub from_latest: usize,
     /// Contacts the patched conditions were evaluated again for.
     pub dirty_contacts: u64,
     /// Share of the internal ids whose rows the pass read (0: none).
@@ -85,8 +96,13 @@ impl Freshness {
             _ => "incremental".to_string(),
         };
         let pass = |name: &str, p: &PassFreshness| {
+            let latest = if p.from_latest > 0 {
+                format!(", {} from the latest times kept", p.from_latest)
+            } else {
+                String::new()
+            };
             format!(
-                "  {name}: {} kept, {} patched for {} contact(s), {} in full; reads {:.1}% of ids",
+                "  {name}: {} kept, {} patched for {} contact(s), {} in full{latest}; reads {:.1}% of ids",
                 p.kept,
                 p.patched,
                 p.dirty_contacts,
@@ -137,6 +153,9 @@ enum Way {
     Patch(RoaringBitmap, RoaringBitmap),
     /// Evaluate it for every contact.
     Full,
+    /// Answer it for every contact from the latest times of matching
+    /// events, brought up to date.
+    Latest,
 }
 
 impl Way {
@@ -162,7 +181,7 @@ fn reads_clock(e: &Expr) -> bool {
 impl Session {
     /// What each leaf of a plan needs, from kept results (see the module's
     /// documentation): reads the events in the bands of time that moved.
-    async fn ways_since(&self, plan: &Plan, clock: &Clock, kept: &Kept) -> Ways {
+    async fn ways_since(&self, plan: &Plan, clock: &Clock, kept: &Kept, keep: bool) -> Ways {
         let then = Clock::new(kept.as_of, clock.tz);
         let dirty = &kept.dirty;
 
@@ -186,26 +205,86 @@ impl Session {
             })
             .collect();
 
+        // Conditions that depend on the latest time of a matching event
+        // alone are answered from the kept latest times when those serve
+        // (and keep their result when nothing they read changed); when
+        // they do not and this run keeps its results, they are evaluated
+        // in full and their latest times found again.
+        let nows: Vec<_> = plan
+            .event_leaves
+            .iter()
+            .map(|b| self.behavior_parts(b, clock))
+            .collect();
+        let (of_leaf, keys) = latest::latest_keys(nows.iter().map(|p| p.as_ref().ok()), clock);
+        let served: Vec<bool> = keys
+            .iter()
+            .map(|k| {
+                kept.latest.as_ref().is_some_and(|l| {
+                    l.by_key
+                        .get(&k.key)
+                        .is_some_and(|kt| k.served_by(kt, l.as_of, clock))
+                })
+            })
+            .collect();
         let mut events = Vec::with_capacity(plan.event_leaves.len());
         let mut banded: Vec<(usize, Banded)> = Vec::new();
-        for (i, (b, key)) in plan.event_leaves.iter().zip(&plan.event_keys).enumerate() {
-            let Some(old) = kept.results.get(key) else {
-                events.push(Way::Full);
-                continue;
-            };
-            let way = match (self.behavior_parts(b, clock), self.behavior_parts(b, &then)) {
-                (Ok(now), Ok(before)) => match now.moved_since(&before, clock, &then) {
-                    Moved::Everything => Way::Full,
-                    moved => {
-                        if let Moved::Bands(bands) = moved {
-                            banded.push((i, (now.types().to_vec(), bands)));
+        for (i, ((b, key), now)) in plan
+            .event_leaves
+            .iter()
+            .zip(&plan.event_keys)
+            .zip(nows)
+            .enumerate()
+        {
+            let old = kept.results.get(key);
+            let latest = of_leaf[i].filter(|&k| served[k] || keep);
+            let way = match (now, self.behavior_parts(b, &then), old) {
+                (Ok(now), Ok(before), Some(old)) => {
+                    let moved = now.moved_since(&before, clock, &then);
+                    let dirty = dirty.for_events(now.types());
+                    match (moved, latest) {
+                        (Moved::Same, Some(_)) if dirty.is_empty() => Way::Keep(old.clone()),
+                        (_, Some(k)) if served[k] => Way::Latest,
+                        (_, Some(_)) => Way::Full,
+                        (Moved::Everything, None) => Way::Full,
+                        (moved, None) => {
+                            if let Moved::Bands(bands) = moved {
+                                banded.push((i, (now.types().to_vec(), bands)));
+                            }
+                            Way::Patch(old.clone(), dirty)
                         }
-                        Way::Patch(old.clone(), dirty.for_events(now.types()))
                     }
-                },
+                }
+                (Ok(_), _, _) if latest.is_some_and(|k| served[k]) => Way::Latest,
                 _ => Way::Full,
             };
             events.push(way);
+        }
+        // What becomes of each key's latest times.
+        let how: Vec<KeyWay> = (0..keys.len())
+            .map(|k| {
+                let ways = || {
+                    events
+                        .iter()
+                        .zip(&of_leaf)
+                        .filter(move |(_, o)| **o == Some(k))
+                        .map(|(w, _)| w)
+                };
+                if ways().any(|w| matches!(w, Way::Latest)) {
+                    KeyWay::Fold
+                } else if !served[k] && keep {
+                    KeyWay::Find
+                } else if served[k] {
+                    KeyWay::Carry
+                } else {
+                    KeyWay::Drop
+                }
+            })
+            .collect();
+        // A key found again: every condition of it in full.
+        for (w, o) in events.iter_mut().zip(&of_leaf) {
+            if o.is_some_and(|k| matches!(how[k], KeyWay::Find)) {
+                *w = Way::Full;
+            }
         }
         // Contacts with events in the bands of time that moved. Bands that
         // hold many events (by the files' time ranges) hold contacts spread
@@ -257,12 +336,16 @@ impl Session {
                 w => w,
             })
             .collect();
-        Ways { contacts, events }
+        Ways {
+            contacts,
+            events,
+            latest: LatestWork { of_leaf, keys, how },
+        }
     }
 
     /// How a recompute from kept results would run, without running it.
     pub async fn freshness_since(&self, plan: &Plan, clock: &Clock, kept: &Kept) -> Freshness {
-        let ways = self.ways_since(plan, clock, kept).await;
+        let ways = self.ways_since(plan, clock, kept, false).await;
         let all = &self.all_contacts;
         Freshness {
             mode: "incremental".into(),
@@ -276,18 +359,22 @@ impl Session {
     }
 
     /// Evaluate the leaves of a plan from kept results: each leaf keeps its
-    /// result, is patched for the contacts that may have changed, or is
-    /// evaluated in full (see the module's documentation).
+    /// result, is patched for the contacts that may have changed, is
+    /// answered from the latest times kept, or is evaluated in full (see
+    /// the module's documentation). With `keep`, the latest times are
+    /// brought up to date for the next run.
     pub async fn run_leaves_since(
         &self,
         plan: &Plan,
         clock: &Clock,
         kept: &Kept,
+        keep: bool,
     ) -> (LeafResults, Freshness) {
         let Ways {
             contacts: contact_ways,
             events: event_ways,
-        } = self.ways_since(plan, clock, kept).await;
+            latest: work,
+        } = self.ways_since(plan, clock, kept, keep).await;
         let dirty = &kept.dirty;
         let all = &self.all_contacts;
         let (c_work, e_work) = (
@@ -304,12 +391,21 @@ impl Session {
             .iter()
             .map(|&i| plan.event_leaves[i].clone())
             .collect();
+        let pick = |way: KeyWay| -> Vec<LatestKey> {
+            work.keys
+                .iter()
+                .zip(&work.how)
+                .filter(|(_, h)| **h == way)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let (to_find, to_fold) = (pick(KeyWay::Find), pick(KeyWay::Fold));
         async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
             let t = std::time::Instant::now();
             let out = f.await;
             (out, t.elapsed().as_millis() as u64)
         }
-        let ((c_new, c_ms), (e_new, e_ms), (queries, q_ms)) = tokio::join!(
+        let ((c_new, c_ms), e_out, (queries, q_ms)) = tokio::join!(
             timed(async {
                 if c_leaves.is_empty() {
                     Vec::new()
@@ -319,19 +415,72 @@ impl Session {
                 }
             }),
             timed(async {
-                if e_leaves.is_empty() {
-                    Vec::new()
+                let (new, found) = if e_leaves.is_empty() && to_find.is_empty() {
+                    (Vec::new(), None)
                 } else {
-                    self.events_pass(&e_leaves, clock, e_work.range.clone())
+                    self.events_pass(&e_leaves, clock, e_work.range.clone(), &to_find)
                         .await
-                }
+                };
+                let folded = match &kept.latest {
+                    Some(l) if !to_fold.is_empty() => {
+                        self.fold_latest(l, &dirty.presence, &to_fold, clock).await
+                    }
+                    _ => Ok(Vec::new()),
+                };
+                (new, found, folded)
             }),
             timed(self.queries_pass(&plan.queries)),
         );
+        let ((e_new, found, folded), e_ms) = e_out;
+        let folded = folded.map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));
+        // The conditions answered from the latest times.
+        let mut answered: Vec<Option<Outcome>> = vec![None; event_ways.len()];
+        for (i, way) in event_ways.iter().enumerate() {
+            if !matches!(way, Way::Latest) {
+                continue;
+            }
+            let k = work.of_leaf[i].expect("a condition answered from latest times has a key");
+            let at = to_fold
+                .iter()
+                .position(|f| f.key == work.keys[k].key)
+                .expect("its key is folded");
+            answered[i] = Some(match &folded {
+                Ok(folded) => {
+                    let l = &folded[at];
+                    self.behavior_parts(&plan.event_leaves[i], clock)
+                        .and_then(|p| {
+                            let (has, pass) =
+                                self.answer_from_latest(&p, clock, &l.ids, &l.times)?;
+                            Ok(p.finish(has, pass, all))
+                        })
+                        .map_err(std::sync::Arc::new)
+                }
+                Err(e) => Err(e.clone()),
+            });
+        }
+        // The latest times for the next run: found again, brought up to
+        // date, or kept as they were.
+        let latest = match (keep, found, folded) {
+            (false, ..) => None,
+            (true, found, Ok(folded)) if found.is_some() || to_find.is_empty() => {
+                let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
+                for (k, l) in to_fold.iter().zip(folded) {
+                    next.by_key.insert(k.key.clone(), l);
+                }
+                let carried = pick(KeyWay::Carry);
+                for k in &carried {
+                    if let Some(l) = kept.latest.as_ref().and_then(|l| l.by_key.get(&k.key)) {
+                        next.by_key.insert(k.key.clone(), l.clone());
+                    }
+                }
+                (next.by_key.len() == to_find.len() + to_fold.len() + carried.len()).then_some(next)
+            }
+            _ => None,
+        };
         let c_fresh = c_work.fresh.clone();
         let e_fresh = e_work.fresh.clone();
-        let contacts = c_work.combine(contact_ways, c_new, all);
-        let events = e_work.combine(event_ways, e_new, all);
+        let contacts = c_work.combine(contact_ways, c_new, Vec::new(), all);
+        let events = e_work.combine(event_ways, e_new, answered, all);
         let freshness = Freshness {
             mode: "incremental".into(),
             reason: None,
@@ -347,6 +496,7 @@ impl Session {
                 events,
                 queries,
                 pass_ms: [c_ms, e_ms, q_ms],
+                latest,
             },
             freshness,
         )
@@ -416,6 +566,28 @@ fn id_range(contacts: &RoaringBitmap, span: u32) -> Option<Range<u32>> {
 struct Ways {
     contacts: Vec<Way>,
     events: Vec<Way>,
+    latest: LatestWork,
+}
+
+/// The latest times of a batch: each key's, and the key of each
+/// behaviour condition.
+struct LatestWork {
+    of_leaf: Vec<Option<usize>>,
+    keys: Vec<LatestKey>,
+    how: Vec<KeyWay>,
+}
+
+/// What becomes of the kept latest times of one key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeyWay {
+    /// Kept as they are: nothing its conditions read changed.
+    Carry,
+    /// Brought up to date, and its conditions answered from them.
+    Fold,
+    /// Found again by the events pass, its conditions evaluated in full.
+    Find,
+    /// Not kept (a run that keeps no results).
+    Drop,
 }
 
 /// The work of one pass: which conditions to evaluate, over which ids.
@@ -429,12 +601,13 @@ struct PassWork {
 impl PassWork {
     fn of(ways: &[Way], all: &RoaringBitmap) -> PassWork {
         let full = ways.iter().filter(|w| matches!(w, Way::Full)).count();
+        let from_latest = ways.iter().filter(|w| matches!(w, Way::Latest)).count();
         let mut dirty = RoaringBitmap::new();
         let mut run_on = Vec::new();
         let mut patched = 0;
         for (i, w) in ways.iter().enumerate() {
             match w {
-                Way::Keep(_) => continue,
+                Way::Keep(_) | Way::Latest => continue,
                 Way::Patch(_, d) => {
                     dirty |= d;
                     patched += 1;
@@ -461,9 +634,10 @@ impl PassWork {
             run_on,
             range,
             fresh: PassFreshness {
-                kept: ways.len() - full - patched,
+                kept: ways.len() - full - patched - from_latest,
                 patched,
                 full,
+                from_latest,
                 dirty_contacts: dirty.len(),
                 read_share,
             },
@@ -473,18 +647,30 @@ impl PassWork {
 
 impl PassWork {
     /// The pass's results: kept ones, patched ones, and the ones evaluated
-    /// in full (`evaluated`: results of `run_on`, in order).
-    fn combine(self, ways: Vec<Way>, evaluated: Vec<Outcome>, all: &RoaringBitmap) -> Vec<Outcome> {
+    /// in full (`evaluated`: results of `run_on`, in order) or answered
+    /// from the latest times (`answered`, by position).
+    fn combine(
+        self,
+        ways: Vec<Way>,
+        evaluated: Vec<Outcome>,
+        answered: Vec<Option<Outcome>>,
+        all: &RoaringBitmap,
+    ) -> Vec<Outcome> {
         let mut new: Vec<Option<Outcome>> = vec![None; ways.len()];
         for (i, r) in self.run_on.iter().zip(evaluated) {
             new[*i] = Some(r);
+        }
+        for (slot, r) in new.iter_mut().zip(answered) {
+            if r.is_some() {
+                *slot = r;
+            }
         }
         ways.into_iter()
             .zip(new)
             .map(|(way, new)| match (way, new) {
                 (Way::Keep(old), _) => Ok(old & all),
                 (Way::Patch(old, d), Some(new)) => new.map(|new| ((old - &d) | (new & &d)) & all),
-                (Way::Full, Some(new)) => new,
+                (Way::Full | Way::Latest, Some(new)) => new,
                 (_, None) => unreachable!("evaluated by the pass"),
             })
             .collect()

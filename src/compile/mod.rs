@@ -15,6 +15,7 @@ mod dictionary;
 pub mod expr;
 pub mod floor;
 pub mod fresh;
+pub mod latest;
 pub mod materialize;
 mod pages;
 
@@ -125,6 +126,9 @@ pub struct LeafResults {
     /// Wall time of each pass, in milliseconds: contacts, events, queries
     /// (the passes overlap).
     pub pass_ms: [u64; 3],
+    /// The latest times of matching events to keep for the next run (see
+    /// [`latest`]).
+    pub latest: Option<crate::base::changes::LatestTimes>,
 }
 
 /// The boolean expression of a contacts-only subtree.
@@ -195,15 +199,28 @@ impl Session {
     /// and each query, run concurrently (each pass also runs in parallel
     /// itself; together they keep every core busy while one of them waits
     /// on reads or on its last partition).
-    pub async fn run_leaves(&self, plan: &Plan, clock: &Clock) -> LeafResults {
+    ///
+    /// With `keep_latest`, the pass also finds the latest times of the
+    /// conditions that depend on them alone, for the next run.
+    pub async fn run_leaves(&self, plan: &Plan, clock: &Clock, keep_latest: bool) -> LeafResults {
         async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
             let t = std::time::Instant::now();
             let out = f.await;
             (out, t.elapsed().as_millis() as u64)
         }
-        let ((contacts, c_ms), (events, e_ms), (queries, q_ms)) = tokio::join!(
+        let keys = if keep_latest {
+            let parts: Vec<_> = plan
+                .event_leaves
+                .iter()
+                .map(|b| self.behavior_parts(b, clock).ok())
+                .collect();
+            latest::latest_keys(parts.iter().map(Option::as_ref), clock).1
+        } else {
+            Vec::new()
+        };
+        let ((contacts, c_ms), ((events, found), e_ms), (queries, q_ms)) = tokio::join!(
             timed(self.contacts_pass(&plan.contact_leaves, clock, None)),
-            timed(self.events_pass(&plan.event_leaves, clock, None)),
+            timed(self.events_pass(&plan.event_leaves, clock, None, &keys)),
             timed(self.queries_pass(&plan.queries)),
         );
         LeafResults {
@@ -211,6 +228,7 @@ impl Session {
             events,
             queries,
             pass_ms: [c_ms, e_ms, q_ms],
+            latest: found.map(|bits| latest::found(self, clock, &keys, bits)),
         }
     }
 
@@ -309,13 +327,16 @@ impl Session {
     }
 
     /// The behaviour pass over every contact, or over the internal ids of
-    /// `range` only (the results then hold for those contacts only).
-    async fn events_pass(
+    /// `range` only (the results then hold for those contacts only), with
+    /// the latest times of `keys` (None when the pass failed or `keys` is
+    /// empty).
+    pub(crate) async fn events_pass(
         &self,
         leaves: &[Behavior],
         clock: &Clock,
         range: Option<Range<u32>>,
-    ) -> Vec<Outcome> {
+        keys: &[latest::LatestKey],
+    ) -> (Vec<Outcome>, Option<Vec<behavior::LeafBits>>) {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut compiled = Vec::new();
         for (i, b) in leaves.iter().enumerate() {
@@ -327,16 +348,19 @@ impl Session {
                 Err(e) => out.push(Err(std::sync::Arc::new(e))),
             }
         }
-        if compiled.is_empty() {
-            return out;
+        if compiled.is_empty() && keys.is_empty() {
+            return (out, None);
         }
         let all = &self.all_contacts;
-        let parts: Vec<BehaviorParts> = compiled.iter().map(|(_, p)| p.clone()).collect();
-        match self.behavior_bitmaps_in(&parts, clock, range.clone()).await {
-            Ok(results) => {
-                for ((slot, p), (has, pass)) in compiled.iter().zip(results) {
-                    out[*slot] = Ok(p.finish(has, pass, all));
+        let mut parts: Vec<BehaviorParts> = compiled.iter().map(|(_, p)| p.clone()).collect();
+        parts.extend(keys.iter().map(|k| k.leaf(clock)));
+        match self.behavior_pass(&parts, clock, range.clone(), None).await {
+            Ok(mut results) => {
+                let found = results.split_off(compiled.len());
+                for ((slot, p), bits) in compiled.iter().zip(results) {
+                    out[*slot] = Ok(p.finish(bits.has, bits.pass, all));
                 }
+                (out, (!keys.is_empty()).then_some(found))
             }
             // A run-time failure: evaluate the conditions one by one to pin
             // it on the conditions that cause it.
@@ -355,9 +379,9 @@ impl Session {
                         Err(e) => Err(std::sync::Arc::new(self.name_damaged_file(e))),
                     };
                 }
+                (out, None)
             }
         }
-        out
     }
 
     async fn queries_pass(&self, queries: &[String]) -> Vec<Outcome> {

@@ -31,6 +31,8 @@ pub struct Computation {
     pub results: BTreeMap<String, Outcome>,
     /// Each condition's result, by key, for the next run to patch.
     pub leaves: Vec<(String, RoaringBitmap)>,
+    /// The latest times of matching events, for the next run.
+    pub latest: Option<crate::base::changes::LatestTimes>,
     /// How kept results were used.
     pub freshness: Freshness,
     pub contact_leaves: usize,
@@ -151,11 +153,14 @@ pub async fn compute(
         clock,
         targets,
         Earlier::None("no kept results were asked for".into()),
+        false,
     )
     .await
 }
 
-/// [`compute`], patching the conditions' kept results when there are.
+/// [`compute`], patching the conditions' kept results when there are;
+/// with `keep`, what the next run needs is found too (the latest times of
+/// matching events).
 pub async fn compute_since(
     session: &Session,
     m: &Manifest,
@@ -163,18 +168,20 @@ pub async fn compute_since(
     clock: &Clock,
     targets: &[(String, String, Criterion)],
     earlier: Earlier,
+    keep: bool,
 ) -> Computation {
     let start = Instant::now();
     let mut plan = Plan::default();
     let nodes: Vec<Node> = targets.iter().map(|(_, _, c)| plan.add(c)).collect();
-    let (leaves, freshness) = match &earlier {
-        Earlier::Kept(kept) => session.run_leaves_since(&plan, clock, kept).await,
+    let (mut leaves, freshness) = match &earlier {
+        Earlier::Kept(kept) => session.run_leaves_since(&plan, clock, kept, keep).await,
         Earlier::None(why) => (
-            session.run_leaves(&plan, clock).await,
+            session.run_leaves(&plan, clock, keep).await,
             Freshness::full(why.clone(), &plan),
         ),
     };
     let leaves_ms = start.elapsed().as_millis() as u64;
+    let latest = leaves.latest.take();
     let kept_leaves: Vec<(String, RoaringBitmap)> = plan
         .contact_keys
         .iter()
@@ -203,6 +210,7 @@ pub async fn compute_since(
     Computation {
         results: batch.into_iter().collect(),
         leaves: kept_leaves,
+        latest,
         freshness,
         contact_leaves: plan.contact_leaves.len(),
         event_leaves: plan.event_leaves.len(),
@@ -338,7 +346,6 @@ pub async fn compute_into_with(
         Earlier::Kept(k) => Some(k.results.len()),
         Earlier::None(_) => None,
     };
-    let mut comp = compute_since(&session, &w.next, &dir, &clock, &targets, earlier).await;
     let every_active = {
         let mut a = active_ids(&w.next);
         let mut b = ids.to_vec();
@@ -347,15 +354,31 @@ pub async fn compute_into_with(
         b.dedup();
         a == b
     };
+    let mut comp = compute_since(
+        &session,
+        &w.next,
+        &dir,
+        &clock,
+        &targets,
+        earlier,
+        every_active,
+    )
+    .await;
     // Every condition kept its result, and the batch has those conditions
     // only: the kept files stand for this version too.
     let f = &comp.freshness;
-    let unchanged = f.contacts.patched + f.contacts.full + f.events.patched + f.events.full == 0
+    let unchanged = f.contacts.patched
+        + f.contacts.full
+        + f.events.patched
+        + f.events.full
+        + f.events.from_latest
+        == 0
         && kept == Some(comp.leaves.len());
     if every_active && unchanged {
         crate::base::changes::keep_again(w, as_of);
     } else if every_active {
-        crate::base::changes::keep(w, as_of, std::mem::take(&mut comp.leaves))?;
+        let leaves = std::mem::take(&mut comp.leaves);
+        crate::base::changes::keep(w, as_of, leaves, comp.latest.as_ref())?;
     }
     let t = Instant::now();
     let opt = optins(&session).await?;

@@ -4,13 +4,9 @@
 use super::*;
 
 impl Scan {
-    /// Turn a shard's state into (has, pass) bitmaps per condition.
-    pub(super) fn finish(
-        &self,
-        st: &State,
-        lo: u32,
-    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
-        let mut out: Vec<(RoaringBitmap, RoaringBitmap)> = Vec::with_capacity(self.leaves.len());
+    /// Turn a shard's state into bitmaps (and kept times) per condition.
+    pub(super) fn finish(&self, st: &State, lo: u32) -> Result<Vec<LeafBits>> {
+        let mut out: Vec<LeafBits> = Vec::with_capacity(self.leaves.len());
         for (l, leaf) in self.leaves.iter().enumerate() {
             let bits = BooleanBuffer::collect_bool(st.len, |i| st.n[st.cap * l + i] > 0);
             let has = bits_from(lo, &bits);
@@ -19,7 +15,13 @@ impl Scan {
             } else {
                 RoaringBitmap::new()
             };
-            out.push((has, pass));
+            let times = if leaf.keeps_times {
+                let t = &st.t[st.cap * leaf.time..];
+                bits.set_indices().map(|i| t[i]).collect()
+            } else {
+                Vec::new()
+            };
+            out.push(LeafBits { has, pass, times });
         }
         if self.having.is_empty() {
             return Ok(out);
@@ -29,7 +31,7 @@ impl Scan {
             // Contacts without a matching event never pass the test (it
             // asks for a count above 0): when they are most of the shard,
             // the test runs over the others alone.
-            let has = &out[test.leaf].0;
+            let has = &out[test.leaf].has;
             if (has.len() as usize) < len / 4 {
                 let rows: Vec<usize> = has.iter().map(|id| (id - lo) as usize).collect();
                 let mut pass = Vec::new();
@@ -39,7 +41,7 @@ impl Scan {
                     let bits = true_bits(mask.as_boolean());
                     pass.extend(bits.set_indices().map(|j| lo + chunk[j] as u32));
                 }
-                out[test.leaf].1 |= RoaringBitmap::from_sorted_iter(pass)
+                out[test.leaf].pass |= RoaringBitmap::from_sorted_iter(pass)
                     .map_err(|e| Error::Internal(format!("having: {e}")))?;
                 continue;
             }
@@ -49,7 +51,7 @@ impl Scan {
                 let batch = self.having_batch(test, st, start..end)?;
                 let mask = test.pass.evaluate(&batch)?.into_array(batch.num_rows())?;
                 let bits = true_bits(mask.as_boolean());
-                out[test.leaf].1 |= bits_from(lo + start as u32, &bits);
+                out[test.leaf].pass |= bits_from(lo + start as u32, &bits);
                 start = end;
             }
         }

@@ -109,6 +109,21 @@ pub struct BehaviorParts {
     op: Op,
     operand: Operand,
     zero_matches: bool,
+    /// A leaf of the pass that keeps each contact's latest matching time
+    /// (see [`LeafBits::times`]) and has no `having` test.
+    keeps_times: bool,
+}
+
+/// What the pass found for one condition.
+#[derive(Debug, Default, Clone)]
+pub struct LeafBits {
+    /// Contacts with a matching event.
+    pub has: RoaringBitmap,
+    /// Contacts whose aggregate passes the `having` test.
+    pub pass: RoaringBitmap,
+    /// For a leaf made by [`BehaviorParts::latest`]: the time of each
+    /// contact's latest matching event, in the order of `has`.
+    pub times: Vec<i64>,
 }
 
 /// How the outcome of a behaviour condition can change for a contact whose
@@ -128,6 +143,43 @@ impl BehaviorParts {
     /// The event types the condition reads.
     pub fn types(&self) -> &[String] {
         &self.types
+    }
+
+    /// The earliest time a matching event may have (µs; `i64::MIN`: any).
+    pub fn lo(&self) -> i64 {
+        self.lo
+    }
+
+    /// When the condition depends on a contact's matching events through
+    /// the time of the latest one alone (whether one exists in a window
+    /// ending at `as_of`, or a `last` test), the key of that time: the
+    /// event types and the filter. Conditions with the same key share it.
+    pub fn latest_key(&self, as_of: i64) -> Option<String> {
+        let by_latest = self.exists.is_some() || self.agg == Agg::Last;
+        if self.keeps_times || !by_latest || self.hi != as_of {
+            return None;
+        }
+        let mut types = self.types.clone();
+        types.sort();
+        types.dedup();
+        let extra = self.extra.as_ref().map(|e| e.to_string());
+        Some(serde_json::json!({"types": types, "where": extra}).to_string())
+    }
+
+    /// A leaf that keeps, for each contact, the time of its latest event
+    /// matching this condition's types and filter in `[lo, hi]`.
+    pub fn latest(&self, lo: i64, hi: i64) -> BehaviorParts {
+        BehaviorParts {
+            lo,
+            hi,
+            value: None,
+            agg: Agg::Last,
+            exists: None,
+            op: Op::IsNotEmpty,
+            zero_matches: false,
+            keeps_times: true,
+            ..self.clone()
+        }
     }
 
     /// How this condition (compiled at `clock`) can differ from the same
@@ -278,6 +330,7 @@ impl Session {
             op: h.op,
             operand: having_operand,
             zero_matches,
+            keeps_times: false,
         })
     }
 
@@ -299,13 +352,31 @@ impl Session {
         clock: &Clock,
         range: Option<std::ops::Range<u32>>,
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
-        let scan = Arc::new(Scan::new(self, parts, clock)?);
+        Ok(self
+            .behavior_pass(parts, clock, range, None)
+            .await?
+            .into_iter()
+            .map(|b| (b.has, b.pass))
+            .collect())
+    }
+
+    /// The pass over the contacts of an internal id range (or all), and
+    /// over some of the snapshot's events files (positions in its
+    /// `events`; None: all).
+    pub async fn behavior_pass(
+        &self,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+        range: Option<std::ops::Range<u32>>,
+        files: Option<&[usize]>,
+    ) -> Result<Vec<LeafBits>> {
+        let scan = Arc::new(Scan::new(self, parts, clock, files)?);
         let all_end = self.all_contacts.max().map(|m| m as u64 + 1).unwrap_or(0);
         let (start, end) = match range {
             Some(r) => (u64::from(r.start), u64::from(r.end).min(all_end)),
             None => (0, all_end),
         };
-        let mut out = vec![(RoaringBitmap::new(), RoaringBitmap::new()); parts.len()];
+        let mut out = vec![LeafBits::default(); parts.len()];
         if end <= start {
             return Ok(out);
         }
@@ -339,28 +410,90 @@ impl Session {
                         }
                         _ => state.insert(State::new(&scan, len)),
                     };
-                    results.push(scan.run_shard(&ctx, st, lo, hi).await?);
+                    results.push((lo, scan.run_shard(&ctx, st, lo, hi).await?));
                 }
                 Ok::<_, Error>(results)
             }));
         }
+        let mut shards = Vec::new();
         for w in workers {
-            let shards = w
-                .await
-                .map_err(|e| Error::Internal(format!("events scan task: {e}")))??;
-            for shard in shards {
-                for (acc, (has, pass)) in out.iter_mut().zip(shard) {
-                    acc.0 |= has;
-                    acc.1 |= pass;
-                }
+            shards.extend(
+                w.await
+                    .map_err(|e| Error::Internal(format!("events scan task: {e}")))??,
+            );
+        }
+        // Times follow the order of the contacts: shards in id order.
+        shards.sort_unstable_by_key(|(lo, _)| *lo);
+        for (_, shard) in shards {
+            for (acc, bits) in out.iter_mut().zip(shard) {
+                acc.has |= bits.has;
+                acc.pass |= bits.pass;
+                acc.times.extend(bits.times);
             }
         }
         Ok(out)
     }
 
+    /// The type of the events' `ts`.
+    fn events_ts_type(&self) -> DataType {
+        self.events_schema
+            .field_with_name("ts")
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ))
+    }
+
+    /// A condition with a [`BehaviorParts::latest_key`], answered from the
+    /// time of each contact's latest matching event (`times`, in the order
+    /// of `ids`; none after the condition's window ends): (contacts with a
+    /// matching event, contacts that pass), as the pass gives them.
+    pub fn answer_from_latest(
+        &self,
+        p: &BehaviorParts,
+        clock: &Clock,
+        ids: &RoaringBitmap,
+        times: &[i64],
+    ) -> Result<(RoaringBitmap, RoaringBitmap)> {
+        let unsorted = |e| Error::Internal(format!("latest times: {e}"));
+        let inside = || {
+            ids.iter()
+                .zip(times)
+                .filter(|&(_, &t)| p.lo <= t && t <= p.hi)
+        };
+        let has = RoaringBitmap::from_sorted_iter(inside().map(|(id, _)| id)).map_err(unsorted)?;
+        if let Some(passes) = p.exists {
+            let pass = if passes {
+                has.clone()
+            } else {
+                RoaringBitmap::new()
+            };
+            return Ok((has, pass));
+        }
+        let ts_type = self.events_ts_type();
+        let tz = match &ts_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let (schema, expr) = scan::having_expr(p, &ts_type, clock);
+        let test = self.physical_expr(expr, &DFSchema::try_from(schema.as_ref().clone())?)?;
+        let (at, ts): (Vec<u32>, Vec<i64>) = inside().unzip();
+        let mut pass = Vec::new();
+        for (at, ts) in at.chunks(HAVING_CHUNK).zip(ts.chunks(HAVING_CHUNK)) {
+            let n = Int64Array::from(vec![1i64; ts.len()]);
+            let a = TimestampMicrosecondArray::from(ts.to_vec()).with_timezone_opt(tz.clone());
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(n), Arc::new(a)])?;
+            let mask = test.evaluate(&batch)?.into_array(batch.num_rows())?;
+            pass.extend(true_bits(mask.as_boolean()).set_indices().map(|j| at[j]));
+        }
+        let pass = RoaringBitmap::from_sorted_iter(pass).map_err(unsorted)?;
+        Ok((has, pass))
+    }
+
     /// What the scan of `parts` reads of the events files.
     pub fn events_reads(&self, parts: &[BehaviorParts], clock: &Clock) -> Result<EventReads> {
-        Ok(Scan::new(self, parts, clock)?.reads())
+        Ok(Scan::new(self, parts, clock, None)?.reads())
     }
 
     /// The plan of the scan (for `recompute --dry-run`) and a line on how its
@@ -370,7 +503,7 @@ impl Session {
         parts: &[BehaviorParts],
         clock: &Clock,
     ) -> Result<(String, String)> {
-        let scan = Scan::new(self, parts, clock)?;
+        let scan = Scan::new(self, parts, clock, None)?;
         let end = self.all_contacts.max().map(|m| m + 1).unwrap_or(0);
         let mut plans = Vec::new();
         for projection in &scan.projections {
@@ -441,6 +574,8 @@ struct Leaf {
     /// max) or timestamp (first, last) ones.
     float: usize,
     time: usize,
+    /// Its times are kept (see [`LeafBits::times`]).
+    keeps_times: bool,
 }
 
 /// Event types whose conditions read the same value, filter and

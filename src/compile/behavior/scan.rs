@@ -8,15 +8,13 @@ use super::*;
 use crate::base::manifest::EventFile;
 
 impl Scan {
-    pub(super) fn new(session: &Session, parts: &[BehaviorParts], clock: &Clock) -> Result<Scan> {
-        let ts_type = session
-            .events_schema
-            .field_with_name("ts")
-            .map(|f| f.data_type().clone())
-            .unwrap_or(DataType::Timestamp(
-                datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                Some("UTC".into()),
-            ));
+    pub(super) fn new(
+        session: &Session,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+        files: Option<&[usize]>,
+    ) -> Result<Scan> {
+        let ts_type = session.events_ts_type();
         let mut leaves = Vec::with_capacity(parts.len());
         let mut by_type: HashMap<String, Vec<u32>> = HashMap::new();
         let mut values = Vec::new();
@@ -43,7 +41,7 @@ impl Scan {
             };
             let value = p.value.as_ref().map(|e| slot(&mut values, e));
             let (float, time) = (floats, times);
-            if p.exists.is_none() {
+            if p.exists.is_none() || p.keeps_times {
                 match p.agg {
                     Agg::First | Agg::Last => times += 1,
                     Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => floats += 1,
@@ -59,37 +57,16 @@ impl Scan {
                 exists: p.exists,
                 float,
                 time,
+                keeps_times: p.keeps_times,
             });
-            if p.exists.is_some() {
+            if p.keeps_times {
+                // Its times are kept: every row is read with its own.
+                value_cuts = None;
+            }
+            if p.exists.is_some() || p.keeps_times {
                 continue;
             }
-            // The having test over the accumulated count `n` and value `a`
-            // (a sum is 0, never empty, when nothing matched), each over a
-            // batch of its own columns.
-            let mut fields = vec![Field::new("n", DataType::Int64, false)];
-            match p.agg {
-                Agg::Count => {}
-                Agg::First | Agg::Last => fields.push(Field::new("a", ts_type.clone(), true)),
-                _ => fields.push(Field::new("a", DataType::Float64, p.agg != Agg::Sum)),
-            }
-            let value = match p.agg {
-                Agg::Count => col("n"),
-                _ => col("a"),
-            };
-            let value = if matches!(p.value_ty, FieldType::Number { .. }) {
-                datafusion::logical_expr::cast(value, DataType::Float64)
-            } else {
-                value
-            };
-            let pass = col("n").gt(lit(0i64)).and(op_expr(
-                &p.value_ty,
-                p.op,
-                &p.operand,
-                false,
-                value,
-                clock,
-                EmptyRule::Aggregate,
-            ));
+            let (schema, pass) = having_expr(p, &ts_type, clock);
             if matches!(p.agg, Agg::First | Agg::Last) {
                 value_cuts = match (value_cuts, time_cuts(&pass)) {
                     (Some(mut all), Some(cuts)) => {
@@ -99,7 +76,6 @@ impl Scan {
                     _ => None,
                 };
             }
-            let schema = Arc::new(Schema::new(fields));
             let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             having.push(HavingTest {
                 leaf: k,
@@ -107,7 +83,7 @@ impl Scan {
                 pass: session.physical_expr(pass, &df_schema)?,
             });
         }
-        let groups = file_groups(session, &leaves, value_cuts)?;
+        let groups = file_groups(session, &leaves, value_cuts, files)?;
         // Files whose row groups mix types would be read once per
         // projection: they are read once, with every column.
         let stored_by_type = session
@@ -363,7 +339,7 @@ impl Scan {
         state: &mut State,
         lo: u32,
         hi: u32,
-    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+    ) -> Result<Vec<LeafBits>> {
         // A shard whose whole state fits in cache takes each batch as it
         // comes, while the batch is in cache too. Otherwise, as each file
         // brings the shard's contacts in id order, the batches are kept and
@@ -531,17 +507,31 @@ fn file_groups(
     session: &Session,
     leaves: &[Leaf],
     value_cuts: Option<Vec<i64>>,
+    only: Option<&[usize]>,
 ) -> Result<Vec<FileGroup>> {
-    let whole = || {
-        vec![FileGroup {
-            table: None,
-            ts: None,
-            fill: Vec::new(),
-            files: (0..session.manifest.events.len()).collect(),
-        }]
+    let table = |files: &[usize]| {
+        let files: Vec<&EventFile> = files.iter().map(|&i| &session.manifest.events[i]).collect();
+        session.events_table(&files)
+    };
+    let whole = || -> Result<Vec<FileGroup>> {
+        Ok(match only {
+            None => vec![FileGroup {
+                table: None,
+                ts: None,
+                fill: Vec::new(),
+                files: (0..session.manifest.events.len()).collect(),
+            }],
+            Some([]) => Vec::new(),
+            Some(files) => vec![FileGroup {
+                table: Some(table(files)?),
+                ts: None,
+                fill: Vec::new(),
+                files: files.to_vec(),
+            }],
+        })
     };
     let Some(mut cuts) = value_cuts else {
-        return Ok(whole());
+        return whole();
     };
     for l in leaves.iter().filter(|l| l.lo <= l.hi) {
         cuts.push(l.lo);
@@ -553,6 +543,9 @@ fn file_groups(
     let mut exact = Vec::new();
     let mut alike: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
     for (i, file) in session.manifest.events.iter().enumerate() {
+        if only.is_some_and(|only| !only.contains(&i)) {
+            continue;
+        }
         let (min, max) = (file.min_ts, file.max_ts);
         if leaves
             .iter()
@@ -572,13 +565,9 @@ fn file_groups(
         }
     }
     if alike.is_empty() {
-        return Ok(whole());
+        return whole();
     }
     let batch = session.ctx.copied_config().batch_size();
-    let table = |files: &[usize]| {
-        let files: Vec<&EventFile> = files.iter().map(|&i| &session.manifest.events[i]).collect();
-        session.events_table(&files)
-    };
     let mut groups = Vec::with_capacity(alike.len() + 1);
     if !exact.is_empty() {
         groups.push(FileGroup {
@@ -753,4 +742,39 @@ fn projections(
         }
     }
     out
+}
+
+/// The `having` test of an aggregated condition over its accumulated count
+/// `n` and value `a` (a sum is 0, never empty, when nothing matched), with
+/// the schema of a batch of those two columns.
+pub(super) fn having_expr(
+    p: &BehaviorParts,
+    ts_type: &DataType,
+    clock: &Clock,
+) -> (SchemaRef, Expr) {
+    let mut fields = vec![Field::new("n", DataType::Int64, false)];
+    match p.agg {
+        Agg::Count => {}
+        Agg::First | Agg::Last => fields.push(Field::new("a", ts_type.clone(), true)),
+        _ => fields.push(Field::new("a", DataType::Float64, p.agg != Agg::Sum)),
+    }
+    let value = match p.agg {
+        Agg::Count => col("n"),
+        _ => col("a"),
+    };
+    let value = if matches!(p.value_ty, FieldType::Number { .. }) {
+        datafusion::logical_expr::cast(value, DataType::Float64)
+    } else {
+        value
+    };
+    let pass = col("n").gt(lit(0i64)).and(op_expr(
+        &p.value_ty,
+        p.op,
+        &p.operand,
+        false,
+        value,
+        clock,
+        EmptyRule::Aggregate,
+    ));
+    (Arc::new(Schema::new(fields)), pass)
 }

@@ -21,6 +21,7 @@ static PATCHED_RUNS: AtomicUsize = AtomicUsize::new(0);
 static KEPT_CONDITIONS: AtomicUsize = AtomicUsize::new(0);
 static PATCHED_CONDITIONS: AtomicUsize = AtomicUsize::new(0);
 static NARROW_READS: AtomicUsize = AtomicUsize::new(0);
+static FROM_LATEST: AtomicUsize = AtomicUsize::new(0);
 
 /// Members of every active segment computed in full, compared with the
 /// members stored by the incremental run.
@@ -83,6 +84,7 @@ fn note(report: &segments::jobs::recompute::RunReport) {
         PATCHED_RUNS.fetch_add(1, Ordering::Relaxed);
         KEPT_CONDITIONS.fetch_add(f.contacts.kept + f.events.kept, Ordering::Relaxed);
         PATCHED_CONDITIONS.fetch_add(f.contacts.patched + f.events.patched, Ordering::Relaxed);
+        FROM_LATEST.fetch_add(f.events.from_latest, Ordering::Relaxed);
         if (f.events.read_share > 0.0 && f.events.read_share < 1.0)
             || (f.contacts.read_share > 0.0 && f.contacts.read_share < 1.0)
         {
@@ -357,19 +359,23 @@ fn incremental_equals_full() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let (runs, kept, patched, narrow) = (
+    let (runs, kept, patched, narrow, latest) = (
         PATCHED_RUNS.load(Ordering::Relaxed),
         KEPT_CONDITIONS.load(Ordering::Relaxed),
         PATCHED_CONDITIONS.load(Ordering::Relaxed),
         NARROW_READS.load(Ordering::Relaxed),
+        FROM_LATEST.load(Ordering::Relaxed),
     );
     println!(
-        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {narrow} passes read part of the ids), each equal to a full computation",
+        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids), each equal to a full computation",
         seeds.len()
     );
     if seeds.len() > 1 {
         assert!(runs >= seeds.len() * 5, "only {runs} incremental runs");
-        assert!(kept > 0 && patched > 0, "{kept} kept, {patched} patched");
+        assert!(
+            kept > 0 && patched > 0 && latest > 0,
+            "{kept} kept, {patched} patched, {latest} from latest times"
+        );
     }
 }
 
