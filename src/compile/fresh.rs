@@ -243,6 +243,10 @@ impl Session {
                     let dirty = dirty.for_events(now.types());
                     match (moved, latest) {
                         (Moved::Same, Some(_)) if dirty.is_empty() => Way::Keep(old.clone()),
+                        // At the same instant, the changed contacts alone
+                        // are evaluated again (their latest times are
+                        // still brought up to date).
+                        (Moved::Same, Some(k)) if served[k] => Way::Patch(old.clone(), dirty),
                         (_, Some(k)) if served[k] => Way::Latest,
                         (_, Some(_)) => Way::Full,
                         (Moved::Everything, None) => Way::Full,
@@ -269,7 +273,7 @@ impl Session {
                         .filter(move |(_, o)| **o == Some(k))
                         .map(|(w, _)| w)
                 };
-                if ways().any(|w| matches!(w, Way::Latest)) {
+                if served[k] && ways().any(|w| matches!(w, Way::Latest | Way::Patch(..))) {
                     KeyWay::Fold
                 } else if !served[k] && keep {
                     KeyWay::Find

@@ -591,9 +591,13 @@ struct Projection {
     /// conditions: row groups and pages holding only such rows are skipped.
     lo: i64,
     hi: i64,
+    /// A condition of these types keeps its times: every file is read
+    /// with its `ts`.
+    timed: bool,
 }
 
 /// Events files read by one plan of each shard.
+#[derive(Clone)]
 struct FileGroup {
     /// None: the snapshot's whole `events` table.
     table: Option<Arc<dyn datafusion::catalog::TableProvider>>,
@@ -609,6 +613,9 @@ struct FileGroup {
 struct Scan {
     /// The files, in groups read alike.
     groups: Vec<FileGroup>,
+    /// The same groups, each read with its `ts` (for projections that
+    /// keep times).
+    timed_groups: Vec<FileGroup>,
     leaves: Vec<Leaf>,
     /// Event type → the conditions that accept it.
     by_type: HashMap<String, Vec<u32>>,

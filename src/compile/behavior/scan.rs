@@ -59,10 +59,6 @@ impl Scan {
                 time,
                 keeps_times: p.keeps_times,
             });
-            if p.keeps_times {
-                // Its times are kept: every row is read with its own.
-                value_cuts = None;
-            }
             if p.exists.is_some() || p.keeps_times {
                 continue;
             }
@@ -111,8 +107,17 @@ impl Scan {
                 Ok(ScalarValue::try_from(field.data_type())?)
             })
             .collect::<Result<Vec<_>>>()?;
+        let timed_groups = groups
+            .iter()
+            .map(|g| FileGroup {
+                ts: None,
+                fill: Vec::new(),
+                ..g.clone()
+            })
+            .collect();
         Ok(Scan {
             groups,
+            timed_groups,
             leaves,
             by_type,
             values,
@@ -353,7 +358,7 @@ impl Scan {
         } else {
             &[]
         };
-        for group in groups {
+        for (group, timed) in groups.iter().zip(&self.timed_groups) {
             // Types none of whose windows holds these rows are not read:
             // files read without `ts` lie wholly inside or outside each
             // window, on the side of the time that stands for their rows.
@@ -362,6 +367,7 @@ impl Scan {
                 Some(t) => p.lo <= t && t <= p.hi,
             };
             for projection in self.projections.iter().filter(reached) {
+                let group = if projection.timed { timed } else { group };
                 let plan = self
                     .frame(ctx, group, projection, lo, hi)
                     .await?
@@ -703,9 +709,11 @@ fn projections(
             dictionaries: vec![false; filters.dictionaries.len()],
             lo: i64::MAX,
             hi: i64::MIN,
+            timed: false,
         };
         for &k in &by_type[t] {
             let leaf = &leaves[k as usize];
+            p.timed |= leaf.keeps_times;
             if leaf.lo <= leaf.hi {
                 p.lo = p.lo.min(leaf.lo);
                 p.hi = p.hi.max(leaf.hi);
@@ -737,6 +745,7 @@ fn projections(
                 or(&mut q.dictionaries, &p.dictionaries);
                 q.lo = q.lo.min(p.lo);
                 q.hi = q.hi.max(p.hi);
+                q.timed |= p.timed;
             }
             None => out.push(p),
         }
