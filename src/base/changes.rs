@@ -40,6 +40,8 @@ pub struct Changed {
     pub events: RoaringBitmap,
     /// The types of those events (None: any type).
     pub types: Option<Vec<String>>,
+    /// The events files an import added.
+    pub files: Vec<String>,
 }
 
 /// Record what a write changes in the manifest it will publish. Nothing is
@@ -54,6 +56,7 @@ pub fn record(w: &mut Writer, changed: Changed) -> Result<()> {
         presence,
         events,
         types,
+        files,
     } = changed;
     let contacts = TaggedBitmaps(vec![
         (FIELDS, fields),
@@ -65,6 +68,7 @@ pub fn record(w: &mut Writer, changed: Changed) -> Result<()> {
         version: w.next.version,
         contacts,
         types,
+        files,
     });
     Ok(())
 }
@@ -76,6 +80,8 @@ pub struct Dirty {
     pub presence: RoaringBitmap,
     /// Contacts with new or deleted events, with their types (None: any).
     pub events: Vec<(Option<Vec<String>>, RoaringBitmap)>,
+    /// The events files imports added.
+    pub files: Vec<String>,
 }
 
 impl Dirty {
@@ -146,7 +152,10 @@ pub struct Latest {
     pub from: i64,
     /// Contacts with a matching event from `from` on.
     pub ids: RoaringBitmap,
-    /// The time of each one's latest, in the order of `ids` (µs).
+    /// Times kept per contact.
+    pub slots: usize,
+    /// The times of each one's `slots` latest, latest first (`i64::MIN`
+    /// past the ones it has), in the order of `ids` (µs).
     pub times: Vec<i64>,
 }
 
@@ -165,8 +174,16 @@ pub struct LatestTimes {
 struct LatestHeader {
     as_of: i64,
     files: Vec<String>,
-    /// Key, `from`, contacts.
-    keys: Vec<(String, i64, u64)>,
+    keys: Vec<LatestEntry>,
+}
+
+/// One key in the header of a file of latest times.
+#[derive(Serialize, Deserialize)]
+struct LatestEntry {
+    key: String,
+    from: i64,
+    contacts: u64,
+    slots: usize,
 }
 
 impl LatestTimes {
@@ -177,7 +194,12 @@ impl LatestTimes {
             keys: self
                 .by_key
                 .iter()
-                .map(|(k, l)| (k.clone(), l.from, l.ids.len()))
+                .map(|(k, l)| LatestEntry {
+                    key: k.clone(),
+                    from: l.from,
+                    contacts: l.ids.len(),
+                    slots: l.slots,
+                })
                 .collect(),
         };
         let header = serde_json::to_vec(&header).expect("header serializes");
@@ -216,11 +238,17 @@ impl LatestTimes {
         let header: LatestHeader =
             serde_json::from_slice(take(n)?).map_err(|e| format!("damaged header: {e}"))?;
         let mut by_key = BTreeMap::new();
-        for (key, from, count) in header.keys {
+        for LatestEntry {
+            key,
+            from,
+            contacts: count,
+            slots,
+        } in header.keys
+        {
             let n = len(take(8)?);
             let ids = RoaringBitmap::deserialize_from(take(n)?)
                 .map_err(|e| format!("damaged bitmap: {e}"))?;
-            let bytes = take(count as usize * 8)?;
+            let bytes = take(count as usize * slots * 8)?;
             let times = bytes
                 .chunks_exact(8)
                 .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -228,7 +256,15 @@ impl LatestTimes {
             if ids.len() != count {
                 return Err(format!("{key}: {} contacts for {count} times", ids.len()));
             }
-            by_key.insert(key, Latest { from, ids, times });
+            by_key.insert(
+                key,
+                Latest {
+                    from,
+                    ids,
+                    slots,
+                    times,
+                },
+            );
         }
         Ok(LatestTimes {
             as_of: header.as_of,
@@ -273,6 +309,7 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty.fields |= t.get(FIELDS);
         dirty.presence |= t.get(PRESENCE);
         dirty.events.push((c.types.clone(), t.get(EVENTS)));
+        dirty.files.extend(c.files.iter().cloned());
     }
     let latest = match &l.latest {
         Some(f) => Some(

@@ -828,6 +828,7 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
             presence: gone.clone(),
             events: gone.clone(),
             types: None,
+            files: Vec::new(),
         },
     )?;
     Ok(gone.len())

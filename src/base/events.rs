@@ -171,6 +171,7 @@ pub fn import_events(
             ),
         ));
     }
+    let paths = files.iter().map(|f| f.file.path.clone()).collect();
     w.next.events.extend(files);
     w.next.event_columns = columns;
     crate::base::changes::record(
@@ -178,6 +179,7 @@ pub fn import_events(
         crate::base::changes::Changed {
             events: touched.clone(),
             types: Some(types.into_iter().collect()),
+            files: paths,
             ..Default::default()
         },
     )?;

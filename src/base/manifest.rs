@@ -76,6 +76,9 @@ pub struct Change {
     /// The event types of the new events (None: any type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<String>>,
+    /// The events files an import added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// A file of the base, relative to its directory, with its size and checksum.

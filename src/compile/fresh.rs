@@ -216,13 +216,18 @@ impl Session {
             .map(|b| self.behavior_parts(b, clock))
             .collect();
         let (of_leaf, keys) = latest::latest_keys(nows.iter().map(|p| p.as_ref().ok()), clock);
+        let unread = kept
+            .latest
+            .as_ref()
+            .map(|l| latest::Unread::of(self, l, &dirty.files))
+            .unwrap_or_default();
         let served: Vec<bool> = keys
             .iter()
             .map(|k| {
                 kept.latest.as_ref().is_some_and(|l| {
                     l.by_key
                         .get(&k.key)
-                        .is_some_and(|kt| k.served_by(kt, l.as_of, clock))
+                        .is_some_and(|kt| k.served_by(kt, l.as_of, clock, &unread))
                 })
             })
             .collect();
@@ -343,7 +348,12 @@ impl Session {
         Ways {
             contacts,
             events,
-            latest: LatestWork { of_leaf, keys, how },
+            latest: LatestWork {
+                of_leaf,
+                keys,
+                how,
+                unread,
+            },
         }
     }
 
@@ -427,7 +437,8 @@ impl Session {
                 };
                 let folded = match &kept.latest {
                     Some(l) if !to_fold.is_empty() => {
-                        self.fold_latest(l, &dirty.presence, &to_fold, clock).await
+                        self.fold_latest(l, &dirty.presence, &to_fold, &work.unread, clock)
+                            .await
                     }
                     _ => Ok(Vec::new()),
                 };
@@ -454,7 +465,7 @@ impl Session {
                     self.behavior_parts(&plan.event_leaves[i], clock)
                         .and_then(|p| {
                             let (has, pass) =
-                                self.answer_from_latest(&p, clock, &l.ids, &l.times)?;
+                                self.answer_from_latest(&p, clock, &l.ids, &l.times, l.slots)?;
                             Ok(p.finish(has, pass, all))
                         })
                         .map_err(std::sync::Arc::new)
@@ -579,6 +590,8 @@ struct LatestWork {
     of_leaf: Vec<Option<usize>>,
     keys: Vec<LatestKey>,
     how: Vec<KeyWay>,
+    /// The events files the kept latest times do not reflect.
+    unread: latest::Unread,
 }
 
 /// What becomes of the kept latest times of one key.

@@ -15,7 +15,7 @@
 //! events after its instant. It then answers the conditions for every
 //! contact, however far the clock moved, unless it moved back.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
 use roaring::RoaringBitmap;
 
@@ -25,7 +25,7 @@ use crate::compile::expr::Clock;
 use crate::engine::Session;
 use crate::error::{Error, Result};
 
-/// The conditions of a batch that share one latest time.
+/// The conditions of a batch that share their latest times.
 #[derive(Debug, Clone)]
 pub struct LatestKey {
     pub key: String,
@@ -33,23 +33,66 @@ pub struct LatestKey {
     pub parts: BehaviorParts,
     /// The earliest instant their windows reach (µs).
     pub lo: i64,
+    /// The most latest times one of them needs.
+    pub slots: usize,
 }
 
 impl LatestKey {
     /// The leaf of the events pass that finds these latest times.
     pub fn leaf(&self, clock: &Clock) -> BehaviorParts {
-        self.parts.latest(self.lo, clock.as_of_micros())
+        self.parts.latest(self.lo, clock.as_of_micros(), self.slots)
     }
 
     /// Whether latest times kept at `as_of` (µs) serve these conditions
-    /// now.
-    pub fn served_by(&self, kept: &Latest, as_of: i64, clock: &Clock) -> bool {
-        as_of <= clock.as_of_micros() && kept.from <= self.lo
+    /// now, when the files they do not reflect are `unread`.
+    pub fn served_by(&self, kept: &Latest, as_of: i64, clock: &Clock, unread: &Unread) -> bool {
+        as_of <= clock.as_of_micros()
+            && kept.from <= self.lo
+            && kept.slots >= self.slots
+            // More than one time per contact: a row read twice would count
+            // twice.
+            && (kept.slots == 1 || unread.only_new_rows)
+    }
+}
+
+/// The events files kept latest times do not reflect, or not wholly
+/// (positions in the snapshot's `events`).
+#[derive(Debug, Default)]
+pub struct Unread {
+    /// Files added since.
+    pub added: Vec<usize>,
+    /// Files the kept times reflect up to their instant, holding events
+    /// after it.
+    pub later: Vec<usize>,
+    /// Whether the rows of the files added since are all new to the kept
+    /// times: files imports added. Files rewritten (a deletion, a
+    /// compaction) hold rows the kept times reflect.
+    pub only_new_rows: bool,
+}
+
+impl Unread {
+    pub fn of(session: &Session, kept: &LatestTimes, imported: &[String]) -> Unread {
+        let known: HashSet<&str> = kept.files.iter().map(String::as_str).collect();
+        let imported: HashSet<&str> = imported.iter().map(String::as_str).collect();
+        let mut out = Unread {
+            only_new_rows: true,
+            ..Unread::default()
+        };
+        for (i, e) in session.manifest.events.iter().enumerate() {
+            let path = e.file.path.as_str();
+            if !known.contains(path) {
+                out.added.push(i);
+                out.only_new_rows &= imported.contains(path);
+            } else if e.max_ts > kept.as_of {
+                out.later.push(i);
+            }
+        }
+        out
     }
 }
 
 /// Each latest key of some compiled conditions (`None`: a condition that
-/// did not compile, or that depends on more than its latest time).
+/// did not compile, or that depends on more than its latest times).
 pub fn latest_keys<'a>(
     parts: impl IntoIterator<Item = Option<&'a BehaviorParts>>,
     clock: &Clock,
@@ -59,10 +102,11 @@ pub fn latest_keys<'a>(
     let mut of_leaf = Vec::new();
     for p in parts {
         let slot = p.and_then(|p| {
-            let key = p.latest_key(as_of)?;
+            let (key, slots) = p.latest_key(as_of)?;
             Some(match keys.iter().position(|k| k.key == key) {
                 Some(i) => {
                     keys[i].lo = keys[i].lo.min(p.lo());
+                    keys[i].slots = keys[i].slots.max(slots);
                     i
                 }
                 None => {
@@ -70,6 +114,7 @@ pub fn latest_keys<'a>(
                         key,
                         parts: p.clone(),
                         lo: p.lo(),
+                        slots,
                     });
                     keys.len() - 1
                 }
@@ -103,6 +148,7 @@ pub fn found(
                 let latest = Latest {
                     from: k.lo,
                     ids: b.has,
+                    slots: k.slots,
                     times: b.times,
                 };
                 (k.key.clone(), latest)
@@ -115,80 +161,147 @@ impl Session {
     /// Kept latest times brought up to `clock` for `keys` (each served by
     /// its kept times, see [`LatestKey::served_by`]): the contacts of
     /// `presence` (added or deleted since) dropped, and the rows of the
-    /// files the kept times do not reflect folded in.
+    /// `unread` files folded in: every matching row of the files added
+    /// since, and the rows after the kept instant of the others.
     pub async fn fold_latest(
         &self,
         kept: &LatestTimes,
         presence: &RoaringBitmap,
         keys: &[LatestKey],
+        unread: &Unread,
         clock: &Clock,
     ) -> Result<Vec<Latest>> {
-        let known: std::collections::HashSet<&str> =
-            kept.files.iter().map(String::as_str).collect();
-        let unread: Vec<usize> = self
-            .manifest
-            .events
+        let olds = keys
             .iter()
-            .enumerate()
-            .filter(|(_, e)| !known.contains(e.file.path.as_str()) || e.max_ts > kept.as_of)
-            .map(|(i, _)| i)
-            .collect();
-        let new = if unread.is_empty() {
-            vec![LeafBits::default(); keys.len()]
-        } else {
-            let leaves: Vec<BehaviorParts> = keys.iter().map(|k| k.leaf(clock)).collect();
-            self.behavior_pass(&leaves, clock, None, Some(&unread))
-                .await?
+            .map(|k| {
+                kept.by_key
+                    .get(&k.key)
+                    .ok_or_else(|| Error::Internal(format!("no latest times kept for {}", k.key)))
+            })
+            .collect::<Result<Vec<&Latest>>>()?;
+        // Each key keeps as many times as it kept before.
+        let scan = |files: &[usize], after: i64| {
+            let leaves: Vec<BehaviorParts> = keys
+                .iter()
+                .zip(&olds)
+                .map(|(k, old)| {
+                    let lo = k.lo.max(after);
+                    k.parts.latest(lo, clock.as_of_micros(), old.slots)
+                })
+                .collect();
+            let files = files.to_vec();
+            async move {
+                if files.is_empty() {
+                    Ok(vec![LeafBits::default(); leaves.len()])
+                } else {
+                    self.behavior_pass(&leaves, clock, None, Some(&files)).await
+                }
+            }
         };
+        let added = scan(&unread.added, i64::MIN).await?;
+        let later = scan(&unread.later, kept.as_of.saturating_add(1)).await?;
+        let none = RoaringBitmap::new();
         keys.iter()
-            .zip(new)
-            .map(|(k, new)| {
-                let old = kept.by_key.get(&k.key).ok_or_else(|| {
-                    Error::Internal(format!("no latest times kept for {}", k.key))
-                })?;
-                merge(old, presence, k.lo, new)
+            .zip(olds)
+            .zip(added.into_iter().zip(later))
+            .map(|((k, old), (added, later))| {
+                let folded = merge(old, presence, k.lo, added)?;
+                merge(&folded, &none, k.lo, later)
             })
             .collect()
     }
 }
 
 /// Kept latest times without the contacts of `presence` and the times
-/// before `from`, with newly found ones folded in by maximum.
+/// before `from`, with newly found ones (as many per contact) merged in:
+/// each contact keeps its latest ones of both.
 fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Result<Latest> {
-    let mut by_id: BTreeMap<u32, i64> = BTreeMap::new();
-    for (id, t) in new.has.iter().zip(new.times) {
-        by_id.insert(id, t);
-    }
-    let mut ids = Vec::with_capacity(old.times.len() + by_id.len());
-    let mut times = Vec::with_capacity(ids.capacity());
-    let mut fresh = by_id.into_iter().peekable();
-    let mut push = |id: u32, t: i64| {
-        if t >= from {
+    let k = old.slots.max(1);
+    let mut ids = Vec::with_capacity(old.ids.len() as usize + new.has.len() as usize);
+    let mut times = Vec::with_capacity(ids.capacity() * k);
+    let mut both = Vec::with_capacity(2 * k);
+    let mut push = |id: u32, t: &[i64]| {
+        // Times before `from` are dropped: no condition of the key reaches
+        // them any more.
+        if t[0] >= from {
             ids.push(id);
-            times.push(t);
+            times.extend(t.iter().map(|&x| if x >= from { x } else { i64::MIN }));
         }
     };
-    for (id, &t) in old.ids.iter().zip(&old.times) {
-        while let Some(&(nid, nt)) = fresh.peek().filter(|(nid, _)| *nid < id) {
+    let mut fresh = new.has.iter().zip(new.times.chunks_exact(k)).peekable();
+    for (id, t) in old.ids.iter().zip(old.times.chunks_exact(k)) {
+        while let Some((nid, nt)) = fresh.next_if(|(nid, _)| *nid < id) {
             push(nid, nt);
-            fresh.next();
         }
         // A contact added or deleted since has no kept events.
         let gone = presence.contains(id);
-        let t = match fresh.peek() {
-            Some(&(nid, nt)) if nid == id => {
-                fresh.next();
-                if gone { nt } else { t.max(nt) }
+        match fresh.next_if(|(nid, _)| *nid == id) {
+            Some((_, nt)) if gone => push(id, nt),
+            Some((_, nt)) => {
+                both.clear();
+                both.extend_from_slice(t);
+                both.extend_from_slice(nt);
+                both.sort_unstable_by(|a, b| b.cmp(a));
+                push(id, &both[..k]);
             }
-            _ if gone => continue,
-            _ => t,
-        };
-        push(id, t);
+            None if gone => {}
+            None => push(id, t),
+        }
     }
     for (nid, nt) in fresh {
         push(nid, nt);
     }
     let ids = RoaringBitmap::from_sorted_iter(ids)
         .map_err(|e| Error::Internal(format!("latest times: {e}")))?;
-    Ok(Latest { from, ids, times })
+    Ok(Latest {
+        from,
+        ids,
+        slots: k,
+        times,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latest(from: i64, slots: usize, rows: &[(u32, &[i64])]) -> Latest {
+        Latest {
+            from,
+            ids: rows.iter().map(|(id, _)| *id).collect(),
+            slots,
+            times: rows.iter().flat_map(|(_, t)| t.iter().copied()).collect(),
+        }
+    }
+
+    #[test]
+    fn merged_latest_times_keep_each_contacts_latest_of_both() {
+        const N: i64 = i64::MIN;
+        let old = latest(
+            0,
+            2,
+            &[(1, &[50, 10]), (3, &[40, N]), (5, &[30, 20]), (7, &[5, N])],
+        );
+        let new = LeafBits {
+            has: [2, 3, 5, 9].into_iter().collect(),
+            pass: RoaringBitmap::new(),
+            times: vec![60, N, 45, 41, 25, N, 70, 65],
+        };
+        // Contact 5 was deleted and added again: its kept times go.
+        let presence: RoaringBitmap = [5, 9].into_iter().collect();
+        let merged = merge(&old, &presence, 8, new).unwrap();
+        let want = latest(
+            8,
+            2,
+            &[
+                (1, &[50, 10]),
+                (2, &[60, N]),
+                (3, &[45, 41]),
+                (5, &[25, N]),
+                (9, &[70, 65]),
+            ],
+        );
+        // Contact 7's only time is before `from`: it is dropped.
+        assert_eq!(merged, want);
+    }
 }

@@ -15,12 +15,19 @@ impl Scan {
             } else {
                 RoaringBitmap::new()
             };
-            let times = if leaf.keeps_times {
-                let t = &st.t[st.cap * leaf.time..];
-                bits.set_indices().map(|i| t[i]).collect()
-            } else {
-                Vec::new()
-            };
+            let mut times = Vec::new();
+            if leaf.slots > 0 {
+                times.reserve(has.len() as usize * leaf.slots);
+                for i in bits.set_indices() {
+                    let filled = (st.n[st.cap * l + i] as usize).min(leaf.slots);
+                    for j in 0..leaf.slots {
+                        times.push(match j < filled {
+                            true => st.t[st.cap * (leaf.time + j) + i],
+                            false => i64::MIN,
+                        });
+                    }
+                }
+            }
             out.push(LeafBits { has, pass, times });
         }
         if self.having.is_empty() {
@@ -103,6 +110,25 @@ impl Scan {
     }
 }
 
+/// The smallest count from which a count condition gives the same answer
+/// for every larger count, if it is at most `most`.
+pub(super) fn count_constant_from(op: Op, v: &Operand, most: usize) -> Option<usize> {
+    // Past the largest number the test names, every count answers alike.
+    let top = match v {
+        Operand::Number(x) => *x,
+        Operand::NumberRange(lo, hi) => lo.max(*hi),
+        _ => 0.0,
+    };
+    if !top.is_finite() {
+        return None;
+    }
+    let end = top.max(0.0).ceil() as usize + 2;
+    (1..=most).find(|&k| {
+        let at = number_holds(op, v, k as f64);
+        (k..=end.max(k)).all(|n| number_holds(op, v, n as f64) == at)
+    })
+}
+
 /// If a count condition gives the same answer for every count from 1 up,
 /// that answer: the condition then only asks whether a matching event exists.
 pub(super) fn count_constant_from_one(op: Op, v: &Operand) -> Option<bool> {
@@ -137,5 +163,32 @@ pub(super) fn number_holds(op: Op, v: &Operand, x: f64) -> bool {
         (Op::Between, O::NumberRange(lo, hi)) => *lo <= x && x <= *hi,
         (Op::IsNotEmpty, _) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_test_is_constant_from_the_count_it_names() {
+        use Operand as O;
+        let cases = [
+            (Op::Gte, O::Number(1.0), Some(1)),
+            (Op::Gte, O::Number(3.0), Some(3)),
+            (Op::Gt, O::Number(2.0), Some(3)),
+            (Op::Eq, O::Number(2.0), Some(3)),
+            (Op::Lt, O::Number(3.0), Some(3)),
+            (Op::Lte, O::Number(0.0), Some(1)),
+            (Op::Neq, O::Number(3.0), Some(4)),
+            (Op::Neq, O::Number(4.0), None),
+            (Op::Between, O::NumberRange(2.0, 3.0), Some(4)),
+            (Op::Gte, O::Number(5.0), None),
+            (Op::Eq, O::Number(100.0), None),
+            (Op::Gte, O::Number(2.5), Some(3)),
+        ];
+        for (op, v, want) in cases {
+            assert_eq!(count_constant_from(op, &v, 4), want, "{op:?} {v:?}");
+        }
     }
 }

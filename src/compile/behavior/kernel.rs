@@ -205,6 +205,24 @@ impl Scan {
                                 *v = tv;
                             }
                         }
+                        Agg::Last if leaf.slots > 1 => {
+                            // The latest few, latest first: the new time
+                            // goes in its place among the ones kept.
+                            let filled = (*c as usize - 1).min(leaf.slots);
+                            let at = |j: usize| cap * (leaf.time + j) + i;
+                            let mut j = filled;
+                            while j > 0 && tv > t[at(j - 1)] {
+                                j -= 1;
+                            }
+                            if j < leaf.slots {
+                                let mut s = filled.min(leaf.slots - 1);
+                                while s > j {
+                                    t[at(s)] = t[at(s - 1)];
+                                    s -= 1;
+                                }
+                                t[at(j)] = tv;
+                            }
+                        }
                         Agg::Last => {
                             let v = &mut t[cap * leaf.time + i];
                             if first || tv > *v {

@@ -59,10 +59,13 @@ use crate::engine::session::{EVENTS, ScanLayout};
 use crate::error::{Error, Result};
 
 mod having;
-use having::{count_constant_from_one, number_holds};
+use having::{count_constant_from, count_constant_from_one, number_holds};
 mod kernel;
 mod scan;
 
+/// Most latest times kept per contact for one key: count conditions whose
+/// answer changes above this count are evaluated from history.
+pub const LATEST_SLOTS: usize = 4;
 /// Memory for the per-contact state of one shard; a shard covers as many
 /// contacts as fit, so the pass runs in bounded memory on any base.
 const SHARD_STATE_BYTES: usize = 256 << 20;
@@ -109,9 +112,10 @@ pub struct BehaviorParts {
     op: Op,
     operand: Operand,
     zero_matches: bool,
-    /// A leaf of the pass that keeps each contact's latest matching time
-    /// (see [`LeafBits::times`]) and has no `having` test.
-    keeps_times: bool,
+    /// For a leaf of the pass that keeps each contact's latest matching
+    /// times (see [`LeafBits::times`]), how many; it has no `having` test.
+    /// 0 for a condition.
+    slots: usize,
 }
 
 /// What the pass found for one condition.
@@ -121,8 +125,10 @@ pub struct LeafBits {
     pub has: RoaringBitmap,
     /// Contacts whose aggregate passes the `having` test.
     pub pass: RoaringBitmap,
-    /// For a leaf made by [`BehaviorParts::latest`]: the time of each
-    /// contact's latest matching event, in the order of `has`.
+    /// For a leaf made by [`BehaviorParts::latest`] with `k` slots: the
+    /// times of each contact's `k` latest matching events, latest first
+    /// (`i64::MIN` past the ones it has), `k` per contact in the order of
+    /// `has`.
     pub times: Vec<i64>,
 }
 
@@ -151,24 +157,30 @@ impl BehaviorParts {
     }
 
     /// When the condition depends on a contact's matching events through
-    /// the time of the latest one alone (whether one exists in a window
-    /// ending at `as_of`, or a `last` test), the key of that time: the
-    /// event types and the filter. Conditions with the same key share it.
-    pub fn latest_key(&self, as_of: i64) -> Option<String> {
-        let by_latest = self.exists.is_some() || self.agg == Agg::Last;
-        if self.keeps_times || !by_latest || self.hi != as_of {
+    /// the times of its latest few alone (whether one exists in a window
+    /// ending at `as_of`, a `last` test, a count tested against a small
+    /// number), the key of those times (the event types and the filter)
+    /// and how many it needs. Conditions with the same key share them.
+    pub fn latest_key(&self, as_of: i64) -> Option<(String, usize)> {
+        if self.slots > 0 || self.hi != as_of {
             return None;
         }
+        let slots = match (self.exists, self.agg) {
+            (Some(_), _) | (None, Agg::Last) => 1,
+            (None, Agg::Count) => count_constant_from(self.op, &self.operand, LATEST_SLOTS)?,
+            _ => return None,
+        };
         let mut types = self.types.clone();
         types.sort();
         types.dedup();
         let extra = self.extra.as_ref().map(|e| e.to_string());
-        Some(serde_json::json!({"types": types, "where": extra}).to_string())
+        let key = serde_json::json!({"types": types, "where": extra}).to_string();
+        Some((key, slots))
     }
 
-    /// A leaf that keeps, for each contact, the time of its latest event
-    /// matching this condition's types and filter in `[lo, hi]`.
-    pub fn latest(&self, lo: i64, hi: i64) -> BehaviorParts {
+    /// A leaf that keeps, for each contact, the times of its `slots` latest
+    /// events matching this condition's types and filter in `[lo, hi]`.
+    pub fn latest(&self, lo: i64, hi: i64, slots: usize) -> BehaviorParts {
         BehaviorParts {
             lo,
             hi,
@@ -177,7 +189,7 @@ impl BehaviorParts {
             exists: None,
             op: Op::IsNotEmpty,
             zero_matches: false,
-            keeps_times: true,
+            slots: slots.max(1),
             ..self.clone()
         }
     }
@@ -330,7 +342,7 @@ impl Session {
             op: h.op,
             operand: having_operand,
             zero_matches,
-            keeps_times: false,
+            slots: 0,
         })
     }
 
@@ -446,23 +458,31 @@ impl Session {
     }
 
     /// A condition with a [`BehaviorParts::latest_key`], answered from the
-    /// time of each contact's latest matching event (`times`, in the order
-    /// of `ids`; none after the condition's window ends): (contacts with a
-    /// matching event, contacts that pass), as the pass gives them.
+    /// times of each contact's latest matching events (`times`, `slots` per
+    /// contact, latest first, in the order of `ids`; none after the
+    /// condition's window ends): (contacts with a matching event, contacts
+    /// that pass), as the pass gives them.
     pub fn answer_from_latest(
         &self,
         p: &BehaviorParts,
         clock: &Clock,
         ids: &RoaringBitmap,
         times: &[i64],
+        slots: usize,
     ) -> Result<(RoaringBitmap, RoaringBitmap)> {
         let unsorted = |e| Error::Internal(format!("latest times: {e}"));
+        // Each contact's count of matching events in the window, up to
+        // `slots`, and its latest.
         let inside = || {
             ids.iter()
-                .zip(times)
-                .filter(|&(_, &t)| p.lo <= t && t <= p.hi)
+                .zip(times.chunks_exact(slots.max(1)))
+                .filter(|&(_, t)| p.lo <= t[0] && t[0] <= p.hi)
+                .map(|(id, t)| {
+                    let n = t.iter().take_while(|&&x| x != i64::MIN && x >= p.lo);
+                    (id, n.count(), t[0])
+                })
         };
-        let has = RoaringBitmap::from_sorted_iter(inside().map(|(id, _)| id)).map_err(unsorted)?;
+        let has = RoaringBitmap::from_sorted_iter(inside().map(|(id, ..)| id)).map_err(unsorted)?;
         if let Some(passes) = p.exists {
             let pass = if passes {
                 has.clone()
@@ -471,6 +491,15 @@ impl Session {
             };
             return Ok((has, pass));
         }
+        if p.agg == Agg::Count {
+            let pass = inside()
+                .filter(|&(_, n, _)| number_holds(p.op, &p.operand, n as f64))
+                .map(|(id, ..)| id);
+            return Ok((
+                has,
+                RoaringBitmap::from_sorted_iter(pass).map_err(unsorted)?,
+            ));
+        }
         let ts_type = self.events_ts_type();
         let tz = match &ts_type {
             DataType::Timestamp(_, tz) => tz.clone(),
@@ -478,7 +507,7 @@ impl Session {
         };
         let (schema, expr) = scan::having_expr(p, &ts_type, clock);
         let test = self.physical_expr(expr, &DFSchema::try_from(schema.as_ref().clone())?)?;
-        let (at, ts): (Vec<u32>, Vec<i64>) = inside().unzip();
+        let (at, ts): (Vec<u32>, Vec<i64>) = inside().map(|(id, _, t)| (id, t)).unzip();
         let mut pass = Vec::new();
         for (at, ts) in at.chunks(HAVING_CHUNK).zip(ts.chunks(HAVING_CHUNK)) {
             let n = Int64Array::from(vec![1i64; ts.len()]);
@@ -574,8 +603,8 @@ struct Leaf {
     /// max) or timestamp (first, last) ones.
     float: usize,
     time: usize,
-    /// Its times are kept (see [`LeafBits::times`]).
-    keeps_times: bool,
+    /// How many of its latest times are kept (see [`LeafBits::times`]).
+    slots: usize,
 }
 
 /// Event types whose conditions read the same value, filter and

@@ -41,9 +41,9 @@ impl Scan {
             };
             let value = p.value.as_ref().map(|e| slot(&mut values, e));
             let (float, time) = (floats, times);
-            if p.exists.is_none() || p.keeps_times {
+            if p.exists.is_none() || p.slots > 0 {
                 match p.agg {
-                    Agg::First | Agg::Last => times += 1,
+                    Agg::First | Agg::Last => times += p.slots.max(1),
                     Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => floats += 1,
                     Agg::Count => {}
                 }
@@ -57,9 +57,9 @@ impl Scan {
                 exists: p.exists,
                 float,
                 time,
-                keeps_times: p.keeps_times,
+                slots: p.slots,
             });
-            if p.exists.is_some() || p.keeps_times {
+            if p.exists.is_some() || p.slots > 0 {
                 continue;
             }
             let (schema, pass) = having_expr(p, &ts_type, clock);
@@ -713,7 +713,7 @@ fn projections(
         };
         for &k in &by_type[t] {
             let leaf = &leaves[k as usize];
-            p.timed |= leaf.keeps_times;
+            p.timed |= leaf.slots > 0;
             if leaf.lo <= leaf.hi {
                 p.lo = p.lo.min(leaf.lo);
                 p.hi = p.hi.max(leaf.hi);
