@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::base::bitmaps::TaggedBitmaps;
-use crate::base::manifest::{Change, KeptLeaves, Manifest};
+use crate::base::manifest::{Change, DataFile, KeptLeaves, Manifest};
 use crate::base::store::read_checked;
 use crate::base::{Base, Writer};
 use crate::error::{Error, Result};
@@ -138,8 +138,33 @@ pub struct Kept {
     pub results: HashMap<String, RoaringBitmap>,
     pub dirty: Dirty,
     /// The latest times of matching events, for the conditions that depend
-    /// on them alone.
+    /// on them alone: what they reflect, without the times
+    /// ([`LatestTimes::header`]; [`Kept::latest_times`] reads them).
     pub latest: Option<LatestTimes>,
+    /// Their file.
+    pub latest_file: Option<DataFile>,
+}
+
+impl Kept {
+    /// The kept latest times, read whole.
+    pub fn latest_times(&self, dir: &std::path::Path) -> Result<Option<LatestTimes>> {
+        match &self.latest_file {
+            Some(f) => Ok(Some(
+                LatestTimes::decode(&read_checked(dir, f)?)
+                    .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The latest times a run keeps for the next one.
+#[derive(Debug)]
+pub enum NextLatest {
+    /// New ones.
+    New(LatestTimes),
+    /// The kept ones, unchanged.
+    Same,
 }
 
 /// The time of each contact's latest event matching some event types and
@@ -220,6 +245,47 @@ impl LatestTimes {
         out
     }
 
+    /// What a file of latest times reflects, read from its first bytes:
+    /// each key with its `from` and slots, but no times.
+    pub fn header(dir: &std::path::Path, file: &DataFile) -> Result<LatestTimes> {
+        use std::io::Read;
+        let abs = dir.join(&file.path);
+        let damaged = |m: String| Error::base(dir, format!("{}: {m}", file.path));
+        let mut f = std::fs::File::open(&abs).map_err(|e| Error::io(&abs, e))?;
+        let mut head = [0u8; 16];
+        f.read_exact(&mut head)
+            .map_err(|e| damaged(format!("truncated: {e}")))?;
+        if &head[..8] != LATEST_MAGIC {
+            return Err(damaged("not a file of latest times (bad magic)".into()));
+        }
+        let n = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+        if n > file.bytes {
+            return Err(damaged("damaged header".into()));
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header)
+            .map_err(|e| damaged(format!("truncated: {e}")))?;
+        let header: LatestHeader =
+            serde_json::from_slice(&header).map_err(|e| damaged(format!("damaged header: {e}")))?;
+        Ok(LatestTimes {
+            as_of: header.as_of,
+            files: header.files,
+            by_key: header
+                .keys
+                .into_iter()
+                .map(|e| {
+                    let l = Latest {
+                        from: e.from,
+                        ids: RoaringBitmap::new(),
+                        slots: e.slots,
+                        times: Vec::new(),
+                    };
+                    (e.key, l)
+                })
+                .collect(),
+        })
+    }
+
     pub fn decode(bytes: &[u8]) -> std::result::Result<LatestTimes, String> {
         let truncated = || "truncated file of latest times".to_string();
         let mut rest = bytes
@@ -276,7 +342,7 @@ impl LatestTimes {
 
 /// Why kept results cannot serve, or the results.
 pub enum Earlier {
-    Kept(Kept),
+    Kept(Box<Kept>),
     /// Why every condition is evaluated in full.
     None(String),
 }
@@ -312,19 +378,17 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty.files.extend(c.files.iter().cloned());
     }
     let latest = match &l.latest {
-        Some(f) => Some(
-            LatestTimes::decode(&read_checked(dir, f)?)
-                .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))?,
-        ),
+        Some(f) => Some(LatestTimes::header(dir, f)?),
         None => None,
     };
-    Ok(Earlier::Kept(Kept {
+    Ok(Earlier::Kept(Box::new(Kept {
         version: l.version,
         as_of: l.as_of,
         results,
         dirty,
         latest,
-    }))
+        latest_file: l.latest.clone(),
+    })))
 }
 
 /// Keep the condition results of a recompute of every active segment for
@@ -333,7 +397,7 @@ pub fn keep(
     w: &mut Writer,
     as_of: DateTime<Utc>,
     results: Vec<(String, RoaringBitmap)>,
-    latest: Option<&LatestTimes>,
+    latest: Option<&NextLatest>,
 ) -> Result<()> {
     use std::io::Write;
     let (keys, bitmaps): (Vec<String>, Vec<RoaringBitmap>) = results.into_iter().unzip();
@@ -354,7 +418,8 @@ pub fn keep(
         .map_err(|e| Error::io(sink.path(), e))?;
     let keys = sink.finish()?;
     let latest = match latest {
-        Some(l) => {
+        Some(NextLatest::Same) => w.next.leaves.as_ref().and_then(|l| l.latest.clone()),
+        Some(NextLatest::New(l)) => {
             let mut sink = w.new_file("bitmaps", "latest", "bin")?;
             sink.write_all(&l.encode())
                 .map_err(|e| Error::io(sink.path(), e))?;

@@ -35,6 +35,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::base::changes::Kept;
+use crate::base::changes::NextLatest;
 use crate::base::schema::IID;
 use crate::compile::behavior::Moved;
 use crate::compile::expr::{Clock, ts_lit};
@@ -413,7 +414,39 @@ impl Session {
                 .map(|(k, _)| k.clone())
                 .collect()
         };
-        let (to_find, to_fold) = (pick(KeyWay::Find), pick(KeyWay::Fold));
+        // Keys to bring up to date whose times cannot have changed (no file
+        // to read, no contact deleted, the same earliest instant) stay as
+        // they are.
+        let state_same = work.unread.added.is_empty()
+            && work.unread.later.is_empty()
+            && (&dirty.presence - all).is_empty();
+        let same = |k: &LatestKey| {
+            state_same
+                && kept
+                    .latest
+                    .as_ref()
+                    .and_then(|l| l.by_key.get(&k.key))
+                    .is_some_and(|l| l.from == k.lo)
+        };
+        let to_find = pick(KeyWay::Find);
+        let (to_same, to_fold): (Vec<LatestKey>, Vec<LatestKey>) =
+            pick(KeyWay::Fold).into_iter().partition(|k| same(k));
+        let carried = pick(KeyWay::Carry);
+        let renewed = keep && !(to_find.is_empty() && to_fold.is_empty());
+        let answers_same = event_ways.iter().zip(&work.of_leaf).any(|(w, o)| {
+            matches!(w, Way::Latest)
+                && o.is_some_and(|k| to_same.iter().any(|s| s.key == work.keys[k].key))
+        });
+        // The kept times are read only when some are used or written again.
+        let body = if !to_fold.is_empty()
+            || answers_same
+            || renewed && !(to_same.is_empty() && carried.is_empty())
+        {
+            kept.latest_times(self.base.dir())
+                .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)))
+        } else {
+            Ok(None)
+        };
         async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
             let t = std::time::Instant::now();
             let out = f.await;
@@ -435,19 +468,22 @@ impl Session {
                     self.events_pass(&e_leaves, clock, e_work.range.clone(), &to_find)
                         .await
                 };
-                let folded = match &kept.latest {
-                    Some(l) if !to_fold.is_empty() => {
-                        self.fold_latest(l, &dirty.presence, &to_fold, &work.unread, clock)
-                            .await
-                    }
-                    _ => Ok(Vec::new()),
+                let folded = match &body {
+                    _ if to_fold.is_empty() => Ok(Vec::new()),
+                    Ok(Some(l)) => self
+                        .fold_latest(l, &dirty.presence, &to_fold, &work.unread, clock)
+                        .await
+                        .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e))),
+                    Ok(None) => Err(std::sync::Arc::new(crate::error::Error::Internal(
+                        "no latest times kept".into(),
+                    ))),
+                    Err(e) => Err(e.clone()),
                 };
                 (new, found, folded)
             }),
             timed(self.queries_pass(&plan.queries)),
         );
         let ((e_new, found, folded), e_ms) = e_out;
-        let folded = folded.map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));
         // The conditions answered from the latest times.
         let mut answered: Vec<Option<Outcome>> = vec![None; event_ways.len()];
         for (i, way) in event_ways.iter().enumerate() {
@@ -455,40 +491,50 @@ impl Session {
                 continue;
             }
             let k = work.of_leaf[i].expect("a condition answered from latest times has a key");
-            let at = to_fold
-                .iter()
-                .position(|f| f.key == work.keys[k].key)
-                .expect("its key is folded");
-            answered[i] = Some(match &folded {
-                Ok(folded) => {
-                    let l = &folded[at];
-                    self.behavior_parts(&plan.event_leaves[i], clock)
-                        .and_then(|p| {
-                            let (has, pass) =
-                                self.answer_from_latest(&p, clock, &l.ids, &l.times, l.slots)?;
-                            Ok(p.finish(has, pass, all))
-                        })
-                        .map_err(std::sync::Arc::new)
-                }
+            let key = &work.keys[k].key;
+            let state = match to_fold.iter().position(|f| &f.key == key) {
+                Some(at) => folded.as_ref().map(|f| &f[at]).map_err(Clone::clone),
+                None => match &body {
+                    Ok(Some(b)) => b.by_key.get(key).ok_or_else(|| {
+                        std::sync::Arc::new(crate::error::Error::Internal(format!(
+                            "no latest times kept for {key}"
+                        )))
+                    }),
+                    Ok(None) => Err(std::sync::Arc::new(crate::error::Error::Internal(
+                        "no latest times kept".into(),
+                    ))),
+                    Err(e) => Err(e.clone()),
+                },
+            };
+            answered[i] = Some(match state {
+                Ok(l) => self
+                    .behavior_parts(&plan.event_leaves[i], clock)
+                    .and_then(|p| {
+                        let (has, pass) =
+                            self.answer_from_latest(&p, clock, &l.ids, &l.times, l.slots)?;
+                        Ok(p.finish(has, pass, all))
+                    })
+                    .map_err(std::sync::Arc::new),
                 Err(e) => Err(e.clone()),
             });
         }
         // The latest times for the next run: found again, brought up to
         // date, or kept as they were.
-        let latest = match (keep, found, folded) {
-            (false, ..) => None,
-            (true, found, Ok(folded)) if found.is_some() || to_find.is_empty() => {
+        let latest = match (found, folded, &body) {
+            _ if !keep || work.keys.is_empty() => None,
+            _ if !renewed => kept.latest_file.is_some().then_some(NextLatest::Same),
+            (found, Ok(folded), Ok(body)) if found.is_some() || to_find.is_empty() => {
                 let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
                 for (k, l) in to_fold.iter().zip(folded) {
                     next.by_key.insert(k.key.clone(), l);
                 }
-                let carried = pick(KeyWay::Carry);
-                for k in &carried {
-                    if let Some(l) = kept.latest.as_ref().and_then(|l| l.by_key.get(&k.key)) {
+                for k in to_same.iter().chain(&carried) {
+                    if let Some(l) = body.as_ref().and_then(|b| b.by_key.get(&k.key)) {
                         next.by_key.insert(k.key.clone(), l.clone());
                     }
                 }
-                (next.by_key.len() == to_find.len() + to_fold.len() + carried.len()).then_some(next)
+                let all_keys = to_find.len() + to_fold.len() + to_same.len() + carried.len();
+                (next.by_key.len() == all_keys).then_some(NextLatest::New(next))
             }
             _ => None,
         };

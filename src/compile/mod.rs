@@ -128,7 +128,7 @@ pub struct LeafResults {
     pub pass_ms: [u64; 3],
     /// The latest times of matching events to keep for the next run (see
     /// [`latest`]).
-    pub latest: Option<crate::base::changes::LatestTimes>,
+    pub latest: Option<crate::base::changes::NextLatest>,
 }
 
 /// The boolean expression of a contacts-only subtree.
@@ -228,7 +228,9 @@ impl Session {
             events,
             queries,
             pass_ms: [c_ms, e_ms, q_ms],
-            latest: found.map(|bits| latest::found(self, clock, &keys, bits)),
+            latest: found.map(|bits| {
+                crate::base::changes::NextLatest::New(latest::found(self, clock, &keys, bits))
+            }),
         }
     }
 

@@ -32,7 +32,7 @@ pub struct Computation {
     /// Each condition's result, by key, for the next run to patch.
     pub leaves: Vec<(String, RoaringBitmap)>,
     /// The latest times of matching events, for the next run.
-    pub latest: Option<crate::base::changes::LatestTimes>,
+    pub latest: Option<crate::base::changes::NextLatest>,
     /// How kept results were used.
     pub freshness: Freshness,
     pub contact_leaves: usize,
