@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::Writer;
 use crate::base::manifest::DataFile;
-use crate::base::store::{SinkFile, read_checked};
+use crate::base::store::{Durability, read_checked};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"SEGBMP01";
@@ -68,11 +68,20 @@ impl TaggedBitmaps {
     }
 
     pub fn write(&self, writer: &Writer, stem: &str) -> Result<DataFile> {
+        self.write_as(writer, stem, Durability::Flushed)
+    }
+
+    pub fn write_as(
+        &self,
+        writer: &Writer,
+        stem: &str,
+        durability: Durability,
+    ) -> Result<DataFile> {
         let mut sink = writer.new_file("bitmaps", stem, "bm")?;
         let bytes = self.encode();
         sink.write_all(&bytes)
             .map_err(|e| Error::io(sink.path(), e))?;
-        SinkFile::finish(sink)
+        sink.finish_as(durability)
     }
 
     pub fn read(dir: &Path, file: &DataFile) -> Result<TaggedBitmaps> {

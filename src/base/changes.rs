@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::base::bitmaps::TaggedBitmaps;
 use crate::base::manifest::{Change, DataFile, KeptLeaves, Manifest};
-use crate::base::store::read_checked;
+use crate::base::store::{Durability, read_checked};
 use crate::base::{Base, Writer};
 use crate::error::{Error, Result};
 
@@ -392,7 +392,9 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
 }
 
 /// Keep the condition results of a recompute of every active segment for
-/// the next one; the changes they include are dropped.
+/// the next one; the changes they include are dropped. They are written
+/// without waiting for the disk ([`Durability::Rebuildable`]): a run that
+/// finds them damaged computes them again.
 pub fn keep(
     w: &mut Writer,
     as_of: DateTime<Utc>,
@@ -408,7 +410,7 @@ pub fn keep(
             .map(|(i, b)| (i as i64, b))
             .collect(),
     )
-    .write(w, "leaves")?;
+    .write_as(w, "leaves", Durability::Rebuildable)?;
     let doc = Keys {
         settings: settings(&w.base, &w.next),
         keys,
@@ -416,14 +418,14 @@ pub fn keep(
     let mut sink = w.new_file("bitmaps", "leaves", "json")?;
     sink.write_all(&serde_json::to_vec(&doc).expect("keys serialize"))
         .map_err(|e| Error::io(sink.path(), e))?;
-    let keys = sink.finish()?;
+    let keys = sink.finish_as(Durability::Rebuildable)?;
     let latest = match latest {
         Some(NextLatest::Same) => w.next.leaves.as_ref().and_then(|l| l.latest.clone()),
         Some(NextLatest::New(l)) => {
             let mut sink = w.new_file("bitmaps", "latest", "bin")?;
             sink.write_all(&l.encode())
                 .map_err(|e| Error::io(sink.path(), e))?;
-            Some(sink.finish()?)
+            Some(sink.finish_as(Durability::Rebuildable)?)
         }
         None => None,
     };

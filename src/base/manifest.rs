@@ -144,12 +144,28 @@ pub struct SegmentRecord {
     pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SegmentStats>,
-    /// Members and entry cohorts of the last computation.
+    /// Members and entry cohorts, as of a computation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<DataFile>,
+    /// The entries and exits of the computations since that one, oldest
+    /// first: the members are the file's with them applied
+    /// ([`crate::base::members::Members::load`]). A computation that changes
+    /// few members writes its entries and exits only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members_since: Vec<MembersChange>,
     /// One point per computation that changed or confirmed the members.
     #[serde(default)]
     pub history: History,
+}
+
+/// The entries and exits of one computation of a segment, applied to its
+/// members file when it is read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MembersChange {
+    /// When the entries entered (their cohort).
+    pub at: DateTime<Utc>,
+    /// Bitmaps of the entries and exits (the history point's file).
+    pub delta: DataFile,
 }
 
 /// The history of a segment. A base recomputed every night holds years of
@@ -348,6 +364,7 @@ impl Manifest {
         out.extend(self.imports.iter().map(|i| i.contacts.clone()));
         for s in &self.segments {
             out.extend(s.members.iter().cloned());
+            out.extend(s.members_since.iter().map(|c| c.delta.clone()));
             out.extend(s.history.deltas(dir)?);
         }
         out.extend(self.runs.iter().cloned());

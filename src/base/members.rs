@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 use crate::base::Writer;
 use crate::base::bitmaps::TaggedBitmaps;
 use crate::base::manifest::{
-    HistoryPoint, SegmentRecord, SegmentStats, SegmentStatus, bound_history,
+    HistoryPoint, MembersChange, SegmentRecord, SegmentStats, SegmentStatus, bound_history,
 };
 use crate::error::Result;
 
@@ -26,6 +26,8 @@ pub struct Members {
 }
 
 impl Members {
+    /// The members of a segment: its members file with the entries and
+    /// exits of the computations since applied.
     pub fn load(dir: &std::path::Path, rec: &SegmentRecord) -> Result<Members> {
         let Some(f) = &rec.members else {
             return Ok(Members::default());
@@ -39,7 +41,32 @@ impl Members {
                 out.cohorts.push((tag, bm));
             }
         }
+        for c in &rec.members_since {
+            let t = TaggedBitmaps::read(dir, &c.delta)?;
+            out.apply(
+                &t.get(ENTRIES_TAG),
+                &t.get(EXITS_TAG),
+                c.at.timestamp_micros(),
+            );
+        }
         Ok(out)
+    }
+
+    /// The members after a computation's entries (entered at `at`, µs) and
+    /// exits.
+    fn apply(&mut self, entries: &RoaringBitmap, exits: &RoaringBitmap, at: i64) {
+        self.members -= exits;
+        self.members |= entries;
+        for (_, b) in &mut self.cohorts {
+            *b -= exits;
+        }
+        self.cohorts.retain(|(_, b)| !b.is_empty());
+        if !entries.is_empty() {
+            match self.cohorts.last_mut() {
+                Some((t, b)) if *t == at => *b |= entries,
+                _ => self.cohorts.push((at, entries.clone())),
+            }
+        }
     }
 
     fn encode(&self) -> TaggedBitmaps {
@@ -75,29 +102,9 @@ pub fn store_result(
     as_of: DateTime<Utc>,
     duration_ms: u64,
 ) -> Result<()> {
-    let old = Members::load(w.dir(), rec)?;
-    let entries = &new - &old.members;
-    let exits = &old.members - &new;
-    if !entries.is_empty() || !exits.is_empty() || rec.members.is_none() {
-        let mut cohorts: Vec<(i64, RoaringBitmap)> = old
-            .cohorts
-            .into_iter()
-            .map(|(t, b)| (t, b & &new))
-            .filter(|(_, b)| !b.is_empty())
-            .collect();
-        if !entries.is_empty() {
-            let t = at.timestamp_micros();
-            match cohorts.last_mut() {
-                Some((lt, b)) if *lt == t => *b |= &entries,
-                _ => cohorts.push((t, entries.clone())),
-            }
-        }
-        let members = Members {
-            members: new.clone(),
-            cohorts,
-        };
-        rec.members = Some(members.encode().write(w, &format!("seg-{}", rec.id))?);
-    }
+    let mut members = Members::load(w.dir(), rec)?;
+    let entries = &new - &members.members;
+    let exits = &members.members - &new;
     let delta = if entries.is_empty() && exits.is_empty() {
         None
     } else {
@@ -109,6 +116,20 @@ pub fn store_result(
             .write(w, &format!("delta-{}", rec.id))?,
         )
     };
+    match (&rec.members, &delta) {
+        (Some(file), Some(delta)) if applied_on_reading(file, &rec.members_since, delta) => {
+            rec.members_since.push(MembersChange {
+                at,
+                delta: delta.clone(),
+            });
+        }
+        (Some(_), None) => {}
+        _ => {
+            members.apply(&entries, &exits, at.timestamp_micros());
+            rec.members = Some(members.encode().write(w, &format!("seg-{}", rec.id))?);
+            rec.members_since.clear();
+        }
+    }
     let points = rec.history.points_mut(w.dir())?;
     points.push(HistoryPoint {
         at,
@@ -135,6 +156,23 @@ pub fn store_result(
     rec.error = None;
     rec.needs_refresh = false;
     Ok(())
+}
+
+/// At most this many computations' entries and exits are applied to a
+/// members file when it is read.
+const CHANGES_APPLIED: usize = 8;
+
+/// Whether the members can stay as their file with entries and exits
+/// applied, this delta among them: at most [`CHANGES_APPLIED`] of them,
+/// together no more than a quarter of the file's size. Otherwise, the
+/// members are written whole again.
+fn applied_on_reading(
+    file: &crate::base::manifest::DataFile,
+    since: &[MembersChange],
+    delta: &crate::base::manifest::DataFile,
+) -> bool {
+    let bytes: u64 = since.iter().map(|c| c.delta.bytes).sum::<u64>() + delta.bytes;
+    since.len() < CHANGES_APPLIED && bytes * 4 <= file.bytes
 }
 
 /// Read the entries and exits of a history point.
@@ -174,6 +212,7 @@ pub fn forget_contacts(w: &mut Writer, gone: &RoaringBitmap, gone_optins: &OptIn
                 s.sms_optins -= left.intersection_len(&gone_optins.sms);
             }
             rec.members = Some(kept.encode().write(w, &format!("seg-{}", rec.id))?);
+            rec.members_since.clear();
         }
         // Replay the detailed history to know which deleted contacts were
         // members at each point, from the members before its first point

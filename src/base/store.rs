@@ -8,6 +8,20 @@ use std::path::{Path, PathBuf};
 use crate::base::manifest::DataFile;
 use crate::error::{Error, Result};
 
+/// Whether a data file reaches stable storage before a manifest names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed first: members, imports, anything a later run cannot find
+    /// again.
+    Flushed,
+    /// Left to the operating system: what a later run can compute again
+    /// (the results a recompute keeps for the next one). A power cut may
+    /// leave it damaged under a published manifest; its checksum tells, and
+    /// the next run then computes it again instead of reading it. Its
+    /// writing costs no wait for the disk (about 90 MB/s here when flushed).
+    Rebuildable,
+}
+
 /// A file being written: counts bytes and computes the CRC-32 on the way.
 pub struct SinkFile {
     file: File,
@@ -40,8 +54,19 @@ impl SinkFile {
 
     /// Flush to stable storage and describe the file for the manifest.
     pub fn finish(self) -> Result<DataFile> {
-        self.file.sync_all().map_err(|e| Error::io(&self.abs, e))?;
-        crash_point(format_args!("flushed {}", self.rel));
+        self.finish_as(Durability::Flushed)
+    }
+
+    /// Describe the file for the manifest, flushed to stable storage first
+    /// or not (see [`Durability`]).
+    pub fn finish_as(self, durability: Durability) -> Result<DataFile> {
+        match durability {
+            Durability::Flushed => {
+                self.file.sync_all().map_err(|e| Error::io(&self.abs, e))?;
+                crash_point(format_args!("flushed {}", self.rel));
+            }
+            Durability::Rebuildable => crash_point(format_args!("written {}", self.rel)),
+        }
         Ok(DataFile {
             path: self.rel,
             bytes: self.bytes,
@@ -85,7 +110,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Fault injection for the tests of durability, at each durable step of a
-/// writer (a data file created or flushed, a small file written or renamed
+/// writer (a data file created, flushed or written, a small file written or renamed
 /// into place, a spool file created, a superseded file collected):
 ///
 /// - `SEGMENTS_CRASH_AT=N` aborts the process at its N-th step, as a SIGKILL

@@ -77,10 +77,19 @@ pub fn run(
     same_results(&inc, &all)?;
     let ratio = median(&mut incremental.clone()) / median(&mut full.clone());
     let freshness = |r: &RunReport| {
-        r.freshness
-            .as_ref()
-            .map(|f| f.describe().replace('\n', ";"))
-            .unwrap_or_default()
+        let p = &r.phases;
+        format!(
+            "{}; ms: contacts {}, events {}, trees {}, kept {}, stored {}",
+            r.freshness
+                .as_ref()
+                .map(|f| f.describe().replace('\n', ";"))
+                .unwrap_or_default(),
+            p.contacts_ms,
+            p.events_ms,
+            p.trees_ms,
+            p.keep_ms,
+            p.store_ms
+        )
     };
     let mut out = vec![
         WorkloadResult::new(

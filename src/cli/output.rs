@@ -149,8 +149,14 @@ pub fn print_run(report: &RunReport, format: Format) -> anyhow::Result<()> {
         );
         let p = &report.phases;
         println!(
-            "time: contacts {} ms, events {} ms, queries {} ms, trees {} ms, opt-ins {} ms, storing {} ms",
-            p.contacts_ms, p.events_ms, p.queries_ms, p.trees_ms, p.optins_ms, p.store_ms
+            "time: contacts {} ms, events {} ms, queries {} ms, trees {} ms, kept for the next run {} ms, opt-ins {} ms, storing {} ms",
+            p.contacts_ms,
+            p.events_ms,
+            p.queries_ms,
+            p.trees_ms,
+            p.keep_ms,
+            p.optins_ms,
+            p.store_ms
         );
         if let Some(f) = &report.freshness {
             println!("{}", f.describe());

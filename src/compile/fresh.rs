@@ -35,7 +35,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::base::changes::Kept;
-use crate::base::changes::NextLatest;
+use crate::base::changes::{LatestTimes, NextLatest};
 use crate::base::schema::IID;
 use crate::compile::behavior::Moved;
 use crate::compile::expr::{Clock, ts_lit};
@@ -182,7 +182,14 @@ fn reads_clock(e: &Expr) -> bool {
 impl Session {
     /// What each leaf of a plan needs, from kept results (see the module's
     /// documentation): reads the events in the bands of time that moved.
-    async fn ways_since(&self, plan: &Plan, clock: &Clock, kept: &Kept, keep: bool) -> Ways {
+    async fn ways_since(
+        &self,
+        plan: &Plan,
+        clock: &Clock,
+        kept: &Kept,
+        latest: Option<&LatestTimes>,
+        keep: bool,
+    ) -> Ways {
         let then = Clock::new(kept.as_of, clock.tz);
         let dirty = &kept.dirty;
 
@@ -217,15 +224,13 @@ impl Session {
             .map(|b| self.behavior_parts(b, clock))
             .collect();
         let (of_leaf, keys) = latest::latest_keys(nows.iter().map(|p| p.as_ref().ok()), clock);
-        let unread = kept
-            .latest
-            .as_ref()
+        let unread = latest
             .map(|l| latest::Unread::of(self, l, &dirty.files))
             .unwrap_or_default();
         let served: Vec<bool> = keys
             .iter()
             .map(|k| {
-                kept.latest.as_ref().is_some_and(|l| {
+                latest.is_some_and(|l| {
                     l.by_key
                         .get(&k.key)
                         .is_some_and(|kt| k.served_by(kt, l.as_of, clock, &unread))
@@ -360,7 +365,9 @@ impl Session {
 
     /// How a recompute from kept results would run, without running it.
     pub async fn freshness_since(&self, plan: &Plan, clock: &Clock, kept: &Kept) -> Freshness {
-        let ways = self.ways_since(plan, clock, kept, false).await;
+        let ways = self
+            .ways_since(plan, clock, kept, kept.latest.as_ref(), false)
+            .await;
         let all = &self.all_contacts;
         Freshness {
             mode: "incremental".into(),
@@ -385,11 +392,36 @@ impl Session {
         kept: &Kept,
         keep: bool,
     ) -> (LeafResults, Freshness) {
+        match self
+            .leaves_since(plan, clock, kept, kept.latest.as_ref(), keep)
+            .await
+        {
+            Ok(out) => out,
+            // The kept latest times cannot be read (damaged by a power cut
+            // after they were written, say): their conditions are
+            // evaluated in full and the times found again.
+            Err(LatestUnreadable) => match self.leaves_since(plan, clock, kept, None, keep).await {
+                Ok(out) => out,
+                Err(LatestUnreadable) => unreachable!("no latest times are read"),
+            },
+        }
+    }
+
+    /// [`Session::run_leaves_since`] with these kept latest times (None:
+    /// none serve), unless they cannot be read.
+    async fn leaves_since(
+        &self,
+        plan: &Plan,
+        clock: &Clock,
+        kept: &Kept,
+        kept_latest: Option<&LatestTimes>,
+        keep: bool,
+    ) -> std::result::Result<(LeafResults, Freshness), LatestUnreadable> {
         let Ways {
             contacts: contact_ways,
             events: event_ways,
             latest: work,
-        } = self.ways_since(plan, clock, kept, keep).await;
+        } = self.ways_since(plan, clock, kept, kept_latest, keep).await;
         let dirty = &kept.dirty;
         let all = &self.all_contacts;
         let (c_work, e_work) = (
@@ -422,9 +454,7 @@ impl Session {
             && (&dirty.presence - all).is_empty();
         let same = |k: &LatestKey| {
             state_same
-                && kept
-                    .latest
-                    .as_ref()
+                && kept_latest
                     .and_then(|l| l.by_key.get(&k.key))
                     .is_some_and(|l| l.from == k.lo)
         };
@@ -442,10 +472,12 @@ impl Session {
             || answers_same
             || renewed && !(to_same.is_empty() && carried.is_empty())
         {
-            kept.latest_times(self.base.dir())
-                .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)))
+            match kept.latest_times(self.base.dir()) {
+                Ok(Some(body)) => Some(body),
+                Ok(None) | Err(_) => return Err(LatestUnreadable),
+            }
         } else {
-            Ok(None)
+            None
         };
         async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
             let t = std::time::Instant::now();
@@ -469,15 +501,11 @@ impl Session {
                         .await
                 };
                 let folded = match &body {
-                    _ if to_fold.is_empty() => Ok(Vec::new()),
-                    Ok(Some(l)) => self
+                    Some(l) if !to_fold.is_empty() => self
                         .fold_latest(l, &dirty.presence, &to_fold, &work.unread, clock)
                         .await
                         .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e))),
-                    Ok(None) => Err(std::sync::Arc::new(crate::error::Error::Internal(
-                        "no latest times kept".into(),
-                    ))),
-                    Err(e) => Err(e.clone()),
+                    _ => Ok(Vec::new()),
                 };
                 (new, found, folded)
             }),
@@ -494,17 +522,14 @@ impl Session {
             let key = &work.keys[k].key;
             let state = match to_fold.iter().position(|f| &f.key == key) {
                 Some(at) => folded.as_ref().map(|f| &f[at]).map_err(Clone::clone),
-                None => match &body {
-                    Ok(Some(b)) => b.by_key.get(key).ok_or_else(|| {
+                None => body
+                    .as_ref()
+                    .and_then(|b| b.by_key.get(key))
+                    .ok_or_else(|| {
                         std::sync::Arc::new(crate::error::Error::Internal(format!(
                             "no latest times kept for {key}"
                         )))
                     }),
-                    Ok(None) => Err(std::sync::Arc::new(crate::error::Error::Internal(
-                        "no latest times kept".into(),
-                    ))),
-                    Err(e) => Err(e.clone()),
-                },
             };
             answered[i] = Some(match state {
                 Ok(l) => self
@@ -522,8 +547,10 @@ impl Session {
         // date, or kept as they were.
         let latest = match (found, folded, &body) {
             _ if !keep || work.keys.is_empty() => None,
-            _ if !renewed => kept.latest_file.is_some().then_some(NextLatest::Same),
-            (found, Ok(folded), Ok(body)) if found.is_some() || to_find.is_empty() => {
+            _ if !renewed => {
+                (kept_latest.is_some() && kept.latest_file.is_some()).then_some(NextLatest::Same)
+            }
+            (found, Ok(folded), body) if found.is_some() || to_find.is_empty() => {
                 let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
                 for (k, l) in to_fold.iter().zip(folded) {
                     next.by_key.insert(k.key.clone(), l);
@@ -551,7 +578,7 @@ impl Session {
             contacts: c_fresh,
             events: e_fresh,
         };
-        (
+        Ok((
             LeafResults {
                 contacts,
                 events,
@@ -560,7 +587,7 @@ impl Session {
                 latest,
             },
             freshness,
-        )
+        ))
     }
 
     /// About how many events fall in some closed intervals of time, from
@@ -622,6 +649,9 @@ fn id_range(contacts: &RoaringBitmap, span: u32) -> Option<Range<u32>> {
         _ => None,
     }
 }
+
+/// The kept latest times could not be read.
+struct LatestUnreadable;
 
 /// What each leaf of a plan needs.
 struct Ways {

@@ -119,6 +119,7 @@ pub fn init(dir: &std::path::Path, config: Config) -> Result<Base> {
             updated_at: now,
             stats: None,
             members: None,
+            members_since: Vec::new(),
             history: History::default(),
         });
     }

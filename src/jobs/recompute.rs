@@ -53,6 +53,9 @@ pub struct Phases {
     pub trees_ms: u64,
     pub optins_ms: u64,
     pub store_ms: u64,
+    /// Writing the conditions' results and latest times for the next run.
+    #[serde(default)]
+    pub keep_ms: u64,
 }
 
 struct Env<'a> {
@@ -314,11 +317,11 @@ pub enum Fresh {
 }
 
 /// The results kept for a writer's version, or why there are none usable.
-fn earlier(w: &Writer, fresh: Fresh) -> Earlier {
+fn earlier(base: &crate::base::Base, m: &Manifest, fresh: Fresh) -> Earlier {
     if fresh == Fresh::Full {
         return Earlier::None("a full run was asked for".into());
     }
-    match crate::base::changes::kept(&w.base, &w.next) {
+    match crate::base::changes::kept(base, m) {
         Ok(e) => e,
         Err(e) => Earlier::None(format!("the kept results cannot be read ({e})")),
     }
@@ -341,7 +344,7 @@ pub async fn compute_into_with(
     let session = Session::new(&w.base, Arc::new(w.next.clone()))?;
     let clock = Clock::new(as_of, w.base.tz());
     let dir = w.dir().to_path_buf();
-    let earlier = earlier(w, fresh);
+    let earlier = earlier(&w.base, &w.next, fresh);
     let kept = match &earlier {
         Earlier::Kept(k) => Some(k.results.len()),
         Earlier::None(_) => None,
@@ -374,16 +377,19 @@ pub async fn compute_into_with(
         + f.events.from_latest
         == 0
         && kept == Some(comp.leaves.len());
+    let t = Instant::now();
     if every_active && unchanged {
         crate::base::changes::keep_again(w, as_of);
     } else if every_active {
         let leaves = std::mem::take(&mut comp.leaves);
         crate::base::changes::keep(w, as_of, leaves, comp.latest.as_ref())?;
     }
+    let keep_ms = t.elapsed().as_millis() as u64;
     let t = Instant::now();
     let opt = optins(&session).await?;
     let mut phases = Phases {
         optins_ms: t.elapsed().as_millis() as u64,
+        keep_ms,
         ..comp.phases
     };
     let store = Instant::now();
@@ -539,10 +545,7 @@ pub async fn dry_run(
     let session = Session::new(base, Arc::new(m.clone()))?;
     let clock = Clock::new(as_of, base.tz());
     let (contacts, events) = session.explain(&plan, &clock).await?;
-    let earlier = match fresh {
-        Fresh::Full => Earlier::None("a full run was asked for".into()),
-        Fresh::Incremental => crate::base::changes::kept(base, m)?,
-    };
+    let earlier = earlier(base, m, fresh);
     let freshness = match &earlier {
         Earlier::Kept(kept) => session.freshness_since(&plan, &clock, kept).await,
         Earlier::None(why) => Freshness::full(why.clone(), &plan),

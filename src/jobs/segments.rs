@@ -279,6 +279,7 @@ pub fn new_record(def: &Definition, criteria: Option<serde_json::Value>) -> Segm
         updated_at: now,
         stats: None,
         members: None,
+        members_since: Vec::new(),
         history: History::default(),
     }
 }

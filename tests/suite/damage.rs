@@ -197,3 +197,110 @@ fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
         damages.len()
     );
 }
+
+/// What a damage does to one of the files of kept results: which one (from
+/// the manifest's kept results), and how.
+type KeptDamage = (
+    &'static str,
+    fn(&segments::base::manifest::KeptLeaves) -> String,
+    fn(&std::path::Path),
+);
+
+/// The results a recompute keeps for the next one are written without
+/// waiting for the disk: a power cut can leave them damaged under a
+/// published manifest. `check` names them; the next recompute computes
+/// them again and gives what a full one gives.
+#[test]
+fn damaged_kept_results_are_computed_again() {
+    let pristine = small_base();
+    segments(pristine.path())
+        .args(["recompute", "--as-of", AS_OF])
+        .assert()
+        .success();
+    const LATER: &str = "2026-11-24T15:00:00Z";
+    // The report's text (how kept results served), and each segment's
+    // size, entries and exits.
+    let run = |dir: &std::path::Path, full: bool| {
+        let mut cmd = segments(dir);
+        cmd.args(["recompute", "--as-of", LATER]);
+        if full {
+            cmd.arg("--full");
+        }
+        let text = super::cli::stdout_of(&mut cmd);
+        let runs = super::cli::json_of(segments(dir).args([
+            "recompute",
+            "--as-of",
+            LATER,
+            "--format",
+            "json",
+        ]));
+        let segments: Vec<_> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                assert_eq!(s["status"], "up_to_date", "{s}");
+                (s["segment"].clone(), s["size"].clone())
+            })
+            .collect();
+        (text, segments)
+    };
+    let copy = |to: &std::path::Path| super::common::copy_base(pristine.path(), to);
+    let scratch = tempfile::tempdir().unwrap();
+    let (full_dir, sound_dir) = (scratch.path().join("full"), scratch.path().join("sound"));
+    copy(&full_dir);
+    copy(&sound_dir);
+    let (_, full) = run(&full_dir, true);
+    // Undamaged, some conditions are answered from the latest times kept.
+    let (fresh, sound) = run(&sound_dir, false);
+    assert_eq!(sound, full);
+    assert!(fresh.contains("from the latest times kept"), "{fresh}");
+    let damages: [KeptDamage; 3] = [
+        (
+            "latest times cut in half",
+            |l| l.latest.as_ref().unwrap().path.clone(),
+            cut_in_half,
+        ),
+        (
+            "condition results emptied",
+            |l| l.bitmaps.path.clone(),
+            |f| std::fs::write(f, b"").unwrap(),
+        ),
+        (
+            "condition keys removed",
+            |l| l.keys.path.clone(),
+            |f| std::fs::remove_file(f).unwrap(),
+        ),
+    ];
+    for (what, file, damage) in &damages {
+        let dir = scratch.path().join(what.replace(' ', "-"));
+        copy(&dir);
+        let snap = segments::base::Base::open(&dir)
+            .unwrap()
+            .snapshot()
+            .unwrap();
+        let rel = file(snap.manifest.leaves.as_ref().unwrap());
+        damage(&dir.join(&rel));
+        let name = std::path::Path::new(&rel)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let out = segments(&dir).arg("check").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: check passed: {text}");
+        assert!(
+            text.contains(&name) && text.contains("computes them again"),
+            "{what}: {text}"
+        );
+        let (fresh, damaged) = run(&dir, false);
+        assert_eq!(damaged, full, "{what}");
+        assert!(
+            !fresh.contains("from the latest times kept"),
+            "{what}: {fresh}"
+        );
+        // Computed again, kept again: the base is sound.
+        segments(&dir).arg("check").assert().success();
+    }
+}
