@@ -13,29 +13,25 @@ use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"SEGBMP01";
 
+/// Bytes written to a data file at a time.
+pub const WRITE_BUFFER: usize = 1 << 20;
+
 /// A bitmap file holds tagged bitmaps: for members, tag 0 is the member set
 /// and the others are entry cohorts tagged with their entry time (µs since
 /// the epoch); for deltas, tag 0 is entries and tag 1 exits.
 pub struct TaggedBitmaps(pub Vec<(i64, RoaringBitmap)>);
 
 impl TaggedBitmaps {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            16 + self
-                .0
-                .iter()
-                .map(|(_, b)| 16 + b.serialized_size())
-                .sum::<usize>(),
-        );
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+    /// Write the file's bytes, bitmap after bitmap.
+    pub fn encode_into(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&(self.0.len() as u64).to_le_bytes())?;
         for (tag, bm) in &self.0 {
-            out.extend_from_slice(&tag.to_le_bytes());
-            out.extend_from_slice(&(bm.serialized_size() as u64).to_le_bytes());
-            bm.serialize_into(&mut out)
-                .expect("writing to a Vec cannot fail");
+            out.write_all(&tag.to_le_bytes())?;
+            out.write_all(&(bm.serialized_size() as u64).to_le_bytes())?;
+            bm.serialize_into(&mut *out)?;
         }
-        out
+        Ok(())
     }
 
     pub fn decode(bytes: &[u8]) -> std::result::Result<TaggedBitmaps, String> {
@@ -77,10 +73,14 @@ impl TaggedBitmaps {
         stem: &str,
         durability: Durability,
     ) -> Result<DataFile> {
-        let mut sink = writer.new_file("bitmaps", stem, "bm")?;
-        let bytes = self.encode();
-        sink.write_all(&bytes)
-            .map_err(|e| Error::io(sink.path(), e))?;
+        let sink = writer.new_file("bitmaps", stem, "bm")?;
+        let path = sink.path().to_path_buf();
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, sink);
+        self.encode_into(&mut out)
+            .map_err(|e| Error::io(&path, e))?;
+        let sink = out
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
         sink.finish_as(durability)
     }
 

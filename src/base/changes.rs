@@ -15,7 +15,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::base::bitmaps::TaggedBitmaps;
+use crate::base::bitmaps::{TaggedBitmaps, WRITE_BUFFER};
 use crate::base::manifest::{Change, DataFile, KeptLeaves, Manifest};
 use crate::base::store::{Durability, read_checked};
 use crate::base::{Base, Writer};
@@ -212,7 +212,9 @@ struct LatestEntry {
 }
 
 impl LatestTimes {
-    pub fn encode(&self) -> Vec<u8> {
+    /// Write the file's bytes: the header, then each key's contacts and
+    /// times.
+    pub fn encode_into(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let header = LatestHeader {
             as_of: self.as_of,
             files: self.files.clone(),
@@ -228,21 +230,18 @@ impl LatestTimes {
                 .collect(),
         };
         let header = serde_json::to_vec(&header).expect("header serializes");
-        let mut out = Vec::new();
-        out.extend_from_slice(LATEST_MAGIC);
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
+        out.write_all(LATEST_MAGIC)?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
         for l in self.by_key.values() {
-            out.extend_from_slice(&(l.ids.serialized_size() as u64).to_le_bytes());
-            l.ids
-                .serialize_into(&mut out)
-                .expect("writing to a Vec cannot fail");
-            out.reserve(l.times.len() * 8);
-            for t in &l.times {
-                out.extend_from_slice(&t.to_le_bytes());
+            out.write_all(&(l.ids.serialized_size() as u64).to_le_bytes())?;
+            l.ids.serialize_into(&mut *out)?;
+            for t in l.times.chunks(4096) {
+                let bytes: Vec<u8> = t.iter().flat_map(|t| t.to_le_bytes()).collect();
+                out.write_all(&bytes)?;
             }
         }
-        out
+        Ok(())
     }
 
     /// What a file of latest times reflects, read from its first bytes:
@@ -422,9 +421,13 @@ pub fn keep(
     let latest = match latest {
         Some(NextLatest::Same) => w.next.leaves.as_ref().and_then(|l| l.latest.clone()),
         Some(NextLatest::New(l)) => {
-            let mut sink = w.new_file("bitmaps", "latest", "bin")?;
-            sink.write_all(&l.encode())
-                .map_err(|e| Error::io(sink.path(), e))?;
+            let sink = w.new_file("bitmaps", "latest", "bin")?;
+            let path = sink.path().to_path_buf();
+            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, sink);
+            l.encode_into(&mut out).map_err(|e| Error::io(&path, e))?;
+            let sink = out
+                .into_inner()
+                .map_err(|e| Error::io(&path, e.into_error()))?;
             Some(sink.finish_as(Durability::Rebuildable)?)
         }
         None => None,

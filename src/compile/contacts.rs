@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
@@ -63,6 +64,7 @@ impl Session {
         &self,
         exprs: &[Expr],
         range: Option<Range<u32>>,
+        only: Option<(&RoaringBitmap, &[bool])>,
     ) -> Result<Vec<RoaringBitmap>> {
         let dictionaries: HashMap<String, Field> = self
             .contacts_schema
@@ -134,10 +136,16 @@ impl Session {
             .collect::<Result<_>>()?;
         let tests = Arc::new(tests);
         let atoms = Arc::new(atoms);
+        // Leaves that need hold for a few contacts only are evaluated on
+        // their rows alone.
+        let only: Option<(Arc<RoaringBitmap>, Arc<Vec<bool>>)> = only
+            .filter(|(_, r)| r.iter().any(|&r| r))
+            .map(|(rows, r)| (Arc::new(rows.clone()), Arc::new(r.to_vec())));
         let streams = execute_stream_partitioned(plan, self.ctx.task_ctx())?;
         let mut tasks = Vec::with_capacity(streams.len());
         for mut stream in streams {
             let (tests, atoms, extended) = (tests.clone(), atoms.clone(), extended.clone());
+            let only = only.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = vec![RoaringBitmap::new(); tests.len()];
                 while let Some(batch) = stream.next().await {
@@ -148,8 +156,24 @@ impl Session {
                         columns.push(Arc::new(BooleanArray::new(bits, None)));
                     }
                     let batch = RecordBatch::try_new(extended.clone(), columns)?;
-                    let ids = iid_column(&batch)?;
-                    for (test, bm) in tests.iter().zip(out.iter_mut()) {
+                    let few = match &only {
+                        Some((rows, _)) => {
+                            let ids = iid_column(&batch)?;
+                            let keep: BooleanArray = ids
+                                .values()
+                                .iter()
+                                .map(|id| Some(rows.contains(*id)))
+                                .collect();
+                            Some(filter_record_batch(&batch, &keep)?)
+                        }
+                        None => None,
+                    };
+                    for (i, (test, bm)) in tests.iter().zip(out.iter_mut()).enumerate() {
+                        let batch = match (&few, &only) {
+                            (Some(few), Some((_, restricted))) if restricted[i] => few,
+                            _ => &batch,
+                        };
+                        let ids = iid_column(batch)?;
                         let narrow = batch.project(&test.columns)?;
                         let mask = test.pass.evaluate(&narrow)?.into_array(narrow.num_rows())?;
                         add_masked(bm, ids, mask.as_boolean());

@@ -16,13 +16,15 @@
 //! A behaviour condition that depends on a contact's matching events through
 //! the time of the latest one alone (an existence test over a window that
 //! ends at the run's instant, a `last` test) is neither patched nor
-//! evaluated again: it is answered for every contact from the latest times
-//! kept per contact, brought up to date (see [`crate::compile::latest`]).
+//! evaluated again: it is answered from the latest times kept per contact,
+//! brought up to date, for the contacts whose answer may have changed (see
+//! [`crate::compile::latest`]).
 //!
 //! Such a condition is evaluated again over the internal ids from the first
 //! to the last of those contacts (every contact when they spread over most
-//! ids, or when a condition of the pass is evaluated in full anyway), and
-//! its result patched: `(kept − changed) ∪ (new ∩ changed)`. The other
+//! ids, or when a condition of the pass is evaluated in full anyway; a
+//! contact condition is then evaluated on the rows of few contacts alone),
+//! and its result patched: `(kept − changed) ∪ (new ∩ changed)`. The other
 //! conditions keep their result; a pass none of whose conditions changed
 //! reads nothing.
 
@@ -157,6 +159,10 @@ enum Way {
     /// Answer it for every contact from the latest times of matching
     /// events, brought up to date.
     Latest,
+    /// The same, from its kept result and for the contacts whose answer
+    /// may have changed: those whose times changed, and those with a time
+    /// in the bands of time its window's ends swept (kept result, bands).
+    LatestPatch(RoaringBitmap, Vec<(i64, i64)>),
 }
 
 impl Way {
@@ -258,6 +264,9 @@ impl Session {
                         // are evaluated again (their latest times are
                         // still brought up to date).
                         (Moved::Same, Some(k)) if served[k] => Way::Patch(old.clone(), dirty),
+                        (Moved::Bands(bands), Some(k)) if served[k] => {
+                            Way::LatestPatch(old.clone(), bands)
+                        }
                         (_, Some(k)) if served[k] => Way::Latest,
                         (_, Some(_)) => Way::Full,
                         (Moved::Everything, None) => Way::Full,
@@ -284,7 +293,10 @@ impl Session {
                         .filter(move |(_, o)| **o == Some(k))
                         .map(|(w, _)| w)
                 };
-                if served[k] && ways().any(|w| matches!(w, Way::Latest | Way::Patch(..))) {
+                if served[k]
+                    && ways()
+                        .any(|w| matches!(w, Way::Latest | Way::LatestPatch(..) | Way::Patch(..)))
+                {
                     KeyWay::Fold
                 } else if !served[k] && keep {
                     KeyWay::Find
@@ -464,7 +476,7 @@ impl Session {
         let carried = pick(KeyWay::Carry);
         let renewed = keep && !(to_find.is_empty() && to_fold.is_empty());
         let answers_same = event_ways.iter().zip(&work.of_leaf).any(|(w, o)| {
-            matches!(w, Way::Latest)
+            matches!(w, Way::Latest | Way::LatestPatch(..))
                 && o.is_some_and(|k| to_same.iter().any(|s| s.key == work.keys[k].key))
         });
         // The kept times are read only when some are used or written again.
@@ -489,7 +501,11 @@ impl Session {
                 if c_leaves.is_empty() {
                     Vec::new()
                 } else {
-                    self.contacts_pass(&c_leaves, clock, c_work.range.clone())
+                    let only = c_work
+                        .only
+                        .as_ref()
+                        .map(|rows| (rows, c_work.restricted.as_slice()));
+                    self.contacts_pass(&c_leaves, clock, c_work.range.clone(), only)
                         .await
                 }
             }),
@@ -512,32 +528,59 @@ impl Session {
             timed(self.queries_pass(&plan.queries)),
         );
         let ((e_new, found, folded), e_ms) = e_out;
-        // The conditions answered from the latest times.
+        // The conditions answered from the latest times: for every contact,
+        // or, from their kept result, for the contacts whose answer may
+        // have changed.
+        let no_rows = RoaringBitmap::new();
         let mut answered: Vec<Option<Outcome>> = vec![None; event_ways.len()];
         for (i, way) in event_ways.iter().enumerate() {
-            if !matches!(way, Way::Latest) {
+            if !matches!(way, Way::Latest | Way::LatestPatch(..)) {
                 continue;
             }
             let k = work.of_leaf[i].expect("a condition answered from latest times has a key");
             let key = &work.keys[k].key;
+            let before = body.as_ref().and_then(|b| b.by_key.get(key));
             let state = match to_fold.iter().position(|f| &f.key == key) {
-                Some(at) => folded.as_ref().map(|f| &f[at]).map_err(Clone::clone),
-                None => body
+                Some(at) => folded
                     .as_ref()
-                    .and_then(|b| b.by_key.get(key))
-                    .ok_or_else(|| {
-                        std::sync::Arc::new(crate::error::Error::Internal(format!(
-                            "no latest times kept for {key}"
-                        )))
-                    }),
+                    .map(|f| (&f[at].times, &f[at].touched))
+                    .map_err(Clone::clone),
+                None => before.map(|b| (b, &no_rows)).ok_or_else(|| {
+                    std::sync::Arc::new(crate::error::Error::Internal(format!(
+                        "no latest times kept for {key}"
+                    )))
+                }),
             };
             answered[i] = Some(match state {
-                Ok(l) => self
+                Ok((now, touched)) => self
                     .behavior_parts(&plan.event_leaves[i], clock)
                     .and_then(|p| {
-                        let (has, pass) =
-                            self.answer_from_latest(&p, clock, &l.ids, &l.times, l.slots)?;
-                        Ok(p.finish(has, pass, all))
+                        let k = now.slots.max(1);
+                        match (way, before) {
+                            (Way::LatestPatch(old, bands), Some(before)) => {
+                                let touched = touched | &dirty.presence;
+                                let patch = latest::Patch {
+                                    before,
+                                    now,
+                                    touched: &touched,
+                                    bands,
+                                };
+                                let (changed, rows) = patch.dirty();
+                                let (has, pass) = self.answer_from_latest(&p, clock, || {
+                                    rows.iter().filter_map(|&(id, at)| {
+                                        at.map(|at| (id, &now.times[at * k..(at + 1) * k]))
+                                    })
+                                })?;
+                                let new = p.finish(has, pass, &(all & &changed));
+                                Ok((old - &changed) | (new & &changed))
+                            }
+                            _ => {
+                                let (has, pass) = self.answer_from_latest(&p, clock, || {
+                                    now.ids.iter().zip(now.times.chunks_exact(k))
+                                })?;
+                                Ok(p.finish(has, pass, all))
+                            }
+                        }
                     })
                     .map_err(std::sync::Arc::new),
                 Err(e) => Err(e.clone()),
@@ -553,7 +596,7 @@ impl Session {
             (found, Ok(folded), body) if found.is_some() || to_find.is_empty() => {
                 let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
                 for (k, l) in to_fold.iter().zip(folded) {
-                    next.by_key.insert(k.key.clone(), l);
+                    next.by_key.insert(k.key.clone(), l.times);
                 }
                 for k in to_same.iter().chain(&carried) {
                     if let Some(l) = body.as_ref().and_then(|b| b.by_key.get(&k.key)) {
@@ -688,19 +731,27 @@ struct PassWork {
     /// Positions of the conditions to evaluate.
     run_on: Vec<usize>,
     range: Option<Range<u32>>,
+    /// When the pass reads every id but the patched conditions need hold
+    /// for few contacts: those contacts, and which conditions of `run_on`
+    /// are patched.
+    only: Option<RoaringBitmap>,
+    restricted: Vec<bool>,
     fresh: PassFreshness,
 }
 
 impl PassWork {
     fn of(ways: &[Way], all: &RoaringBitmap) -> PassWork {
         let full = ways.iter().filter(|w| matches!(w, Way::Full)).count();
-        let from_latest = ways.iter().filter(|w| matches!(w, Way::Latest)).count();
+        let from_latest = ways
+            .iter()
+            .filter(|w| matches!(w, Way::Latest | Way::LatestPatch(..)))
+            .count();
         let mut dirty = RoaringBitmap::new();
         let mut run_on = Vec::new();
         let mut patched = 0;
         for (i, w) in ways.iter().enumerate() {
             match w {
-                Way::Keep(_) | Way::Latest => continue,
+                Way::Keep(_) | Way::Latest | Way::LatestPatch(..) => continue,
                 Way::Patch(_, d) => {
                     dirty |= d;
                     patched += 1;
@@ -723,9 +774,20 @@ impl PassWork {
             (Some(r), false) => f64::from(r.end - r.start) / f64::from(span.max(1)),
             (None, false) => 1.0,
         };
+        // Patched conditions spread over the ids, or read with conditions
+        // evaluated in full: evaluated on the rows of their contacts only,
+        // when those are few.
+        let restricted: Vec<bool> = run_on
+            .iter()
+            .map(|&i| matches!(ways[i], Way::Patch(..)))
+            .collect();
+        let only =
+            (range.is_none() && patched > 0 && dirty.len() * 4 < all.len()).then(|| dirty.clone());
         PassWork {
             run_on,
             range,
+            only,
+            restricted,
             fresh: PassFreshness {
                 kept: ways.len() - full - patched - from_latest,
                 patched,
@@ -763,7 +825,7 @@ impl PassWork {
             .map(|(way, new)| match (way, new) {
                 (Way::Keep(old), _) => Ok(old & all),
                 (Way::Patch(old, d), Some(new)) => new.map(|new| ((old - &d) | (new & &d)) & all),
-                (Way::Full | Way::Latest, Some(new)) => new,
+                (Way::Full | Way::Latest | Way::LatestPatch(..), Some(new)) => new,
                 (_, None) => unreachable!("evaluated by the pass"),
             })
             .collect()

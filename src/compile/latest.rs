@@ -12,8 +12,10 @@
 //! in, by maximum, the matching rows of the events files it does not
 //! reflect: files added since (imports; files rewritten by a deletion or a
 //! compaction are read again, which a maximum ignores) and files holding
-//! events after its instant. It then answers the conditions for every
-//! contact, however far the clock moved, unless it moved back.
+//! events after its instant. It then answers the conditions, however far
+//! the clock moved, unless it moved back: for every contact, or, from a
+//! condition's kept result, for the contacts whose times changed and those
+//! with a time in the bands of time its window's ends swept ([`Patch`]).
 
 use std::collections::HashSet;
 
@@ -170,7 +172,7 @@ impl Session {
         keys: &[LatestKey],
         unread: &Unread,
         clock: &Clock,
-    ) -> Result<Vec<Latest>> {
+    ) -> Result<Vec<Folded>> {
         let olds = keys
             .iter()
             .map(|k| {
@@ -205,10 +207,92 @@ impl Session {
             .zip(olds)
             .zip(added.into_iter().zip(later))
             .map(|((k, old), (added, later))| {
+                let touched = &added.has | &later.has;
                 let folded = merge(old, presence, k.lo, added)?;
-                merge(&folded, &none, k.lo, later)
+                let times = if later.has.is_empty() {
+                    folded
+                } else {
+                    merge(&folded, &none, k.lo, later)?
+                };
+                Ok(Folded { times, touched })
             })
             .collect()
+    }
+}
+
+/// About how many ids one walk of a bitmap steps through in the time of a
+/// `rank`.
+const RANK_COST: u64 = 64;
+
+/// Latest times brought up to date, and the contacts with rows read.
+pub struct Folded {
+    pub times: Latest,
+    /// Contacts with matching rows in the files read: the only ones,
+    /// with the contacts added or deleted, whose times may have changed.
+    pub touched: RoaringBitmap,
+}
+
+/// Answering a condition from latest times for the contacts whose answer
+/// may have changed since its kept result only.
+pub struct Patch<'a> {
+    /// The kept times (before they were brought up to date).
+    pub before: &'a Latest,
+    /// The times now.
+    pub now: &'a Latest,
+    /// Contacts whose times may have changed: with rows read, added or
+    /// deleted.
+    pub touched: &'a RoaringBitmap,
+    /// The bands of time the condition's window ends and its `first`/
+    /// `last` instants swept since the kept result.
+    pub bands: &'a [(i64, i64)],
+}
+
+impl Patch<'_> {
+    /// The contacts whose answer may differ from the kept result: those
+    /// whose times changed, and those with a kept time in one of the swept
+    /// bands (for the others, every time is inside or outside the window
+    /// and each instant on the same side of every cut as before); with the
+    /// position of each one's times now, if it has some.
+    pub fn dirty(&self) -> (RoaringBitmap, Vec<(u32, Option<usize>)>) {
+        let k = self.before.slots.max(1);
+        let in_band = |t: i64| t != i64::MIN && self.bands.iter().any(|&(a, b)| a <= t && t <= b);
+        let hits = self
+            .before
+            .times
+            .chunks_exact(k)
+            .enumerate()
+            .filter(|(_, t)| t.iter().any(|&x| in_band(x)))
+            .map(|(at, _)| at);
+        let mut ids = self.before.ids.iter();
+        let mut last = 0usize;
+        let mut dirty: Vec<u32> = Vec::new();
+        for (n, at) in hits.enumerate() {
+            let skip = if n == 0 { at } else { at - last - 1 };
+            last = at;
+            if let Some(id) = ids.nth(skip) {
+                dirty.push(id);
+            }
+        }
+        let dirty =
+            RoaringBitmap::from_sorted_iter(dirty).expect("positions in order") | self.touched;
+        // Positions now: by rank for a few contacts, else by one walk of
+        // the ids in step with the dirty ones.
+        let ids = &self.now.ids;
+        let rows = if dirty.len().saturating_mul(RANK_COST) < ids.len() {
+            dirty
+                .iter()
+                .map(|id| (id, ids.contains(id).then(|| ids.rank(id) as usize - 1)))
+                .collect()
+        } else {
+            let mut rows = Vec::with_capacity(dirty.len() as usize);
+            let mut now = ids.iter().enumerate().peekable();
+            for id in &dirty {
+                while now.next_if(|&(_, x)| x < id).is_some() {}
+                rows.push((id, now.next_if(|&(_, x)| x == id).map(|(at, _)| at)));
+            }
+            rows
+        };
+        (dirty, rows)
     }
 }
 
@@ -217,6 +301,14 @@ impl Session {
 /// each contact keeps its latest ones of both.
 fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Result<Latest> {
     let k = old.slots.max(1);
+    // Nothing to merge in, drop or age out: the kept times stand.
+    if new.has.is_empty()
+        && old.from == from
+        && presence.is_disjoint(&old.ids)
+        && old.times.chunks_exact(k).all(|t| t[0] >= from)
+    {
+        return Ok(old.clone());
+    }
     let mut ids = Vec::with_capacity(old.ids.len() as usize + new.has.len() as usize);
     let mut times = Vec::with_capacity(ids.capacity() * k);
     let mut both = Vec::with_capacity(2 * k);
@@ -271,6 +363,63 @@ mod tests {
             ids: rows.iter().map(|(id, _)| *id).collect(),
             slots,
             times: rows.iter().flat_map(|(_, t)| t.iter().copied()).collect(),
+        }
+    }
+
+    /// The contacts a patch answers again, with their times now, against
+    /// a plain computation, for few of them (found by rank) and many
+    /// (found by a walk).
+    #[test]
+    fn a_patch_answers_again_the_contacts_touched_or_with_a_time_in_a_band() {
+        const N: i64 = i64::MIN;
+        // Contacts 0, 3, 6…: times 10·id and, for every other one, 5·id.
+        let rows: Vec<(u32, Vec<i64>)> = (0..30_000u32)
+            .step_by(3)
+            .map(|id| {
+                let t = 10 * i64::from(id);
+                (id, vec![t, if id % 2 == 0 { 5 * i64::from(id) } else { N }])
+            })
+            .collect();
+        let as_latest = |rows: &[(u32, Vec<i64>)]| Latest {
+            from: 0,
+            ids: rows.iter().map(|(id, _)| *id).collect(),
+            slots: 2,
+            times: rows.iter().flat_map(|(_, t)| t.iter().copied()).collect(),
+        };
+        let before = as_latest(&rows);
+        // Now: contact 3 gone, contact 4 new.
+        let mut now_rows: Vec<(u32, Vec<i64>)> =
+            rows.iter().filter(|(id, _)| *id != 3).cloned().collect();
+        now_rows.push((4, vec![7, N]));
+        now_rows.sort();
+        let now = as_latest(&now_rows);
+        for (bands, touched) in [
+            (vec![(100, 130)], vec![3u32, 4, 29_997]),
+            (vec![(0, 200_000)], vec![4]),
+        ] {
+            let touched: RoaringBitmap = touched.into_iter().collect();
+            let patch = Patch {
+                before: &before,
+                now: &now,
+                touched: &touched,
+                bands: &bands,
+            };
+            let (dirty, found) = patch.dirty();
+            let mut want: RoaringBitmap = rows
+                .iter()
+                .filter(|(_, t)| {
+                    t.iter()
+                        .any(|&x| x != N && bands.iter().any(|&(a, b)| a <= x && x <= b))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            want |= &touched;
+            assert_eq!(dirty, want);
+            let positions: Vec<(u32, Option<usize>)> = want
+                .iter()
+                .map(|id| (id, now_rows.iter().position(|(x, _)| *x == id)))
+                .collect();
+            assert_eq!(found, positions);
         }
     }
 

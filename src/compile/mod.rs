@@ -219,7 +219,7 @@ impl Session {
             Vec::new()
         };
         let ((contacts, c_ms), ((events, found), e_ms), (queries, q_ms)) = tokio::join!(
-            timed(self.contacts_pass(&plan.contact_leaves, clock, None)),
+            timed(self.contacts_pass(&plan.contact_leaves, clock, None, None)),
             timed(self.events_pass(&plan.event_leaves, clock, None, &keys)),
             timed(self.queries_pass(&plan.queries)),
         );
@@ -235,21 +235,25 @@ impl Session {
     }
 
     /// The contacts pass over every contact, or over the internal ids of
-    /// `range` only (the results then hold for those contacts only).
+    /// `range` only (the results then hold for those contacts only). With
+    /// `only`, the leaves it flags need hold for its contacts only.
     async fn contacts_pass(
         &self,
         leaves: &[Criterion],
         clock: &Clock,
         range: Option<Range<u32>>,
+        only: Option<(&RoaringBitmap, &[bool])>,
     ) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut exprs = Vec::new();
         let mut slots = Vec::new();
+        let mut restricted = Vec::new();
         for (i, leaf) in leaves.iter().enumerate() {
             match contacts_expr(leaf, self, clock) {
                 Ok(e) => {
                     exprs.push(e.alias(format!("l{i}")));
                     slots.push(i);
+                    restricted.push(only.is_some_and(|(_, r)| r[i]));
                     out.push(Ok(RoaringBitmap::new()));
                 }
                 Err(e) => out.push(Err(std::sync::Arc::new(e))),
@@ -258,7 +262,8 @@ impl Session {
         if exprs.is_empty() {
             return out;
         }
-        match self.contact_bitmaps(&exprs, range.clone()).await {
+        let rows = only.map(|(rows, _)| (rows, restricted.as_slice()));
+        match self.contact_bitmaps(&exprs, range.clone(), rows).await {
             Ok(bitmaps) => {
                 for (slot, bm) in slots.into_iter().zip(bitmaps) {
                     out[slot] = Ok(bm);
@@ -269,7 +274,7 @@ impl Session {
             Err(_) if exprs.len() > 1 => {
                 for (slot, e) in slots.into_iter().zip(exprs) {
                     out[slot] = self
-                        .contact_bitmaps(&[e], range.clone())
+                        .contact_bitmaps(&[e], range.clone(), None)
                         .await
                         .map(|mut v| v.remove(0))
                         .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));

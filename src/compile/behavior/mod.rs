@@ -458,24 +458,24 @@ impl Session {
     }
 
     /// A condition with a [`BehaviorParts::latest_key`], answered from the
-    /// times of each contact's latest matching events (`times`, `slots` per
-    /// contact, latest first, in the order of `ids`; none after the
-    /// condition's window ends): (contacts with a matching event, contacts
-    /// that pass), as the pass gives them.
-    pub fn answer_from_latest(
+    /// times of each contact's latest matching events (`slots` per contact,
+    /// latest first; none after the condition's window ends), for the
+    /// contacts `rows` gives with their times, by increasing id: (contacts
+    /// with a matching event, contacts that pass), as the pass gives them.
+    pub fn answer_from_latest<'a, I>(
         &self,
         p: &BehaviorParts,
         clock: &Clock,
-        ids: &RoaringBitmap,
-        times: &[i64],
-        slots: usize,
-    ) -> Result<(RoaringBitmap, RoaringBitmap)> {
+        rows: impl Fn() -> I,
+    ) -> Result<(RoaringBitmap, RoaringBitmap)>
+    where
+        I: Iterator<Item = (u32, &'a [i64])>,
+    {
         let unsorted = |e| Error::Internal(format!("latest times: {e}"));
         // Each contact's count of matching events in the window, up to
-        // `slots`, and its latest.
+        // the times kept, and its latest.
         let inside = || {
-            ids.iter()
-                .zip(times.chunks_exact(slots.max(1)))
+            rows()
                 .filter(|&(_, t)| p.lo <= t[0] && t[0] <= p.hi)
                 .map(|(id, t)| {
                     let n = t.iter().take_while(|&&x| x != i64::MIN && x >= p.lo);
