@@ -376,6 +376,7 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty.events.push((c.types.clone(), t.get(EVENTS)));
         dirty.files.extend(c.files.iter().cloned());
     }
+    dirty.files.extend(l.latest_imported.iter().cloned());
     let latest = match &l.latest {
         Some(f) => Some(LatestTimes::header(dir, f)?),
         None => None,
@@ -418,6 +419,15 @@ pub fn keep(
     sink.write_all(&serde_json::to_vec(&doc).expect("keys serialize"))
         .map_err(|e| Error::io(sink.path(), e))?;
     let keys = sink.finish_as(Durability::Rebuildable)?;
+    // Kept latest times that stand do not reflect the files imports added
+    // since they were written.
+    let mut latest_imported = Vec::new();
+    if let (Some(NextLatest::Same), Some(l)) = (latest, &w.next.leaves) {
+        latest_imported = l.latest_imported.clone();
+        for c in w.next.changes.iter().filter(|c| c.version > l.version) {
+            latest_imported.extend(c.files.iter().cloned());
+        }
+    }
     let latest = match latest {
         Some(NextLatest::Same) => w.next.leaves.as_ref().and_then(|l| l.latest.clone()),
         Some(NextLatest::New(l)) => {
@@ -438,6 +448,7 @@ pub fn keep(
         bitmaps,
         keys,
         latest,
+        latest_imported,
     });
     let version = w.next.version;
     w.next.changes.retain(|c| c.version > version);
@@ -450,6 +461,11 @@ pub fn keep(
 pub fn keep_again(w: &mut Writer, as_of: DateTime<Utc>) {
     let version = w.next.version;
     if let Some(l) = &mut w.next.leaves {
+        if l.latest.is_some() {
+            for c in w.next.changes.iter().filter(|c| c.version > l.version) {
+                l.latest_imported.extend(c.files.iter().cloned());
+            }
+        }
         l.version = version;
         l.as_of = as_of;
         w.next.changes.retain(|c| c.version > version);

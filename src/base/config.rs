@@ -48,6 +48,14 @@ pub struct Config {
     /// merged into one (`segments compact` does it for every month).
     #[serde(default = "default_compact_after_files")]
     pub compact_after_files: usize,
+    /// A recompute that brings the kept latest times of matching events up
+    /// to date writes them again only when the events files it folded in
+    /// hold more than this share of the base's events (in percent); below
+    /// it, the kept times stand and the next recompute folds those files in
+    /// again (an import of a few events need not rewrite times of every
+    /// contact). 0 writes them every time.
+    #[serde(default = "default_latest_rewrite_percent")]
+    pub latest_rewrite_percent: u32,
 }
 
 /// The user and password of `segments serve` (the environment variables
@@ -162,6 +170,9 @@ fn default_history_days() -> u32 {
 fn default_compact_after_files() -> usize {
     8
 }
+fn default_latest_rewrite_percent() -> u32 {
+    1
+}
 fn default_tags_separator() -> String {
     ";".into()
 }
@@ -188,6 +199,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             history_days: default_history_days(),
             compact_after_files: default_compact_after_files(),
+            latest_rewrite_percent: default_latest_rewrite_percent(),
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct KeptLeaves {
     /// [`crate::base::changes::LatestTimes`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<DataFile>,
+    /// The events files imports added since those latest times were
+    /// written, which they do not reflect: all their rows are new to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latest_imported: Vec<String>,
 }
 
 /// The contacts one import or deletion changed.

@@ -593,6 +593,19 @@ impl Session {
             _ if !renewed => {
                 (kept_latest.is_some() && kept.latest_file.is_some()).then_some(NextLatest::Same)
             }
+            // Times brought up to date from a few rows stand as they were
+            // kept: the next run folds those rows in again.
+            // (Not when contacts were deleted: the next run would not know
+            // to drop their times.)
+            _ if to_find.is_empty()
+                && kept_latest.is_some()
+                && kept.latest_file.is_some()
+                && (&dirty.presence - all).is_empty()
+                && work.unread.only_new_rows
+                && self.few_unread(&work.unread) =>
+            {
+                Some(NextLatest::Same)
+            }
             (found, Ok(folded), body) if found.is_some() || to_find.is_empty() => {
                 let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
                 for (k, l) in to_fold.iter().zip(folded) {
@@ -631,6 +644,19 @@ impl Session {
             },
             freshness,
         ))
+    }
+
+    /// Whether the events files kept latest times do not reflect hold few
+    /// enough rows to be folded in again by the next run rather than the
+    /// times written again (`latest_rewrite_percent` of the base's events).
+    fn few_unread(&self, unread: &latest::Unread) -> bool {
+        let events = &self.manifest.events;
+        let rows = |files: &[usize]| files.iter().map(|&i| events[i].rows).sum::<u64>();
+        let unread = rows(&unread.added) + rows(&unread.later);
+        let all: u64 = events.iter().map(|e| e.rows).sum();
+        unread.saturating_mul(100)
+            <= all.saturating_mul(u64::from(self.base.config.latest_rewrite_percent))
+            && unread > 0
     }
 
     /// About how many events fall in some closed intervals of time, from

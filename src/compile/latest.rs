@@ -181,13 +181,17 @@ impl Session {
                     .ok_or_else(|| Error::Internal(format!("no latest times kept for {}", k.key)))
             })
             .collect::<Result<Vec<&Latest>>>()?;
-        // Each key keeps as many times as it kept before.
+        // Each key keeps as many times as it kept before. Rows are read from
+        // the kept times' earliest instant on, so that the contacts with
+        // rows read (`touched`) are all those whose times, as a kept result
+        // computed from these files saw them, differ from the kept ones
+        // (rows before the key's earliest instant now are then dropped).
         let scan = |files: &[usize], after: i64| {
             let leaves: Vec<BehaviorParts> = keys
                 .iter()
                 .zip(&olds)
                 .map(|(k, old)| {
-                    let lo = k.lo.max(after);
+                    let lo = k.lo.min(old.from).max(after);
                     k.parts.latest(lo, clock.as_of_micros(), old.slots)
                 })
                 .collect();
