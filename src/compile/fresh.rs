@@ -243,6 +243,7 @@ impl Session {
                 })
             })
             .collect();
+        let forward = kept.as_of <= clock.as_of;
         let mut events = Vec::with_capacity(plan.event_leaves.len());
         let mut banded: Vec<(usize, Banded)> = Vec::new();
         for (i, ((b, key), now)) in plan
@@ -264,7 +265,9 @@ impl Session {
                         // are evaluated again (their latest times are
                         // still brought up to date).
                         (Moved::Same, Some(k)) if served[k] => Way::Patch(old.clone(), dirty),
-                        (Moved::Bands(bands), Some(k)) if served[k] => {
+                        // (Not when the clock went back: the kept result
+                        // saw rows after the instant the times now reach.)
+                        (Moved::Bands(bands), Some(k)) if served[k] && forward => {
                             Way::LatestPatch(old.clone(), bands)
                         }
                         (_, Some(k)) if served[k] => Way::Latest,
