@@ -46,6 +46,26 @@ fn cut_in_half(f: &std::path::Path) {
     file.set_len(len / 2).unwrap();
 }
 
+/// `check` fails on a base with a damaged file (`rel`), naming it, without
+/// a panic: the file's name and what `check` printed.
+fn check_names(dir: &std::path::Path, rel: &str, what: &str) -> (String, String) {
+    let name = std::path::Path::new(rel)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let out = segments(dir).arg("check").output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: check passed: {text}");
+    assert!(
+        text.contains(&name),
+        "{what}: check does not name {name}: {text}"
+    );
+    assert!(!text.contains("panicked"), "{what}: {text}");
+    (name, text)
+}
+
 fn contacts_file(m: &segments::base::Manifest) -> String {
     m.contacts.as_ref().unwrap().path.clone()
 }
@@ -144,20 +164,7 @@ fn damaged_files_are_named_by_check_and_by_the_commands_that_read_them() {
         };
         (d.damage)(&dir.join(&rel));
         let what = d.what;
-        let name = std::path::Path::new(&rel)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let out = segments(&dir).arg("check").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: check passed: {text}");
-        assert!(
-            text.contains(&name),
-            "{what}: check does not name {name}: {text}"
-        );
-        assert!(!text.contains("panicked"), "{what}: {text}");
+        let (name, _) = check_names(&dir, &rel, what);
         for args in d.fail {
             let out = segments(&dir).args(*args).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -281,19 +288,8 @@ fn damaged_kept_results_are_computed_again() {
             .unwrap();
         let rel = file(snap.manifest.leaves.as_ref().unwrap());
         damage(&dir.join(&rel));
-        let name = std::path::Path::new(&rel)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let out = segments(&dir).arg("check").output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: check passed: {text}");
-        assert!(
-            text.contains(&name) && text.contains("computes them again"),
-            "{what}: {text}"
-        );
+        let (_, text) = check_names(&dir, &rel, what);
+        assert!(text.contains("computes them again"), "{what}: {text}");
         let (fresh, damaged) = run(&dir, false);
         assert_eq!(damaged, full, "{what}");
         assert!(

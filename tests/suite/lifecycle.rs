@@ -42,6 +42,17 @@ fn members(tb: &TestBase, id: &str) -> Vec<u32> {
     m.members.iter().collect()
 }
 
+/// The one number a `SELECT count(*) …` gives.
+fn count(snap: &segments::base::Snapshot, sql: &str) -> u64 {
+    let batches = rt().block_on(segments::sql::run_query(snap, sql)).unwrap();
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .unwrap()
+        .value(0) as u64
+}
+
 #[test]
 fn defaults_are_computed_with_statistics_equal_to_a_recount() {
     let tb = base();
@@ -51,19 +62,11 @@ fn defaults_are_computed_with_statistics_equal_to_a_recount() {
     assert_eq!(stats.contacts, 2);
     assert_eq!(stats.email_optins, 2);
     assert_eq!(stats.sms_optins, 1);
-    let recount = rt()
-        .block_on(segments::sql::run_query(
-            &snap,
-            "SELECT count(*) AS n FROM contacts WHERE email <> '' AND email_optin",
-        ))
-        .unwrap();
-    let n = recount[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
-    assert_eq!(n as u64, stats.contacts);
+    let n = count(
+        &snap,
+        "SELECT count(*) AS n FROM contacts WHERE email <> '' AND email_optin",
+    );
+    assert_eq!(n, stats.contacts);
     assert_eq!(members(&tb, "email_bad_addresses").len(), 1);
     assert_eq!(members(&tb, "sms_unsubscribed").len(), 1);
     assert_eq!(members(&tb, "all_contacts").len(), 4);
@@ -612,19 +615,11 @@ fn few_changes_to_a_large_segment_are_kept_as_entries_and_exits() {
             segments::base::check::check(&snap).unwrap().is_empty(),
             "round {round}"
         );
-        let n = rt
-            .block_on(segments::sql::run_query(
-                &snap,
-                "SELECT count(*) FROM segment_members WHERE segment_id = 'big'",
-            ))
-            .unwrap();
-        let n = n[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(n as u64, want.len(), "round {round}");
+        let n = count(
+            &snap,
+            "SELECT count(*) FROM segment_members WHERE segment_id = 'big'",
+        );
+        assert_eq!(n, want.len(), "round {round}");
     }
     // Eight computations kept as entries and exits, then written whole.
     assert_eq!(pending, [1, 2, 3, 4, 5, 6, 7, 8, 0, 1]);
