@@ -36,7 +36,8 @@ pub struct BenchOptions {
     /// Timed runs per workload (after one warm-up run).
     pub runs: usize,
     /// nightly, incremental, preview (or one of them: preview:parisiens),
-    /// floor, nested-count, overlap, sql, import, or all.
+    /// floor, nested-count, overlap, sql (or one query: sql:city-of-segment),
+    /// import, or all.
     pub workloads: Vec<String>,
 }
 

@@ -264,9 +264,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     }
 
     let sql_queries = sql_queries();
-    if wants("sql") {
-        for q in &sql_queries {
-            let name = q["name"].as_str().unwrap_or("sql");
+    for q in &sql_queries {
+        let name = q["name"].as_str().unwrap_or("sql");
+        if wants("sql") || wants(&format!("sql:{name}")) {
             let text = q["segments"].as_str().unwrap_or("");
             let (runs, rows) = time_runs(opts.runs, || {
                 let snap = base.snapshot()?;

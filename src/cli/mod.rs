@@ -227,7 +227,8 @@ struct BenchArgs {
     runs: usize,
     /// nightly, incremental, preview (or one of them: preview:parisiens),
     /// floor (decoding only what the nightly and each preview read),
-    /// nested-count, overlap, sql, import, or all.
+    /// nested-count, overlap, sql (or one query: sql:city-of-segment),
+    /// import, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
 }

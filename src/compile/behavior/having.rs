@@ -75,35 +75,48 @@ impl Scan {
     ) -> Result<RecordBatch> {
         let k = test.leaf;
         let leaf = &self.leaves[k];
+        let rows: Vec<usize> = rows.collect();
         let n = |i: usize| st.n[st.cap * k + i];
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(
-            rows.clone().map(|i| n(i) as i64),
-        ))];
+        // Values and validity are built apart, each in one pass over the
+        // rows: an array collected from options pays a builder per value.
+        let valid = |present: &dyn Fn(usize) -> bool| {
+            let bits = BooleanBuffer::collect_bool(rows.len(), |j| present(rows[j]));
+            Some(NullBuffer::new(bits)).filter(|b| b.null_count() > 0)
+        };
+        let counts: Vec<i64> = rows.iter().map(|&i| n(i) as i64).collect();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(counts))];
         match leaf.agg {
             Agg::Count => {}
             Agg::First | Agg::Last => {
-                let a: TimestampMicrosecondArray = rows
-                    .map(|i| (n(i) > 0).then(|| st.t[st.cap * leaf.time + i]))
-                    .collect();
+                let at = st.cap * leaf.time;
+                let times: Vec<i64> = rows.iter().map(|&i| st.t[at + i]).collect();
                 let tz = match &self.ts_type {
                     DataType::Timestamp(_, tz) => tz.clone(),
                     _ => None,
                 };
+                let a = TimestampMicrosecondArray::new(times.into(), valid(&|i| n(i) > 0));
                 columns.push(Arc::new(a.with_timezone_opt(tz)));
             }
-            _ => {
-                let a: Float64Array = rows
-                    .map(|i| {
-                        let at = st.cap * leaf.float + i;
-                        (st.nn[at], st.f[at])
-                    })
-                    .map(|(c, v)| match leaf.agg {
-                        Agg::Sum => Some(v),
-                        Agg::Avg => (c > 0).then(|| v / c as f64),
-                        _ => (c > 0).then_some(v),
-                    })
-                    .collect();
-                columns.push(Arc::new(a));
+            agg => {
+                let at = st.cap * leaf.float;
+                let (nn, f) = (&st.nn[at..], &st.f[at..]);
+                let values: Vec<f64> = match agg {
+                    Agg::Avg => rows
+                        .iter()
+                        .map(|&i| match nn[i] {
+                            0 => 0.0,
+                            c => f[i] / c as f64,
+                        })
+                        .collect(),
+                    _ => rows.iter().map(|&i| f[i]).collect(),
+                };
+                // A sum of no values is 0; the other aggregates of none are
+                // empty.
+                let nulls = match agg {
+                    Agg::Sum => None,
+                    _ => valid(&|i| nn[i] > 0),
+                };
+                columns.push(Arc::new(Float64Array::new(values.into(), nulls)));
             }
         }
         Ok(RecordBatch::try_new(test.schema.clone(), columns)?)

@@ -535,9 +535,16 @@ impl Session {
         let scan = Scan::new(self, parts, clock, None)?;
         let end = self.all_contacts.max().map(|m| m + 1).unwrap_or(0);
         let mut plans = Vec::new();
-        for projection in &scan.projections {
+        for (p, projection) in scan.projections.iter().enumerate() {
+            let read = scan.groups.iter().zip(&scan.tables);
+            let Some((group, table)) = read
+                .filter_map(|(g, tables)| Some((g, tables[p].as_ref()?)))
+                .next()
+            else {
+                continue;
+            };
             let df = scan
-                .frame(&self.ctx, &scan.groups[0], projection, 0, end)
+                .frame(&self.ctx, group, table, projection, 0, end)
                 .await?;
             plans.push(df.into_optimized_plan()?.display_indent().to_string());
         }
@@ -628,8 +635,6 @@ struct Projection {
 /// Events files read by one plan of each shard.
 #[derive(Clone)]
 struct FileGroup {
-    /// None: the snapshot's whole `events` table.
-    table: Option<Arc<dyn datafusion::catalog::TableProvider>>,
     /// The time that stands for every row, for files read without `ts`.
     ts: Option<i64>,
     /// That time, a batch long.
@@ -645,6 +650,9 @@ struct Scan {
     /// The same groups, each read with its `ts` (for projections that
     /// keep times).
     timed_groups: Vec<FileGroup>,
+    /// Per group, per projection: a table of the group's files that the
+    /// projection's window reaches (None: no such file).
+    tables: Vec<Vec<Option<Arc<dyn datafusion::catalog::TableProvider>>>>,
     leaves: Vec<Leaf>,
     /// Event type → the conditions that accept it.
     by_type: HashMap<String, Vec<u32>>,

@@ -79,7 +79,7 @@ impl Scan {
                 pass: session.physical_expr(pass, &df_schema)?,
             });
         }
-        let groups = file_groups(session, &leaves, value_cuts, files)?;
+        let groups = file_groups(session, &leaves, value_cuts, files);
         // Files whose row groups mix types would be read once per
         // projection: they are read once, with every column.
         let stored_by_type = session
@@ -107,6 +107,28 @@ impl Scan {
                 Ok(ScalarValue::try_from(field.data_type())?)
             })
             .collect::<Result<Vec<_>>>()?;
+        // Each projection reads those files of a group that its window
+        // reaches, through a table of its own.
+        let tables = groups
+            .iter()
+            .map(|g| {
+                projections
+                    .iter()
+                    .map(|p| {
+                        let files: Vec<&EventFile> = g
+                            .files
+                            .iter()
+                            .map(|&i| &session.manifest.events[i])
+                            .filter(|e| p.lo <= p.hi && e.min_ts <= p.hi && p.lo <= e.max_ts)
+                            .collect();
+                        match files.is_empty() {
+                            true => Ok(None),
+                            false => session.events_table(&files).map(Some),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let timed_groups = groups
             .iter()
             .map(|g| FileGroup {
@@ -118,6 +140,7 @@ impl Scan {
         Ok(Scan {
             groups,
             timed_groups,
+            tables,
             leaves,
             by_type,
             values,
@@ -274,6 +297,7 @@ impl Scan {
         &self,
         ctx: &SessionContext,
         group: &FileGroup,
+        table: &Arc<dyn datafusion::catalog::TableProvider>,
         projection: &Projection,
         lo: u32,
         hi: u32,
@@ -325,17 +349,19 @@ impl Scan {
             };
             select.push(d.alias(format!("d{j}")));
         }
-        let table = match &group.table {
-            Some(t) => {
-                let source = datafusion::datasource::provider_as_source(t.clone());
-                let plan =
-                    datafusion::logical_expr::LogicalPlanBuilder::scan(EVENTS, source, None)?
-                        .build()?;
-                DataFrame::new(ctx.state(), plan)
-            }
-            None => ctx.table(EVENTS).await?,
-        };
-        Ok(table.filter(filter)?.select(select)?)
+        let source = datafusion::datasource::provider_as_source(table.clone());
+        let plan =
+            datafusion::logical_expr::LogicalPlanBuilder::scan(EVENTS, source, None)?.build()?;
+        // The files were chosen by their times before the scan: statistics
+        // of whole files would prune none of them, and checking them again
+        // costs every file of every shard.
+        let mut state = ctx.state();
+        state
+            .config_mut()
+            .options_mut()
+            .execution
+            .collect_statistics = false;
+        Ok(DataFrame::new(state, plan).filter(filter)?.select(select)?)
     }
 
     pub(super) async fn run_shard(
@@ -358,7 +384,7 @@ impl Scan {
         } else {
             &[]
         };
-        for (group, timed) in groups.iter().zip(&self.timed_groups) {
+        for ((group, timed), tables) in groups.iter().zip(&self.timed_groups).zip(&self.tables) {
             // Types none of whose windows holds these rows are not read:
             // files read without `ts` lie wholly inside or outside each
             // window, on the side of the time that stands for their rows.
@@ -366,10 +392,13 @@ impl Scan {
                 None => p.lo <= p.hi,
                 Some(t) => p.lo <= t && t <= p.hi,
             };
-            for projection in self.projections.iter().filter(reached) {
+            for (projection, table) in self.projections.iter().zip(tables) {
+                let Some(table) = table.as_ref().filter(|_| reached(&projection)) else {
+                    continue;
+                };
                 let group = if projection.timed { timed } else { group };
                 let plan = self
-                    .frame(ctx, group, projection, lo, hi)
+                    .frame(ctx, group, table, projection, lo, hi)
                     .await?
                     .create_physical_plan()
                     .await?;
@@ -507,59 +536,47 @@ impl Scan {
 /// window takes all of its rows or none and each first/last value stays
 /// on the same side of every instant its test compares it with (the
 /// largest of such values too). Such files are grouped by those sides;
-/// the others are read in full; files no window reaches are left out.
-/// Without files to read so, the one group is the whole `events` table.
+/// the others are read in full, in one group; files no window reaches are
+/// left out.
 fn file_groups(
     session: &Session,
     leaves: &[Leaf],
     value_cuts: Option<Vec<i64>>,
     only: Option<&[usize]>,
-) -> Result<Vec<FileGroup>> {
-    let table = |files: &[usize]| {
-        let files: Vec<&EventFile> = files.iter().map(|&i| &session.manifest.events[i]).collect();
-        session.events_table(&files)
-    };
-    let whole = || -> Result<Vec<FileGroup>> {
-        Ok(match only {
-            None => vec![FileGroup {
-                table: None,
-                ts: None,
-                fill: Vec::new(),
-                files: (0..session.manifest.events.len()).collect(),
-            }],
-            Some([]) => Vec::new(),
-            Some(files) => vec![FileGroup {
-                table: Some(table(files)?),
-                ts: None,
-                fill: Vec::new(),
-                files: files.to_vec(),
-            }],
+) -> Vec<FileGroup> {
+    let events = &session.manifest.events;
+    // The files some condition's window reaches; the others are left out.
+    let windows: Vec<(i64, i64)> = leaves
+        .iter()
+        .filter(|l| l.lo <= l.hi)
+        .map(|l| (l.lo, l.hi))
+        .collect();
+    let reached: Vec<usize> = (0..events.len())
+        .filter(|i| only.is_none_or(|only| only.contains(i)))
+        .filter(|&i| {
+            let (min, max) = (events[i].min_ts, events[i].max_ts);
+            windows.iter().any(|&(lo, hi)| min <= hi && lo <= max)
         })
+        .collect();
+    let in_full = |files: Vec<usize>| match files.is_empty() {
+        true => Vec::new(),
+        false => vec![FileGroup {
+            ts: None,
+            fill: Vec::new(),
+            files,
+        }],
     };
     let Some(mut cuts) = value_cuts else {
-        return whole();
+        return in_full(reached);
     };
-    for l in leaves.iter().filter(|l| l.lo <= l.hi) {
-        cuts.push(l.lo);
-        cuts.push(l.hi.saturating_add(1));
-    }
+    cuts.extend(windows.iter().flat_map(|&(lo, hi)| [lo, hi.saturating_add(1)]));
     cuts.retain(|&c| c > i64::MIN && c < i64::MAX);
     cuts.sort_unstable();
     cuts.dedup();
     let mut exact = Vec::new();
     let mut alike: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
-    for (i, file) in session.manifest.events.iter().enumerate() {
-        if only.is_some_and(|only| !only.contains(&i)) {
-            continue;
-        }
-        let (min, max) = (file.min_ts, file.max_ts);
-        if leaves
-            .iter()
-            .filter(|l| l.lo <= l.hi)
-            .all(|l| max < l.lo || min > l.hi)
-        {
-            continue;
-        }
+    for i in reached {
+        let (min, max) = (events[i].min_ts, events[i].max_ts);
         if cuts.iter().any(|&c| min < c && c <= max) {
             exact.push(i);
             continue;
@@ -570,29 +587,17 @@ fn file_groups(
             None => alike.push((sides, vec![i])),
         }
     }
-    if alike.is_empty() {
-        return whole();
-    }
     let batch = session.ctx.copied_config().batch_size();
-    let mut groups = Vec::with_capacity(alike.len() + 1);
-    if !exact.is_empty() {
-        groups.push(FileGroup {
-            table: Some(table(&exact)?),
-            ts: None,
-            fill: Vec::new(),
-            files: exact,
-        });
-    }
+    let mut groups = in_full(exact);
     for (_, files) in alike {
-        let t = session.manifest.events[files[0]].min_ts;
+        let t = events[files[0]].min_ts;
         groups.push(FileGroup {
-            table: Some(table(&files)?),
             ts: Some(t),
             fill: vec![t; batch],
             files,
         });
     }
-    Ok(groups)
+    groups
 }
 
 /// The instants at which the value `a` of a first/last test changes its
