@@ -273,18 +273,36 @@ impl PageRows {
             let keys = &self.keys;
             BooleanBuffer::collect_bool(n, |i| lut[keys[i] as usize])
         } else {
-            // The keys are those of the present rows, in order; without a
-            // branch per row (nulls come at random), each row looks up
-            // the next key (a last key stands past the end) and moves on
-            // if it is present.
+            // The keys are those of the present rows, in order. A row's
+            // key is found by counting the present rows before it, word
+            // by word, so that no row waits on the one before it (a last
+            // key stands past the end, for null rows after the last one).
             self.keys.push(0);
-            let (keys, valid) = (&self.keys, &self.valid);
-            let mut next = 0;
+            let words: Vec<u64> = self
+                .valid
+                .chunks(8)
+                .map(|c| {
+                    let mut word = [0u8; 8];
+                    word[..c.len()].copy_from_slice(c);
+                    u64::from_le_bytes(word)
+                })
+                .collect();
+            let before: Vec<usize> = words
+                .iter()
+                .scan(0, |at, w| {
+                    let start = *at;
+                    *at += w.count_ones() as usize;
+                    Some(start)
+                })
+                .collect();
+            let keys = &self.keys;
             BooleanBuffer::collect_bool(n, |i| {
-                let present = (valid[i >> 3] >> (i & 7)) & 1;
-                let hit = lut[keys[next] as usize];
-                next += present as usize;
-                if present == 1 { hit } else { on_null }
+                let (word, bit) = (words[i >> 6], i & 63);
+                let key = before[i >> 6] + (word & ((1u64 << bit) - 1)).count_ones() as usize;
+                match (word >> bit) & 1 {
+                    1 => lut[keys[key] as usize],
+                    _ => on_null,
+                }
             })
         };
         out.append_buffer(&bits);

@@ -8,7 +8,8 @@ impl Scan {
     pub(super) fn finish(&self, st: &State, lo: u32) -> Result<Vec<LeafBits>> {
         let mut out: Vec<LeafBits> = Vec::with_capacity(self.leaves.len());
         for (l, leaf) in self.leaves.iter().enumerate() {
-            let bits = BooleanBuffer::collect_bool(st.len, |i| st.n[st.cap * l + i] > 0);
+            let counts = &st.n[st.cap * l..st.cap * l + st.len];
+            let bits = BooleanBuffer::collect_bool(st.len, |i| counts[i] > 0);
             let has = bits_from(lo, &bits);
             let pass = if leaf.exists == Some(true) {
                 has.clone()
@@ -76,14 +77,10 @@ impl Scan {
         let k = test.leaf;
         let leaf = &self.leaves[k];
         let rows: Vec<usize> = rows.collect();
-        let n = |i: usize| st.n[st.cap * k + i];
+        let n = &st.n[st.cap * k..];
         // Values and validity are built apart, each in one pass over the
         // rows: an array collected from options pays a builder per value.
-        let valid = |present: &dyn Fn(usize) -> bool| {
-            let bits = BooleanBuffer::collect_bool(rows.len(), |j| present(rows[j]));
-            Some(NullBuffer::new(bits)).filter(|b| b.null_count() > 0)
-        };
-        let counts: Vec<i64> = rows.iter().map(|&i| n(i) as i64).collect();
+        let counts: Vec<i64> = rows.iter().map(|&i| n[i] as i64).collect();
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(counts))];
         match leaf.agg {
             Agg::Count => {}
@@ -94,7 +91,7 @@ impl Scan {
                     DataType::Timestamp(_, tz) => tz.clone(),
                     _ => None,
                 };
-                let a = TimestampMicrosecondArray::new(times.into(), valid(&|i| n(i) > 0));
+                let a = TimestampMicrosecondArray::new(times.into(), validity(&rows, |i| n[i] > 0));
                 columns.push(Arc::new(a.with_timezone_opt(tz)));
             }
             agg => {
@@ -114,13 +111,19 @@ impl Scan {
                 // empty.
                 let nulls = match agg {
                     Agg::Sum => None,
-                    _ => valid(&|i| nn[i] > 0),
+                    _ => validity(&rows, |i| nn[i] > 0),
                 };
                 columns.push(Arc::new(Float64Array::new(values.into(), nulls)));
             }
         }
         Ok(RecordBatch::try_new(test.schema.clone(), columns)?)
     }
+}
+
+/// The validity of some rows: none when every one is present.
+fn validity(rows: &[usize], present: impl Fn(usize) -> bool) -> Option<NullBuffer> {
+    let bits = BooleanBuffer::collect_bool(rows.len(), |j| present(rows[j]));
+    Some(NullBuffer::new(bits)).filter(|b| b.null_count() > 0)
 }
 
 /// The smallest count from which a count condition gives the same answer

@@ -569,7 +569,11 @@ fn file_groups(
     let Some(mut cuts) = value_cuts else {
         return in_full(reached);
     };
-    cuts.extend(windows.iter().flat_map(|&(lo, hi)| [lo, hi.saturating_add(1)]));
+    cuts.extend(
+        windows
+            .iter()
+            .flat_map(|&(lo, hi)| [lo, hi.saturating_add(1)]),
+    );
     cuts.retain(|&c| c > i64::MIN && c < i64::MAX);
     cuts.sort_unstable();
     cuts.dedup();
