@@ -61,6 +61,10 @@ pub struct EventImportOptions {
     pub skip_unknown: bool,
 }
 
+/// A chunk of fewer rows than the base's contacts over this looks up its
+/// contacts' ids alone.
+const FEW_IDS: u64 = 16;
+
 /// Append the events of a file. On any error nothing is published (files
 /// written for earlier chunks stay unreferenced and are collected).
 ///
@@ -86,7 +90,10 @@ pub fn import_events(
     let schema = events_schema(&columns);
     let sep = w.base.config.tags_separator.clone();
     let dir = w.dir().to_path_buf();
-    let map = ContactIdMap::load(&dir, &w.next)?;
+    // The whole id map, once a chunk names many contacts; for a chunk of a
+    // few, the ids of its contacts alone (a micro-batch then costs a read
+    // of the ids, not a hash of every contact of the base).
+    let mut whole: Option<ContactIdMap> = None;
 
     let mut unknown = 0u64;
     // The first event of an unknown contact: where, and whose.
@@ -98,6 +105,14 @@ pub fn import_events(
     for chunk in input.iter() {
         let chunk = chunk?;
         let ids = input_contact_ids(&chunk)?;
+        if whole.is_none() && ids.len() as u64 * FEW_IDS >= w.next.contact_count {
+            whole = Some(ContactIdMap::load(&dir, &w.next)?);
+        }
+        let some = match whole {
+            Some(_) => None,
+            None => Some(ContactIdMap::load_some(&dir, &w.next, &ids)?),
+        };
+        let map = whole.as_ref().or(some.as_ref()).expect("an id map");
         // The internal id of each row, `None` for a contact not in the base.
         let found: Vec<Option<u32>> = ids
             .par_iter()

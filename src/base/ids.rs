@@ -21,15 +21,34 @@ pub struct ContactIdMap {
 
 impl ContactIdMap {
     pub fn load(dir: &Path, m: &Manifest) -> Result<ContactIdMap> {
+        Self::read(dir, m, None)
+    }
+
+    /// The map of the contacts among `wanted` only: for a few ids, reading
+    /// the base's ids costs much less than hashing every one of them.
+    pub fn load_some(dir: &Path, m: &Manifest, wanted: &[u64]) -> Result<ContactIdMap> {
+        let wanted: datafusion::common::HashSet<u64> = wanted.iter().copied().collect();
+        Self::read(dir, m, Some(&wanted))
+    }
+
+    fn read(
+        dir: &Path,
+        m: &Manifest,
+        wanted: Option<&datafusion::common::HashSet<u64>>,
+    ) -> Result<ContactIdMap> {
         let Some(f) = &m.contacts else {
             return Ok(ContactIdMap::default());
         };
         let batch = read_parquet_one(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
-        let mut to_iid = datafusion::common::HashMap::with_capacity(batch.num_rows());
         let (iids, cids) = id_columns(&batch)?;
-        for (i, c) in iids.values().iter().zip(cids.values()) {
-            to_iid.insert(*c, *i);
-        }
+        let pairs = iids.values().iter().zip(cids.values());
+        let to_iid = match wanted {
+            None => pairs.map(|(i, c)| (*c, *i)).collect(),
+            Some(wanted) => pairs
+                .filter(|(_, c)| wanted.contains(*c))
+                .map(|(i, c)| (*c, *i))
+                .collect(),
+        };
         Ok(ContactIdMap { to_iid })
     }
 }

@@ -270,6 +270,40 @@ fn unknown_contact_events_fail_with_count_or_are_skipped() {
 }
 
 #[test]
+fn a_few_events_into_a_larger_base_find_their_contacts_alone() {
+    // Fewer rows than a sixteenth of the contacts: the import looks up the
+    // ids it names, not the whole base's.
+    let tb = new_base("UTC");
+    let contacts: String = (1000..1100).map(|id| format!("{id}\n")).collect();
+    tb.import_contacts("a", &format!("contact_id\n{contacts}"))
+        .unwrap();
+    let (before_versions, before_files) = (versions(&tb), files(&tb));
+    let err = tb
+        .import_events(
+            "e",
+            "contact_id,ts,type\n1090,2026-01-01T00:00:00Z,web_visit\n5,2026-01-01T00:00:00Z,web_visit\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 3, column \"contact_id\": 1 event(s)") && err.contains("contact_id 5"),
+        "{err}"
+    );
+    assert_eq!(versions(&tb), before_versions, "a failed import published");
+    assert!(files(&tb) == before_files, "a failed import changed files");
+    tb.import_events(
+        "e",
+        "contact_id,ts,type\n1090,2026-01-01T00:00:00Z,web_visit\n1005,2026-01-02T00:00:00Z,purchase\n1090,2026-01-03T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    let as_of = at("2026-02-01T00:00:00Z");
+    let visited = json!({"behavior": {"event": "web_visit"}});
+    let bought = json!({"behavior": {"event": "purchase", "having": {"agg": "count", "op": "gte", "value": 1}}});
+    assert_eq!(tb.eval(&visited, as_of).unwrap(), vec![1090]);
+    assert_eq!(tb.eval(&bought, as_of).unwrap(), vec![1005, 1090]);
+}
+
+#[test]
 fn ids_are_stable_and_never_reused_after_deletion() {
     let tb = new_base("UTC");
     tb.import_contacts("a", "contact_id,city\n10,A\n20,B\n30,C\n")
