@@ -158,7 +158,8 @@ pub fn import_events(
                 .iter()
                 .position(|c| c.name == required)
                 .expect("standard")];
-            if let Some(row) = (0..a.len()).find(|&r| a.is_null(r) && keep[r]) {
+            let nulls = a.nulls().filter(|n| n.null_count() > 0);
+            if let Some(row) = nulls.and_then(|n| (0..a.len()).find(|&r| n.is_null(r) && keep[r])) {
                 return Err(chunk.error(row, required, format!("{required} is missing")));
             }
         }

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use datafusion::arrow::array::{Array, RecordBatch, UInt32Array, UInt64Array};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, UInt64Type};
 
 use crate::base::input::{ColumnData, InputTable};
 use crate::base::manifest::Manifest;
@@ -90,6 +90,11 @@ pub fn input_contact_ids(input: &InputTable) -> Result<Vec<u64>> {
                 }),
             })
             .collect(),
+        // Unsigned ids without nulls (as this engine and most writers
+        // store them) are taken as they are.
+        ColumnData::Arrow(raw) if raw.null_count() == 0 && raw.data_type() == &DataType::UInt64 => {
+            Ok(raw.as_primitive::<UInt64Type>().values().to_vec())
+        }
         ColumnData::Arrow(_) => {
             let arr = input.typed(idx, &ty, ";")?;
             let cast = datafusion::arrow::compute::cast(&arr, &DataType::UInt64);

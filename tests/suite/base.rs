@@ -753,6 +753,71 @@ fn text_columns_of_few_values_are_stored_as_dictionaries_with_the_same_answers()
 }
 
 #[test]
+fn unsigned_contact_ids_from_parquet_find_their_contacts() {
+    use datafusion::arrow::array::{
+        ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    let tb = new_base("UTC");
+    // Ids past the largest signed 64-bit integer are ids too.
+    let big = u64::MAX - 1;
+    tb.import_contacts("a", &format!("contact_id\n1\n2\n{big}\n"))
+        .unwrap();
+    let write = |name: &str, ids: Vec<u64>| {
+        let n = ids.len();
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("contact_id", DataType::UInt64, false),
+            Field::new("ts", ts, false),
+            Field::new("type", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(ids)),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    (0..n as i64).map(|i| 1_767_225_600_000_000 + i),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec!["purchase"; n])),
+        ];
+        let path = tb.path().join(name);
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path
+    };
+    let import = |path: &std::path::Path| {
+        let mut w = tb.base.writer("t").unwrap();
+        let r = segments::base::events::import_events(
+            &mut w,
+            path,
+            &segments::base::events::EventImportOptions {
+                name: None,
+                skip_unknown: false,
+            },
+        );
+        r.map(|_| w.commit().unwrap()).map_err(|e| e.to_string())
+    };
+    let err = import(&write("unknown.parquet", vec![2, 7])).unwrap_err();
+    assert!(
+        err.contains("1 event(s)") && err.contains("contact_id 7"),
+        "{err}"
+    );
+    import(&write("known.parquet", vec![big, 2, big])).unwrap();
+    let bought = json!({"behavior": {"event": "purchase", "having": {"agg": "count", "op": "gte", "value": 2}}});
+    assert_eq!(
+        tb.eval(&bought, at("2026-02-01T00:00:00Z")).unwrap(),
+        vec![big]
+    );
+}
+
+#[test]
 fn events_text_from_parquet_reads_the_same_however_it_was_written() {
     use datafusion::arrow::array::{
         Array, ArrayRef, DictionaryArray, Int64Array, LargeStringArray, RecordBatch, StringArray,
