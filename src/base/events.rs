@@ -61,8 +61,8 @@ pub struct EventImportOptions {
     pub skip_unknown: bool,
 }
 
-/// A chunk of fewer rows than the base's contacts over this looks up its
-/// contacts' ids alone.
+/// A chunk with fewer rows than the base's contacts divided by this looks
+/// up its own contacts' ids alone.
 const FEW_IDS: u64 = 16;
 
 /// Append the events of a file. On any error nothing is published (files

@@ -1062,6 +1062,33 @@ fn the_decoding_floor_reads_what_a_plan_reads() {
 
     // Several conditions: their types' row groups, and the contacts.
     let clicked = json!({"behavior": {"event": "email_click"}});
-    let f = floor(&[paris, spent, opened, clicked]);
+    let f = floor(&[paris, spent, opened.clone(), clicked.clone()]);
     assert_eq!((f.contact_rows, f.event_rows), (5, 3 + 3 + 2), "{f:?}");
+
+    // A window whose start falls inside the November file: the scan reads
+    // that file alone, not the whole events table.
+    let files_read = |c: &serde_json::Value| {
+        let mut plan = Plan::default();
+        plan.add(&Criterion::parse(c, "criteria").unwrap());
+        let parts: Vec<_> = plan
+            .event_leaves
+            .iter()
+            .map(|b| session.behavior_parts(b, &clock).unwrap())
+            .collect();
+        let reads = session.events_reads(&parts, &clock).unwrap();
+        reads
+            .files
+            .iter()
+            .map(|&(i, _)| snap.manifest.events[i].min_ts)
+            .collect::<Vec<i64>>()
+    };
+    let recent = json!({"behavior": {"event": "email_open", "within": "14d"}});
+    let november = at("2026-11-01T00:00:00Z").timestamp_micros();
+    let read = files_read(&recent);
+    assert!(
+        read.len() == 1 && read[0] >= november,
+        "files read from: {read:?}"
+    );
+    assert_eq!(files_read(&opened).len(), 1);
+    assert_eq!(files_read(&clicked).len(), 2);
 }

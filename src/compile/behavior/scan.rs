@@ -119,7 +119,7 @@ impl Scan {
                             .files
                             .iter()
                             .map(|&i| &session.manifest.events[i])
-                            .filter(|e| p.lo <= p.hi && e.min_ts <= p.hi && p.lo <= e.max_ts)
+                            .filter(|e| reaches(e, p.lo, p.hi))
                             .collect();
                         match files.is_empty() {
                             true => Ok(None),
@@ -553,10 +553,7 @@ fn file_groups(
         .collect();
     let reached: Vec<usize> = (0..events.len())
         .filter(|i| only.is_none_or(|only| only.contains(i)))
-        .filter(|&i| {
-            let (min, max) = (events[i].min_ts, events[i].max_ts);
-            windows.iter().any(|&(lo, hi)| min <= hi && lo <= max)
-        })
+        .filter(|&i| windows.iter().any(|&(lo, hi)| reaches(&events[i], lo, hi)))
         .collect();
     let in_full = |files: Vec<usize>| match files.is_empty() {
         true => Vec::new(),
@@ -602,6 +599,11 @@ fn file_groups(
         });
     }
     groups
+}
+
+/// Whether a file holds a time in the window `[lo, hi]` (none when empty).
+fn reaches(file: &EventFile, lo: i64, hi: i64) -> bool {
+    lo <= hi && file.min_ts <= hi && lo <= file.max_ts
 }
 
 /// The instants at which the value `a` of a first/last test changes its
