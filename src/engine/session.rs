@@ -63,6 +63,10 @@ pub struct Session {
 pub struct ScanLayout {
     pub shard_contacts: Option<u32>,
     pub block_contacts: Option<u32>,
+    /// Whether the scan reads its rows first and keeps state for the
+    /// contacts they name alone (default: when its range holds many more
+    /// contacts than rows).
+    pub rows_first: Option<bool>,
 }
 
 impl Session {

@@ -163,7 +163,9 @@ impl Scan {
                 let all_in = leaf.lo <= first && last <= leaf.hi;
                 let counts = &mut n[cap * l..cap * (l + 1)];
                 let (lo_ts, hi_ts) = (leaf.lo, leaf.hi);
-                let extra = leaf.extra.map(|x| &rows.extras[x]);
+                let extra = leaf
+                    .extra
+                    .map(|x| rows.extras[x].as_ref().expect("read by its types"));
                 if leaf.exists.is_some() || leaf.agg == Agg::Count {
                     match extra {
                         None if all_in => {
@@ -230,7 +232,8 @@ impl Scan {
                             }
                         }
                         Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
-                            let column = rows.values[leaf.value.expect("value column")];
+                            let column = rows.values[leaf.value.expect("value column")]
+                                .expect("read by its types");
                             if column.is_null(r) {
                                 continue;
                             }

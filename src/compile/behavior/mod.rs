@@ -92,6 +92,11 @@ const HAVING_CHUNK: usize = 64 * 1024;
 /// thread: each shard plans and opens its files once per group of files
 /// and set of types, which costs more than balancing saves.
 const FEW_ROWS_PER_THREAD: u64 = 2 << 20;
+/// A pass whose range holds more than this many contacts per row to read
+/// (the rows of a small import, say) reads its rows first and keeps state
+/// for the contacts they name alone: state for every contact would cost
+/// more to clear and to turn into bitmaps than the rows cost to read.
+const SPARSE_CONTACTS_PER_ROW: u64 = 8;
 
 /// A behaviour condition compiled for the pass.
 #[derive(Debug, Clone)]
@@ -393,12 +398,13 @@ impl Session {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let shards = Arc::new(scan.shards(
-            start..end,
-            scan.rows * (end - start) / all_end,
-            threads,
-            self.scan_layout,
-        ));
+        let rows = scan.rows * (end - start) / all_end;
+        let few = rows <= FEW_ROWS_PER_THREAD
+            && rows.saturating_mul(SPARSE_CONTACTS_PER_ROW) < end - start;
+        if self.scan_layout.rows_first.unwrap_or(few) {
+            return scan.run_sparse(&self.ctx, start as u32, end as u32).await;
+        }
+        let shards = Arc::new(scan.shards(start..end, rows, threads, self.scan_layout));
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // One worker per thread takes the next shard until none is left,
         // reusing its state arrays from shard to shard.
@@ -664,7 +670,6 @@ struct Scan {
     dictionaries: Vec<String>,
     /// A typed empty value of each dictionary column, projected for the
     /// types whose conditions do not read it.
-    dictionary_nulls: Vec<ScalarValue>,
     /// The row filters conditions share, and each condition's filter as
     /// the conjunction of some of them.
     atoms: Vec<Atom>,
@@ -812,7 +817,9 @@ fn slot_name(names: &mut Vec<String>, name: &str) -> usize {
 
 /// The columns of a batch of the scan, as the kernel reads them.
 struct Rows<'a> {
-    iid: &'a [u32],
+    /// Internal ids, or places in the shard's contacts when it holds
+    /// some of them only.
+    iid: std::borrow::Cow<'a, [u32]>,
     /// Times (µs), or one time standing for every row of a group of files.
     ts: std::borrow::Cow<'a, [i64]>,
     keys: ScalarBuffer<i32>,
@@ -822,8 +829,10 @@ struct Rows<'a> {
     /// Type code → itself if some condition accepts it, else the number
     /// of codes.
     code_of: Vec<u32>,
-    values: Vec<&'a Float64Array>,
-    extras: Vec<BooleanBuffer>,
+    /// The value columns, and the extra filters, that conditions of the
+    /// batch's types read (None: no such condition reads it).
+    values: Vec<Option<&'a Float64Array>>,
+    extras: Vec<Option<BooleanBuffer>>,
 }
 
 /// Per-contact state of one shard, one array per condition (counts of

@@ -99,14 +99,6 @@ impl Scan {
                 }
             })
             .sum();
-        let dictionary_nulls = filters
-            .dictionaries
-            .iter()
-            .map(|d| {
-                let field = session.events_schema.field_with_name(d)?;
-                Ok(ScalarValue::try_from(field.data_type())?)
-            })
-            .collect::<Result<Vec<_>>>()?;
         // Each projection reads those files of a group that its window
         // reaches, through a table of its own.
         let tables = groups
@@ -146,7 +138,6 @@ impl Scan {
             values,
             planned: filters.planned,
             dictionaries: filters.dictionaries,
-            dictionary_nulls,
             atoms: filters.atoms,
             extras: filters.extras,
             projections,
@@ -327,27 +318,22 @@ impl Scan {
             select.push(datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"));
         }
         select.push(col("type"));
-        // Columns no condition of these types reads are projected empty.
+        // Columns no condition of these types reads are left out (see
+        // `rows`).
         for (j, v) in self.values.iter().enumerate() {
-            let v = match projection.values[j] {
-                true => v.clone(),
-                false => lit(ScalarValue::Float64(None)),
-            };
-            select.push(v.alias(format!("v{j}")));
+            if projection.values[j] {
+                select.push(v.clone().alias(format!("v{j}")));
+            }
         }
         for (j, x) in self.planned.iter().enumerate() {
-            let x = match projection.planned[j] {
-                true => x.clone(),
-                false => lit(ScalarValue::Boolean(None)),
-            };
-            select.push(x.alias(format!("x{j}")));
+            if projection.planned[j] {
+                select.push(x.clone().alias(format!("x{j}")));
+            }
         }
         for (j, d) in self.dictionaries.iter().enumerate() {
-            let d = match projection.dictionaries[j] {
-                true => col(d.as_str()),
-                false => lit(self.dictionary_nulls[j].clone()),
-            };
-            select.push(d.alias(format!("d{j}")));
+            if projection.dictionaries[j] {
+                select.push(col(d.as_str()).alias(format!("d{j}")));
+            }
         }
         let source = datafusion::datasource::provider_as_source(table.clone());
         let plan =
@@ -364,27 +350,22 @@ impl Scan {
         Ok(DataFrame::new(state, plan).filter(filter)?.select(select)?)
     }
 
-    pub(super) async fn run_shard(
-        &self,
+    /// Each batch of the events of contacts `[lo, hi)` that some
+    /// condition may match, with the group of files and the set of types
+    /// it was read from.
+    async fn each_batch<'a>(
+        &'a self,
         ctx: &SessionContext,
-        state: &mut State,
         lo: u32,
         hi: u32,
-    ) -> Result<Vec<LeafBits>> {
-        // A shard whose whole state fits in cache takes each batch as it
-        // comes, while the batch is in cache too. Otherwise, as each file
-        // brings the shard's contacts in id order, the batches are kept and
-        // dispatched block of contacts by block, so that a block's state
-        // stays in cache while the rows of every file for it are added.
-        let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
-        let mut kept = Vec::new();
+        mut take: impl FnMut(RecordBatch, &'a FileGroup, &'a Projection) -> Result<()>,
+    ) -> Result<()> {
         // No condition's window holds an instant: no row can match.
-        let groups: &[FileGroup] = if self.ts_lo <= self.ts_hi {
-            &self.groups
-        } else {
-            &[]
-        };
-        for ((group, timed), tables) in groups.iter().zip(&self.timed_groups).zip(&self.tables) {
+        if self.ts_lo > self.ts_hi {
+            return Ok(());
+        }
+        for ((group, timed), tables) in self.groups.iter().zip(&self.timed_groups).zip(&self.tables)
+        {
             // Types none of whose windows holds these rows are not read:
             // files read without `ts` lie wholly inside or outside each
             // window, on the side of the time that stands for their rows.
@@ -405,24 +386,45 @@ impl Scan {
                 let plan = without_filters(plan)?;
                 let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
                 while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    let blockwise = !direct
-                        && batch
-                            .column(0)
-                            .as_primitive_opt::<UInt32Type>()
-                            .is_some_and(|ids| ids.values().is_sorted());
-                    if blockwise {
-                        kept.push((batch, group));
-                    } else {
-                        let rows = self.rows(&batch, group)?;
-                        self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
-                    }
+                    take(batch?, group, projection)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    pub(super) async fn run_shard(
+        &self,
+        ctx: &SessionContext,
+        state: &mut State,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<LeafBits>> {
+        // A shard whose whole state fits in cache takes each batch as it
+        // comes, while the batch is in cache too. Otherwise, as each file
+        // brings the shard's contacts in id order, the batches are kept and
+        // dispatched block of contacts by block, so that a block's state
+        // stays in cache while the rows of every file for it are added.
+        let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
+        let mut kept = Vec::new();
+        self.each_batch(ctx, lo, hi, |batch, group, projection| {
+            let blockwise = !direct
+                && batch
+                    .column(0)
+                    .as_primitive_opt::<UInt32Type>()
+                    .is_some_and(|ids| ids.values().is_sorted());
+            if blockwise {
+                kept.push((batch, group, projection));
+            } else {
+                let rows = self.rows(&batch, group, projection)?;
+                self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+            }
+            Ok(())
+        })
+        .await?;
         let rows: Vec<Rows> = kept
             .iter()
-            .map(|(b, group)| self.rows(b, group))
+            .map(|(b, group, projection)| self.rows(b, group, projection))
             .collect::<Result<_>>()?;
         let mut cursors = vec![0usize; rows.len()];
         let block = match self.layout.block_contacts {
@@ -442,11 +444,62 @@ impl Scan {
         self.finish(state, lo)
     }
 
+    /// The pass over contacts `[lo, hi)` when they have few rows to read:
+    /// the rows are read first, and the state holds the contacts they name
+    /// alone, in id order, instead of every contact of the range.
+    pub(super) async fn run_sparse(
+        &self,
+        ctx: &SessionContext,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<LeafBits>> {
+        let mut kept = Vec::new();
+        self.each_batch(ctx, lo, hi, |batch, group, projection| {
+            kept.push((batch, group, projection));
+            Ok(())
+        })
+        .await?;
+        let mut rows: Vec<Rows> = kept
+            .iter()
+            .map(|(b, group, projection)| self.rows(b, group, projection))
+            .collect::<Result<_>>()?;
+        let mut ids: Vec<u32> = rows.iter().flat_map(|r| r.iid.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let span = u32::try_from(ids.len())
+            .map_err(|_| Error::Internal("events scan: too many contacts".into()))?;
+        let mut state = State::new(self, ids.len());
+        for r in &mut rows {
+            // Each row's contact, by its place among those named.
+            let at: Vec<u32> = r
+                .iid
+                .iter()
+                .map(|id| ids.partition_point(|x| x < id) as u32)
+                .collect();
+            r.iid = Cow::Owned(at);
+            self.accumulate(&mut state, 0, span, r, 0..r.iid.len());
+        }
+        let named = |places: RoaringBitmap| {
+            RoaringBitmap::from_sorted_iter(places.iter().map(|i| ids[i as usize]))
+                .expect("places and ids ascend together")
+        };
+        Ok(self
+            .finish(&state, 0)?
+            .into_iter()
+            .map(|b| LeafBits {
+                has: named(b.has),
+                pass: named(b.pass),
+                times: b.times,
+            })
+            .collect())
+    }
+
     /// The columns of a batch of the scan, as the kernel reads them.
     pub(super) fn rows<'a>(
         &'a self,
         batch: &'a RecordBatch,
         group: &'a FileGroup,
+        projection: &Projection,
     ) -> Result<Rows<'a>> {
         let unexpected = || Error::Internal("events scan: unexpected id or ts type".into());
         let iid = batch
@@ -490,33 +543,50 @@ impl Scan {
             .enumerate()
             .map(|(k, d)| if d.is_empty() { skip } else { k as u32 })
             .collect();
-        let first_value = at_type + 1;
-        let values: Vec<&Float64Array> = (0..self.values.len())
-            .map(|j| batch.column(first_value + j).as_primitive::<Float64Type>())
+        // The columns this projection reads follow the type, in order;
+        // the others are absent.
+        let mut next = at_type + 1;
+        let mut take = |read: bool| {
+            read.then(|| {
+                next += 1;
+                batch.column(next - 1)
+            })
+        };
+        let values: Vec<Option<&Float64Array>> = projection
+            .values
+            .iter()
+            .map(|&read| take(read).map(|c| c.as_primitive::<Float64Type>()))
             .collect();
-        let first_planned = first_value + self.values.len();
-        let first_dictionary = first_planned + self.planned.len();
-        let atoms: Vec<BooleanBuffer> = self
+        let planned: Vec<Option<&ArrayRef>> =
+            projection.planned.iter().map(|&read| take(read)).collect();
+        let dictionaries: Vec<Option<&ArrayRef>> = projection
+            .dictionaries
+            .iter()
+            .map(|&read| take(read))
+            .collect();
+        // An atom over a column left out belongs to conditions of other
+        // types only, and so does any extra filter made of it.
+        let atoms: Vec<Option<BooleanBuffer>> = self
             .atoms
             .iter()
             .map(|atom| match atom {
-                Atom::Planned(j) => Ok(true_bits(batch.column(first_planned + j).as_boolean())),
-                Atom::Dictionary(j, test) => test.evaluate(batch.column(first_dictionary + j)),
+                Atom::Planned(j) => Ok(planned[*j].map(|c| true_bits(c.as_boolean()))),
+                Atom::Dictionary(j, test) => dictionaries[*j].map(|c| test.evaluate(c)).transpose(),
             })
             .collect::<Result<_>>()?;
-        let extras: Vec<BooleanBuffer> = self
+        let extras: Vec<Option<BooleanBuffer>> = self
             .extras
             .iter()
             .map(|parts| {
-                let mut bits = atoms[parts[0]].clone();
+                let mut bits = atoms[parts[0]].clone()?;
                 for &a in &parts[1..] {
-                    bits = &bits & &atoms[a];
+                    bits = &bits & atoms[a].as_ref()?;
                 }
-                bits
+                Some(bits)
             })
             .collect();
         Ok(Rows {
-            iid: iid.values(),
+            iid: Cow::Borrowed(iid.values()),
             ts,
             keys: types.keys().values().clone(),
             type_valid: types.nulls().cloned(),

@@ -307,20 +307,27 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
         }
     });
     for (k, as_of) in instants.into_iter().enumerate() {
-        // At two instants in three, the events scan cuts the contacts into
+        // At two instants in four, the events scan cuts the contacts into
         // shards of a few contacts, so that rows straddling shard bounds are
         // checked too: once dispatched batch by batch as they come, once
-        // block of contacts by block, files interleaved.
+        // block of contacts by block, files interleaved. At the fourth, it
+        // reads its rows first and keeps state for the contacts they name
+        // alone, as for the rows of a small import into a large base.
         let shard_contacts = Some(2 + (seed % 7) as u32);
-        let layout = match k % 3 {
+        let layout = match k % 4 {
             0 => ScanLayout::default(),
             1 => ScanLayout {
                 shard_contacts,
-                block_contacts: None,
+                ..ScanLayout::default()
             },
-            _ => ScanLayout {
+            2 => ScanLayout {
                 shard_contacts,
                 block_contacts: Some(1 + (seed % 3) as u32),
+                ..ScanLayout::default()
+            },
+            _ => ScanLayout {
+                rows_first: Some(true),
+                ..ScanLayout::default()
             },
         };
         let mut jsons = Vec::new();
