@@ -259,13 +259,26 @@ impl Patch<'_> {
     /// position of each one's times now, if it has some.
     pub fn dirty(&self) -> (RoaringBitmap, Vec<(u32, Option<usize>)>) {
         let k = self.before.slots.max(1);
-        let in_band = |t: i64| t != i64::MIN && self.bands.iter().any(|&(a, b)| a <= t && t <= b);
+        // Every time of every contact is looked at: without a branch, as
+        // one unsigned comparison per band (a ≤ t ≤ b as t − a ≤ b − a).
+        let bands: Vec<(u64, u64)> = self
+            .bands
+            .iter()
+            .filter(|(a, b)| a <= b)
+            .map(|&(a, b)| (a as u64, (b as u64).wrapping_sub(a as u64)))
+            .collect();
+        let in_band = |t: i64| {
+            (t != i64::MIN)
+                & bands.iter().fold(false, |hit, &(a, w)| {
+                    hit | ((t as u64).wrapping_sub(a) <= w)
+                })
+        };
         let hits = self
             .before
             .times
             .chunks_exact(k)
             .enumerate()
-            .filter(|(_, t)| t.iter().any(|&x| in_band(x)))
+            .filter(|(_, t)| t.iter().fold(false, |hit, &x| hit | in_band(x)))
             .map(|(at, _)| at);
         let mut ids = self.before.ids.iter();
         let mut last = 0usize;
