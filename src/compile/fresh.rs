@@ -4,9 +4,12 @@
 //! condition as of an earlier version and instant. Now, a condition's
 //! result can differ only for:
 //! - a contact condition: the contacts whose fields changed (added,
-//!   updated, deleted); every contact when it depends on the clock (its
-//!   expression compiled at the two instants differs, as relative dates
-//!   do across days, or it calls a function of the current time);
+//!   updated, deleted); when it compares fields with instants or days that
+//!   the clock moved (relative dates), the contacts whose values lie
+//!   between those then and now too: they are looked up, and the
+//!   condition evaluated for them, in one scan of those fields; every
+//!   contact when its expression at the two instants differs otherwise,
+//!   or it calls a function of the current time;
 //! - a behaviour condition: the contacts added or deleted, those with new
 //!   events of its types, and those with an event of its types in one of
 //!   the bands of time that the ends of its window and its `first`/`last`
@@ -28,6 +31,7 @@
 //! conditions keep their result; a pass none of whose conditions changed
 //! reads nothing.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
@@ -44,7 +48,7 @@ use crate::compile::expr::{Clock, ts_lit};
 use crate::compile::latest::{self, LatestKey};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
 use crate::engine::Session;
-use crate::engine::session::EVENTS;
+use crate::engine::session::{CONTACTS, EVENTS};
 use crate::error::Result;
 
 /// How a recompute used the results kept from the previous one.
@@ -154,6 +158,9 @@ enum Way {
     Keep(RoaringBitmap),
     /// Evaluate it again for these contacts (kept result, contacts).
     Patch(RoaringBitmap, RoaringBitmap),
+    /// Its result, found again for these contacts while they were looked
+    /// up (result, contacts).
+    Found(RoaringBitmap, RoaringBitmap),
     /// Evaluate it for every contact.
     Full,
     /// Answer it for every contact from the latest times of matching
@@ -185,6 +192,92 @@ fn reads_clock(e: &Expr) -> bool {
     .unwrap_or(true)
 }
 
+/// Where a condition compiled at two instants differs only in the values
+/// it compares columns with (a relative date, moved by the clock): for
+/// each such comparison, a filter of the values between the two (both
+/// included), or of the values in one list but not the other. A contact
+/// whose values pass none of the filters gets the same answer at both
+/// instants: each comparison, or membership, comes out the same with
+/// either value. None when they differ in any other way.
+fn value_bands(now: &Expr, before: &Expr) -> Option<Vec<Expr>> {
+    use datafusion::logical_expr::{Operator, expr::InList};
+    fn walk(now: &Expr, before: &Expr, out: &mut Vec<Expr>) -> bool {
+        if now == before {
+            return true;
+        }
+        match (now, before) {
+            (Expr::BinaryExpr(a), Expr::BinaryExpr(b)) if a.op == b.op => {
+                let compares = matches!(
+                    a.op,
+                    Operator::Eq
+                        | Operator::NotEq
+                        | Operator::Lt
+                        | Operator::LtEq
+                        | Operator::Gt
+                        | Operator::GtEq
+                );
+                let between = |c: &Expr, x: &Expr, y: &Expr| match (x, y) {
+                    (Expr::Literal(x, _), Expr::Literal(y, _)) if !x.is_null() && !y.is_null() => {
+                        let (lo, hi) = match x.partial_cmp(y)? {
+                            std::cmp::Ordering::Greater => (y, x),
+                            _ => (x, y),
+                        };
+                        Some(c.clone().between(lit(lo.clone()), lit(hi.clone())))
+                    }
+                    _ => None,
+                };
+                let band = match (&*a.left, &*a.right, &*b.left, &*b.right) {
+                    (c, x, d, y) if compares && c == d && matches!(c, Expr::Column(_)) => {
+                        between(c, x, y)
+                    }
+                    (x, c, y, d) if compares && c == d && matches!(c, Expr::Column(_)) => {
+                        between(c, x, y)
+                    }
+                    _ => None,
+                };
+                match band {
+                    Some(band) => {
+                        out.push(band);
+                        true
+                    }
+                    None => walk(&a.left, &b.left, out) && walk(&a.right, &b.right, out),
+                }
+            }
+            (Expr::Not(a), Expr::Not(b)) => walk(a, b, out),
+            (
+                Expr::InList(InList {
+                    expr: a,
+                    list: x,
+                    negated: na,
+                }),
+                Expr::InList(InList {
+                    expr: b,
+                    list: y,
+                    negated: nb,
+                }),
+            ) if a == b && na == nb => {
+                let literal = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
+                if !(x.iter().all(literal) && y.iter().all(literal)) {
+                    return false;
+                }
+                let moved: Vec<Expr> = x
+                    .iter()
+                    .filter(|v| !y.contains(v))
+                    .chain(y.iter().filter(|v| !x.contains(v)))
+                    .cloned()
+                    .collect();
+                if !moved.is_empty() {
+                    out.push((**a).clone().in_list(moved, false));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+    let mut out = Vec::new();
+    walk(now, before, &mut out).then_some(out)
+}
+
 impl Session {
     /// What each leaf of a plan needs, from kept results (see the module's
     /// documentation): reads the events in the bands of time that moved.
@@ -199,23 +292,69 @@ impl Session {
         let then = Clock::new(kept.as_of, clock.tz);
         let dirty = &kept.dirty;
 
-        let contacts: Vec<Way> = plan
+        // A contact condition that compares fields with instants moved by
+        // the clock changes only for the contacts whose values lie between
+        // the instants then and now: they are looked up, and the condition
+        // evaluated for them, in one scan of those fields.
+        let mut contact_banded: Vec<(usize, Vec<Expr>, Expr)> = Vec::new();
+        let mut contacts: Vec<Way> = Vec::with_capacity(plan.contact_leaves.len());
+        for (i, (leaf, key)) in plan
             .contact_leaves
             .iter()
             .zip(&plan.contact_keys)
-            .map(|(leaf, key)| {
-                let Some(old) = kept.results.get(key) else {
-                    return Way::Full;
-                };
-                match (
-                    contacts_expr(leaf, self, clock),
-                    contacts_expr(leaf, self, &then),
-                ) {
-                    (Ok(now), Ok(before)) if now == before && !reads_clock(&now) => {
-                        Way::patch(old, dirty.fields.clone())
-                    }
-                    _ => Way::Full,
+            .enumerate()
+        {
+            let Some(old) = kept.results.get(key) else {
+                contacts.push(Way::Full);
+                continue;
+            };
+            let way = match (
+                contacts_expr(leaf, self, clock),
+                contacts_expr(leaf, self, &then),
+            ) {
+                (Ok(now), Ok(before)) if !reads_clock(&now) && now == before => {
+                    Way::patch(old, dirty.fields.clone())
                 }
+                (Ok(now), Ok(before)) if !reads_clock(&now) => match value_bands(&now, &before) {
+                    Some(bands) => {
+                        contact_banded.push((i, bands, now));
+                        Way::Patch(old.clone(), dirty.fields.clone())
+                    }
+                    None => Way::Full,
+                },
+                _ => Way::Full,
+            };
+            contacts.push(way);
+        }
+        // Looking those contacts up pays only when the pass would not read
+        // every contact anyway.
+        let found = match contacts.iter().any(|w| matches!(w, Way::Full)) {
+            true => Err(()),
+            false => {
+                let wanted: Vec<(&[Expr], &Expr)> =
+                    contact_banded.iter().map(|(_, b, e)| (&b[..], e)).collect();
+                self.contacts_in_bands(&wanted).await.map_err(|_| ())
+            }
+        };
+        for (k, (i, _, _)) in contact_banded.iter().enumerate() {
+            let way = std::mem::replace(&mut contacts[*i], Way::Full);
+            contacts[*i] = match (&found, way) {
+                (Ok(found), Way::Patch(old, fields)) => {
+                    let (band, pass) = &found[k];
+                    let old = (old - band) | (pass & band);
+                    match fields.is_empty() {
+                        true => Way::Found(old, band.clone()),
+                        false => Way::Patch(old, fields),
+                    }
+                }
+                _ => Way::Full,
+            };
+        }
+        let contacts = contacts
+            .into_iter()
+            .map(|w| match w {
+                Way::Patch(old, d) => Way::patch(&old, d),
+                w => w,
             })
             .collect();
 
@@ -535,6 +674,37 @@ impl Session {
         // or, from their kept result, for the contacts whose answer may
         // have changed.
         let no_rows = RoaringBitmap::new();
+        // The contacts with a kept time in the bands of time each one's
+        // window swept: one look at each key's kept times for all of its
+        // conditions, the keys side by side.
+        let bands_of = |i: usize| match &event_ways[i] {
+            Way::LatestPatch(_, bands) => &bands[..],
+            _ => &[],
+        };
+        let mut by_key: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, way) in event_ways.iter().enumerate() {
+            if let (Way::LatestPatch(..), Some(k)) = (way, work.of_leaf[i]) {
+                let key = work.keys[k].key.as_str();
+                match by_key.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, leaves)) => leaves.push(i),
+                    None => by_key.push((key, vec![i])),
+                }
+            }
+        }
+        let in_bands: HashMap<usize, RoaringBitmap> = {
+            use rayon::prelude::*;
+            by_key
+                .par_iter()
+                .flat_map_iter(|(key, leaves)| {
+                    let sets: Vec<&[(i64, i64)]> = leaves.iter().map(|&i| bands_of(i)).collect();
+                    let found = match body.as_ref().and_then(|b| b.by_key.get(*key)) {
+                        Some(before) => latest::in_bands(before, &sets),
+                        None => Vec::new(),
+                    };
+                    leaves.iter().copied().zip(found).collect::<Vec<_>>()
+                })
+                .collect()
+        };
         let mut answered: Vec<Option<Outcome>> = vec![None; event_ways.len()];
         for (i, way) in event_ways.iter().enumerate() {
             if !matches!(way, Way::Latest | Way::LatestPatch(..)) {
@@ -560,13 +730,12 @@ impl Session {
                     .and_then(|p| {
                         let k = now.slots.max(1);
                         match (way, before) {
-                            (Way::LatestPatch(old, bands), Some(before)) => {
+                            (Way::LatestPatch(old, _), Some(_)) => {
                                 let touched = touched | &dirty.presence;
                                 let patch = latest::Patch {
-                                    before,
                                     now,
                                     touched: &touched,
-                                    bands,
+                                    in_bands: in_bands.get(&i).unwrap_or(&no_rows),
                                 };
                                 let (changed, rows) = patch.dirty();
                                 let (has, pass) = self.answer_from_latest(&p, clock, || {
@@ -682,6 +851,36 @@ impl Session {
     /// an event of one of the types at a time in one of the intervals, in
     /// one scan of events (files and row groups outside the intervals are
     /// skipped by their statistics).
+    /// For each condition, the contacts whose values pass one of its
+    /// filters ([`value_bands`]), and those of them for which it holds,
+    /// in one scan.
+    async fn contacts_in_bands(
+        &self,
+        wanted: &[(&[Expr], &Expr)],
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bands: Vec<Expr> = wanted
+            .iter()
+            .map(|(bands, _)| bands.iter().cloned().reduce(Expr::or).unwrap_or(lit(false)))
+            .collect();
+        let any = bands.iter().cloned().reduce(Expr::or).expect("a band");
+        let mut select = vec![col(IID)];
+        for (i, (band, (_, holds))) in bands.into_iter().zip(wanted).enumerate() {
+            select.push(band.alias(format!("b{i}")));
+            select.push((*holds).clone().alias(format!("h{i}")));
+        }
+        let df = self
+            .ctx
+            .table(CONTACTS)
+            .await?
+            .filter(any)?
+            .select(select)?;
+        let mut masks = collect_masks(df, 2 * wanted.len()).await?.into_iter();
+        Ok(std::iter::from_fn(|| Some((masks.next()?, masks.next()?))).collect())
+    }
+
     async fn banded_contacts(&self, wanted: &[Banded]) -> Result<Vec<RoaringBitmap>> {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -776,6 +975,9 @@ impl PassWork {
             .filter(|w| matches!(w, Way::Latest | Way::LatestPatch(..)))
             .count();
         let mut dirty = RoaringBitmap::new();
+        // Contacts whose conditions were evaluated again as they were
+        // looked up: the pass does not read them for those.
+        let mut looked_up = RoaringBitmap::new();
         let mut run_on = Vec::new();
         let mut patched = 0;
         for (i, w) in ways.iter().enumerate() {
@@ -784,6 +986,11 @@ impl PassWork {
                 Way::Patch(_, d) => {
                     dirty |= d;
                     patched += 1;
+                }
+                Way::Found(_, d) => {
+                    looked_up |= d;
+                    patched += 1;
+                    continue;
                 }
                 Way::Full => {}
             }
@@ -822,7 +1029,7 @@ impl PassWork {
                 patched,
                 full,
                 from_latest,
-                dirty_contacts: dirty.len(),
+                dirty_contacts: (&dirty | &looked_up).len(),
                 read_share,
             },
         }
@@ -852,7 +1059,7 @@ impl PassWork {
         ways.into_iter()
             .zip(new)
             .map(|(way, new)| match (way, new) {
-                (Way::Keep(old), _) => Ok(old & all),
+                (Way::Keep(old) | Way::Found(old, _), _) => Ok(old & all),
                 (Way::Patch(old, d), Some(new)) => new.map(|new| ((old - &d) | (new & &d)) & all),
                 (Way::Full | Way::Latest | Way::LatestPatch(..), Some(new)) => new,
                 (_, None) => unreachable!("evaluated by the pass"),

@@ -239,16 +239,15 @@ pub struct Folded {
 /// Answering a condition from latest times for the contacts whose answer
 /// may have changed since its kept result only.
 pub struct Patch<'a> {
-    /// The kept times (before they were brought up to date).
-    pub before: &'a Latest,
     /// The times now.
     pub now: &'a Latest,
     /// Contacts whose times may have changed: with rows read, added or
     /// deleted.
     pub touched: &'a RoaringBitmap,
-    /// The bands of time the condition's window ends and its `first`/
-    /// `last` instants swept since the kept result.
-    pub bands: &'a [(i64, i64)],
+    /// Contacts with a kept time in one of the bands of time the
+    /// condition's window ends and its `first`/`last` instants swept since
+    /// the kept result ([`in_bands`]).
+    pub in_bands: &'a RoaringBitmap,
 }
 
 impl Patch<'_> {
@@ -258,40 +257,7 @@ impl Patch<'_> {
     /// and each instant on the same side of every cut as before); with the
     /// position of each one's times now, if it has some.
     pub fn dirty(&self) -> (RoaringBitmap, Vec<(u32, Option<usize>)>) {
-        let k = self.before.slots.max(1);
-        // Every time of every contact is looked at: without a branch, as
-        // one unsigned comparison per band (a ≤ t ≤ b as t − a ≤ b − a).
-        let bands: Vec<(u64, u64)> = self
-            .bands
-            .iter()
-            .filter(|(a, b)| a <= b)
-            .map(|&(a, b)| (a as u64, (b as u64).wrapping_sub(a as u64)))
-            .collect();
-        let in_band = |t: i64| {
-            (t != i64::MIN)
-                & bands.iter().fold(false, |hit, &(a, w)| {
-                    hit | ((t as u64).wrapping_sub(a) <= w)
-                })
-        };
-        let hits = self
-            .before
-            .times
-            .chunks_exact(k)
-            .enumerate()
-            .filter(|(_, t)| t.iter().fold(false, |hit, &x| hit | in_band(x)))
-            .map(|(at, _)| at);
-        let mut ids = self.before.ids.iter();
-        let mut last = 0usize;
-        let mut dirty: Vec<u32> = Vec::new();
-        for (n, at) in hits.enumerate() {
-            let skip = if n == 0 { at } else { at - last - 1 };
-            last = at;
-            if let Some(id) = ids.nth(skip) {
-                dirty.push(id);
-            }
-        }
-        let dirty =
-            RoaringBitmap::from_sorted_iter(dirty).expect("positions in order") | self.touched;
+        let dirty = self.in_bands | self.touched;
         // Positions now: by rank for a few contacts, else by one walk of
         // the ids in step with the dirty ones.
         let ids = &self.now.ids;
@@ -313,6 +279,44 @@ impl Patch<'_> {
     }
 }
 
+/// For each set of bands of time (closed intervals, µs), the contacts with
+/// a kept time in one of them: one look at every time, for all the sets.
+pub fn in_bands(kept: &Latest, sets: &[&[(i64, i64)]]) -> Vec<RoaringBitmap> {
+    let k = kept.slots.max(1);
+    // Without a branch per time: one unsigned comparison per band
+    // (a ≤ t ≤ b as t − a ≤ b − a).
+    let sets: Vec<Vec<(u64, u64)>> = sets
+        .iter()
+        .map(|bands| {
+            bands
+                .iter()
+                .filter(|(a, b)| a <= b)
+                .map(|&(a, b)| (a as u64, (b as u64).wrapping_sub(a as u64)))
+                .collect()
+        })
+        .collect();
+    let in_band = |bands: &[(u64, u64)], t: i64| {
+        (t != i64::MIN)
+            & bands.iter().fold(false, |hit, &(a, w)| {
+                hit | ((t as u64).wrapping_sub(a) <= w)
+            })
+    };
+    let mut hits: Vec<Vec<u32>> = vec![Vec::new(); sets.len()];
+    for (at, t) in kept.times.chunks_exact(k).enumerate() {
+        for (bands, hits) in sets.iter().zip(hits.iter_mut()) {
+            if t.iter().fold(false, |hit, &x| hit | in_band(bands, x)) {
+                hits.push(at as u32);
+            }
+        }
+    }
+    hits.into_iter()
+        .map(|at| {
+            let ids = at.into_iter().filter_map(|p| kept.ids.select(p));
+            RoaringBitmap::from_sorted_iter(ids).expect("positions in order")
+        })
+        .collect()
+}
+
 /// Kept latest times without the contacts of `presence` and the times
 /// before `from`, with newly found ones (as many per contact) merged in:
 /// each contact keeps its latest ones of both.
@@ -326,42 +330,89 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
     {
         return Ok(old.clone());
     }
-    let mut ids = Vec::with_capacity(old.ids.len() as usize + new.has.len() as usize);
-    let mut times = Vec::with_capacity(ids.capacity() * k);
-    let mut both = Vec::with_capacity(2 * k);
-    let mut push = |id: u32, t: &[i64]| {
-        // Times before `from` are dropped: no condition of the key reaches
-        // them any more.
-        if t[0] >= from {
-            ids.push(id);
-            times.extend(t.iter().map(|&x| if x >= from { x } else { i64::MIN }));
+    let clamp = |x: i64| if x >= from { x } else { i64::MIN };
+    // Where the new rows and the contacts added or deleted since fall
+    // among the kept ones (by position): the kept times between them are
+    // copied as runs, each contact's looked at for its first time alone.
+    enum Event<'a> {
+        /// New times for a contact without kept ones, put before this
+        /// position.
+        Insert(u32, &'a [i64]),
+        /// New times for the contact at this position (it keeps the latest
+        /// of both, or the new ones alone when it was added or deleted since).
+        Merge(&'a [i64], bool),
+        /// The contact at this position was added or deleted since.
+        Gone,
+    }
+    let mut events: Vec<(usize, Event)> = Vec::with_capacity(new.has.len() as usize);
+    for (id, nt) in new.has.iter().zip(new.times.chunks_exact(k)) {
+        let rank = old.ids.rank(id) as usize;
+        events.push(match old.ids.contains(id) {
+            true => (rank - 1, Event::Merge(nt, presence.contains(id))),
+            false => (rank, Event::Insert(id, nt)),
+        });
+    }
+    for id in &(presence & &old.ids) - &new.has {
+        events.push((old.ids.rank(id) as usize - 1, Event::Gone));
+    }
+    // Inserts before the kept contact at the same position.
+    events.sort_by_key(|(at, e)| (*at, !matches!(e, Event::Insert(..))));
+    let mut times = Vec::with_capacity(old.times.len() + new.times.len());
+    let mut dropped: Vec<u32> = Vec::new();
+    let mut added: Vec<u32> = Vec::new();
+    let mut copied = 0;
+    // Kept times of positions [a, b): a contact whose latest time is before
+    // `from` is dropped, no condition of the key reaching it any more.
+    let copy = |a: usize, b: usize, times: &mut Vec<i64>, dropped: &mut Vec<u32>| {
+        for (p, t) in (a..b).zip(old.times[a * k..b * k].chunks_exact(k)) {
+            if t[0] >= from {
+                times.extend(t.iter().map(|&x| clamp(x)));
+            } else {
+                dropped.extend(old.ids.select(p as u32));
+            }
         }
     };
-    let mut fresh = new.has.iter().zip(new.times.chunks_exact(k)).peekable();
-    for (id, t) in old.ids.iter().zip(old.times.chunks_exact(k)) {
-        while let Some((nid, nt)) = fresh.next_if(|(nid, _)| *nid < id) {
-            push(nid, nt);
-        }
-        // A contact added or deleted since has no kept events.
-        let gone = presence.contains(id);
-        match fresh.next_if(|(nid, _)| *nid == id) {
-            Some((_, nt)) if gone => push(id, nt),
-            Some((_, nt)) => {
+    let mut both = Vec::with_capacity(2 * k);
+    for (at, e) in events {
+        copy(copied, at, &mut times, &mut dropped);
+        copied = at;
+        let id = || old.ids.select(at as u32).expect("a kept position");
+        let merged: &[i64] = match e {
+            Event::Insert(nid, nt) => {
+                if nt[0] >= from {
+                    added.push(nid);
+                    times.extend(nt.iter().map(|&x| clamp(x)));
+                }
+                continue;
+            }
+            Event::Gone => {
+                dropped.push(id());
+                copied = at + 1;
+                continue;
+            }
+            Event::Merge(nt, true) => nt,
+            Event::Merge(nt, false) => {
                 both.clear();
-                both.extend_from_slice(t);
+                both.extend_from_slice(&old.times[at * k..(at + 1) * k]);
                 both.extend_from_slice(nt);
                 both.sort_unstable_by(|a, b| b.cmp(a));
-                push(id, &both[..k]);
+                &both[..k]
             }
-            None if gone => {}
-            None => push(id, t),
+        };
+        copied = at + 1;
+        if merged[0] >= from {
+            times.extend(merged.iter().map(|&x| clamp(x)));
+        } else {
+            dropped.push(id());
         }
     }
-    for (nid, nt) in fresh {
-        push(nid, nt);
-    }
-    let ids = RoaringBitmap::from_sorted_iter(ids)
-        .map_err(|e| Error::Internal(format!("latest times: {e}")))?;
+    copy(copied, old.ids.len() as usize, &mut times, &mut dropped);
+    let sorted = |ids: Vec<u32>| {
+        RoaringBitmap::from_sorted_iter(ids)
+            .map_err(|e| Error::Internal(format!("latest times: {e}")))
+    };
+    let ids = &(&old.ids - &sorted(dropped)?) | &sorted(added)?;
+    debug_assert_eq!(ids.len() as usize * k, times.len());
     Ok(Latest {
         from,
         ids,
@@ -415,11 +466,12 @@ mod tests {
             (vec![(0, 200_000)], vec![4]),
         ] {
             let touched: RoaringBitmap = touched.into_iter().collect();
+            let found = in_bands(&before, &[&bands, &[]]);
+            assert!(found[1].is_empty(), "no band, no contact");
             let patch = Patch {
-                before: &before,
                 now: &now,
                 touched: &touched,
-                bands: &bands,
+                in_bands: &found[0],
             };
             let (dirty, found) = patch.dirty();
             let mut want: RoaringBitmap = rows
@@ -437,6 +489,90 @@ mod tests {
                 .map(|id| (id, now_rows.iter().position(|(x, _)| *x == id)))
                 .collect();
             assert_eq!(found, positions);
+        }
+    }
+
+    /// Merging contact by contact, as the definition says.
+    fn merge_one_by_one(
+        old: &Latest,
+        presence: &RoaringBitmap,
+        from: i64,
+        new: &LeafBits,
+    ) -> Latest {
+        let k = old.slots.max(1);
+        let mut rows: std::collections::BTreeMap<u32, Vec<i64>> = old
+            .ids
+            .iter()
+            .zip(old.times.chunks_exact(k))
+            .filter(|(id, _)| !presence.contains(*id))
+            .map(|(id, t)| (id, t.to_vec()))
+            .collect();
+        for (id, t) in new.has.iter().zip(new.times.chunks_exact(k)) {
+            let all = rows.entry(id).or_default();
+            all.extend_from_slice(t);
+            all.sort_unstable_by(|a, b| b.cmp(a));
+            all.truncate(k);
+        }
+        let rows: Vec<(u32, Vec<i64>)> = rows
+            .into_iter()
+            .filter(|(_, t)| t[0] >= from)
+            .map(|(id, t)| {
+                let t = t.iter().map(|&x| if x >= from { x } else { i64::MIN });
+                (id, t.collect())
+            })
+            .collect();
+        Latest {
+            from,
+            ids: rows.iter().map(|(id, _)| *id).collect(),
+            slots: k,
+            times: rows.into_iter().flat_map(|(_, t)| t).collect(),
+        }
+    }
+
+    #[test]
+    fn merged_latest_times_equal_a_merge_contact_by_contact() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for _ in 0..300 {
+            let k = rng.random_range(1..4usize);
+            let span = rng.random_range(1..400u32);
+            let times = |rng: &mut rand::rngs::SmallRng| {
+                let mut t: Vec<i64> = (0..k)
+                    .map(|_| match rng.random_bool(0.3) {
+                        true => i64::MIN,
+                        false => rng.random_range(0..1000),
+                    })
+                    .collect();
+                t[0] = rng.random_range(0..1000);
+                t.sort_unstable_by(|a, b| b.cmp(a));
+                t
+            };
+            let pick = |rng: &mut rand::rngs::SmallRng, share: f64| -> RoaringBitmap {
+                (0..span).filter(|_| rng.random_bool(share)).collect()
+            };
+            let share = rng.random_range(0.0..1.0);
+            let old_ids = pick(&mut rng, share);
+            let old = Latest {
+                from: 0,
+                times: old_ids.iter().flat_map(|_| times(&mut rng)).collect(),
+                ids: old_ids,
+                slots: k,
+            };
+            let share = rng.random_range(0.0..0.2);
+            let new_ids = pick(&mut rng, share);
+            let new = LeafBits {
+                times: new_ids.iter().flat_map(|_| times(&mut rng)).collect(),
+                has: new_ids,
+                pass: RoaringBitmap::new(),
+            };
+            let share = rng.random_range(0.0..0.1);
+            let presence = pick(&mut rng, share);
+            let from = match rng.random_bool(0.3) {
+                true => 0,
+                false => rng.random_range(0..1000),
+            };
+            let want = merge_one_by_one(&old, &presence, from, &new);
+            assert_eq!(merge(&old, &presence, from, new).unwrap(), want);
         }
     }
 

@@ -405,3 +405,79 @@ fn rand_seed() -> u64 {
     println!("incremental: seeds from {s} (FRESH_SEED=<seed> replays one)");
     s
 }
+
+/// Contact conditions on dates that the clock moves (a birthday week,
+/// sign-ups of the last 30 days, of more than 10 days ago): each
+/// incremental run finds again the contacts whose dates lie between the
+/// days or instants then and now, and no other, and equals a full run.
+#[test]
+fn moving_dates_are_found_again_for_the_contacts_between_then_and_now() {
+    use segments::jobs::recompute::Fresh;
+    let tb = super::super::common::new_base("Europe/Paris");
+    let rt = super::super::common::rt();
+    let start = super::super::common::at("2026-11-23T12:00:00Z");
+    let mut csv = String::from("contact_id,birth_date,created_at\n");
+    for id in 1..=300i64 {
+        let born =
+            NaiveDate::from_ymd_opt(1990, 1, 1).unwrap() + ChronoDuration::days(id * 37 % 366);
+        let created = start - ChronoDuration::hours(id * 7 + id % 3);
+        let created = created.to_rfc3339_opts(SecondsFormat::Secs, true);
+        csv.push_str(&format!("{id},{born},{created}\n"));
+    }
+    tb.import_contacts("people", &csv).unwrap();
+    let definitions = [
+        json!({"id": "birthday-week", "name": "Birthday week",
+               "criteria": {"field": "birth_date", "op": "anniversary_within", "value": "7d"}}),
+        json!({"id": "new-signups", "name": "New sign-ups",
+               "criteria": {"field": "created_at", "op": "within_last", "value": "30d"}}),
+        json!({"id": "old-signups", "name": "Older sign-ups",
+               "criteria": {"field": "created_at", "op": "more_than_ago", "value": "10d"}}),
+    ];
+    let mut w = tb.base.writer("t").unwrap();
+    for d in &definitions {
+        let d = segments::criteria::Definition::parse(d).unwrap();
+        rt.block_on(segments::jobs::segments::create(&mut w, &d, start))
+            .unwrap();
+    }
+    w.commit().unwrap();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(segments::jobs::recompute::recompute(
+        &mut w,
+        start,
+        Fresh::Full,
+    ))
+    .unwrap();
+    w.commit().unwrap();
+    let mut as_of = start;
+    // Within the same day, the birthday week stands; the sign-up instants
+    // move with every hour.
+    for (step, hours, moved) in [
+        ("an hour", 1, 2),
+        ("a day", 24, 3),
+        ("three days", 72, 3),
+        ("23 hours", 23, 3),
+    ] {
+        as_of += ChronoDuration::hours(hours);
+        let mut w = tb.base.writer("t").unwrap();
+        let report = rt
+            .block_on(segments::jobs::recompute::recompute(
+                &mut w,
+                as_of,
+                Fresh::Incremental,
+            ))
+            .unwrap();
+        w.commit().unwrap();
+        let failures = check_against_full(tb.path(), as_of, step, &rt);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        let f = report.freshness.expect("an incremental run");
+        assert_eq!(f.contacts.full, 0, "after {step}: {}", f.describe());
+        assert_eq!(f.contacts.patched, moved, "after {step}: {}", f.describe());
+        // The contacts found again are those with a date in the bands,
+        // not every contact.
+        assert!(
+            f.contacts.dirty_contacts > 0 && f.contacts.dirty_contacts < 150,
+            "after {step}: {}",
+            f.describe()
+        );
+    }
+}
