@@ -32,7 +32,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::schema::IID;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
-use crate::compile::materialize::{add_masked, bits_from, iid_column};
+use crate::compile::materialize::{add_masked, bits_from, iid_column, members_mask};
 use crate::compile::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
 use crate::engine::Session;
 use crate::engine::session::CONTACTS;
@@ -159,11 +159,7 @@ impl Session {
                     let few = match &only {
                         Some((rows, _)) => {
                             let ids = iid_column(&batch)?;
-                            let keep: BooleanArray = ids
-                                .values()
-                                .iter()
-                                .map(|id| Some(rows.contains(*id)))
-                                .collect();
+                            let keep = BooleanArray::new(members_mask(ids.values(), rows), None);
                             Some(filter_record_batch(&batch, &keep)?)
                         }
                         None => None,

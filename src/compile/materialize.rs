@@ -1,5 +1,6 @@
 //! Record batches of internal ids and boolean columns into bitmaps.
 
+use datafusion::arrow::array::BooleanBufferBuilder;
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::buffer::BooleanBuffer;
 use roaring::RoaringBitmap;
@@ -43,6 +44,28 @@ pub fn add_masked(bitmap: &mut RoaringBitmap, ids: &UInt32Array, mask: &BooleanA
     add_ids(bitmap, run);
 }
 
+/// Which rows' ids are in `set`. Rows of a batch usually come in id order:
+/// the members of the batch's range of ids are then looked up among its
+/// rows, instead of each row in the set.
+pub fn members_mask(ids: &[u32], set: &RoaringBitmap) -> BooleanBuffer {
+    match (ids.first(), ids.last()) {
+        (Some(&lo), Some(&hi)) if lo <= hi && ids.is_sorted() => {
+            let mut bits = BooleanBufferBuilder::new(ids.len());
+            bits.append_n(ids.len(), false);
+            let mut at = 0;
+            for id in set.range(lo..=hi) {
+                at += ids[at..].partition_point(|&x| x < id);
+                while ids.get(at) == Some(&id) {
+                    bits.set_bit(at, true);
+                    at += 1;
+                }
+            }
+            bits.finish()
+        }
+        _ => BooleanBuffer::collect_bool(ids.len(), |i| set.contains(ids[i])),
+    }
+}
+
 /// The ids `lo + i` for the set bits `i < bits.len()`, built container by
 /// container. Kernels may leave bits set past the length in the last byte
 /// (a `NOT` flips the padding), so those are cleared first.
@@ -70,4 +93,27 @@ fn add_ids(bitmap: &mut RoaringBitmap, mut run: Vec<u32>) {
     }
     let part = RoaringBitmap::from_sorted_iter(run).expect("sorted, deduplicated ids");
     *bitmap |= part;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn members_mask_marks_the_rows_whose_ids_are_in_the_set() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let n = rng.random_range(0..300);
+            let mut ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..500)).collect();
+            if rng.random_bool(0.7) {
+                ids.sort_unstable();
+            }
+            let share = rng.random_range(0.0..1.0);
+            let set: RoaringBitmap = (0..600).filter(|_| rng.random_bool(share)).collect();
+            let want: Vec<bool> = ids.iter().map(|id| set.contains(*id)).collect();
+            let got: Vec<bool> = members_mask(&ids, &set).iter().collect();
+            assert_eq!(got, want, "ids {ids:?}");
+        }
+    }
 }

@@ -191,6 +191,8 @@ impl Scan {
                     }
                     continue;
                 }
+                // The value column of an aggregate, read for these types.
+                let values = leaf.value.and_then(|v| rows.values[v]);
                 for ((&i, &tv), &r) in at.iter().zip(ts).zip(order) {
                     let (i, r) = (i as usize, r as usize);
                     if tv < lo_ts || tv > hi_ts || extra.is_some_and(|x| !x.value(r)) {
@@ -232,8 +234,7 @@ impl Scan {
                             }
                         }
                         Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
-                            let column = rows.values[leaf.value.expect("value column")]
-                                .expect("read by its types");
+                            let column = values.expect("a value column read by its types");
                             if column.is_null(r) {
                                 continue;
                             }
