@@ -584,8 +584,26 @@ fn write_merged(
         let mut position = 0usize;
         for some in groups.chunks(rayon::current_num_threads().max(1)) {
             for batch in old.read(None, some)? {
-                let batch = to_storage(&batch, &old_plain)?;
                 let n = batch.num_rows();
+                // Rows no update touches go to the new file as they were
+                // read, when it stores them with the same types: their
+                // text is not decoded and encoded again.
+                let untouched = runs.iter().all(|r| {
+                    r.positions
+                        .get(r.at)
+                        .is_none_or(|&p| p as usize >= position + n)
+                });
+                let batch = match untouched {
+                    true => out.as_stored(batch)?,
+                    false => Err(batch),
+                };
+                let batch = match batch {
+                    Ok(()) => {
+                        position += n;
+                        continue;
+                    }
+                    Err(batch) => to_storage(&batch, &old_plain)?,
+                };
                 let merged =
                     merge_updates(&batch, position, &mut runs, fields, &retype.schema, opts)?;
                 position += n;
@@ -628,6 +646,32 @@ impl Output {
             self.start(w, new_sample)?;
         }
         Ok(())
+    }
+
+    /// Write a batch read from the old file as it is, when the new file
+    /// stores its columns with the same names and types (Err: it does not,
+    /// or they are not chosen yet).
+    fn as_stored(&mut self, batch: RecordBatch) -> Result<std::result::Result<(), RecordBatch>> {
+        let Some((out, schema)) = &mut self.writer else {
+            return Ok(Err(batch));
+        };
+        let same = |a: &Field, b: &Field| a.name() == b.name() && a.data_type() == b.data_type();
+        let alike = schema.fields().len() == batch.num_columns()
+            && schema
+                .fields()
+                .iter()
+                .zip(batch.schema().fields())
+                .all(|(a, b)| same(a, b));
+        let stored = alike
+            .then(|| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).ok())
+            .flatten();
+        match stored {
+            Some(stored) => {
+                out.write(stored)?;
+                Ok(Ok(()))
+            }
+            None => Ok(Err(batch)),
+        }
     }
 
     fn start(&mut self, w: &Writer, new_sample: &RecordBatch) -> Result<()> {

@@ -1092,3 +1092,77 @@ fn the_decoding_floor_reads_what_a_plan_reads() {
     assert_eq!(files_read(&opened).len(), 1);
     assert_eq!(files_read(&clicked).len(), 2);
 }
+
+/// A base larger than the sample that chooses the storage types: the rows
+/// no update touches go to the new file as they were read, the others with
+/// their updates, and every value reads back as imported.
+#[test]
+fn an_upsert_into_a_large_base_keeps_every_row_it_does_not_touch() {
+    use datafusion::arrow::array::{Array, AsArray};
+    let tb = new_base("UTC");
+    // Three row groups of the contacts file (256k rows each at most): the
+    // first sets the types, the second has no update, the third has some.
+    let n = 600_000u64;
+    let city = |i: u64| ["Paris", "Lyon", "Évry", ""][(i % 4) as usize];
+    let mut csv = String::from("contact_id,city,email,score\n");
+    for i in 0..n {
+        csv += &format!("{i},{},c{i}@example.com,{}\n", city(i), i % 1000);
+    }
+    tb.import_contacts("all", &csv).unwrap();
+    // Updates at the end of the file and in its middle, and new contacts.
+    let updated = |i: u64| (i < 200_000 && i % 50_000 == 7) || i >= n - 3;
+    let mut csv = String::from("contact_id,city,score\n");
+    for i in (0..n).filter(|&i| updated(i)) {
+        csv += &format!("{i},Nantes,{}\n", i % 1000 + 1);
+    }
+    for i in n..n + 5 {
+        csv += &format!("{i},Nantes,1\n");
+    }
+    tb.import_contacts("updates", &csv).unwrap();
+    let snap = tb.base.snapshot().unwrap();
+    let all = segments::base::contacts::load_contacts(snap.dir(), &snap.manifest).unwrap();
+    assert_eq!(all.num_rows() as u64, n + 5);
+    let column = |name: &str| all.column(all.schema().index_of(name).unwrap()).clone();
+    let (ids, cities, emails, scores) = (
+        column("contact_id"),
+        column("city"),
+        column("email"),
+        column("score"),
+    );
+    let cities = cities.as_string::<i32>();
+    let emails = emails.as_string::<i32>();
+    let scores =
+        datafusion::arrow::compute::cast(&scores, &datafusion::arrow::datatypes::DataType::Int64)
+            .unwrap();
+    let scores = scores.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    let ids =
+        datafusion::arrow::compute::cast(&ids, &datafusion::arrow::datatypes::DataType::Int64)
+            .unwrap();
+    let ids = ids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    for row in 0..all.num_rows() {
+        let i = ids.value(row) as u64;
+        let (want_city, want_score) = match (i >= n, updated(i)) {
+            (true, _) => ("Nantes", 1),
+            (false, true) => ("Nantes", i % 1000 + 1),
+            (false, false) => (city(i), i % 1000),
+        };
+        let got_city = if cities.is_null(row) {
+            ""
+        } else {
+            cities.value(row)
+        };
+        assert_eq!(got_city, want_city, "contact {i}: city");
+        assert_eq!(scores.value(row) as u64, want_score, "contact {i}: score");
+        if i < n {
+            assert_eq!(
+                emails.value(row),
+                format!("c{i}@example.com"),
+                "contact {i}: email"
+            );
+        } else {
+            assert!(emails.is_null(row), "new contact {i}: no e-mail");
+        }
+    }
+    let problems = segments::base::check::check(&snap).unwrap();
+    assert!(problems.is_empty(), "the base checks clean: {problems:?}");
+}
