@@ -17,12 +17,16 @@ use serde_json::Value;
 
 use crate::base::bitmaps::{TaggedBitmaps, WRITE_BUFFER};
 use crate::base::manifest::{Change, DataFile, KeptLeaves, Manifest};
-use crate::base::store::{Durability, read_checked};
+use crate::base::store::{Durability, read_checked, verify};
 use crate::base::{Base, Writer};
 use crate::error::{Error, Result};
 
-/// The first bytes of a file of latest times.
-const LATEST_MAGIC: &[u8; 8] = b"SEGLAT01";
+/// The first bytes of a file of latest times: each key's times start at
+/// a multiple of 8 bytes from the file's start (zeros before them), so
+/// that a mapped file is read in place.
+const LATEST_MAGIC: &[u8; 8] = b"SEGLAT02";
+/// The same without the alignment (files written by earlier versions).
+const LATEST_MAGIC_1: &[u8; 8] = b"SEGLAT01";
 
 /// Tags of a change's bitmaps.
 const FIELDS: i64 = 0;
@@ -146,15 +150,94 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// The kept latest times, read whole.
+    /// The kept latest times, their file mapped in memory and checked whole.
+    #[allow(unsafe_code)]
     pub fn latest_times(&self, dir: &std::path::Path) -> Result<Option<LatestTimes>> {
-        match &self.latest_file {
-            Some(f) => Ok(Some(
-                LatestTimes::decode(&read_checked(dir, f)?)
-                    .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))?,
-            )),
-            None => Ok(None),
+        let Some(f) = &self.latest_file else {
+            return Ok(None);
+        };
+        let abs = dir.join(&f.path);
+        let file = std::fs::File::open(&abs).map_err(|e| Error::io(&abs, e))?;
+        // SAFETY: the files of a base are written whole under a name of
+        // their own and never written again; removing one (garbage
+        // collection) leaves a mapping of it readable.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&abs, e))?;
+        verify(dir, f, &map)?;
+        LatestTimes::decode(&std::sync::Arc::new(map))
+            .map(Some)
+            .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))
+    }
+}
+
+/// The times of a [`Latest`]: its own, or read in place from a mapped file
+/// of latest times.
+#[derive(Clone)]
+pub enum Times {
+    Own(Vec<i64>),
+    Mapped {
+        map: std::sync::Arc<memmap2::Mmap>,
+        /// The first byte (a multiple of 8).
+        at: usize,
+        len: usize,
+    },
+}
+
+impl Times {
+    /// `len` times at byte `at` of a mapped file: read in place when
+    /// aligned on a little-endian machine, else copied.
+    fn of(map: &std::sync::Arc<memmap2::Mmap>, at: usize, len: usize) -> Times {
+        let bytes = &map[at..at + len * 8];
+        if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, i64>(bytes).is_ok() {
+            return Times::Mapped {
+                map: map.clone(),
+                at,
+                len,
+            };
         }
+        let times = bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+        Times::Own(times.collect())
+    }
+}
+
+impl Default for Times {
+    fn default() -> Times {
+        Times::Own(Vec::new())
+    }
+}
+
+impl From<Vec<i64>> for Times {
+    fn from(v: Vec<i64>) -> Times {
+        Times::Own(v)
+    }
+}
+
+impl FromIterator<i64> for Times {
+    fn from_iter<I: IntoIterator<Item = i64>>(iter: I) -> Times {
+        Times::Own(iter.into_iter().collect())
+    }
+}
+
+impl std::ops::Deref for Times {
+    type Target = [i64];
+    fn deref(&self) -> &[i64] {
+        match self {
+            Times::Own(v) => v,
+            Times::Mapped { map, at, len } => bytemuck::cast_slice(&map[*at..*at + len * 8]),
+        }
+    }
+}
+
+impl PartialEq for Times {
+    fn eq(&self, other: &Times) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Times {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
@@ -181,7 +264,7 @@ pub struct Latest {
     pub slots: usize,
     /// The times of each one's `slots` latest, latest first (`i64::MIN`
     /// past the ones it has), in the order of `ids` (µs).
-    pub times: Vec<i64>,
+    pub times: Times,
 }
 
 /// The latest times a recompute kept, by key, with what they reflect.
@@ -215,7 +298,35 @@ impl LatestTimes {
     /// Write the file's bytes: the header, then each key's contacts and
     /// times.
     pub fn encode_into(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let header = LatestHeader {
+        let header = serde_json::to_vec(&self.header_of()).expect("header serializes");
+        out.write_all(LATEST_MAGIC)?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        let mut at = 16 + header.len();
+        for l in self.by_key.values() {
+            let ids = l.ids.serialized_size();
+            out.write_all(&(ids as u64).to_le_bytes())?;
+            l.ids.serialize_into(&mut *out)?;
+            let pad = (at + 8 + ids).next_multiple_of(8) - (at + 8 + ids);
+            out.write_all(&[0; 8][..pad])?;
+            at += 8 + ids + pad + l.times.len() * 8;
+            for t in l.times.chunks(4096) {
+                match cfg!(target_endian = "little") {
+                    true => out.write_all(bytemuck::cast_slice(t))?,
+                    false => {
+                        let bytes: Vec<u8> = t.iter().flat_map(|t| t.to_le_bytes()).collect();
+                        out.write_all(&bytes)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The header of the file: what the times reflect, and each key's
+    /// `from`, contacts and slots.
+    fn header_of(&self) -> LatestHeader {
+        LatestHeader {
             as_of: self.as_of,
             files: self.files.clone(),
             keys: self
@@ -228,20 +339,7 @@ impl LatestTimes {
                     slots: l.slots,
                 })
                 .collect(),
-        };
-        let header = serde_json::to_vec(&header).expect("header serializes");
-        out.write_all(LATEST_MAGIC)?;
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        for l in self.by_key.values() {
-            out.write_all(&(l.ids.serialized_size() as u64).to_le_bytes())?;
-            l.ids.serialize_into(&mut *out)?;
-            for t in l.times.chunks(4096) {
-                let bytes: Vec<u8> = t.iter().flat_map(|t| t.to_le_bytes()).collect();
-                out.write_all(&bytes)?;
-            }
         }
-        Ok(())
     }
 
     /// What a file of latest times reflects, read from its first bytes:
@@ -254,7 +352,7 @@ impl LatestTimes {
         let mut head = [0u8; 16];
         f.read_exact(&mut head)
             .map_err(|e| damaged(format!("truncated: {e}")))?;
-        if &head[..8] != LATEST_MAGIC {
+        if &head[..8] != LATEST_MAGIC && &head[..8] != LATEST_MAGIC_1 {
             return Err(damaged("not a file of latest times (bad magic)".into()));
         }
         let n = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
@@ -277,7 +375,7 @@ impl LatestTimes {
                         from: e.from,
                         ids: RoaringBitmap::new(),
                         slots: e.slots,
-                        times: Vec::new(),
+                        times: Times::default(),
                     };
                     (e.key, l)
                 })
@@ -285,23 +383,27 @@ impl LatestTimes {
         })
     }
 
-    pub fn decode(bytes: &[u8]) -> std::result::Result<LatestTimes, String> {
-        let truncated = || "truncated file of latest times".to_string();
-        let mut rest = bytes
-            .strip_prefix(LATEST_MAGIC.as_slice())
-            .ok_or("not a file of latest times (bad magic)")?;
-        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
-            if rest.len() < n {
-                return Err(truncated());
-            }
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            Ok(head)
+    /// The latest times of a mapped file, read in place where they can be.
+    pub fn decode(map: &std::sync::Arc<memmap2::Mmap>) -> std::result::Result<LatestTimes, String> {
+        let bytes: &[u8] = map;
+        let aligned = match bytes.get(..8) {
+            Some(m) if m == LATEST_MAGIC => true,
+            Some(m) if m == LATEST_MAGIC_1 => false,
+            _ => return Err("not a file of latest times (bad magic)".into()),
         };
-        let len = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
+        let mut at = 8;
+        let mut take = |n: usize| -> std::result::Result<(usize, &[u8]), String> {
+            if bytes.len() - at < n {
+                return Err("truncated file of latest times".to_string());
+            }
+            at += n;
+            Ok((at - n, &bytes[at - n..at]))
+        };
+        let len =
+            |(_, b): (usize, &[u8])| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
         let n = len(take(8)?);
         let header: LatestHeader =
-            serde_json::from_slice(take(n)?).map_err(|e| format!("damaged header: {e}"))?;
+            serde_json::from_slice(take(n)?.1).map_err(|e| format!("damaged header: {e}"))?;
         let mut by_key = BTreeMap::new();
         for LatestEntry {
             key,
@@ -311,13 +413,19 @@ impl LatestTimes {
         } in header.keys
         {
             let n = len(take(8)?);
-            let ids = RoaringBitmap::deserialize_from(take(n)?)
-                .map_err(|e| format!("damaged bitmap: {e}"))?;
-            let bytes = take(count as usize * slots * 8)?;
-            let times = bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect();
+            let (end, ids) = take(n)?;
+            let ids =
+                RoaringBitmap::deserialize_from(ids).map_err(|e| format!("damaged bitmap: {e}"))?;
+            if aligned {
+                let end = end + n;
+                take(end.next_multiple_of(8) - end)?;
+            }
+            let times = (count as usize)
+                .checked_mul(slots)
+                .filter(|n| n.checked_mul(8).is_some())
+                .ok_or("damaged header")?;
+            let (start, _) = take(times * 8)?;
+            let times = Times::of(map, start, times);
             if ids.len() != count {
                 return Err(format!("{key}: {} contacts for {count} times", ids.len()));
             }
@@ -476,4 +584,88 @@ pub fn keep_again(w: &mut Writer, as_of: DateTime<Utc>) {
 pub fn forget(m: &mut Manifest) {
     m.leaves = None;
     m.changes.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(bytes: &[u8]) -> std::sync::Arc<memmap2::Mmap> {
+        let mut f = tempfile::tempfile().expect("a temporary file");
+        std::io::Write::write_all(&mut f, bytes).expect("written");
+        #[allow(unsafe_code)]
+        // SAFETY: the file is this test's own and not written again.
+        let map = unsafe { memmap2::Mmap::map(&f) }.expect("mapped");
+        std::sync::Arc::new(map)
+    }
+
+    /// Three keys whose bitmaps have sizes that leave each key's times at
+    /// a different offset modulo 8.
+    fn sample() -> LatestTimes {
+        let mut by_key = BTreeMap::new();
+        for (key, ids, slots) in [
+            ("a", vec![1u32, 5, 9], 1usize),
+            ("b", (0..1000).step_by(7).collect(), 2),
+            ("c", vec![70_000], 3),
+            ("d", vec![], 1),
+        ] {
+            let times = (0..ids.len() * slots)
+                .map(|i| match i % 5 {
+                    4 => i64::MIN,
+                    _ => 1_700_000_000_000_000 + i as i64 * 1_000_003,
+                })
+                .collect();
+            let l = Latest {
+                from: -5,
+                ids: ids.into_iter().collect(),
+                slots,
+                times,
+            };
+            by_key.insert(key.to_string(), l);
+        }
+        LatestTimes {
+            as_of: 1_700_000_000_000_000,
+            files: vec!["events/2026-11/e.parquet".into()],
+            by_key,
+        }
+    }
+
+    #[test]
+    fn latest_times_read_back_in_place_as_written() {
+        let want = sample();
+        let mut bytes = Vec::new();
+        want.encode_into(&mut bytes).expect("encoded");
+        let got = LatestTimes::decode(&mapped(&bytes)).expect("decoded");
+        assert_eq!(got, want);
+        for (key, l) in &got.by_key {
+            assert!(
+                matches!(l.times, Times::Mapped { .. }),
+                "{key} read in place"
+            );
+        }
+        // Cut anywhere: an error, never a panic.
+        for cut in [9, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                LatestTimes::decode(&mapped(&bytes[..cut])).is_err(),
+                "{cut}"
+            );
+        }
+    }
+
+    /// Files written before the times were aligned are read too.
+    #[test]
+    fn latest_times_of_the_first_format_are_read() {
+        let want = sample();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(LATEST_MAGIC_1);
+        let header = serde_json::to_vec(&want.header_of()).expect("header");
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        for l in want.by_key.values() {
+            bytes.extend_from_slice(&(l.ids.serialized_size() as u64).to_le_bytes());
+            l.ids.serialize_into(&mut bytes).expect("bitmap");
+            bytes.extend(l.times.iter().flat_map(|t| t.to_le_bytes()));
+        }
+        assert_eq!(LatestTimes::decode(&mapped(&bytes)).expect("decoded"), want);
+    }
 }

@@ -35,7 +35,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::{Expr, Volatility, col, lit};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,7 @@ use crate::compile::latest::{self, LatestKey};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
 use crate::engine::Session;
 use crate::engine::session::{CONTACTS, EVENTS};
+use crate::engine::udf::{Bands, InBands};
 use crate::error::Result;
 
 /// How a recompute used the results kept from the previous one.
@@ -144,10 +147,11 @@ impl Freshness {
     }
 }
 
-/// Past this many events in the bands of time a condition's boundaries
-/// swept, their contacts are not looked up: spread over the ids, they make
-/// the condition read every contact anyway.
-const BAND_EVENTS_LOOKED_UP: f64 = 256.0;
+/// When the bands of time a condition's boundaries swept hold more events
+/// than the contacts divided by this, their contacts are not looked up:
+/// as many, the condition is evaluated for every contact anyway (see
+/// [`PassWork::of`]).
+const BAND_CONTACTS_SHARE: f64 = 4.0;
 
 /// Event types, and closed intervals of time (µs).
 type Banded = (Vec<String>, Vec<(i64, i64)>);
@@ -456,28 +460,21 @@ impl Session {
             }
         }
         // Contacts with events in the bands of time that moved. Bands that
-        // hold many events (by the files' time ranges) hold contacts spread
-        // over the ids: their conditions are evaluated in full without
-        // looking them up. Finding the others pays only when the pass would
-        // otherwise read few ids: when it reads them all anyway (a
-        // condition evaluated in full, changed contacts spread over most
-        // ids), they are evaluated in full too, at no extra cost.
+        // hold events for a quarter of the contacts or more are not looked
+        // up: their conditions are evaluated in full. The others are, unless
+        // the pass evaluates a condition in full anyway: the events pass
+        // then reads every contact, and evaluates these conditions in full
+        // too at no extra cost. Otherwise the pass reads the rows of the
+        // changed contacts alone, however spread over the ids they are.
+        let crowd = self.all_contacts.len() as f64 / BAND_CONTACTS_SHARE;
         banded.retain(|(i, (_, bands))| {
-            let crowded = self.events_in(bands) >= BAND_EVENTS_LOOKED_UP;
+            let crowded = self.events_in(bands) >= crowd;
             if crowded {
                 events[*i] = Way::Full;
             }
             !crowded
         });
-        let span = self.all_contacts.max().map_or(0, |m| m + 1);
-        let mut changed = RoaringBitmap::new();
-        for w in &events {
-            if let Way::Patch(_, d) = w {
-                changed |= d;
-            }
-        }
-        let reads_all = events.iter().any(|w| matches!(w, Way::Full))
-            || id_range(&changed, span).is_none() && !changed.is_empty();
+        let reads_all = events.iter().any(|w| matches!(w, Way::Full));
         let found = if reads_all {
             Err(())
         } else {
@@ -655,7 +652,13 @@ impl Session {
                 let (new, found) = if e_leaves.is_empty() && to_find.is_empty() {
                     (Vec::new(), None)
                 } else {
-                    self.events_pass(&e_leaves, clock, e_work.range.clone(), &to_find)
+                    // Conditions patched alone, for few contacts spread
+                    // over the ids: the rows of those contacts alone.
+                    let only = e_work
+                        .only
+                        .as_ref()
+                        .filter(|_| e_work.fresh.full == 0 && to_find.is_empty());
+                    self.events_pass(&e_leaves, clock, e_work.range.clone(), only, &to_find)
                         .await
                 };
                 let folded = match &body {
@@ -847,10 +850,6 @@ impl Session {
         n
     }
 
-    /// For each (event types, closed intervals of time): the contacts with
-    /// an event of one of the types at a time in one of the intervals, in
-    /// one scan of events (files and row groups outside the intervals are
-    /// skipped by their statistics).
     /// For each condition, the contacts whose values pass one of its
     /// filters ([`value_bands`]), and those of them for which it holds,
     /// in one scan.
@@ -865,22 +864,22 @@ impl Session {
             .iter()
             .map(|(bands, _)| bands.iter().cloned().reduce(Expr::or).unwrap_or(lit(false)))
             .collect();
-        let any = bands.iter().cloned().reduce(Expr::or).expect("a band");
         let mut select = vec![col(IID)];
         for (i, (band, (_, holds))) in bands.into_iter().zip(wanted).enumerate() {
             select.push(band.alias(format!("b{i}")));
             select.push((*holds).clone().alias(format!("h{i}")));
         }
-        let df = self
-            .ctx
-            .table(CONTACTS)
-            .await?
-            .filter(any)?
-            .select(select)?;
+        let table = self.ctx.table(CONTACTS).await?;
+        let any = any_band(wanted.iter().flat_map(|(b, _)| b.iter()), table.schema());
+        let df = table.filter(any)?.select(select)?;
         let mut masks = collect_masks(df, 2 * wanted.len()).await?.into_iter();
         Ok(std::iter::from_fn(|| Some((masks.next()?, masks.next()?))).collect())
     }
 
+    /// For each (event types, closed intervals of time): the contacts with
+    /// an event of one of the types at a time in one of the intervals, in
+    /// one scan of events (files and row groups outside the intervals are
+    /// skipped by their statistics).
     async fn banded_contacts(&self, wanted: &[Banded]) -> Result<Vec<RoaringBitmap>> {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -909,6 +908,61 @@ impl Session {
         let df = self.ctx.table(EVENTS).await?.filter(any)?.select(select)?;
         collect_masks(df, wanted.len()).await
     }
+}
+
+/// Whether a contact's values pass one of some filters ([`value_bands`]):
+/// the intervals of each column of integers, dates or timestamps found by
+/// one look-up per value ([`InBands`]), the other filters as they are.
+fn any_band<'a>(bands: impl Iterator<Item = &'a Expr>, schema: &DFSchema) -> Expr {
+    use datafusion::logical_expr::expr::Between;
+    let number = |v: &ScalarValue| match v.cast_to(&DataType::Int64) {
+        Ok(ScalarValue::Int64(Some(n))) => Some(n),
+        _ => None,
+    };
+    let mut by_column: Vec<(Column, Vec<(i64, i64)>)> = Vec::new();
+    let mut others: Vec<Expr> = Vec::new();
+    for band in bands {
+        let interval = match band {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => match (&**expr, &**low, &**high) {
+                (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) => {
+                    let t = schema
+                        .qualified_field_from_column(c)
+                        .ok()
+                        .map(|(_, f)| f.data_type());
+                    match t {
+                        Some(t)
+                            if InBands::takes(t)
+                                && lo.data_type() == *t
+                                && hi.data_type() == *t =>
+                        {
+                            number(lo).zip(number(hi)).map(|i| (c.clone(), i))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match interval {
+            Some((c, i)) => match by_column.iter_mut().find(|(d, _)| *d == c) {
+                Some((_, is)) => is.push(i),
+                None => by_column.push((c, vec![i])),
+            },
+            None => others.push(band.clone()),
+        }
+    }
+    by_column
+        .into_iter()
+        .map(|(c, is)| InBands::udf(Bands::new(is)).call(vec![Expr::Column(c)]))
+        .chain(others)
+        .reduce(Expr::or)
+        .unwrap_or(lit(false))
 }
 
 /// The ids from the first to the last of some contacts, unless they spread

@@ -25,6 +25,7 @@ use crate::base::changes::{Latest, LatestTimes};
 use crate::compile::behavior::{BehaviorParts, LeafBits};
 use crate::compile::expr::Clock;
 use crate::engine::Session;
+use crate::engine::udf::Bands;
 use crate::error::{Error, Result};
 
 /// The conditions of a batch that share their latest times.
@@ -151,7 +152,7 @@ pub fn found(
                     from: k.lo,
                     ids: b.has,
                     slots: k.slots,
-                    times: b.times,
+                    times: b.times.into(),
                 };
                 (k.key.clone(), latest)
             })
@@ -207,9 +208,11 @@ impl Session {
         let added = scan(&unread.added, i64::MIN).await?;
         let later = scan(&unread.later, kept.as_of.saturating_add(1)).await?;
         let none = RoaringBitmap::new();
-        keys.iter()
+        // Keys in parallel: each merge copies its key's times.
+        use rayon::prelude::*;
+        keys.par_iter()
             .zip(olds)
-            .zip(added.into_iter().zip(later))
+            .zip(added.into_par_iter().zip(later))
             .map(|((k, old), (added, later))| {
                 let touched = &added.has | &later.has;
                 let folded = merge(old, presence, k.lo, added)?;
@@ -283,28 +286,19 @@ impl Patch<'_> {
 /// a kept time in one of them: one look at every time, for all the sets.
 pub fn in_bands(kept: &Latest, sets: &[&[(i64, i64)]]) -> Vec<RoaringBitmap> {
     let k = kept.slots.max(1);
-    // Without a branch per time: one unsigned comparison per band
-    // (a ≤ t ≤ b as t − a ≤ b − a).
-    let sets: Vec<Vec<(u64, u64)>> = sets
-        .iter()
-        .map(|bands| {
-            bands
-                .iter()
-                .filter(|(a, b)| a <= b)
-                .map(|&(a, b)| (a as u64, (b as u64).wrapping_sub(a as u64)))
-                .collect()
-        })
-        .collect();
-    let in_band = |bands: &[(u64, u64)], t: i64| {
-        (t != i64::MIN)
-            & bands.iter().fold(false, |hit, &(a, w)| {
-                hit | ((t as u64).wrapping_sub(a) <= w)
-            })
-    };
+    let sets: Vec<Bands> = sets.iter().map(|b| Bands::new(b.iter().copied())).collect();
+    // Bands are narrow next to the spread of the times: most contacts have
+    // none in a bucket any band touches, and are passed over after one
+    // look-up per time.
+    let any = Bands::new(sets.iter().flat_map(Bands::intervals));
     let mut hits: Vec<Vec<u32>> = vec![Vec::new(); sets.len()];
     for (at, t) in kept.times.chunks_exact(k).enumerate() {
+        if !t.iter().fold(false, |hit, &x| hit | any.near(x)) {
+            continue;
+        }
         for (bands, hits) in sets.iter().zip(hits.iter_mut()) {
-            if t.iter().fold(false, |hit, &x| hit | in_band(bands, x)) {
+            // `i64::MIN`: no time.
+            if t.iter().any(|&x| x != i64::MIN && bands.contains(x)) {
                 hits.push(at as u32);
             }
         }
@@ -417,7 +411,7 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
         from,
         ids,
         slots: k,
-        times,
+        times: times.into(),
     })
 }
 
@@ -489,6 +483,76 @@ mod tests {
                 .map(|id| (id, now_rows.iter().position(|(x, _)| *x == id)))
                 .collect();
             assert_eq!(found, positions);
+        }
+    }
+
+    /// Bands against a plain look at each interval, with intervals of
+    /// every width (empty, one instant, up to the whole range of `i64`) and
+    /// times at their ends; and the contacts `in_bands` finds.
+    #[test]
+    fn bands_find_every_time_inside_them() {
+        use rand::{Rng, SeedableRng};
+        const N: i64 = i64::MIN;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        for round in 0..400 {
+            let scale: i64 = [1_000, 1 << 40, i64::MAX / 4][round % 3];
+            let mut intervals: Vec<(i64, i64)> = (0..rng.random_range(0..6))
+                .map(|_| {
+                    let a = rng.random_range(-scale..scale);
+                    let w = rng.random_range(-10..scale / 50 + 10);
+                    (a, a.saturating_add(w))
+                })
+                .collect();
+            if round % 17 == 0 {
+                intervals.push((N, rng.random_range(-scale..scale)));
+            }
+            if round % 19 == 0 {
+                intervals.push((rng.random_range(-scale..scale), i64::MAX));
+            }
+            let bands = Bands::new(intervals.iter().copied());
+            let inside = |t: i64| intervals.iter().any(|&(a, b)| a <= t && t <= b);
+            let mut probes = vec![N, N + 1, i64::MAX, 0];
+            for &(a, b) in &intervals {
+                for t in [a, b] {
+                    probes.extend([t.saturating_sub(1), t, t.saturating_add(1)]);
+                }
+            }
+            probes.extend((0..50).map(|_| rng.random_range(-scale..scale)));
+            for &t in &probes {
+                assert_eq!(bands.contains(t), inside(t), "{t} in {intervals:?}");
+                assert!(!inside(t) || bands.near(t), "{t} near {intervals:?}");
+            }
+            // Two times per contact, some missing.
+            let rows: Vec<(u32, Vec<i64>)> = (0..probes.len() as u32)
+                .map(|id| {
+                    let t = probes[id as usize];
+                    let u = match id % 3 {
+                        0 => N,
+                        _ => probes[rng.random_range(0..probes.len())],
+                    };
+                    (id * 2, vec![t.max(u), t.min(u)])
+                })
+                .collect();
+            let kept = latest(
+                N,
+                2,
+                &rows.iter().map(|(id, t)| (*id, &t[..])).collect::<Vec<_>>(),
+            );
+            let found = in_bands(&kept, &[&intervals, &intervals[..intervals.len().min(1)]]);
+            for (found, set) in found
+                .iter()
+                .zip([&intervals[..], &intervals[..intervals.len().min(1)]])
+            {
+                let want: RoaringBitmap = rows
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.iter()
+                            .any(|&x| x != N && set.iter().any(|&(a, b)| a <= x && x <= b))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(found, &want, "{set:?}");
+            }
         }
     }
 

@@ -220,7 +220,7 @@ impl Session {
         };
         let ((contacts, c_ms), ((events, found), e_ms), (queries, q_ms)) = tokio::join!(
             timed(self.contacts_pass(&plan.contact_leaves, clock, None, None)),
-            timed(self.events_pass(&plan.event_leaves, clock, None, &keys)),
+            timed(self.events_pass(&plan.event_leaves, clock, None, None, &keys)),
             timed(self.queries_pass(&plan.queries)),
         );
         LeafResults {
@@ -342,6 +342,7 @@ impl Session {
         leaves: &[Behavior],
         clock: &Clock,
         range: Option<Range<u32>>,
+        only: Option<&RoaringBitmap>,
         keys: &[latest::LatestKey],
     ) -> (Vec<Outcome>, Option<Vec<behavior::LeafBits>>) {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
@@ -361,7 +362,10 @@ impl Session {
         let all = &self.all_contacts;
         let mut parts: Vec<BehaviorParts> = compiled.iter().map(|(_, p)| p.clone()).collect();
         parts.extend(keys.iter().map(|k| k.leaf(clock)));
-        match self.behavior_pass(&parts, clock, range.clone(), None).await {
+        match self
+            .behavior_pass_of(&parts, clock, range.clone(), None, only)
+            .await
+        {
             Ok(mut results) => {
                 let found = results.split_off(compiled.len());
                 for ((slot, p), bits) in compiled.iter().zip(results) {

@@ -288,6 +288,12 @@ impl TableProvider for UserTable {
     }
 }
 
+/// `id_in_set(_iid)` for the ids of `ids` below `end`.
+pub(crate) fn id_in_set(ids: &RoaringBitmap, end: u32) -> Expr {
+    let set = IdSet::new(end, Some(ids), &RoaringBitmap::new());
+    ScalarUDF::from(set).call(vec![datafusion::prelude::col(crate::base::schema::IID)])
+}
+
 /// `id_in_set(_iid)`: whether an internal id is in a set, one bit per id.
 #[derive(PartialEq, Eq, Hash)]
 struct IdSet {

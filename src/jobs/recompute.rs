@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::base::Writer;
 use crate::base::bitmaps::read_bitmap;
 use crate::base::changes::Earlier;
-use crate::base::manifest::{Manifest, SegmentStatus};
+use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
 use crate::base::members::{Members, OptIns, store_result};
 use crate::compile::expr::Clock;
 use crate::compile::fresh::Freshness;
@@ -115,6 +115,15 @@ impl Bitmaps for Env<'_> {
 
 /// Segment ids in dependency order (dependencies first).
 pub fn dependency_order(targets: &[(String, String, Criterion)], m: &Manifest) -> Vec<usize> {
+    dependency_levels(targets, m)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The targets by level: those of a level refer only to segments of the
+/// levels before it, or outside the targets.
+pub fn dependency_levels(targets: &[(String, String, Criterion)], m: &Manifest) -> Vec<Vec<usize>> {
     let mut keys: HashMap<String, String> = HashMap::new();
     for (id, name, _) in targets {
         keys.insert(id.clone(), id.clone());
@@ -136,8 +145,12 @@ pub fn dependency_order(targets: &[(String, String, Criterion)], m: &Manifest) -
         .collect();
     g.levels()
         .into_iter()
-        .flatten()
-        .filter_map(|id| pos.get(id.as_str()).copied())
+        .map(|level| {
+            level
+                .iter()
+                .filter_map(|id| pos.get(id.as_str()).copied())
+                .collect()
+        })
         .collect()
 }
 
@@ -199,7 +212,9 @@ pub async fn compute_since(
         batch_keys.insert(name.clone(), id.clone());
     }
     let mut batch: HashMap<String, Outcome> = HashMap::new();
-    for i in dependency_order(targets, m) {
+    // The segments of a level in parallel.
+    for level in dependency_levels(targets, m) {
+        use rayon::prelude::*;
         let env = Env {
             all: &session.all_contacts,
             dir: dir.to_path_buf(),
@@ -207,8 +222,13 @@ pub async fn compute_since(
             batch: &batch,
             batch_keys: &batch_keys,
         };
-        let r = eval(&nodes[i], &leaves, &env);
-        batch.insert(targets[i].0.clone(), r);
+        let done: Vec<(usize, Outcome)> = level
+            .par_iter()
+            .map(|&i| (i, eval(&nodes[i], &leaves, &env)))
+            .collect();
+        for (i, r) in done {
+            batch.insert(targets[i].0.clone(), r);
+        }
     }
     Computation {
         results: batch.into_iter().collect(),
@@ -405,51 +425,85 @@ pub async fn compute_into_with(
         freshness: Some(comp.freshness.clone()),
         segments: Vec::new(),
     };
+    // Segments in parallel: each reads its members and writes its files.
     let mut segments = std::mem::take(&mut w.next.segments);
-    for (done, (id, result)) in comp.results.iter().enumerate() {
-        w.base.progress("storing segments", done as u64, total);
-        let rec = segments
-            .iter_mut()
-            .find(|s| &s.id == id)
-            .expect("target is a segment");
-        let t0 = Instant::now();
-        match result {
-            Ok(bm) => {
-                store_result(w, rec, bm.clone(), &opt, at, as_of, comp.leaves_ms)?;
-                let history = rec.history.points(w.dir())?;
-                let p = history.last().expect("a point was just added");
-                report.segments.push(SegmentRun {
-                    id: id.clone(),
-                    status: "up_to_date".into(),
-                    size: p.size,
-                    entries: p.entries,
-                    exits: p.exits,
-                    duration_ms: comp.leaves_ms + t0.elapsed().as_millis() as u64,
-                    error: None,
-                });
-            }
-            Err(e) => {
-                // Previous members are kept; the error is shown with the status.
-                rec.status = SegmentStatus::Failed;
-                rec.error = Some(e.to_string());
-                report.segments.push(SegmentRun {
-                    id: id.clone(),
-                    status: "failed".into(),
-                    size: rec.stats.as_ref().map(|s| s.contacts).unwrap_or(0),
-                    entries: 0,
-                    exits: 0,
-                    duration_ms: 0,
-                    error: Some(e.to_string()),
-                });
-            }
-        }
+    let results: HashMap<&str, &Outcome> = comp
+        .results
+        .iter()
+        .map(|(id, r)| (id.as_str(), r))
+        .collect();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let stored: Vec<Result<SegmentRun>> = {
+        use rayon::prelude::*;
+        segments
+            .par_iter_mut()
+            .filter_map(|rec| {
+                let result = results.get(rec.id.as_str())?;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                w.base.progress("storing segments", n, total);
+                Some(store_one(w, rec, result, &opt, at, as_of, comp.leaves_ms))
+            })
+            .collect()
+    };
+    let mut runs: HashMap<String, SegmentRun> = HashMap::new();
+    for run in stored {
+        let run = run?;
+        runs.insert(run.id.clone(), run);
     }
+    report.segments = comp
+        .results
+        .keys()
+        .filter_map(|id| runs.remove(id))
+        .collect();
     w.next.segments = segments;
     phases.store_ms = store.elapsed().as_millis() as u64;
     report.phases = phases;
     w.base.progress("publishing", total, total);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Store a segment's new result, or its failure (its previous members are
+/// kept, the error shown with its status).
+fn store_one(
+    w: &Writer,
+    rec: &mut SegmentRecord,
+    result: &Outcome,
+    opt: &OptIns,
+    at: DateTime<Utc>,
+    as_of: DateTime<Utc>,
+    leaves_ms: u64,
+) -> Result<SegmentRun> {
+    let t0 = Instant::now();
+    match result {
+        Ok(bm) => {
+            store_result(w, rec, bm.clone(), opt, at, as_of, leaves_ms)?;
+            let history = rec.history.points(w.dir())?;
+            let p = history.last().expect("a point was just added");
+            Ok(SegmentRun {
+                id: rec.id.clone(),
+                status: "up_to_date".into(),
+                size: p.size,
+                entries: p.entries,
+                exits: p.exits,
+                duration_ms: leaves_ms + t0.elapsed().as_millis() as u64,
+                error: None,
+            })
+        }
+        Err(e) => {
+            rec.status = SegmentStatus::Failed;
+            rec.error = Some(e.to_string());
+            Ok(SegmentRun {
+                id: rec.id.clone(),
+                status: "failed".into(),
+                size: rec.stats.as_ref().map(|s| s.contacts).unwrap_or(0),
+                entries: 0,
+                exits: 0,
+                duration_ms: 0,
+                error: Some(e.to_string()),
+            })
+        }
+    }
 }
 
 /// Ids of every active dynamic segment.

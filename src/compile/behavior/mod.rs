@@ -387,7 +387,21 @@ impl Session {
         range: Option<std::ops::Range<u32>>,
         files: Option<&[usize]>,
     ) -> Result<Vec<LeafBits>> {
-        let scan = Arc::new(Scan::new(self, parts, clock, files)?);
+        self.behavior_pass_of(parts, clock, range, files, None)
+            .await
+    }
+
+    /// [`Session::behavior_pass`] over the rows of some contacts only
+    /// (`only`): the others have neither events nor times.
+    pub async fn behavior_pass_of(
+        &self,
+        parts: &[BehaviorParts],
+        clock: &Clock,
+        range: Option<std::ops::Range<u32>>,
+        files: Option<&[usize]>,
+        only: Option<&RoaringBitmap>,
+    ) -> Result<Vec<LeafBits>> {
+        let mut scan = Scan::new(self, parts, clock, files)?;
         let all_end = self.all_contacts.max().map(|m| m as u64 + 1).unwrap_or(0);
         let (start, end) = match range {
             Some(r) => (u64::from(r.start), u64::from(r.end).min(all_end)),
@@ -398,7 +412,12 @@ impl Session {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let rows = scan.rows * (end - start) / all_end;
+        let mut rows = scan.rows * (end - start) / all_end;
+        if let Some(only) = only {
+            rows = scan.rows * only.range_cardinality(start as u32..end as u32) / all_end;
+            scan.only = Some(crate::engine::tables::id_in_set(only, end as u32));
+        }
+        let scan = Arc::new(scan);
         let few = rows <= FEW_ROWS_PER_THREAD
             && rows.saturating_mul(SPARSE_CONTACTS_PER_ROW) < end - start;
         if self.scan_layout.rows_first.unwrap_or(few) {
@@ -668,8 +687,6 @@ struct Scan {
     values: Vec<Expr>,
     planned: Vec<Expr>,
     dictionaries: Vec<String>,
-    /// A typed empty value of each dictionary column, projected for the
-    /// types whose conditions do not read it.
     /// The row filters conditions share, and each condition's filter as
     /// the conjunction of some of them.
     atoms: Vec<Atom>,
@@ -689,6 +706,8 @@ struct Scan {
     floats: usize,
     times: usize,
     layout: ScanLayout,
+    /// Rows of these contacts only (a filter on `_iid`), when set.
+    only: Option<Expr>,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its

@@ -149,6 +149,7 @@ impl Scan {
             floats,
             times,
             layout: session.scan_layout,
+            only: None,
         })
     }
 
@@ -307,6 +308,9 @@ impl Scan {
             ))
         };
         filter = filter.and(col("type").in_list(types.iter().map(dictionary).collect(), false));
+        if let Some(only) = &self.only {
+            filter = filter.and(only.clone());
+        }
         let mut select = vec![iid()];
         if group.ts.is_none() {
             // The windows of these types' conditions skip row groups and
@@ -383,7 +387,12 @@ impl Scan {
                     .await?
                     .create_physical_plan()
                     .await?;
-                let plan = without_filters(plan)?;
+                // Rows of some contacts only: the filter keeps those few
+                // rows, instead of the kernel looking each one up.
+                let plan = match self.only {
+                    Some(_) => plan,
+                    None => without_filters(plan)?,
+                };
                 let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
                 while let Some(batch) = stream.next().await {
                     take(batch?, group, projection)?;

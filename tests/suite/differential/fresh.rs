@@ -406,13 +406,58 @@ fn rand_seed() -> u64 {
     s
 }
 
+/// Create segments (JSON definitions) and compute them in full at `start`.
+fn create_and_compute(
+    tb: &super::super::common::TestBase,
+    rt: &tokio::runtime::Runtime,
+    definitions: &[Value],
+    start: DateTime<Utc>,
+) {
+    let mut w = tb.base.writer("t").unwrap();
+    for d in definitions {
+        let d = segments::criteria::Definition::parse(d).unwrap();
+        rt.block_on(segments::jobs::segments::create(&mut w, &d, start))
+            .unwrap();
+    }
+    w.commit().unwrap();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(segments::jobs::recompute::recompute(
+        &mut w,
+        start,
+        segments::jobs::recompute::Fresh::Full,
+    ))
+    .unwrap();
+    w.commit().unwrap();
+}
+
+/// An incremental recompute at `as_of`, checked against a full computation;
+/// how it used the kept results.
+fn incremental_equals_full_at(
+    tb: &super::super::common::TestBase,
+    rt: &tokio::runtime::Runtime,
+    as_of: DateTime<Utc>,
+    step: &str,
+) -> segments::compile::fresh::Freshness {
+    let mut w = tb.base.writer("t").unwrap();
+    let report = rt
+        .block_on(segments::jobs::recompute::recompute(
+            &mut w,
+            as_of,
+            segments::jobs::recompute::Fresh::Incremental,
+        ))
+        .unwrap();
+    w.commit().unwrap();
+    let failures = check_against_full(tb.path(), as_of, step, rt);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    report.freshness.expect("an incremental run")
+}
+
 /// Contact conditions on dates that the clock moves (a birthday week,
 /// sign-ups of the last 30 days, of more than 10 days ago): each
 /// incremental run finds again the contacts whose dates lie between the
 /// days or instants then and now, and no other, and equals a full run.
 #[test]
 fn moving_dates_are_found_again_for_the_contacts_between_then_and_now() {
-    use segments::jobs::recompute::Fresh;
     let tb = super::super::common::new_base("Europe/Paris");
     let rt = super::super::common::rt();
     let start = super::super::common::at("2026-11-23T12:00:00Z");
@@ -439,21 +484,7 @@ fn moving_dates_are_found_again_for_the_contacts_between_then_and_now() {
         json!({"id": "old-signups", "name": "Older sign-ups",
                "criteria": {"field": "created_at", "op": "more_than_ago", "value": "10d"}}),
     ];
-    let mut w = tb.base.writer("t").unwrap();
-    for d in &definitions {
-        let d = segments::criteria::Definition::parse(d).unwrap();
-        rt.block_on(segments::jobs::segments::create(&mut w, &d, start))
-            .unwrap();
-    }
-    w.commit().unwrap();
-    let mut w = tb.base.writer("t").unwrap();
-    rt.block_on(segments::jobs::recompute::recompute(
-        &mut w,
-        start,
-        Fresh::Full,
-    ))
-    .unwrap();
-    w.commit().unwrap();
+    create_and_compute(&tb, &rt, &definitions, start);
     let mut as_of = start;
     // Within the same day, the birthday week stands; the sign-up instants
     // move with every hour.
@@ -464,24 +495,97 @@ fn moving_dates_are_found_again_for_the_contacts_between_then_and_now() {
         ("23 hours", 23, 3),
     ] {
         as_of += ChronoDuration::hours(hours);
-        let mut w = tb.base.writer("t").unwrap();
-        let report = rt
-            .block_on(segments::jobs::recompute::recompute(
-                &mut w,
-                as_of,
-                Fresh::Incremental,
-            ))
-            .unwrap();
-        w.commit().unwrap();
-        let failures = check_against_full(tb.path(), as_of, step, &rt);
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
-        let f = report.freshness.expect("an incremental run");
+        let f = incremental_equals_full_at(&tb, &rt, as_of, step);
         assert_eq!(f.contacts.full, 0, "after {step}: {}", f.describe());
         assert_eq!(f.contacts.patched, moved, "after {step}: {}", f.describe());
         // The contacts found again are those with a date in the bands,
         // not every contact.
         assert!(
             f.contacts.dirty_contacts > 0 && f.contacts.dirty_contacts < 150,
+            "after {step}: {}",
+            f.describe()
+        );
+    }
+}
+
+/// Sums and averages over a sliding window, with events crossing its start
+/// for a few contacts spread over the ids: each incremental run patches
+/// the conditions from the rows of the contacts with events in the swept
+/// bands or new events alone (no condition in full), and equals a full run.
+#[test]
+fn sliding_sums_are_patched_from_the_rows_of_the_contacts_that_crossed_a_window() {
+    let tb = super::super::common::new_base("Europe/Paris");
+    let rt = super::super::common::rt();
+    let start = super::super::common::at("2026-11-23T12:00:00Z");
+    let mut contacts = String::from("contact_id,email\n");
+    let mut events = String::from("contact_id,ts,type,amount\n");
+    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    for id in 1..=400i64 {
+        contacts.push_str(&format!("{id},c{id}@example.com\n"));
+        // A purchase a contact: for odd contacts in the day after the
+        // window's start (which the next steps sweep), for even ones spread
+        // over 45 days.
+        let t = match id % 2 {
+            1 => start - ChronoDuration::days(29) - ChronoDuration::minutes(id * 13 % 96 * 15),
+            _ => {
+                start - ChronoDuration::days(id * 7 % 45) - ChronoDuration::minutes(id * 37 % 1440)
+            }
+        };
+        events.push_str(&format!("{id},{},purchase,{}\n", ts(t), id % 7 * 20 + 5));
+        // A second one: for odd contacts inside the window at every step,
+        // so that their answers rest on the rows left once the first one
+        // leaves it.
+        let (t, amount) = match id % 2 {
+            1 => (start - ChronoDuration::days(3), 70),
+            _ => (
+                start - ChronoDuration::days(id * 11 % 40) - ChronoDuration::hours(5),
+                50,
+            ),
+        };
+        events.push_str(&format!("{id},{},purchase,{amount}\n", ts(t)));
+    }
+    tb.import_contacts("people", &contacts).unwrap();
+    tb.import_events("history", &events).unwrap();
+    let definitions = [
+        json!({"id": "spent", "name": "Spent over 60 in 30 days",
+               "criteria": {"behavior": {"event": "purchase", "within": "30d",
+                   "having": {"agg": "sum", "field": "amount", "op": "gt", "value": 60}}}}),
+        json!({"id": "basket", "name": "Average basket over 40 in 30 days",
+               "criteria": {"behavior": {"event": "purchase", "within": "30d",
+                   "having": {"agg": "avg", "field": "amount", "op": "gt", "value": 40}}}}),
+    ];
+    create_and_compute(&tb, &rt, &definitions, start);
+    let mut as_of = start;
+    for (step, hours, new_events) in [
+        ("an hour", 1, &[][..]),
+        ("three hours and purchases", 3, &[7i64, 150, 391][..]),
+        ("six hours", 6, &[][..]),
+    ] {
+        as_of += ChronoDuration::hours(hours);
+        if !new_events.is_empty() {
+            let mut csv = String::from("contact_id,ts,type,amount\n");
+            for id in new_events {
+                let t = as_of - ChronoDuration::minutes(30);
+                csv.push_str(&format!("{id},{},purchase,45\n", ts(t)));
+            }
+            // Imported without the refresh (which runs at the present
+            // instant): the run below refreshes.
+            let f = tb.file(&format!("burst-{hours}.csv"), &csv);
+            let mut w = tb.base.writer("t").unwrap();
+            let options = EventImportOptions {
+                name: None,
+                skip_unknown: false,
+            };
+            import_events(&mut w, &f, &options).unwrap();
+            w.commit().unwrap();
+        }
+        let f = incremental_equals_full_at(&tb, &rt, as_of, step);
+        assert_eq!(f.events.full, 0, "after {step}: {}", f.describe());
+        assert_eq!(f.events.patched, 2, "after {step}: {}", f.describe());
+        // The contacts with a purchase in the swept bands, or a new one,
+        // spread from the first ids to the last.
+        assert!(
+            f.events.dirty_contacts > 0 && f.events.dirty_contacts < 100,
             "after {step}: {}",
             f.describe()
         );
