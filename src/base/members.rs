@@ -92,6 +92,32 @@ pub struct OptIns {
     pub sms: RoaringBitmap,
 }
 
+/// The keys of the opt-ins among a recompute's kept results (conditions'
+/// keys start with `c:` or `b:`).
+const KEPT_EMAIL: &str = "optins:email";
+const KEPT_SMS: &str = "optins:sms";
+
+impl OptIns {
+    /// The opt-ins as kept results ([`crate::base::changes::keep`]).
+    pub fn as_kept(&self) -> [(String, RoaringBitmap); 2] {
+        [
+            (KEPT_EMAIL.to_string(), self.email.clone()),
+            (KEPT_SMS.to_string(), self.sms.clone()),
+        ]
+    }
+
+    /// The opt-ins a recompute kept, when no contact changed since.
+    pub fn from_kept(kept: &crate::base::changes::Kept) -> Option<OptIns> {
+        if !(kept.dirty.fields.is_empty() && kept.dirty.presence.is_empty()) {
+            return None;
+        }
+        Some(OptIns {
+            email: kept.results.get(KEPT_EMAIL)?.clone(),
+            sms: kept.results.get(KEPT_SMS)?.clone(),
+        })
+    }
+}
+
 /// Record a new computation of a segment: members, cohorts, history, statistics.
 pub fn store_result(
     w: &Writer,

@@ -117,6 +117,14 @@ impl Session {
         if let Some(r) = range {
             df = df.filter(crate::compile::iid_range(r))?;
         }
+        // Every condition needs hold for a few contacts only: their rows
+        // alone are kept before anything is computed.
+        if let Some((rows, restricted)) = only
+            && restricted.iter().all(|&r| r)
+            && let Some(last) = rows.max()
+        {
+            df = df.filter(crate::engine::tables::id_in_set(rows, last + 1))?;
+        }
         let plan = df.select(select)?.create_physical_plan().await?;
         let scan = plan.schema();
         let mut atoms = Vec::with_capacity(atom_exprs.len());

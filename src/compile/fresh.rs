@@ -610,10 +610,17 @@ impl Session {
                     .is_some_and(|l| l.from == k.lo)
         };
         let to_find = pick(KeyWay::Find);
-        let (to_same, to_fold): (Vec<LatestKey>, Vec<LatestKey>) =
+        let (to_same, mut to_fold): (Vec<LatestKey>, Vec<LatestKey>) =
             pick(KeyWay::Fold).into_iter().partition(|k| same(k));
-        let carried = pick(KeyWay::Carry);
+        let mut carried = pick(KeyWay::Carry);
         let renewed = keep && !(to_find.is_empty() && to_fold.is_empty());
+        // Times written again reflect every events file: kept times that
+        // do not (files imports added since they were written, whose rows
+        // earlier runs folded in without writing them) are brought up to
+        // date too, though their conditions kept their results.
+        if renewed && !state_same {
+            to_fold.append(&mut carried);
+        }
         let answers_same = event_ways.iter().zip(&work.of_leaf).any(|(w, o)| {
             matches!(w, Way::Latest | Way::LatestPatch(..))
                 && o.is_some_and(|k| to_same.iter().any(|s| s.key == work.keys[k].key))

@@ -369,6 +369,10 @@ pub async fn compute_into_with(
         Earlier::Kept(k) => Some(k.results.len()),
         Earlier::None(_) => None,
     };
+    let kept_optins = match &earlier {
+        Earlier::Kept(k) => OptIns::from_kept(k),
+        Earlier::None(_) => None,
+    };
     let every_active = {
         let mut a = active_ids(&w.next);
         let mut b = ids.to_vec();
@@ -387,6 +391,15 @@ pub async fn compute_into_with(
         every_active,
     )
     .await;
+    // Opt-ins, kept with the conditions' results: found again only when
+    // contacts changed since.
+    let t = Instant::now();
+    let opt = match kept_optins {
+        Some(opt) => opt,
+        None => optins(&session).await?,
+    };
+    let optins_ms = t.elapsed().as_millis() as u64;
+    comp.leaves.extend(opt.as_kept());
     // Every condition kept its result, and the batch has those conditions
     // only: the kept files stand for this version too.
     let f = &comp.freshness;
@@ -405,10 +418,8 @@ pub async fn compute_into_with(
         crate::base::changes::keep(w, as_of, leaves, comp.latest.as_ref())?;
     }
     let keep_ms = t.elapsed().as_millis() as u64;
-    let t = Instant::now();
-    let opt = optins(&session).await?;
     let mut phases = Phases {
-        optins_ms: t.elapsed().as_millis() as u64,
+        optins_ms,
         keep_ms,
         ..comp.phases
     };

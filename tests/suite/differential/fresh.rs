@@ -11,7 +11,8 @@
 //! every segment's members must equal a full computation of the same version
 //! at the same instant.
 //!
-//! `FRESH_SEED=<u64>` replays one case; `FRESH_CASES=<n>` runs n cases (12).
+//! `FRESH_SEED=<u64>` replays one case; `FRESH_CASES=<n>` runs n drawn cases
+//! (12), after the seeds that once failed ([`FOUND`]).
 
 use super::*;
 
@@ -47,6 +48,11 @@ fn check_against_full(
         &clock,
         &targets,
     ));
+    // Opt-ins found again from the contacts: a run that kept its own
+    // counted the same.
+    let opt = rt
+        .block_on(segments::jobs::recompute::optins(&session))
+        .expect("opt-ins");
     let mut failures = Vec::new();
     for rec in snap
         .manifest
@@ -58,7 +64,20 @@ fn check_against_full(
             .expect("members")
             .members;
         match full.results.get(&rec.id) {
-            Some(Ok(want)) if *want == stored => {}
+            Some(Ok(want)) if *want == stored => {
+                let stats = rec.stats.as_ref().expect("statistics");
+                let counted = (stats.email_optins, stats.sms_optins);
+                let want = (
+                    stored.intersection_len(&opt.email),
+                    stored.intersection_len(&opt.sms),
+                );
+                if counted != want {
+                    failures.push(format!(
+                        "after {step}, as of {as_of}: segment {} counts opt-ins {counted:?}, not {want:?}",
+                        rec.id
+                    ));
+                }
+            }
             Some(Ok(want)) => failures.push(format!(
                 "after {step}, as of {as_of}: segment {} has extra iids {:?}, misses {:?}\n  criteria: {}",
                 rec.id,
@@ -339,6 +358,14 @@ fn import(
     w.commit().expect("commit");
 }
 
+/// Seeds that once failed, run before the drawn ones.
+const FOUND: &[u64] = &[
+    // Kept latest times carried into a new file of them without the rows of
+    // an import that earlier runs had folded in without writing them; the
+    // clock then jumped 15 months: a contact stayed active.
+    1796040667538574669,
+];
+
 #[test]
 fn incremental_equals_full() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -359,12 +386,11 @@ fn incremental_equals_full() {
                 .map_or(zones * 2 + 2, |s| {
                     s.parse().expect("FRESH_CASES is a number")
                 });
-            (0..cases)
-                .map(|k| {
-                    let s = start.wrapping_add(k.wrapping_mul(1_000_003));
-                    s - s % zones + k % zones
-                })
-                .collect()
+            let drawn = (0..cases).map(|k| {
+                let s = start.wrapping_add(k.wrapping_mul(1_000_003));
+                s - s % zones + k % zones
+            });
+            FOUND.iter().copied().chain(drawn).collect()
         }
     };
     let mut failures = Vec::new();
