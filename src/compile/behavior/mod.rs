@@ -412,11 +412,15 @@ impl Session {
             return Ok(out);
         }
         let threads = self.ctx.copied_config().target_partitions().max(1);
-        let mut rows = scan.rows * (end - start) / all_end;
-        if let Some(only) = only {
-            rows = scan.rows * only.range_cardinality(start as u32..end as u32) / all_end;
-            scan.only = Some(crate::engine::tables::id_in_set(only, end as u32));
-        }
+        // Rows to read: the range's share of the scan's, or its contacts'.
+        let contacts = match only {
+            Some(only) => {
+                scan.only = Some(crate::engine::tables::id_in_set(only, end as u32));
+                only.range_cardinality(start as u32..end as u32)
+            }
+            None => end - start,
+        };
+        let rows = scan.rows * contacts / all_end;
         let scan = Arc::new(scan);
         let few = rows <= FEW_ROWS_PER_THREAD
             && rows.saturating_mul(SPARSE_CONTACTS_PER_ROW) < end - start;
