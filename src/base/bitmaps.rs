@@ -100,6 +100,40 @@ impl TaggedBitmaps {
 }
 
 /// Write a single bitmap (tag 0).
+/// The set of ids given in any order. Many ids set bits in a byte per
+/// eight ids first (a bitmap insert per unordered id costs several times
+/// more); few, spread over a wide range, are sorted.
+pub fn bitmap_of(ids: &[u32]) -> RoaringBitmap {
+    use rayon::prelude::*;
+    let Some(max) = ids.par_iter().copied().max() else {
+        return RoaringBitmap::new();
+    };
+    let bytes = max as usize / 8 + 1;
+    if bytes / 4 > ids.len() {
+        let mut sorted = ids.to_vec();
+        sorted.par_sort_unstable();
+        sorted.dedup();
+        return RoaringBitmap::from_sorted_iter(sorted).expect("sorted ids");
+    }
+    let bits = ids
+        .par_chunks(1 << 20)
+        .fold(
+            || vec![0u8; bytes],
+            |mut bits, part| {
+                for &i in part {
+                    bits[i as usize / 8] |= 1 << (i % 8);
+                }
+                bits
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+            a
+        })
+        .expect("ids");
+    RoaringBitmap::from_lsb0_bytes(0, &bits)
+}
+
 pub fn write_bitmap(writer: &Writer, stem: &str, bm: &RoaringBitmap) -> Result<DataFile> {
     TaggedBitmaps(vec![(0, bm.clone())]).write(writer, stem)
 }
@@ -107,4 +141,33 @@ pub fn write_bitmap(writer: &Writer, stem: &str, bm: &RoaringBitmap) -> Result<D
 /// Read a single bitmap (tag 0).
 pub fn read_bitmap(dir: &Path, file: &DataFile) -> Result<RoaringBitmap> {
     Ok(TaggedBitmaps::read(dir, file)?.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Dense and sparse ids, repeated and in any order, up to `u32::MAX`.
+    #[test]
+    fn bitmap_of_holds_every_id_given() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        for case in 0..200 {
+            let n = rng.random_range(0..3_000);
+            let top = match case % 3 {
+                0 => rng.random_range(1..5_000),
+                1 => rng.random_range(1..10_000_000),
+                _ => u32::MAX,
+            };
+            let mut ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..top)).collect();
+            if case % 5 == 0 {
+                ids.push(top - 1);
+                ids.push(0);
+            }
+            let want: RoaringBitmap = ids.iter().copied().collect();
+            assert_eq!(bitmap_of(&ids), want, "case {case}");
+        }
+        let many: Vec<u32> = (0..3_000_000).map(|i| (i * 7) % 2_500_000).collect();
+        assert_eq!(bitmap_of(&many), many.iter().copied().collect());
+    }
 }

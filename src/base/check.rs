@@ -50,8 +50,8 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
     if let Some(f) = &m.contacts {
         match crate::base::ids::ContactIdMap::load(dir, m) {
             Ok(map) => {
-                let ids: RoaringBitmap = map.to_iid.values().copied().collect();
-                if ids != all || map.to_iid.len() as u64 != all.len() {
+                let ids: RoaringBitmap = map.iter().map(|(_, i)| i).collect();
+                if ids != all || map.len() as u64 != all.len() {
                     problems.push(format!(
                         "{}: the id map does not match the all-contacts bitmap",
                         f.path

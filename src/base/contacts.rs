@@ -809,10 +809,7 @@ fn new_rows_batch(
 pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
     let dir = w.dir().to_path_buf();
     let map = ContactIdMap::load(&dir, &w.next)?;
-    let gone: RoaringBitmap = contact_ids
-        .iter()
-        .filter_map(|c| map.to_iid.get(c).copied())
-        .collect();
+    let gone: RoaringBitmap = contact_ids.iter().filter_map(|c| map.get(*c)).collect();
     if gone.is_empty() {
         return Ok(0);
     }

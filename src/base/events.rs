@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
     UInt64Array, new_null_array,
 };
-use datafusion::arrow::compute::{filter_record_batch, take};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
@@ -113,21 +113,24 @@ pub fn import_events(
             None => Some(ContactIdMap::load_some(&dir, &w.next, &ids)?),
         };
         let map = whole.as_ref().or(some.as_ref()).expect("an id map");
-        // The internal id of each row, `None` for a contact not in the base.
-        let found: Vec<Option<u32>> = ids
+        // The internal id of each row, `NONE` for a contact not in the base
+        // (internal ids stay below it).
+        const NONE: u32 = u32::MAX;
+        let iids: Vec<u32> = ids
             .par_iter()
             .with_min_len(64 * 1024)
-            .map(|id| map.to_iid.get(id).copied())
+            .map(|id| map.get(*id).unwrap_or(NONE))
             .collect();
-        let keep: Vec<bool> = found.iter().map(Option::is_some).collect();
-        let iids: Vec<u32> = found.iter().map(|f| f.unwrap_or(0)).collect();
-        drop(found);
-        if let Some(row) = keep.iter().position(|k| !k) {
-            unknown += keep.iter().filter(|k| !**k).count() as u64;
+        let missing = iids.par_iter().filter(|&&i| i == NONE).count();
+        if missing > 0 {
+            unknown += missing as u64;
+            let row = iids.iter().position(|&i| i == NONE).expect("a missing row");
             if first_unknown.is_none() && !opts.skip_unknown {
                 first_unknown = Some((chunk.locate(row, CONTACT_ID), ids[row]));
             }
         }
+        let keep: Option<Vec<bool>> =
+            (missing > 0).then(|| iids.iter().map(|&i| i != NONE).collect());
         // Past an unknown contact, the rest of the file is only counted.
         if first_unknown.is_some() {
             continue;
@@ -159,22 +162,19 @@ pub fn import_events(
                 .position(|c| c.name == required)
                 .expect("standard")];
             let nulls = a.nulls().filter(|n| n.null_count() > 0);
-            if let Some(row) = nulls.and_then(|n| (0..a.len()).find(|&r| n.is_null(r) && keep[r])) {
+            let kept = |r: usize| keep.as_ref().is_none_or(|k| k[r]);
+            if let Some(row) = nulls.and_then(|n| (0..a.len()).find(|&r| n.is_null(r) && kept(r))) {
                 return Err(chunk.error(row, required, format!("{required} is missing")));
             }
         }
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;
         // Rows of unknown contacts (skipped) are left out; often there are none.
-        let batch = if keep.iter().all(|&k| k) {
-            batch
-        } else {
-            filter_record_batch(&batch, &BooleanArray::from(keep))?
+        let batch = match keep {
+            None => batch,
+            Some(keep) => filter_record_batch(&batch, &BooleanArray::from(keep))?,
         };
         add_types(&batch, &mut types)?;
-        touched |= iid_column(&batch)
-            .par_chunks(256 * 1024)
-            .map(|part| part.iter().copied().collect::<RoaringBitmap>())
-            .reduce(RoaringBitmap::new, |a, b| a | b);
+        touched |= crate::base::bitmaps::bitmap_of(iid_column(&batch));
         files.extend(write_partitioned(w, &schema, &batch)?);
         added += batch.num_rows() as u64;
     }
@@ -292,44 +292,87 @@ pub fn write_partitioned(
     let ts = ts_column(batch).values();
     let iids = iid_column(batch);
     let types = type_ranks(batch)?;
-    // Rows by month, grouped in parallel (an import often holds one month,
-    // or months in order, so the latest month is looked up first).
-    let by_month: BTreeMap<i64, Vec<u32>> = (0..ts.len() as u32)
-        .into_par_iter()
+    // Rows by month: each row's month in parallel, then the rows pushed
+    // to their month's list (directly indexed, as an import spans few).
+    let months: Vec<i32> = ts
+        .par_iter()
         .with_min_len(64 * 1024)
-        .fold(BTreeMap::new, |mut acc: BTreeMap<i64, Vec<u32>>, row| {
-            let month = month_index(ts[row as usize]);
-            match acc.last_entry() {
-                Some(mut last) if *last.key() == month => last.get_mut().push(row),
-                _ => acc.entry(month).or_default().push(row),
+        .map(|&t| month_index(t) as i32)
+        .collect();
+    let (lo, hi) = months
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &m| (lo.min(m), hi.max(m)));
+    let mut slots: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    if lo <= hi && hi - lo < 4096 {
+        let mut by_slot: Vec<Vec<u32>> = vec![Vec::new(); (hi - lo) as usize + 1];
+        for (row, &m) in months.iter().enumerate() {
+            by_slot[(m - lo) as usize].push(row as u32);
+        }
+        for (slot, rows) in by_slot.into_iter().enumerate() {
+            if !rows.is_empty() {
+                slots.insert(lo + slot as i32, rows);
             }
-            acc
-        })
-        .reduce(BTreeMap::new, |mut a, b| {
-            for (month, mut rows) in b {
-                a.entry(month).or_default().append(&mut rows);
-            }
-            a
-        });
+        }
+    } else {
+        for (row, &m) in months.iter().enumerate() {
+            slots.entry(m).or_default().push(row as u32);
+        }
+    }
+    drop(months);
+    let by_month = slots;
     let mut out = Vec::new();
     for (_, rows) in by_month {
-        // Sorted by (`type`, `_iid`, `ts`), then by row so that the order is
-        // the same however the rows were grouped.
-        let mut keyed: Vec<(u32, u32, i64, u32)> = rows
-            .par_iter()
-            .map(|&r| {
-                let r_ = r as usize;
-                (types[r_], iids[r_], ts[r_], r)
-            })
-            .collect();
-        drop(rows);
-        keyed.par_sort_unstable();
-        let month = month_of(keyed[0].2);
-        let indices = UInt32Array::from_iter_values(keyed.iter().map(|r| r.3));
-        drop(keyed);
-        out.push(write_sorted(w, schema, batch, Some(&indices), &month)?);
+        let month = month_of(ts[rows[0] as usize]);
+        let indices = UInt32Array::from(stored_order(rows, &types, iids, ts));
+        out.push(write_sorted(
+            w,
+            schema,
+            batch,
+            &types,
+            Some(&indices),
+            &month,
+        )?);
     }
     Ok(out)
+}
+
+/// `rows` (ascending) in the order events are stored: by (`type`, `_iid`,
+/// `ts`), then by row, so that the order is the same however the rows were
+/// grouped. Each type's rows, in row order, are sorted by `_iid` (a stable
+/// radix sort); only a contact's rows that are not already in time order
+/// are sorted again (an import ordered by time or by contact has none).
+fn stored_order(rows: Vec<u32>, types: &[u32], iids: &[u32], ts: &[i64]) -> Vec<u32> {
+    let kinds = rows
+        .iter()
+        .map(|&r| types[r as usize] + 1)
+        .max()
+        .unwrap_or(0);
+    let mut by_type: Vec<Vec<u64>> = vec![Vec::new(); kinds as usize];
+    for r in rows {
+        by_type[types[r as usize] as usize].push(u64::from(iids[r as usize]) << 32 | u64::from(r));
+    }
+    by_type
+        .into_par_iter()
+        .flat_map_iter(|mut keys| {
+            // Stable, by `_iid` alone: rows were pushed in order.
+            radsort::sort_by_key(&mut keys, |&k| (k >> 32) as u32);
+            let mut order: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+            let mut start = 0;
+            while start < keys.len() {
+                let contact = keys[start] >> 32;
+                let len = keys[start..]
+                    .iter()
+                    .take_while(|&&k| k >> 32 == contact)
+                    .count();
+                let run = &mut order[start..start + len];
+                if len > 1 && !run.is_sorted_by_key(|&r| ts[r as usize]) {
+                    run.sort_unstable_by_key(|&r| (ts[r as usize], r));
+                }
+                start += len;
+            }
+            order
+        })
+        .collect()
 }
 
 /// The month of a µs timestamp (UTC) as `year * 12 + month - 1`, by the
@@ -399,45 +442,46 @@ fn type_ranks(batch: &RecordBatch) -> Result<Vec<u32>> {
 
 /// Write the rows `indices` of a batch, which are in (`type`, `_iid`, `ts`)
 /// order, as one month's file (all rows, in their order, without indices),
-/// each type's rows in row groups of their own.
+/// each type's rows in row groups of their own (`types`: the batch's
+/// [`type_ranks`]).
 fn write_sorted(
     w: &Writer,
     schema: &SchemaRef,
     batch: &RecordBatch,
+    types: &[u32],
     indices: Option<&UInt32Array>,
     month: &str,
 ) -> Result<EventFile> {
-    let sorted = match indices {
-        Some(indices) => {
-            let columns = batch
-                .columns()
-                .par_iter()
-                .map(|c| take(c, indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            RecordBatch::try_new(batch.schema(), columns)?
-        }
-        None => batch.clone(),
-    };
-    let ts = ts_column(&sorted);
-    let (min_ts, max_ts) = ts
-        .values()
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+    let rows = indices.map_or(batch.num_rows(), |i| i.len());
+    let row = |at: usize| indices.map_or(at, |i| i.value(at) as usize);
+    let ts = ts_column(batch).values();
+    let (min_ts, max_ts) = (0..rows)
+        .into_par_iter()
+        .with_min_len(64 * 1024)
+        .fold(
+            || (i64::MAX, i64::MIN),
+            |(lo, hi), at| (lo.min(ts[row(at)]), hi.max(ts[row(at)])),
+        )
+        .reduce(|| (i64::MAX, i64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    // Each type's rows, one range of the order each.
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let kind = types[row(start)];
+        let end = (start + 1..rows)
+            .find(|&at| types[row(at)] != kind)
+            .unwrap_or(rows);
+        ranges.push(start..end);
+        start = end;
+    }
     let sink = w.new_file(&format!("events/{month}"), "events", "parquet")?;
     let mut writer = ParallelWriter::new(sink, schema.clone(), events_properties())?;
-    let types = type_ranks(&sorted)?;
-    let mut start = 0;
-    while start < types.len() {
-        let len = types[start..].partition_point(|&t| t == types[start]);
-        writer.write(sorted.slice(start, len))?;
-        writer.end_row_group()?;
-        start += len;
-    }
+    writer.write_groups(batch, indices, &ranges)?;
     let file = writer.finish()?;
     Ok(EventFile {
         file,
         month: month.to_string(),
-        rows: sorted.num_rows() as u64,
+        rows: rows as u64,
         min_ts,
         max_ts,
         by_type: true,
@@ -454,7 +498,14 @@ pub fn sort_by_type(w: &Writer, file: &EventFile) -> Result<EventFile> {
     // Stable: each type's rows keep their (`_iid`, `ts`) order.
     order.par_sort_by_key(|&r| types[r as usize]);
     let indices = UInt32Array::from(order);
-    let sorted = write_sorted(w, &batch.schema(), &batch, Some(&indices), &file.month)?;
+    let sorted = write_sorted(
+        w,
+        &batch.schema(),
+        &batch,
+        &types,
+        Some(&indices),
+        &file.month,
+    )?;
     drop(batch);
     std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
     Ok(sorted)
@@ -575,17 +626,9 @@ pub fn compact_months(w: &mut Writer, months: &[String]) -> Result<Vec<MonthComp
         let iids = iid_column(&all);
         let ts = ts_column(&all).values();
         let types = type_ranks(&all)?;
-        let mut keyed: Vec<(u32, u32, i64, u32)> = (0..all.num_rows() as u32)
-            .into_par_iter()
-            .map(|r| {
-                let r_ = r as usize;
-                (types[r_], iids[r_], ts[r_], r)
-            })
-            .collect();
-        keyed.par_sort_unstable();
-        let indices = UInt32Array::from_iter_values(keyed.iter().map(|k| k.3));
-        drop(keyed);
-        let file = write_sorted(w, &schema, &all, Some(&indices), month)?;
+        let rows = (0..all.num_rows() as u32).collect();
+        let indices = UInt32Array::from(stored_order(rows, &types, iids, ts));
+        let file = write_sorted(w, &schema, &all, &types, Some(&indices), month)?;
         report.push(MonthCompaction {
             month: month.clone(),
             files: of_month.len(),
@@ -645,7 +688,15 @@ pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
         let kept = filter_record_batch(&batch, &keep)?;
         if kept.num_rows() > 0 {
             // Filtering keeps the (`type`, `_iid`, `ts`) order.
-            out.push(write_sorted(w, &kept.schema(), &kept, None, &ef.month)?);
+            let types = type_ranks(&kept)?;
+            out.push(write_sorted(
+                w,
+                &kept.schema(),
+                &kept,
+                &types,
+                None,
+                &ef.month,
+            )?);
         }
     }
     w.next.events = out;
@@ -655,6 +706,46 @@ pub fn delete_events_of(w: &mut Writer, gone: &RoaringBitmap) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Rows come out by (`type`, `_iid`, `ts`, row) whatever order they
+    /// come in: by time, by contact, or shuffled, with ties in every key.
+    #[test]
+    fn stored_order_is_by_type_contact_time_and_row() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for case in 0..300 {
+            let n = rng.random_range(0..400);
+            let kinds = rng.random_range(1..6);
+            let contacts = rng.random_range(1..50);
+            let mut rows: Vec<(u32, u32, i64)> = (0..n)
+                .map(|_| {
+                    (
+                        rng.random_range(0..kinds),
+                        rng.random_range(0..contacts),
+                        rng.random_range(-3..20),
+                    )
+                })
+                .collect();
+            match case % 3 {
+                0 => rows.sort_by_key(|r| r.2),
+                1 => rows.sort_by_key(|r| (r.1, r.2)),
+                _ => {}
+            }
+            let types: Vec<u32> = rows.iter().map(|r| r.0).collect();
+            let iids: Vec<u32> = rows.iter().map(|r| r.1).collect();
+            let ts: Vec<i64> = rows.iter().map(|r| r.2).collect();
+            let mut want: Vec<u32> = (0..n).collect();
+            want.sort_by_key(|&r| (types[r as usize], iids[r as usize], ts[r as usize], r));
+            // Any subset of the rows, as a month is.
+            let subset: Vec<u32> = (0..n).filter(|r| case % 2 == 0 || r % 3 != 0).collect();
+            want.retain(|r| subset.contains(r));
+            assert_eq!(
+                stored_order(subset, &types, &iids, &ts),
+                want,
+                "case {case}"
+            );
+        }
+    }
 
     /// The month arithmetic agrees with the calendar, before and after
     /// 1970, across leap years and month ends.

@@ -12,11 +12,36 @@ use crate::base::schema::{CONTACT_ID, FieldType, IID};
 use crate::base::table::read_parquet_one;
 use crate::error::{Error, Place, Result};
 
-/// `contact_id` → internal id, for every live contact (a fast hash: an
-/// events import looks up every row).
-#[derive(Debug, Default, Clone)]
+/// `contact_id` → internal id, for every live contact. An events import
+/// looks up every row: ids spread over a range no wider than four times
+/// their count (as numbering schemes give them) are looked up by position
+/// in a table (at most 16 bytes a contact, as the hash), others in a fast
+/// hash.
+#[derive(Debug, Clone)]
 pub struct ContactIdMap {
-    pub to_iid: datafusion::common::HashMap<u64, u32>,
+    ids: Ids,
+}
+
+#[derive(Debug, Clone)]
+enum Ids {
+    /// `iids[id - first]`, `ABSENT` where no contact has that id.
+    Table {
+        first: u64,
+        iids: Vec<u32>,
+        len: usize,
+    },
+    Hashed(datafusion::common::HashMap<u64, u32>),
+}
+
+/// No internal id: they stay below `u32::MAX` (`next_iid` is a `u32`).
+const ABSENT: u32 = u32::MAX;
+
+impl Default for ContactIdMap {
+    fn default() -> Self {
+        ContactIdMap {
+            ids: Ids::Hashed(Default::default()),
+        }
+    }
 }
 
 impl ContactIdMap {
@@ -42,14 +67,78 @@ impl ContactIdMap {
         let batch = read_parquet_one(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
         let (iids, cids) = id_columns(&batch)?;
         let pairs = iids.values().iter().zip(cids.values());
-        let to_iid = match wanted {
-            None => pairs.map(|(i, c)| (*c, *i)).collect(),
-            Some(wanted) => pairs
-                .filter(|(_, c)| wanted.contains(*c))
-                .map(|(i, c)| (*c, *i))
-                .collect(),
+        Ok(match wanted {
+            None => Self::from_pairs(pairs.map(|(i, c)| (*c, *i)), cids.len()),
+            Some(wanted) => ContactIdMap {
+                ids: Ids::Hashed(
+                    pairs
+                        .filter(|(_, c)| wanted.contains(*c))
+                        .map(|(i, c)| (*c, *i))
+                        .collect(),
+                ),
+            },
+        })
+    }
+
+    /// The map of `(contact_id, internal id)` pairs, `count` of them.
+    pub fn from_pairs(pairs: impl Iterator<Item = (u64, u32)> + Clone, count: usize) -> Self {
+        let (lo, hi) = pairs
+            .clone()
+            .fold((u64::MAX, 0), |(lo, hi), (c, _)| (lo.min(c), hi.max(c)));
+        let ids = match hi.checked_sub(lo) {
+            Some(span) if span / 4 < count as u64 => {
+                let mut iids = vec![ABSENT; span as usize + 1];
+                let mut len = 0;
+                for (c, i) in pairs {
+                    let at = &mut iids[(c - lo) as usize];
+                    len += usize::from(*at == ABSENT);
+                    *at = i;
+                }
+                Ids::Table {
+                    first: lo,
+                    iids,
+                    len,
+                }
+            }
+            _ => Ids::Hashed(pairs.collect()),
         };
-        Ok(ContactIdMap { to_iid })
+        ContactIdMap { ids }
+    }
+
+    pub fn get(&self, id: u64) -> Option<u32> {
+        match &self.ids {
+            Ids::Table { first, iids, .. } => id
+                .checked_sub(*first)
+                .and_then(|at| iids.get(usize::try_from(at).ok()?))
+                .copied()
+                .filter(|&i| i != ABSENT),
+            Ids::Hashed(map) => map.get(&id).copied(),
+        }
+    }
+
+    /// How many contact ids the map holds.
+    pub fn len(&self) -> usize {
+        match &self.ids {
+            Ids::Table { len, .. } => *len,
+            Ids::Hashed(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every `(contact_id, internal id)` pair, in no particular order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (u64, u32)> + '_> {
+        match &self.ids {
+            Ids::Table { first, iids, .. } => Box::new(
+                iids.iter()
+                    .enumerate()
+                    .filter(|(_, i)| **i != ABSENT)
+                    .map(move |(at, i)| (first + at as u64, *i)),
+            ),
+            Ids::Hashed(map) => Box::new(map.iter().map(|(c, i)| (*c, *i))),
+        }
     }
 }
 
@@ -132,6 +221,52 @@ pub fn input_contact_ids(input: &InputTable) -> Result<Vec<u64>> {
                 }
             }
             Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Ids numbered closely (a table) or spread (a hash) answer alike:
+    /// present ids, absent ones inside and outside the range, extremes.
+    #[test]
+    fn contact_ids_are_found_by_table_or_hash_alike() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        for case in 0..200 {
+            let n = rng.random_range(0..500u64);
+            let first = match case % 4 {
+                0 => 0,
+                1 => u64::MAX - 2 * n - 1,
+                _ => rng.random_range(0..1u64 << 40),
+            };
+            let spread = [1, 4, u64::MAX / 4][case % 3];
+            let pairs: Vec<(u64, u32)> = (0..n)
+                .map(|i| {
+                    let at = rng.random_range(0..n.saturating_mul(spread).max(1));
+                    (first.wrapping_add(at), i as u32)
+                })
+                .collect();
+            let want: datafusion::common::HashMap<u64, u32> = pairs.iter().copied().collect();
+            let map = ContactIdMap::from_pairs(pairs.iter().copied(), pairs.len());
+            match (spread, &map.ids) {
+                (1, Ids::Table { .. }) | (4, _) => {}
+                (_, Ids::Hashed(_)) if spread > 4 || n == 0 => {}
+                (_, Ids::Table { .. }) if n == 1 => {}
+                _ => panic!("case {case}: ids spread by {spread} kept as {:?}", map.ids),
+            }
+            assert_eq!(map.len(), want.len(), "case {case}");
+            let got: datafusion::common::HashMap<u64, u32> = map.iter().collect();
+            assert_eq!(got, want, "case {case}");
+            let probes = pairs
+                .iter()
+                .flat_map(|(c, _)| [*c, c.wrapping_add(1), c.wrapping_sub(1)])
+                .chain([0, 1, first.wrapping_sub(1), u64::MAX, u64::MAX - 1]);
+            for id in probes {
+                assert_eq!(map.get(id), want.get(&id).copied(), "case {case}, id {id}");
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, new_null_array};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -350,48 +350,94 @@ impl ParallelWriter {
 
     /// Encode the pending batches as one row group.
     fn flush(&mut self) -> Result<()> {
-        let perr = |e| Error::parquet(&self.path, e);
         let group = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
-        let writers = self
-            .factory
-            .create_column_writers(self.groups)
+        self.encode(vec![Group::Batches(group)])
+    }
+
+    /// Write the rows `order[range]` of `batch` (all of its rows in order
+    /// when `order` is `None`) for each range, each range one row group or
+    /// more (split at the row group size). Every column of every group is
+    /// gathered and encoded at once, in parallel, then appended in order:
+    /// a file of many small groups keeps the cores as busy as one of few
+    /// large ones.
+    pub fn write_groups(
+        &mut self,
+        batch: &RecordBatch,
+        order: Option<&UInt32Array>,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<()> {
+        if !self.pending.is_empty() {
+            self.flush()?;
+        }
+        let mut groups = Vec::new();
+        for range in ranges {
+            let mut start = range.start;
+            while start < range.end {
+                let end = range.end.min(start + self.group_rows);
+                self.rows += (end - start) as u64;
+                groups.push(match order {
+                    Some(order) => Group::Taken(batch, order.slice(start, end - start)),
+                    None => Group::Batches(vec![batch.slice(start, end - start)]),
+                });
+                start = end;
+            }
+        }
+        self.encode(groups)
+    }
+
+    fn encode(&mut self, groups: Vec<Group<'_>>) -> Result<()> {
+        let perr = |e| Error::parquet(&self.path, e);
+        // Leaf columns of each field, in schema order.
+        let leaves = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| Ok(compute_leaves(f, &new_null_array(f.data_type(), 0))?.len()))
+            .collect::<ParquetResult<Vec<usize>>>()
             .map_err(perr)?;
-        self.groups += 1;
-        // Each field's leaf writers, taken in schema order.
-        let mut writers = writers.into_iter();
-        let mut tasks = Vec::with_capacity(self.schema.fields().len());
-        for (column, field) in self.schema.fields().iter().enumerate() {
-            let leaves = compute_leaves(field, &new_null_array(field.data_type(), 0))
+        let mut tasks = Vec::new();
+        for g in 0..groups.len() {
+            let mut writers = self
+                .factory
+                .create_column_writers(self.groups + g)
                 .map_err(perr)?
-                .len();
-            tasks.push((
-                column,
-                field,
-                writers.by_ref().take(leaves).collect::<Vec<_>>(),
-            ));
+                .into_iter();
+            for (column, &n) in leaves.iter().enumerate() {
+                tasks.push((g, column, writers.by_ref().take(n).collect::<Vec<_>>()));
+            }
         }
         let chunks = tasks
             .into_par_iter()
-            .map(|(column, field, mut leaf_writers)| {
-                for batch in &group {
-                    let leaves = compute_leaves(field, batch.column(column))?;
+            .map(|(g, column, mut leaf_writers)| {
+                let field = self.schema.field(column);
+                for array in groups[g].column(column)? {
+                    let leaves = compute_leaves(field, &array)?;
                     for (w, leaf) in leaf_writers.iter_mut().zip(&leaves) {
                         w.write(leaf)?;
                     }
                 }
-                leaf_writers
-                    .into_iter()
-                    .map(ArrowColumnWriter::close)
-                    .collect::<ParquetResult<Vec<_>>>()
+                Ok((
+                    g,
+                    leaf_writers
+                        .into_iter()
+                        .map(ArrowColumnWriter::close)
+                        .collect::<ParquetResult<Vec<_>>>()?,
+                ))
             })
             .collect::<ParquetResult<Vec<_>>>()
             .map_err(perr)?;
-        let mut row_group = self.file.next_row_group().map_err(perr)?;
-        for chunk in chunks.into_iter().flatten() {
-            chunk.append_to_row_group(&mut row_group).map_err(perr)?;
+        let mut chunks = chunks.into_iter().peekable();
+        for g in 0..groups.len() {
+            let mut row_group = self.file.next_row_group().map_err(perr)?;
+            while let Some((_, columns)) = chunks.next_if(|(of, _)| *of == g) {
+                for chunk in columns {
+                    chunk.append_to_row_group(&mut row_group).map_err(perr)?;
+                }
+            }
+            row_group.close().map_err(perr)?;
         }
-        row_group.close().map_err(perr)?;
+        self.groups += groups.len();
         Ok(())
     }
 
@@ -404,6 +450,26 @@ impl ParallelWriter {
             .into_inner()
             .map_err(|e| Error::parquet(&path, e))?
             .finish()
+    }
+}
+
+/// The rows of one row group: batches as they are, or rows of a batch
+/// gathered by index.
+enum Group<'a> {
+    Batches(Vec<RecordBatch>),
+    Taken(&'a RecordBatch, UInt32Array),
+}
+
+impl Group<'_> {
+    fn column(&self, column: usize) -> ParquetResult<Vec<ArrayRef>> {
+        Ok(match self {
+            Group::Batches(batches) => batches.iter().map(|b| b.column(column).clone()).collect(),
+            Group::Taken(batch, rows) => vec![
+                datafusion::arrow::compute::take(batch.column(column), rows, None).map_err(
+                    |e| datafusion::parquet::errors::ParquetError::External(Box::new(e)),
+                )?,
+            ],
+        })
     }
 }
 
@@ -589,10 +655,84 @@ pub fn schema_ref(fields: Vec<datafusion::arrow::datatypes::Field>) -> SchemaRef
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array, UInt64Array};
+    use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array, UInt64Array};
     use datafusion::arrow::datatypes::{DataType, Field, UInt32Type};
 
     use super::*;
+
+    /// Rows gathered by an order are written in that order, each range in
+    /// row groups of its own, split at the row group size.
+    #[test]
+    fn groups_of_gathered_rows_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = schema_ref(vec![
+            Field::new("_iid", DataType::UInt32, false),
+            Field::new("name", DataType::Utf8, true),
+        ]);
+        let n = 1000u32;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(UInt32Array::from_iter_values(0..n)),
+                Arc::new(datafusion::arrow::array::StringArray::from_iter(
+                    (0..n).map(|i| (i % 3 != 0).then(|| format!("n{}", i % 17))),
+                )),
+            ],
+        )
+        .unwrap();
+        // Every third row, backwards, then the rest forwards.
+        let mut order: Vec<u32> = (0..n).rev().filter(|i| i % 3 == 0).collect();
+        let cut = order.len();
+        order.extend((0..n).filter(|i| i % 3 != 0));
+        let ranges = [0..cut, cut..order.len()];
+        for gathered in [true, false] {
+            let sink = SinkFile::create(dir.path(), format!("g{gathered}.parquet")).unwrap();
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(128))
+                .build();
+            let mut w = ParallelWriter::new(sink, schema.clone(), props).unwrap();
+            let indices = UInt32Array::from(order.clone());
+            w.write_groups(&batch, gathered.then_some(&indices), &ranges)
+                .unwrap();
+            assert_eq!(w.rows, u64::from(n));
+            w.finish().unwrap();
+            let path = dir.path().join(format!("g{gathered}.parquet"));
+            let want: Vec<u32> = if gathered {
+                order.clone()
+            } else {
+                (0..n).collect()
+            };
+            let got = read_parquet_one(&path, None).unwrap();
+            let ids = got.column(0).as_primitive::<UInt32Type>().values().to_vec();
+            assert_eq!(ids, want);
+            let names = got.column(1).as_string::<i32>();
+            for (at, id) in want.iter().enumerate() {
+                let name = (id % 3 != 0).then(|| format!("n{}", id % 17));
+                assert_eq!(
+                    names.is_valid(at).then(|| names.value(at).to_string()),
+                    name
+                );
+            }
+            let file = File::open(&path).unwrap();
+            let meta = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            let sizes: Vec<i64> = meta
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|g| g.num_rows())
+                .collect();
+            let (a, b) = (cut as i64, n as i64 - cut as i64);
+            let mut expect = Vec::new();
+            for len in [a, b] {
+                let mut left = len;
+                while left > 0 {
+                    expect.push(left.min(128));
+                    left -= 128;
+                }
+            }
+            assert_eq!(sizes, expect);
+        }
+    }
 
     /// Only the row groups whose id statistics meet the range are read.
     #[test]

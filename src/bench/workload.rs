@@ -460,8 +460,8 @@ fn write_nightly_files(base: &Base) -> Result<()> {
     )?;
     let map = crate::base::ids::ContactIdMap::load(snap.dir(), m)?;
     let mut by_iid: Vec<u64> = vec![0; m.next_iid as usize];
-    for (c, i) in &map.to_iid {
-        by_iid[*i as usize] = *c;
+    for (c, i) in map.iter() {
+        by_iid[i as usize] = c;
     }
     // One batch per segment, streamed: the segment id is a one-value
     // dictionary, so memory stays at one segment's members.

@@ -415,11 +415,7 @@ impl Session {
             let col = batch
                 .column(0)
                 .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
-            out.extend(
-                col.iter()
-                    .flatten()
-                    .filter_map(|c| map.to_iid.get(&c).copied()),
-            );
+            out.extend(col.iter().flatten().filter_map(|c| map.get(c)));
         }
         Ok(out)
     }

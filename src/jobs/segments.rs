@@ -564,9 +564,9 @@ fn known_ids(
     let mut out = RoaringBitmap::new();
     let mut unknown = Vec::new();
     for id in ids {
-        match map.to_iid.get(&id) {
+        match map.get(id) {
             Some(i) => {
-                out.insert(*i);
+                out.insert(i);
             }
             None => unknown.push(id),
         }

@@ -327,7 +327,7 @@ fn ids_are_stable_and_never_reused_after_deletion() {
         w.commit().unwrap();
     }
     let map1 = ids_of(&tb);
-    let gone = map1.to_iid[&20];
+    let gone = map1.get(20).unwrap();
     assert!(
         member_everywhere(&tb, gone),
         "contact 20 is in segments and imports before its deletion"
@@ -346,13 +346,13 @@ fn ids_are_stable_and_never_reused_after_deletion() {
     tb.import_contacts("b", "contact_id,city\n40,D\n20,B\n")
         .unwrap();
     let map2 = ids_of(&tb);
-    assert_eq!(map1.to_iid[&10], map2.to_iid[&10]);
-    assert_eq!(map1.to_iid[&30], map2.to_iid[&30]);
+    assert_eq!(map1.get(10).unwrap(), map2.get(10).unwrap());
+    assert_eq!(map1.get(30).unwrap(), map2.get(30).unwrap());
     assert!(
-        map2.to_iid[&20] > map1.to_iid[&30],
+        map2.get(20).unwrap() > map1.get(30).unwrap(),
         "a deleted id is never reused"
     );
-    assert!(map2.to_iid[&40] > map1.to_iid[&30]);
+    assert!(map2.get(40).unwrap() > map1.get(30).unwrap());
     // The deleted contact's events and import membership are gone.
     let as_of = at(AS_OF);
     assert_eq!(

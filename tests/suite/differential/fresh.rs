@@ -318,7 +318,7 @@ fn run_fresh_case(seed: u64, rt: &tokio::runtime::Runtime) -> Vec<String> {
 fn live_ids(base: &segments::base::Base) -> Vec<i64> {
     let snap = base.snapshot().expect("snapshot");
     let map = segments::base::ids::ContactIdMap::load(snap.dir(), &snap.manifest).expect("ids");
-    let mut ids: Vec<i64> = map.to_iid.keys().map(|&c| c as i64).collect();
+    let mut ids: Vec<i64> = map.iter().map(|(c, _)| c as i64).collect();
     ids.sort_unstable();
     ids
 }
