@@ -46,6 +46,8 @@ pub struct Changed {
     pub types: Option<Vec<String>>,
     /// The events files an import added.
     pub files: Vec<String>,
+    /// The rows of the contacts it added or updated, as stored after it.
+    pub rows: Option<DataFile>,
 }
 
 /// Record what a write changes in the manifest it will publish. Nothing is
@@ -61,6 +63,7 @@ pub fn record(w: &mut Writer, changed: Changed) -> Result<()> {
         events,
         types,
         files,
+        rows,
     } = changed;
     let contacts = TaggedBitmaps(vec![
         (FIELDS, fields),
@@ -73,6 +76,7 @@ pub fn record(w: &mut Writer, changed: Changed) -> Result<()> {
         contacts,
         types,
         files,
+        rows,
     });
     Ok(())
 }
@@ -86,9 +90,25 @@ pub struct Dirty {
     pub events: Vec<(Option<Vec<String>>, RoaringBitmap)>,
     /// The events files imports added.
     pub files: Vec<String>,
+    /// The files of rows of the contacts imports added or updated, oldest
+    /// first ([`Change::rows`]): a contact's newest row in them is its row
+    /// now, unless a write without such a file changed it since.
+    pub rows: Vec<DataFile>,
+    /// The contacts whose rows those files hold.
+    pub with_rows: RoaringBitmap,
+    /// The contacts changed by writes that kept no rows (deletions,
+    /// imports of many contacts, bases of earlier versions).
+    pub without_rows: RoaringBitmap,
 }
 
 impl Dirty {
+    /// The files holding the rows now of every contact of `wanted` (live
+    /// contacts whose fields changed), when they do.
+    pub fn rows_of(&self, wanted: &RoaringBitmap) -> Option<&[DataFile]> {
+        let held = wanted.is_subset(&self.with_rows) && wanted.is_disjoint(&self.without_rows);
+        (!self.rows.is_empty() && held).then_some(&self.rows)
+    }
+
     /// Contacts for which a behaviour condition on these event types may
     /// have changed: new or deleted events of one of them, contacts added
     /// or deleted.
@@ -483,6 +503,14 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty.presence |= t.get(PRESENCE);
         dirty.events.push((c.types.clone(), t.get(EVENTS)));
         dirty.files.extend(c.files.iter().cloned());
+        let changed = t.get(FIELDS) | t.get(PRESENCE);
+        match &c.rows {
+            Some(rows) => {
+                dirty.rows.push(rows.clone());
+                dirty.with_rows |= changed;
+            }
+            None => dirty.without_rows |= changed,
+        }
     }
     dirty.files.extend(l.latest_imported.iter().cloned());
     let latest = match &l.latest {

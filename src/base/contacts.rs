@@ -54,6 +54,13 @@ const DICTIONARY_BYTES: usize = 256 << 10;
 /// Values looked at to choose.
 const DICTIONARY_SAMPLE: usize = 64 * 1024;
 
+/// An import keeps the rows of the contacts it added or updated (for a
+/// recompute to read them alone) when they are at most this share of the
+/// base's contacts before it, and at most [`CHANGED_ROWS_MAX`]: more, and
+/// a recompute reads every contact anyway.
+const CHANGED_ROWS_SHARE: u64 = 8;
+const CHANGED_ROWS_MAX: usize = 1 << 20;
+
 /// Contacts as they are stored (see [`storage_schema`]).
 pub fn for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
     let schema = storage_schema(&batch.schema(), std::slice::from_ref(batch))?;
@@ -303,7 +310,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
         .ok()
         .and_then(|n| first_new.checked_add(n))
         .ok_or_else(|| Error::base(w.dir(), "more than 4 billion contacts"))?;
-    let contacts_file = write_merged(w, &read, &retype, &fields, first_new, opts)?;
+    let (contacts_file, changed_rows) = write_merged(w, &read, &retype, &fields, first_new, opts)?;
 
     let Spooled {
         seen, mut touched, ..
@@ -345,6 +352,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
         crate::base::changes::Changed {
             presence: (first_new..next_iid).collect(),
             fields: touched,
+            rows: changed_rows,
             ..Default::default()
         },
     )?;
@@ -553,7 +561,7 @@ fn write_merged(
     fields: &[FieldDef],
     first_new: u32,
     opts: &ImportOptions,
-) -> Result<DataFile> {
+) -> Result<(DataFile, Option<DataFile>)> {
     let dir = w.dir();
     // The runs, each read from its place in the spool of updates.
     let mut runs = Vec::with_capacity(read.run_positions.len());
@@ -574,6 +582,13 @@ fn write_merged(
         .take(DICTIONARY_SAMPLE)
         .and_then(|b| new_rows_batch(&b, first_new, fields, &plain))?;
     let mut out = Output::default();
+    let cap = usize::try_from(w.next.contact_count / CHANGED_ROWS_SHARE)
+        .unwrap_or(usize::MAX)
+        .min(CHANGED_ROWS_MAX);
+    let mut changed = ChangedRows::new(
+        cap,
+        read.seen.len() as usize <= cap && w.next.leaves.is_some(),
+    );
 
     // The old contacts, row group by row group (a few decoded in parallel),
     // with their updates.
@@ -607,6 +622,7 @@ fn write_merged(
                 let merged =
                     merge_updates(&batch, position, &mut runs, fields, &retype.schema, opts)?;
                 position += n;
+                changed.push_of(&merged, &read.touched)?;
                 out.write(w, merged, &new_sample)?;
             }
         }
@@ -620,10 +636,72 @@ fn write_merged(
             break;
         }
         let n = b.num_rows() as u32;
-        out.write(w, new_rows_batch(&b, iid, fields, &plain)?, &new_sample)?;
+        let new_rows = new_rows_batch(&b, iid, fields, &plain)?;
+        changed.push(new_rows.clone());
+        out.write(w, new_rows, &new_sample)?;
         iid += n;
     }
-    out.finish(w, &new_sample)
+    let (file, schema) = out.finish(w, &new_sample)?;
+    Ok((file, changed.write(w, &schema)?))
+}
+
+/// The rows of the contacts an import adds or updates, as written to the
+/// new contacts file, kept in memory while they are few.
+struct ChangedRows {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    cap: usize,
+    keep: bool,
+}
+
+impl ChangedRows {
+    fn new(cap: usize, keep: bool) -> Self {
+        ChangedRows {
+            batches: Vec::new(),
+            rows: 0,
+            cap,
+            keep,
+        }
+    }
+
+    fn push(&mut self, batch: RecordBatch) {
+        if !self.keep || batch.num_rows() == 0 {
+            return;
+        }
+        self.rows += batch.num_rows();
+        if self.rows > self.cap {
+            self.keep = false;
+            self.batches.clear();
+        } else {
+            self.batches.push(batch);
+        }
+    }
+
+    /// The rows of a merged batch whose contacts the import updates.
+    fn push_of(&mut self, merged: &RecordBatch, touched: &RoaringBitmap) -> Result<()> {
+        if !self.keep {
+            return Ok(());
+        }
+        let (iids, _) = id_columns(merged)?;
+        let keep =
+            BooleanArray::from_iter(iids.values().iter().map(|i| Some(touched.contains(*i))));
+        self.push(filter_record_batch(merged, &keep)?);
+        Ok(())
+    }
+
+    /// Their file, stored as the new contacts file stores them (None: too
+    /// many, or none).
+    fn write(self, w: &Writer, schema: &SchemaRef) -> Result<Option<DataFile>> {
+        if !self.keep || self.batches.is_empty() {
+            return Ok(None);
+        }
+        let sink = w.new_file("contacts", "changed", "parquet")?;
+        let mut out = ParallelWriter::new(sink, schema.clone(), contacts_properties(schema))?;
+        for b in self.batches {
+            out.write(to_storage(&b, schema)?)?;
+        }
+        out.finish().map(Some)
+    }
 }
 
 /// The new contacts file, written once the storage types are chosen on a
@@ -688,11 +766,13 @@ impl Output {
         Ok(())
     }
 
-    fn finish(mut self, w: &Writer, new_sample: &RecordBatch) -> Result<DataFile> {
+    /// The new contacts file, and the schema it stores them with.
+    fn finish(mut self, w: &Writer, new_sample: &RecordBatch) -> Result<(DataFile, SchemaRef)> {
         if self.writer.is_none() {
             self.start(w, new_sample)?;
         }
-        self.writer.expect("contacts writer").0.finish()
+        let (out, schema) = self.writer.expect("contacts writer");
+        Ok((out.finish()?, schema))
     }
 }
 
@@ -870,6 +950,7 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
             events: gone.clone(),
             types: None,
             files: Vec::new(),
+            rows: None,
         },
     )?;
     Ok(gone.len())

@@ -83,6 +83,10 @@ pub struct Change {
     /// The events files an import added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// The rows, as stored after it, of the contacts an import added or
+    /// updated, when they are few (see [`crate::base::changes::Dirty::rows`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<DataFile>,
 }
 
 /// A file of the base, relative to its directory, with its size and checksum.
@@ -376,7 +380,10 @@ impl Manifest {
             out.extend([l.bitmaps.clone(), l.keys.clone()]);
             out.extend(l.latest.clone());
         }
-        out.extend(self.changes.iter().map(|c| c.contacts.clone()));
+        for c in &self.changes {
+            out.push(c.contacts.clone());
+            out.extend(c.rows.clone());
+        }
         Ok(out)
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
@@ -30,7 +30,9 @@ use datafusion::physical_plan::execute_stream_partitioned;
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 
+use crate::base::manifest::DataFile;
 use crate::base::schema::IID;
+use crate::base::table::read_parquet_one;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::materialize::{add_masked, bits_from, iid_column, members_mask};
 use crate::compile::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
@@ -65,6 +67,7 @@ impl Session {
         exprs: &[Expr],
         range: Option<Range<u32>>,
         only: Option<(&RoaringBitmap, &[bool])>,
+        changed_rows: Option<&[DataFile]>,
     ) -> Result<Vec<RoaringBitmap>> {
         let dictionaries: HashMap<String, Field> = self
             .contacts_schema
@@ -96,7 +99,16 @@ impl Session {
                 }
             }
         }
-        if shared.is_empty()
+        // Every condition needs hold for a few contacts only, whose rows
+        // imports kept: those rows alone are read.
+        let kept_rows = match (only, changed_rows) {
+            (Some((rows, restricted)), Some(files)) if restricted.iter().all(|&r| r) => {
+                self.changed_rows(files, rows)?
+            }
+            _ => None,
+        };
+        if kept_rows.is_none()
+            && shared.is_empty()
             && range.is_none()
             && let Some(out) = self
                 .contact_bitmaps_from_pages(&rewritten, &atom_exprs)
@@ -113,7 +125,11 @@ impl Session {
                 .enumerate()
                 .map(|(i, e)| e.clone().alias(shared_name(i))),
         );
-        let mut df = self.ctx.table(CONTACTS).await?;
+        let from_kept = kept_rows.is_some();
+        let mut df = match kept_rows {
+            Some(batches) => self.ctx.read_batches(batches)?,
+            None => self.ctx.table(CONTACTS).await?,
+        };
         if let Some(r) = range {
             df = df.filter(crate::compile::iid_range(r))?;
         }
@@ -121,6 +137,7 @@ impl Session {
         // alone are kept before anything is computed.
         if let Some((rows, restricted)) = only
             && restricted.iter().all(|&r| r)
+            && !from_kept
             && let Some(last) = rows.max()
         {
             df = df.filter(crate::engine::tables::id_in_set(rows, last + 1))?;
@@ -196,6 +213,42 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    /// The rows now of the live contacts among `wanted`, from the files of
+    /// rows imports kept (newest first: a contact's newest row is its row
+    /// now), stored as the contacts file stores them. `None` when those
+    /// files do not hold every one of them, or lack a column.
+    fn changed_rows(
+        &self,
+        files: &[DataFile],
+        wanted: &RoaringBitmap,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let wanted = wanted & &self.all_contacts;
+        let mut taken = RoaringBitmap::new();
+        let mut out = Vec::new();
+        for f in files.iter().rev() {
+            if taken.len() == wanted.len() {
+                break;
+            }
+            let batch = read_parquet_one(&self.base.dir().join(&f.path), None)?;
+            let left = &wanted - &taken;
+            let keep = members_mask(iid_column(&batch)?.values(), &left);
+            let batch = filter_record_batch(&batch, &BooleanArray::new(keep, None))?;
+            taken.extend(iid_column(&batch)?.values().iter().copied());
+            let mut columns = Vec::with_capacity(self.contacts_schema.fields().len());
+            for field in self.contacts_schema.fields() {
+                match batch.column_by_name(field.name()) {
+                    Some(c) => columns.push(cast(c, field.data_type())?),
+                    None => return Ok(None),
+                }
+            }
+            out.push(RecordBatch::try_new(self.contacts_schema.clone(), columns)?);
+        }
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(self.contacts_schema.clone()));
+        }
+        Ok((taken == wanted).then_some(out))
     }
 
     /// The contacts pass read straight from the pages of the contacts file

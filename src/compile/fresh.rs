@@ -42,8 +42,9 @@ use datafusion::logical_expr::{Expr, Volatility, col, lit};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use crate::base::changes::Kept;
+use crate::base::changes::{Dirty, Kept};
 use crate::base::changes::{LatestTimes, NextLatest};
+use crate::base::manifest::DataFile;
 use crate::base::schema::IID;
 use crate::compile::behavior::Moved;
 use crate::compile::expr::{Clock, ts_lit};
@@ -91,6 +92,11 @@ pub struct PassFreshness {
     pub dirty_contacts: u64,
     /// Share of the internal ids whose rows the pass read (0: none).
     pub read_share: f64,
+    /// Files of the rows of changed contacts, kept by the imports that
+    /// changed them, that the pass read instead of the contacts file (0:
+    /// none).
+    #[serde(default)]
+    pub changed_rows: usize,
 }
 
 impl Freshness {
@@ -111,13 +117,13 @@ impl Freshness {
             } else {
                 String::new()
             };
+            let reads = match p.changed_rows {
+                0 => format!("reads {:.1}% of ids", p.read_share * 100.0),
+                n => format!("reads the rows the last {n} import(s) kept of their contacts"),
+            };
             format!(
-                "  {name}: {} kept, {} patched for {} contact(s), {} in full{latest}; reads {:.1}% of ids",
-                p.kept,
-                p.patched,
-                p.dirty_contacts,
-                p.full,
-                p.read_share * 100.0
+                "  {name}: {} kept, {} patched for {} contact(s), {} in full{latest}; {reads}",
+                p.kept, p.patched, p.dirty_contacts, p.full,
             )
         };
         format!(
@@ -526,7 +532,11 @@ impl Session {
             since_version: Some(kept.version),
             since_as_of: Some(kept.as_of),
             changed_contacts: kept.dirty.contacts().len(),
-            contacts: PassWork::of(&ways.contacts, all).fresh,
+            contacts: {
+                let mut work = PassWork::of(&ways.contacts, all);
+                work.rows_from(&kept.dirty, all);
+                work.fresh
+            },
             events: PassWork::of(&ways.events, all).fresh,
         }
     }
@@ -575,10 +585,11 @@ impl Session {
         } = self.ways_since(plan, clock, kept, kept_latest, keep).await;
         let dirty = &kept.dirty;
         let all = &self.all_contacts;
-        let (c_work, e_work) = (
+        let (mut c_work, e_work) = (
             PassWork::of(&contact_ways, all),
             PassWork::of(&event_ways, all),
         );
+        let changed_rows = c_work.rows_from(dirty, all);
         let c_leaves: Vec<_> = c_work
             .run_on
             .iter()
@@ -651,7 +662,7 @@ impl Session {
                         .only
                         .as_ref()
                         .map(|rows| (rows, c_work.restricted.as_slice()));
-                    self.contacts_pass(&c_leaves, clock, c_work.range.clone(), only)
+                    self.contacts_pass(&c_leaves, clock, c_work.range.clone(), only, changed_rows)
                         .await
                 }
             }),
@@ -715,26 +726,49 @@ impl Session {
                 })
                 .collect()
         };
-        let mut answered: Vec<Option<Outcome>> = vec![None; event_ways.len()];
-        for (i, way) in event_ways.iter().enumerate() {
-            if !matches!(way, Way::Latest | Way::LatestPatch(..)) {
-                continue;
-            }
-            let k = work.of_leaf[i].expect("a condition answered from latest times has a key");
-            let key = &work.keys[k].key;
-            let before = body.as_ref().and_then(|b| b.by_key.get(key));
-            let state = match to_fold.iter().position(|f| &f.key == key) {
-                Some(at) => folded
-                    .as_ref()
-                    .map(|f| (&f[at].times, &f[at].touched))
-                    .map_err(Clone::clone),
-                None => before.map(|b| (b, &no_rows)).ok_or_else(|| {
+        // A key's times now, and the contacts whose times may have changed.
+        let state_of = |key: &str| match to_fold.iter().position(|f| f.key == key) {
+            Some(at) => folded
+                .as_ref()
+                .map(|f| (&f[at].times, &f[at].touched))
+                .map_err(Clone::clone),
+            None => body
+                .as_ref()
+                .and_then(|b| b.by_key.get(key))
+                .map(|b| (b, &no_rows))
+                .ok_or_else(|| {
                     std::sync::Arc::new(crate::error::Error::Internal(format!(
                         "no latest times kept for {key}"
                     )))
                 }),
-            };
-            answered[i] = Some(match state {
+        };
+        // The positions in each key's times of the contacts any of its
+        // patched conditions looks at: one walk of its ids for all of them.
+        let known: HashMap<&str, Vec<(u32, Option<usize>)>> = {
+            use rayon::prelude::*;
+            by_key
+                .par_iter()
+                .filter(|(_, leaves)| leaves.len() > 1)
+                .filter_map(|(key, leaves)| {
+                    let (now, touched) = state_of(key).ok()?;
+                    let mut wanted = touched | &dirty.presence;
+                    for i in leaves {
+                        wanted |= in_bands.get(i).unwrap_or(&no_rows);
+                    }
+                    Some((*key, latest::positions(&now.ids, &wanted)))
+                })
+                .collect()
+        };
+        // Each condition on its own core.
+        let answer = |i: usize, way: &Way| -> Option<Outcome> {
+            if !matches!(way, Way::Latest | Way::LatestPatch(..)) {
+                return None;
+            }
+            let k = work.of_leaf[i].expect("a condition answered from latest times has a key");
+            let key = &work.keys[k].key;
+            let before = body.as_ref().and_then(|b| b.by_key.get(key));
+            let state = state_of(key);
+            Some(match state {
                 Ok((now, touched)) => self
                     .behavior_parts(&plan.event_leaves[i], clock)
                     .and_then(|p| {
@@ -746,6 +780,7 @@ impl Session {
                                     now,
                                     touched: &touched,
                                     in_bands: in_bands.get(&i).unwrap_or(&no_rows),
+                                    known: known.get(key.as_str()).map(Vec::as_slice),
                                 };
                                 let (changed, rows) = patch.dirty();
                                 let (has, pass) = self.answer_from_latest(&p, clock, || {
@@ -766,8 +801,16 @@ impl Session {
                     })
                     .map_err(std::sync::Arc::new),
                 Err(e) => Err(e.clone()),
-            });
-        }
+            })
+        };
+        let answered: Vec<Option<Outcome>> = {
+            use rayon::prelude::*;
+            event_ways
+                .par_iter()
+                .enumerate()
+                .map(|(i, way)| answer(i, way))
+                .collect()
+        };
         // The latest times for the next run: found again, brought up to
         // date, or kept as they were.
         let latest = match (found, folded, &body) {
@@ -1029,6 +1072,19 @@ struct PassWork {
 }
 
 impl PassWork {
+    /// The files holding the rows now of every contact the pass needs,
+    /// when its every condition is patched for few contacts and imports
+    /// kept those contacts' rows: read instead of the contacts file.
+    fn rows_from<'a>(&mut self, dirty: &'a Dirty, all: &RoaringBitmap) -> Option<&'a [DataFile]> {
+        let only = self.only.as_ref()?;
+        if self.restricted.is_empty() || !self.restricted.iter().all(|&r| r) {
+            return None;
+        }
+        let files = dirty.rows_of(&(only & all))?;
+        self.fresh.changed_rows = files.len();
+        Some(files)
+    }
+
     fn of(ways: &[Way], all: &RoaringBitmap) -> PassWork {
         let full = ways.iter().filter(|w| matches!(w, Way::Full)).count();
         let from_latest = ways
@@ -1092,6 +1148,7 @@ impl PassWork {
                 from_latest,
                 dirty_contacts: (&dirty | &looked_up).len(),
                 read_share,
+                changed_rows: 0,
             },
         }
     }

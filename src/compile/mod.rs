@@ -219,7 +219,7 @@ impl Session {
             Vec::new()
         };
         let ((contacts, c_ms), ((events, found), e_ms), (queries, q_ms)) = tokio::join!(
-            timed(self.contacts_pass(&plan.contact_leaves, clock, None, None)),
+            timed(self.contacts_pass(&plan.contact_leaves, clock, None, None, None)),
             timed(self.events_pass(&plan.event_leaves, clock, None, None, &keys)),
             timed(self.queries_pass(&plan.queries)),
         );
@@ -236,13 +236,16 @@ impl Session {
 
     /// The contacts pass over every contact, or over the internal ids of
     /// `range` only (the results then hold for those contacts only). With
-    /// `only`, the leaves it flags need hold for its contacts only.
-    async fn contacts_pass(
+    /// `only`, the leaves it flags need hold for its contacts only; with
+    /// `changed_rows` too, the rows of those contacts are read from these
+    /// files (see [`crate::base::changes::Dirty::rows_of`]).
+    pub(crate) async fn contacts_pass(
         &self,
         leaves: &[Criterion],
         clock: &Clock,
         range: Option<Range<u32>>,
         only: Option<(&RoaringBitmap, &[bool])>,
+        changed_rows: Option<&[crate::base::manifest::DataFile]>,
     ) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = Vec::with_capacity(leaves.len());
         let mut exprs = Vec::new();
@@ -263,7 +266,10 @@ impl Session {
             return out;
         }
         let rows = only.map(|(rows, _)| (rows, restricted.as_slice()));
-        match self.contact_bitmaps(&exprs, range.clone(), rows).await {
+        match self
+            .contact_bitmaps(&exprs, range.clone(), rows, changed_rows)
+            .await
+        {
             Ok(bitmaps) => {
                 for (slot, bm) in slots.into_iter().zip(bitmaps) {
                     out[slot] = Ok(bm);
@@ -274,7 +280,7 @@ impl Session {
             Err(_) if exprs.len() > 1 => {
                 for (slot, e) in slots.into_iter().zip(exprs) {
                     out[slot] = self
-                        .contact_bitmaps(&[e], range.clone(), None)
+                        .contact_bitmaps(&[e], range.clone(), None, None)
                         .await
                         .map(|mut v| v.remove(0))
                         .map_err(|e| std::sync::Arc::new(self.name_damaged_file(e)));

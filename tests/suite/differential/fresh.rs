@@ -22,6 +22,8 @@ static PATCHED_RUNS: AtomicUsize = AtomicUsize::new(0);
 static KEPT_CONDITIONS: AtomicUsize = AtomicUsize::new(0);
 static PATCHED_CONDITIONS: AtomicUsize = AtomicUsize::new(0);
 static NARROW_READS: AtomicUsize = AtomicUsize::new(0);
+/// Contacts passes that read the rows imports kept of their contacts.
+static KEPT_ROWS: AtomicUsize = AtomicUsize::new(0);
 static FROM_LATEST: AtomicUsize = AtomicUsize::new(0);
 /// Runs whose kept latest times stood while files were folded in.
 static LATEST_STOOD: AtomicUsize = AtomicUsize::new(0);
@@ -110,6 +112,9 @@ fn note(report: &segments::jobs::recompute::RunReport) {
             || (f.contacts.read_share > 0.0 && f.contacts.read_share < 1.0)
         {
             NARROW_READS.fetch_add(1, Ordering::Relaxed);
+        }
+        if f.contacts.changed_rows > 0 {
+            KEPT_ROWS.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -409,8 +414,9 @@ fn incremental_equals_full() {
         FROM_LATEST.load(Ordering::Relaxed),
         LATEST_STOOD.load(Ordering::Relaxed),
     );
+    let kept_rows = KEPT_ROWS.load(Ordering::Relaxed);
     println!(
-        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids; {stood} runs left the latest times standing while files were folded in), each equal to a full computation",
+        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids, {kept_rows} contacts passes read the rows imports kept; {stood} runs left the latest times standing while files were folded in), each equal to a full computation",
         seeds.len()
     );
     if seeds.len() > 1 {
@@ -616,4 +622,109 @@ fn sliding_sums_are_patched_from_the_rows_of_the_contacts_that_crossed_a_window(
             f.describe()
         );
     }
+}
+
+/// Contacts updated, added and deleted by small imports: the next run reads
+/// their rows from the files those imports kept (the newest row of a
+/// contact updated twice), not the contacts file, and equals a full run.
+/// An import of many contacts keeps none, and the run reads every contact.
+#[test]
+fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
+    let tb = super::super::common::new_base("Europe/Paris");
+    let rt = super::super::common::rt();
+    let start = super::super::common::at("2026-11-23T12:00:00Z");
+    let cities = ["Paris", "Lyon", "", "Nantes"];
+    let mut csv = String::from("contact_id,city,score,interests,loyalty\n");
+    for id in 1..=1000i64 {
+        let score = if id % 9 == 0 {
+            String::new()
+        } else {
+            (id * 37 % 101).to_string()
+        };
+        let interests = ["golf;tennis", "", "golf", "wine"][(id % 4) as usize];
+        let loyalty = ["gold", "", "silver", "bronze"][(id % 4) as usize];
+        csv.push_str(&format!(
+            "{id},{},{score},{interests},{loyalty}\n",
+            cities[(id % 4) as usize]
+        ));
+    }
+    tb.import_contacts("people", &csv).unwrap();
+    let definitions = [
+        json!({"id": "parisians", "name": "Parisians",
+               "criteria": {"field": "city", "op": "eq", "value": "paris"}}),
+        json!({"id": "no-city", "name": "No city",
+               "criteria": {"field": "city", "op": "is_empty"}}),
+        json!({"id": "high-score", "name": "High score",
+               "criteria": {"field": "score", "op": "gt", "value": 50}}),
+        json!({"id": "golfers-not-gold", "name": "Golfers not gold",
+               "criteria": {"all": [
+                   {"field": "interests", "op": "contains_any", "value": ["golf"]},
+                   {"not": {"field": "loyalty", "op": "eq", "value": "gold"}}]}}),
+    ];
+    create_and_compute(&tb, &rt, &definitions, start);
+    let import = |name: &str, rows: &[String], overwrite_empty: bool| {
+        let mut csv = String::from("contact_id,city,score,interests,loyalty\n");
+        for r in rows {
+            csv.push_str(r);
+            csv.push('\n');
+        }
+        let f = tb.file(&format!("{name}.csv"), &csv);
+        let mut w = tb.base.writer("t").unwrap();
+        let options = ImportOptions {
+            name: Some(name.into()),
+            overwrite_empty,
+        };
+        import_contacts(&mut w, &f, &options).unwrap();
+        w.commit().unwrap();
+    };
+    // Spread over the ids (the first and last among them), each field
+    // changed, and new contacts.
+    let spread =
+        |n: i64, salt: i64| -> Vec<i64> { (0..n).map(|i| 1 + (i * 997 + salt) % 1000).collect() };
+    let rows: Vec<String> = spread(40, 3)
+        .into_iter()
+        .map(|id| format!("{id},Paris,{},golf,bronze", 90 - id % 50))
+        .chain((1001..=1005).map(|id| format!("{id},Lyon,75,golf;wine,")))
+        .collect();
+    import("updates", &rows, false);
+    let f = incremental_equals_full_at(&tb, &rt, start, "updates");
+    assert_eq!(f.contacts.full, 0, "{}", f.describe());
+    assert_eq!(f.contacts.changed_rows, 1, "{}", f.describe());
+    assert!(f.contacts.dirty_contacts >= 45, "{}", f.describe());
+
+    // Two imports, the second changing again half the contacts of the
+    // first (emptying their city and score: out of every segment they had
+    // entered but one), then a deletion.
+    let first = spread(30, 11);
+    import(
+        "first",
+        &first
+            .iter()
+            .map(|id| format!("{id},Paris,80,golf,bronze"))
+            .collect::<Vec<_>>(),
+        false,
+    );
+    let again: Vec<String> = first
+        .iter()
+        .step_by(2)
+        .map(|id| format!("{id},,,wine,gold"))
+        .chain(spread(10, 500).iter().map(|id| format!("{id},Paris,99,,")))
+        .collect();
+    import("again", &again, true);
+    let mut w = tb.base.writer("t").unwrap();
+    segments::base::contacts::delete_contacts(&mut w, &[first[1] as u64, first[2] as u64, 1003])
+        .unwrap();
+    w.commit().unwrap();
+    let f = incremental_equals_full_at(&tb, &rt, start, "two imports and a deletion");
+    assert_eq!(f.contacts.changed_rows, 2, "{}", f.describe());
+
+    // An import of more than an eighth of the contacts keeps no rows.
+    let many: Vec<String> = spread(200, 7)
+        .iter()
+        .map(|id| format!("{id},Lyon,1,,gold"))
+        .collect();
+    import("many", &many, false);
+    let f = incremental_equals_full_at(&tb, &rt, start, "many updates");
+    assert_eq!(f.contacts.changed_rows, 0, "{}", f.describe());
+    assert_eq!(f.contacts.full, 0, "{}", f.describe());
 }
