@@ -106,16 +106,33 @@ impl OptIns {
         ]
     }
 
-    /// The opt-ins a recompute kept, when no contact changed since.
-    pub fn from_kept(kept: &crate::base::changes::Kept) -> Option<OptIns> {
-        if !(kept.dirty.fields.is_empty() && kept.dirty.presence.is_empty()) {
-            return None;
-        }
-        Some(OptIns {
+    /// The opt-ins a recompute kept: as they stand when no contact changed
+    /// since; else, with the contacts changed since and the files holding
+    /// the rows now of those still in the base (`all`), when imports kept
+    /// them ([`crate::base::changes::Dirty::rows_of`]).
+    pub fn from_kept(kept: &crate::base::changes::Kept, all: &RoaringBitmap) -> Option<KeptOptIns> {
+        let opt = OptIns {
             email: kept.results.get(KEPT_EMAIL)?.clone(),
             sms: kept.results.get(KEPT_SMS)?.clone(),
-        })
+        };
+        let changed = &kept.dirty.fields | &kept.dirty.presence;
+        if changed.is_empty() {
+            return Some(KeptOptIns::Same(opt));
+        }
+        let rows = kept.dirty.rows_of(&(&changed & all))?.to_vec();
+        Some(KeptOptIns::Patch { opt, changed, rows })
     }
+}
+
+/// Opt-ins a recompute kept ([`OptIns::from_kept`]).
+pub enum KeptOptIns {
+    Same(OptIns),
+    /// To be found again for `changed` from `rows`.
+    Patch {
+        opt: OptIns,
+        changed: RoaringBitmap,
+        rows: Vec<crate::base::manifest::DataFile>,
+    },
 }
 
 /// Record a new computation of a segment: members, cohorts, history, statistics.

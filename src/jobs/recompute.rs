@@ -17,7 +17,7 @@ use crate::base::Writer;
 use crate::base::bitmaps::read_bitmap;
 use crate::base::changes::Earlier;
 use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
-use crate::base::members::{Members, OptIns, store_result};
+use crate::base::members::{KeptOptIns, Members, OptIns, store_result};
 use crate::compile::expr::Clock;
 use crate::compile::fresh::Freshness;
 use crate::compile::{Bitmaps, Node, Outcome, Plan, eval};
@@ -261,6 +261,33 @@ pub async fn optins(session: &Session) -> Result<OptIns> {
     Ok(OptIns { email, sms })
 }
 
+/// Kept opt-ins brought up to date for the contacts changed since, from
+/// the rows imports kept of them.
+async fn optins_patched(
+    session: &Session,
+    kept: OptIns,
+    changed: &RoaringBitmap,
+    rows: &[crate::base::manifest::DataFile],
+) -> Result<OptIns> {
+    let e: Expr = crate::compile::expr::holds(session.contact_column("email_optin")?.1);
+    let s: Expr = crate::compile::expr::holds(session.contact_column("sms_optin")?.1);
+    let live = changed & &session.all_contacts;
+    let mut v = session
+        .contact_bitmaps(
+            &[e.alias("e"), s.alias("s")],
+            None,
+            Some((&live, &[true, true])),
+            Some(rows),
+        )
+        .await?;
+    let sms = v.pop().unwrap_or_default();
+    let email = v.pop().unwrap_or_default();
+    Ok(OptIns {
+        email: (kept.email - changed) | (email & &live),
+        sms: (kept.sms - changed) | (sms & &live),
+    })
+}
+
 /// Per-segment line of a run report.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SegmentRun {
@@ -370,7 +397,7 @@ pub async fn compute_into_with(
         Earlier::None(_) => None,
     };
     let kept_optins = match &earlier {
-        Earlier::Kept(k) => OptIns::from_kept(k),
+        Earlier::Kept(k) => OptIns::from_kept(k, &session.all_contacts),
         Earlier::None(_) => None,
     };
     let every_active = {
@@ -392,10 +419,13 @@ pub async fn compute_into_with(
     )
     .await;
     // Opt-ins, kept with the conditions' results: found again only when
-    // contacts changed since.
+    // contacts changed since, for those alone when imports kept their rows.
     let t = Instant::now();
     let opt = match kept_optins {
-        Some(opt) => opt,
+        Some(KeptOptIns::Same(opt)) => opt,
+        Some(KeptOptIns::Patch { opt, changed, rows }) => {
+            optins_patched(&session, opt, &changed, &rows).await?
+        }
         None => optins(&session).await?,
     };
     let optins_ms = t.elapsed().as_millis() as u64;

@@ -626,7 +626,8 @@ fn sliding_sums_are_patched_from_the_rows_of_the_contacts_that_crossed_a_window(
 
 /// Contacts updated, added and deleted by small imports: the next run reads
 /// their rows from the files those imports kept (the newest row of a
-/// contact updated twice), not the contacts file, and equals a full run.
+/// contact updated twice), not the contacts file, and equals a full run,
+/// opt-ins counted included.
 /// An import of many contacts keeps none, and the run reads every contact.
 #[test]
 fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
@@ -634,7 +635,7 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
     let rt = super::super::common::rt();
     let start = super::super::common::at("2026-11-23T12:00:00Z");
     let cities = ["Paris", "Lyon", "", "Nantes"];
-    let mut csv = String::from("contact_id,city,score,interests,loyalty\n");
+    let mut csv = String::from("contact_id,city,score,interests,loyalty,email_optin\n");
     for id in 1..=1000i64 {
         let score = if id % 9 == 0 {
             String::new()
@@ -643,8 +644,9 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
         };
         let interests = ["golf;tennis", "", "golf", "wine"][(id % 4) as usize];
         let loyalty = ["gold", "", "silver", "bronze"][(id % 4) as usize];
+        let optin = ["true", "false", ""][(id % 3) as usize];
         csv.push_str(&format!(
-            "{id},{},{score},{interests},{loyalty}\n",
+            "{id},{},{score},{interests},{loyalty},{optin}\n",
             cities[(id % 4) as usize]
         ));
     }
@@ -663,7 +665,7 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
     ];
     create_and_compute(&tb, &rt, &definitions, start);
     let import = |name: &str, rows: &[String], overwrite_empty: bool| {
-        let mut csv = String::from("contact_id,city,score,interests,loyalty\n");
+        let mut csv = String::from("contact_id,city,score,interests,loyalty,email_optin\n");
         for r in rows {
             csv.push_str(r);
             csv.push('\n');
@@ -683,8 +685,8 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
         |n: i64, salt: i64| -> Vec<i64> { (0..n).map(|i| 1 + (i * 997 + salt) % 1000).collect() };
     let rows: Vec<String> = spread(40, 3)
         .into_iter()
-        .map(|id| format!("{id},Paris,{},golf,bronze", 90 - id % 50))
-        .chain((1001..=1005).map(|id| format!("{id},Lyon,75,golf;wine,")))
+        .map(|id| format!("{id},Paris,{},golf,bronze,{}", 90 - id % 50, id % 2 == 0))
+        .chain((1001..=1005).map(|id| format!("{id},Lyon,75,golf;wine,,true")))
         .collect();
     import("updates", &rows, false);
     let f = incremental_equals_full_at(&tb, &rt, start, "updates");
@@ -700,15 +702,19 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
         "first",
         &first
             .iter()
-            .map(|id| format!("{id},Paris,80,golf,bronze"))
+            .map(|id| format!("{id},Paris,80,golf,bronze,true"))
             .collect::<Vec<_>>(),
         false,
     );
     let again: Vec<String> = first
         .iter()
         .step_by(2)
-        .map(|id| format!("{id},,,wine,gold"))
-        .chain(spread(10, 500).iter().map(|id| format!("{id},Paris,99,,")))
+        .map(|id| format!("{id},,,wine,gold,"))
+        .chain(
+            spread(10, 500)
+                .iter()
+                .map(|id| format!("{id},Paris,99,,,false")),
+        )
         .collect();
     import("again", &again, true);
     let mut w = tb.base.writer("t").unwrap();
@@ -721,7 +727,7 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
     // An import of more than an eighth of the contacts keeps no rows.
     let many: Vec<String> = spread(200, 7)
         .iter()
-        .map(|id| format!("{id},Lyon,1,,gold"))
+        .map(|id| format!("{id},Lyon,1,,gold,true"))
         .collect();
     import("many", &many, false);
     let f = incremental_equals_full_at(&tb, &rt, start, "many updates");
