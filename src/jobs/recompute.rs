@@ -251,14 +251,17 @@ pub async fn compute_since(
 
 /// Opt-in bitmaps for statistics (empty when the base has no such field).
 pub async fn optins(session: &Session) -> Result<OptIns> {
-    let e: Expr = crate::compile::expr::holds(session.contact_column("email_optin")?.1);
-    let s: Expr = crate::compile::expr::holds(session.contact_column("sms_optin")?.1);
-    let mut v = session
-        .project_bitmaps(&[e.alias("e"), s.alias("s")])
-        .await?;
+    let mut v = session.project_bitmaps(&optin_exprs(session)?).await?;
     let sms = v.pop().unwrap_or_default();
     let email = v.pop().unwrap_or_default();
     Ok(OptIns { email, sms })
+}
+
+/// Whether a contact opted in to e-mail, to SMS.
+fn optin_exprs(session: &Session) -> Result<[Expr; 2]> {
+    let e: Expr = crate::compile::expr::holds(session.contact_column("email_optin")?.1);
+    let s: Expr = crate::compile::expr::holds(session.contact_column("sms_optin")?.1);
+    Ok([e.alias("e"), s.alias("s")])
 }
 
 /// Kept opt-ins brought up to date for the contacts changed since, from
@@ -269,12 +272,10 @@ async fn optins_patched(
     changed: &RoaringBitmap,
     rows: &[crate::base::manifest::DataFile],
 ) -> Result<OptIns> {
-    let e: Expr = crate::compile::expr::holds(session.contact_column("email_optin")?.1);
-    let s: Expr = crate::compile::expr::holds(session.contact_column("sms_optin")?.1);
     let live = changed & &session.all_contacts;
     let mut v = session
         .contact_bitmaps(
-            &[e.alias("e"), s.alias("s")],
+            &optin_exprs(session)?,
             None,
             Some((&live, &[true, true])),
             Some(rows),
