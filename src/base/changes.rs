@@ -167,6 +167,8 @@ pub struct Kept {
     pub latest: Option<LatestTimes>,
     /// Their file.
     pub latest_file: Option<DataFile>,
+    /// The segments stored with them ([`KeptLeaves::segments`]).
+    pub segments: std::collections::BTreeMap<String, String>,
 }
 
 impl Kept {
@@ -524,6 +526,7 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         dirty,
         latest,
         latest_file: l.latest.clone(),
+        segments: l.segments.clone(),
     })))
 }
 
@@ -585,6 +588,7 @@ pub fn keep(
         keys,
         latest,
         latest_imported,
+        segments: std::collections::BTreeMap::new(),
     });
     let version = w.next.version;
     w.next.changes.retain(|c| c.version > version);

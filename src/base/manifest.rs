@@ -2,6 +2,7 @@
 //! of the base. Versions are published atomically (temp file, fsync, rename,
 //! fsync directory); the newest complete manifest is the current state.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -68,6 +69,12 @@ pub struct KeptLeaves {
     /// written, which they do not reflect: all their rows are new to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latest_imported: Vec<String>,
+    /// The segments the run that kept them stored, by id, with what their
+    /// members were computed from and are held in, as they stood after it
+    /// ([`crate::base::members::stored_as`]). While a segment's stands,
+    /// its members are these conditions' trees.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub segments: BTreeMap<String, String>,
 }
 
 /// The contacts one import or deletion changed.

@@ -97,6 +97,9 @@ pub struct OptIns {
 const KEPT_EMAIL: &str = "optins:email";
 const KEPT_SMS: &str = "optins:sms";
 
+/// The key of the contacts of the base among a recompute's kept results.
+pub const KEPT_ALL: &str = "contacts:all";
+
 impl OptIns {
     /// The opt-ins as kept results ([`crate::base::changes::keep`]).
     pub fn as_kept(&self) -> [(String, RoaringBitmap); 2] {
@@ -106,15 +109,20 @@ impl OptIns {
         ]
     }
 
+    /// The opt-ins among kept results.
+    pub fn kept_in(results: &std::collections::HashMap<String, RoaringBitmap>) -> Option<OptIns> {
+        Some(OptIns {
+            email: results.get(KEPT_EMAIL)?.clone(),
+            sms: results.get(KEPT_SMS)?.clone(),
+        })
+    }
+
     /// The opt-ins a recompute kept: as they stand when no contact changed
     /// since; else, with the contacts changed since and the files holding
     /// the rows now of those still in the base (`all`), when imports kept
     /// them ([`crate::base::changes::Dirty::rows_of`]).
     pub fn from_kept(kept: &crate::base::changes::Kept, all: &RoaringBitmap) -> Option<KeptOptIns> {
-        let opt = OptIns {
-            email: kept.results.get(KEPT_EMAIL)?.clone(),
-            sms: kept.results.get(KEPT_SMS)?.clone(),
-        };
+        let opt = OptIns::kept_in(&kept.results)?;
         let changed = &kept.dirty.fields | &kept.dirty.presence;
         if changed.is_empty() {
             return Some(KeptOptIns::Same(opt));
@@ -135,19 +143,107 @@ pub enum KeptOptIns {
     },
 }
 
-/// Record a new computation of a segment: members, cohorts, history, statistics.
+/// A segment's new members.
+#[derive(Debug, Clone)]
+pub enum NewMembers {
+    Whole(RoaringBitmap),
+    /// Its members changed only among some contacts, where they were
+    /// `before` and are `after`; elsewhere they are those stored
+    /// ([`crate::jobs::recompute::Within`]).
+    Within {
+        before: RoaringBitmap,
+        after: RoaringBitmap,
+        /// How many of `before` were e-mail and SMS opt-ins then, of
+        /// `after` now.
+        optins_before: [u64; 2],
+        optins_after: [u64; 2],
+    },
+}
+
+/// A computation's entries and exits, and the statistics after them.
+struct Moves {
+    entries: RoaringBitmap,
+    exits: RoaringBitmap,
+    contacts: u64,
+    email_optins: u64,
+    sms_optins: u64,
+}
+
+/// What a segment's stored members were computed from and are held in: its
+/// criteria, what the segments and imports they name stand for (`names`),
+/// its members file and the changes applied to it. Equal prints: the same
+/// stored members and statistics, computed from the same definition. None
+/// for a segment never computed.
+pub fn stored_as(rec: &SegmentRecord, names: &[String]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let (criteria, members) = (rec.criteria.as_ref()?, rec.members.as_ref()?);
+    rec.stats.as_ref()?;
+    let mut h = Sha256::new();
+    h.update(criteria.to_string());
+    for n in names {
+        h.update([0]);
+        h.update(n);
+    }
+    h.update([1]);
+    h.update(&members.path);
+    for c in &rec.members_since {
+        h.update([0]);
+        h.update(&c.delta.path);
+    }
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Record a new computation of a segment: members, cohorts, history,
+/// statistics.
 pub fn store_result(
     w: &Writer,
     rec: &mut SegmentRecord,
-    new: RoaringBitmap,
+    new: &NewMembers,
     optins: &OptIns,
     at: DateTime<Utc>,
     as_of: DateTime<Utc>,
     duration_ms: u64,
 ) -> Result<()> {
-    let mut members = Members::load(w.dir(), rec)?;
-    let entries = &new - &members.members;
-    let exits = &members.members - &new;
+    let (moves, loaded) = match new {
+        NewMembers::Whole(new) => {
+            let members = Members::load(w.dir(), rec)?;
+            let moves = Moves {
+                entries: new - &members.members,
+                exits: &members.members - new,
+                contacts: new.len(),
+                email_optins: new.intersection_len(&optins.email),
+                sms_optins: new.intersection_len(&optins.sms),
+            };
+            (moves, Some(members))
+        }
+        NewMembers::Within {
+            before,
+            after,
+            optins_before,
+            optins_after,
+        } => {
+            let stats = rec.stats.as_ref().ok_or_else(|| {
+                crate::error::Error::Internal(format!(
+                    "segment {} has no statistics to bring up to date",
+                    rec.id
+                ))
+            })?;
+            // Outside the changed contacts, members and opt-ins are as
+            // they were counted.
+            let count =
+                |was: u64, i: usize| (was + optins_after[i]).saturating_sub(optins_before[i]);
+            let (entries, exits) = (after - before, before - after);
+            let moves = Moves {
+                contacts: (stats.contacts + entries.len()).saturating_sub(exits.len()),
+                email_optins: count(stats.email_optins, 0),
+                sms_optins: count(stats.sms_optins, 1),
+                entries,
+                exits,
+            };
+            (moves, None)
+        }
+    };
+    let Moves { entries, exits, .. } = &moves;
     let delta = if entries.is_empty() && exits.is_empty() {
         None
     } else {
@@ -168,7 +264,11 @@ pub fn store_result(
         }
         (Some(_), None) => {}
         _ => {
-            members.apply(&entries, &exits, at.timestamp_micros());
+            let mut members = match loaded {
+                Some(m) => m,
+                None => Members::load(w.dir(), rec)?,
+            };
+            members.apply(entries, exits, at.timestamp_micros());
             rec.members = Some(members.encode().write(w, &format!("seg-{}", rec.id))?);
             rec.members_since.clear();
         }
@@ -177,16 +277,16 @@ pub fn store_result(
     points.push(HistoryPoint {
         at,
         as_of,
-        size: new.len(),
+        size: moves.contacts,
         entries: entries.len(),
         exits: exits.len(),
         delta,
     });
     bound_history(points, as_of, w.base.config.history_days, w.base.tz());
     rec.stats = Some(SegmentStats {
-        contacts: new.len(),
-        email_optins: new.intersection_len(&optins.email),
-        sms_optins: new.intersection_len(&optins.sms),
+        contacts: moves.contacts,
+        email_optins: moves.email_optins,
+        sms_optins: moves.sms_optins,
         computed_at: at,
         as_of,
         duration_ms,

@@ -73,6 +73,18 @@ pub struct Freshness {
     pub changed_contacts: u64,
     pub contacts: PassFreshness,
     pub events: PassFreshness,
+    /// Segments whose trees ran on the contacts whose conditions, presence
+    /// or opt-ins changed since alone (`within_contacts`), their members
+    /// elsewhere those stored with the kept results.
+    #[serde(default)]
+    pub segments_within: usize,
+    /// Segments whose trees ran on every contact.
+    #[serde(default)]
+    pub segments_whole: usize,
+    /// Contacts whose conditions, presence or opt-ins changed, when trees
+    /// ran among them (at most a twentieth of the contacts).
+    #[serde(default)]
+    pub within_contacts: u64,
 }
 
 /// What one pass evaluated again.
@@ -126,11 +138,23 @@ impl Freshness {
                 p.kept, p.patched, p.dirty_contacts, p.full,
             )
         };
-        format!(
+        let mut out = format!(
             "{head}\n{}\n{}",
             pass("contact conditions", &self.contacts),
             pass("behaviour conditions", &self.events)
-        )
+        );
+        if self.segments_within > 0 {
+            out.push_str(&format!(
+                "\n  segments: {} among the {} contact(s) whose conditions, presence or opt-ins changed, {} over every contact",
+                self.segments_within, self.within_contacts, self.segments_whole
+            ));
+        } else if self.segments_whole > 0 {
+            out.push_str(&format!(
+                "\n  segments: {} over every contact",
+                self.segments_whole
+            ));
+        }
+        out
     }
 
     /// A full run, and why.
@@ -538,6 +562,7 @@ impl Session {
                 work.fresh
             },
             events: PassWork::of(&ways.events, all).fresh,
+            ..Freshness::default()
         }
     }
 
@@ -858,6 +883,7 @@ impl Session {
             changed_contacts: dirty.contacts().len(),
             contacts: c_fresh,
             events: e_fresh,
+            ..Freshness::default()
         };
         Ok((
             LeafResults {

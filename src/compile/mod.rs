@@ -50,6 +50,18 @@ pub enum Node {
     Import(String),
 }
 
+impl Node {
+    /// This node and every node under it.
+    pub fn each(&self, f: &mut impl FnMut(&Node)) {
+        f(self);
+        match self {
+            Node::All(cs) | Node::Any(cs) => cs.iter().for_each(|c| c.each(f)),
+            Node::Not(c) => c.each(f),
+            _ => {}
+        }
+    }
+}
+
 /// The leaves of a batch of trees, deduplicated.
 #[derive(Debug, Default)]
 pub struct Plan {

@@ -179,7 +179,6 @@ async fn preview_reading(
     let targets = vec![(def.id.clone(), def.name.clone(), def.criteria.clone())];
     let comp = compute(&session, &snap.manifest, snap.dir(), &clock, &targets).await;
     let bm = comp
-        .results
         .into_values()
         .next()
         .expect("one result")
@@ -620,7 +619,7 @@ async fn store_static(w: &mut Writer, id: &str, members: RoaringBitmap) -> Resul
     let r = crate::base::members::store_result(
         w,
         rec,
-        members,
+        &crate::base::members::NewMembers::Whole(members),
         &opt,
         now,
         now,

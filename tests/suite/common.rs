@@ -126,7 +126,7 @@ impl TestBase {
             &clock,
             &targets,
         ));
-        let bm = comp.results["t"].clone().map_err(|e| e.to_string())?;
+        let bm = comp["t"].clone().map_err(|e| e.to_string())?;
         let iids: Vec<u32> = bm.iter().collect();
         let mut ids =
             contact_ids_of(snap.dir(), &snap.manifest, &iids).map_err(|e| e.to_string())?;

@@ -27,6 +27,8 @@ static KEPT_ROWS: AtomicUsize = AtomicUsize::new(0);
 static FROM_LATEST: AtomicUsize = AtomicUsize::new(0);
 /// Runs whose kept latest times stood while files were folded in.
 static LATEST_STOOD: AtomicUsize = AtomicUsize::new(0);
+/// Segments whose trees ran among the contacts changed since alone.
+static WITHIN: AtomicUsize = AtomicUsize::new(0);
 
 /// Members of every active segment computed in full, compared with the
 /// members stored by the incremental run.
@@ -65,17 +67,25 @@ fn check_against_full(
         let stored = segments::base::members::Members::load(dir, rec)
             .expect("members")
             .members;
-        match full.results.get(&rec.id) {
+        match full.get(&rec.id) {
             Some(Ok(want)) if *want == stored => {
                 let stats = rec.stats.as_ref().expect("statistics");
-                let counted = (stats.email_optins, stats.sms_optins);
+                let size = rec
+                    .history
+                    .points(dir)
+                    .expect("history")
+                    .last()
+                    .map(|p| p.size);
+                let counted = (stats.contacts, size, stats.email_optins, stats.sms_optins);
                 let want = (
+                    stored.len(),
+                    Some(stored.len()),
                     stored.intersection_len(&opt.email),
                     stored.intersection_len(&opt.sms),
                 );
                 if counted != want {
                     failures.push(format!(
-                        "after {step}, as of {as_of}: segment {} counts opt-ins {counted:?}, not {want:?}",
+                        "after {step}, as of {as_of}: segment {} counts (size, last point's size, opt-ins) {counted:?}, not {want:?}",
                         rec.id
                     ));
                 }
@@ -113,6 +123,7 @@ fn note(report: &segments::jobs::recompute::RunReport) {
         {
             NARROW_READS.fetch_add(1, Ordering::Relaxed);
         }
+        WITHIN.fetch_add(f.segments_within, Ordering::Relaxed);
         if f.contacts.changed_rows > 0 {
             KEPT_ROWS.fetch_add(1, Ordering::Relaxed);
         }
@@ -415,15 +426,16 @@ fn incremental_equals_full() {
         LATEST_STOOD.load(Ordering::Relaxed),
     );
     let kept_rows = KEPT_ROWS.load(Ordering::Relaxed);
+    let within = WITHIN.load(Ordering::Relaxed);
     println!(
-        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids, {kept_rows} contacts passes read the rows imports kept; {stood} runs left the latest times standing while files were folded in), each equal to a full computation",
+        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids, {kept_rows} contacts passes read the rows imports kept; {stood} runs left the latest times standing while files were folded in; {within} segments found among the changed contacts alone), each equal to a full computation",
         seeds.len()
     );
     if seeds.len() > 1 {
         assert!(runs >= seeds.len() * 5, "only {runs} incremental runs");
         assert!(
-            kept > 0 && patched > 0 && latest > 0 && stood > 0,
-            "{kept} kept, {patched} patched, {latest} from latest times, {stood} left standing"
+            kept > 0 && patched > 0 && latest > 0 && stood > 0 && within > 0,
+            "{kept} kept, {patched} patched, {latest} from latest times, {stood} left standing, {within} segments among changed contacts"
         );
     }
 }
@@ -733,4 +745,143 @@ fn updated_contacts_are_read_from_the_rows_their_imports_kept() {
     let f = incremental_equals_full_at(&tb, &rt, start, "many updates");
     assert_eq!(f.contacts.changed_rows, 0, "{}", f.describe());
     assert_eq!(f.contacts.full, 0, "{}", f.describe());
+}
+
+/// A segment whose stored members are its tree over the kept results is
+/// found again among the contacts changed since alone, from those members:
+/// entries, exits, size and opt-ins counted from what changed, a member
+/// whose opt-in alone changed included. A segment edited, one that names
+/// it, and those that lost members to a deletion are found again over
+/// every contact.
+#[test]
+fn segments_are_found_again_among_the_contacts_changed_since() {
+    let tb = super::super::common::new_base("Europe/Paris");
+    let rt = super::super::common::rt();
+    let start = super::super::common::at("2026-11-23T12:00:00Z");
+    let mut csv = String::from("contact_id,city,email_optin,sms_optin\n");
+    for id in 1..=2000i64 {
+        let city = ["Paris", "Lyon", "", "Nantes"][(id % 4) as usize];
+        csv.push_str(&format!("{id},{city},{},{}\n", id % 3 == 0, id % 5 == 0));
+    }
+    tb.import_contacts("people", &csv).unwrap();
+    // No other segment reads the opt-ins.
+    let mut w = tb.base.writer("t").unwrap();
+    let defaults: Vec<String> = w.next.segments.iter().map(|s| s.id.clone()).collect();
+    for id in &defaults {
+        segments::jobs::segments::set_paused(&mut w, id, true).unwrap();
+    }
+    w.commit().unwrap();
+    let definitions = [
+        json!({"id": "parisians", "name": "Parisians",
+               "criteria": {"field": "city", "op": "eq", "value": "paris"}}),
+        json!({"id": "elsewhere", "name": "Elsewhere",
+               "criteria": {"all": [{"field": "city", "op": "is_not_empty"},
+                                    {"not": {"segment": "Parisians"}}]}}),
+        json!({"id": "not-in-paris", "name": "Not in Paris",
+               "criteria": {"not": {"segment": "parisians"}}}),
+        // A query's result is not kept: found over every contact.
+        json!({"id": "queried-parisians", "name": "Queried Parisians",
+               "criteria": {"all": [{"segment": "parisians"},
+                                    {"query": "SELECT contact_id FROM contacts WHERE contact_id % 2 = 0"}]}}),
+    ];
+    create_and_compute(&tb, &rt, &definitions, start);
+    let import = |name: &str, rows: &[String]| {
+        let mut csv = String::from("contact_id,city,email_optin,sms_optin\n");
+        for r in rows {
+            csv.push_str(r);
+            csv.push('\n');
+        }
+        let f = tb.file(&format!("{name}.csv"), &csv);
+        let mut w = tb.base.writer("t").unwrap();
+        let options = ImportOptions {
+            name: Some(name.into()),
+            overwrite_empty: false,
+        };
+        import_contacts(&mut w, &f, &options).unwrap();
+        w.commit().unwrap();
+    };
+    // Parisians' e-mail or SMS opt-ins flipped, their city as it was.
+    let flipped: Vec<String> = (0..20i64)
+        .map(|k| 4 * k + 4)
+        .map(|id| {
+            let flip = id % 8 == 0;
+            format!(
+                "{id},Paris,{},{}",
+                (id % 3 == 0) != flip,
+                (id % 5 == 0) == flip
+            )
+        })
+        .collect();
+    import("opt-ins", &flipped);
+    let f = incremental_equals_full_at(&tb, &rt, start, "opt-ins changed");
+    assert_eq!(
+        (f.segments_within, f.segments_whole),
+        (3, 1),
+        "{}",
+        f.describe()
+    );
+    assert!(f.within_contacts >= 20, "{}", f.describe());
+
+    // Contacts moved into Paris and out of it, new ones (with no city: in
+    // no condition's result, in the segment of those not in Paris).
+    let moved: Vec<String> = (1..=30i64)
+        .map(|id| format!("{id},{},,", if id % 4 == 0 { "Lyon" } else { "Paris" }))
+        .chain((2001..=2005).map(|id| format!("{id},Paris,true,false")))
+        .chain((2006..=2009).map(|id| format!("{id},,,")))
+        .collect();
+    import("moves", &moved);
+    let f = incremental_equals_full_at(&tb, &rt, start, "contacts moved");
+    assert_eq!(
+        (f.segments_within, f.segments_whole),
+        (3, 1),
+        "{}",
+        f.describe()
+    );
+
+    // An edit: the segment and the one naming it over every contact.
+    let edited = segments::criteria::Definition::parse(&json!({
+        "id": "parisians", "name": "Parisians",
+        "criteria": {"field": "city", "op": "in", "value": ["paris", "nantes"]}}))
+    .unwrap();
+    let mut w = tb.base.writer("t").unwrap();
+    rt.block_on(segments::jobs::segments::edit(
+        &mut w,
+        "parisians",
+        &edited,
+        start,
+    ))
+    .unwrap();
+    w.commit().unwrap();
+    let f = incremental_equals_full_at(&tb, &rt, start, "an edit");
+    assert_eq!(
+        (f.segments_within, f.segments_whole),
+        (0, 4),
+        "{}",
+        f.describe()
+    );
+    let f = incremental_equals_full_at(&tb, &rt, start, "nothing changed");
+    assert_eq!(f.segments_whole, 1, "{}", f.describe());
+
+    // A deletion of Parisians.
+    let mut w = tb.base.writer("t").unwrap();
+    segments::base::contacts::delete_contacts(&mut w, &[2, 8, 12]).unwrap();
+    w.commit().unwrap();
+    import("more moves", &["40,Lyon,,".to_string()]);
+    let f = incremental_equals_full_at(&tb, &rt, start, "a deletion");
+    assert!(f.segments_whole >= 1, "{}", f.describe());
+
+    // More than a twentieth of the contacts changed: every segment over
+    // every contact.
+    let many: Vec<String> = (101..=400i64)
+        .filter(|id| id % 4 != 0)
+        .map(|id| format!("{id},Paris,,"))
+        .collect();
+    import("many", &many);
+    let f = incremental_equals_full_at(&tb, &rt, start, "many changes");
+    assert_eq!(
+        (f.segments_within, f.segments_whole),
+        (0, 4),
+        "{}",
+        f.describe()
+    );
 }

@@ -216,7 +216,7 @@ fn library_eval(
         &targets,
     ));
     (0..criteria.len())
-        .map(|i| match comp.results.get(&format!("t{i}")) {
+        .map(|i| match comp.get(&format!("t{i}")) {
             Some(r) => r.clone().map_err(|e| e.to_string()),
             None => Err("no result".into()),
         })
