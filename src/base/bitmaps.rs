@@ -24,12 +24,22 @@ pub struct TaggedBitmaps(pub Vec<(i64, RoaringBitmap)>);
 impl TaggedBitmaps {
     /// Write the file's bytes, bitmap after bitmap.
     pub fn encode_into(&self, out: &mut impl Write) -> std::io::Result<()> {
+        use rayon::prelude::*;
+        // The bitmaps serialized in parallel, then written in order.
+        let parts = self
+            .0
+            .par_iter()
+            .map(|(_, bm)| {
+                let mut bytes = Vec::with_capacity(bm.serialized_size());
+                bm.serialize_into(&mut bytes).map(|()| bytes)
+            })
+            .collect::<std::io::Result<Vec<Vec<u8>>>>()?;
         out.write_all(MAGIC)?;
         out.write_all(&(self.0.len() as u64).to_le_bytes())?;
-        for (tag, bm) in &self.0 {
+        for ((tag, _), bytes) in self.0.iter().zip(parts) {
             out.write_all(&tag.to_le_bytes())?;
-            out.write_all(&(bm.serialized_size() as u64).to_le_bytes())?;
-            bm.serialize_into(&mut *out)?;
+            out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            out.write_all(&bytes)?;
         }
         Ok(())
     }
@@ -47,7 +57,7 @@ impl TaggedBitmaps {
             Ok(u64::from_le_bytes(head.try_into().expect("8 bytes")))
         };
         let n = take_u64(&mut rest)?;
-        let mut out = Vec::new();
+        let mut parts = Vec::new();
         for _ in 0..n {
             let tag = take_u64(&mut rest)? as i64;
             let len = take_u64(&mut rest)? as usize;
@@ -55,11 +65,20 @@ impl TaggedBitmaps {
                 return Err("truncated bitmap file".into());
             }
             let (head, tail) = rest.split_at(len);
-            let bm = RoaringBitmap::deserialize_from(head)
-                .map_err(|e| format!("damaged bitmap: {e}"))?;
-            out.push((tag, bm));
+            parts.push((tag, head));
             rest = tail;
         }
+        // The bitmaps in parallel: a recompute's kept results are tens of
+        // megabytes.
+        use rayon::prelude::*;
+        let out = parts
+            .into_par_iter()
+            .map(|(tag, bytes)| {
+                RoaringBitmap::deserialize_from(bytes)
+                    .map(|bm| (tag, bm))
+                    .map_err(|e| format!("damaged bitmap: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
         Ok(TaggedBitmaps(out))
     }
 

@@ -9,8 +9,43 @@ use datafusion::arrow::datatypes::{DataType, UInt64Type};
 use crate::base::input::{ColumnData, InputTable};
 use crate::base::manifest::Manifest;
 use crate::base::schema::{CONTACT_ID, FieldType, IID};
-use crate::base::table::read_parquet_one;
+use crate::base::table::{read_parquet, read_parquet_one};
 use crate::error::{Error, Place, Result};
+
+/// A bit per hash of some ids: an id whose bit is clear is not one of
+/// them.
+struct HashBits {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl HashBits {
+    fn of(ids: impl ExactSizeIterator<Item = u64> + Clone) -> HashBits {
+        // About sixteen bits per id: one id in sixteen others passes.
+        let log = (ids.len().max(1) * 16)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(6, 32);
+        let mut out = HashBits {
+            bits: vec![0; 1 << (log - 6)],
+            shift: 64 - log,
+        };
+        for id in ids {
+            let h = out.hash(id);
+            out.bits[h >> 6] |= 1 << (h & 63);
+        }
+        out
+    }
+
+    fn hash(&self, id: u64) -> usize {
+        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    fn may_hold(&self, id: u64) -> bool {
+        let h = self.hash(id);
+        self.bits[h >> 6] & (1 << (h & 63)) != 0
+    }
+}
 
 /// `contact_id` → internal id, for every live contact. An events import
 /// looks up every row: ids spread over a range no wider than four times
@@ -64,19 +99,33 @@ impl ContactIdMap {
         let Some(f) = &m.contacts else {
             return Ok(ContactIdMap::default());
         };
-        let batch = read_parquet_one(&dir.join(&f.path), Some(&[IID, CONTACT_ID]))?;
-        let (iids, cids) = id_columns(&batch)?;
-        let pairs = iids.values().iter().zip(cids.values());
-        Ok(match wanted {
-            None => Self::from_pairs(pairs.map(|(i, c)| (*c, *i)), cids.len()),
-            Some(wanted) => ContactIdMap {
-                ids: Ids::Hashed(
-                    pairs
-                        .filter(|(_, c)| wanted.contains(*c))
-                        .map(|(i, c)| (*c, *i))
-                        .collect(),
-                ),
-            },
+        let path = dir.join(&f.path);
+        let Some(wanted) = wanted else {
+            let batch = read_parquet_one(&path, Some(&[IID, CONTACT_ID]))?;
+            let (iids, cids) = id_columns(&batch)?;
+            let pairs = iids.values().iter().zip(cids.values());
+            return Ok(Self::from_pairs(pairs.map(|(i, c)| (*c, *i)), cids.len()));
+        };
+        // Batches in parallel, most ids passed over after one look at a bit
+        // array of the wanted ones (a cache-sized table), not a hash.
+        use rayon::prelude::*;
+        let (_, batches) = read_parquet(&path, Some(&[IID, CONTACT_ID]))?;
+        let bits = HashBits::of(wanted.iter().copied());
+        let found = batches
+            .par_iter()
+            .map(|b| {
+                let (iids, cids) = id_columns(b)?;
+                Ok(iids
+                    .values()
+                    .iter()
+                    .zip(cids.values())
+                    .filter(|(_, c)| bits.may_hold(**c) && wanted.contains(*c))
+                    .map(|(i, c)| (*c, *i))
+                    .collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ContactIdMap {
+            ids: Ids::Hashed(found.into_iter().flatten().collect()),
         })
     }
 
@@ -229,6 +278,32 @@ pub fn input_contact_ids(input: &InputTable) -> Result<Vec<u64>> {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// Every id of the set passes its bit array; of others, about one in
+    /// sixteen, whether the ids run in sequence or are spread.
+    #[test]
+    fn hash_bits_pass_every_id_held_and_few_others() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+        for n in [0usize, 1, 3, 1000, 20_000] {
+            for spread in [1u64, 1 << 40] {
+                let first = rng.random_range(0..1u64 << 50);
+                let ids: Vec<u64> = (0..n as u64).map(|i| first + i * spread).collect();
+                let bits = HashBits::of(ids.iter().copied());
+                assert!(
+                    ids.iter().all(|&id| bits.may_hold(id)),
+                    "{n} ids by {spread}"
+                );
+                let others = 100_000u64;
+                let passed = (0..others)
+                    .filter(|&i| bits.may_hold(first + n as u64 * spread + 1 + i))
+                    .count() as u64;
+                assert!(
+                    passed * 8 < others,
+                    "{n} ids by {spread}: {passed} others pass"
+                );
+            }
+        }
+    }
 
     /// Ids numbered closely (a table) or spread (a hash) answer alike:
     /// present ids, absent ones inside and outside the range, extremes.
