@@ -360,7 +360,6 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
     {
         return Ok(old.clone());
     }
-    let clamp = |x: i64| if x >= from { x } else { i64::MIN };
     // Where the new rows and the contacts added or deleted since fall
     // among the kept ones (by position): the kept times between them are
     // copied as runs, each contact's looked at for its first time alone.
@@ -391,16 +390,20 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
     let mut dropped: Vec<u32> = Vec::new();
     let mut added: Vec<u32> = Vec::new();
     let mut copied = 0;
-    // Kept times of positions [a, b): a contact whose latest time is before
-    // `from` is dropped, no condition of the key reaching it any more.
+    // Kept times of positions [a, b), copied as runs: a contact whose
+    // latest time is before `from` is dropped, no condition of the key
+    // reaching it any more.
+    let kept: &[i64] = &old.times;
     let copy = |a: usize, b: usize, times: &mut Vec<i64>, dropped: &mut Vec<u32>| {
-        for (p, t) in (a..b).zip(old.times[a * k..b * k].chunks_exact(k)) {
-            if t[0] >= from {
-                times.extend(t.iter().map(|&x| clamp(x)));
-            } else {
+        let mut run = a;
+        for p in a..b {
+            if kept[p * k] < from {
+                times.extend_from_slice(&kept[run * k..p * k]);
                 dropped.extend(old.ids.select(p as u32));
+                run = p + 1;
             }
         }
+        times.extend_from_slice(&kept[run * k..b * k]);
     };
     let mut both = Vec::with_capacity(2 * k);
     for (at, e) in events {
@@ -411,7 +414,7 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
             Event::Insert(nid, nt) => {
                 if nt[0] >= from {
                     added.push(nid);
-                    times.extend(nt.iter().map(|&x| clamp(x)));
+                    times.extend_from_slice(nt);
                 }
                 continue;
             }
@@ -423,7 +426,7 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
             Event::Merge(nt, true) => nt,
             Event::Merge(nt, false) => {
                 both.clear();
-                both.extend_from_slice(&old.times[at * k..(at + 1) * k]);
+                both.extend_from_slice(&kept[at * k..(at + 1) * k]);
                 both.extend_from_slice(nt);
                 both.sort_unstable_by(|a, b| b.cmp(a));
                 &both[..k]
@@ -431,12 +434,21 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
         };
         copied = at + 1;
         if merged[0] >= from {
-            times.extend(merged.iter().map(|&x| clamp(x)));
+            times.extend_from_slice(merged);
         } else {
             dropped.push(id());
         }
     }
     copy(copied, old.ids.len() as usize, &mut times, &mut dropped);
+    // A contact's first time is from `from` on; its others before it are
+    // none.
+    if k > 1 {
+        for x in &mut times {
+            if *x < from {
+                *x = i64::MIN;
+            }
+        }
+    }
     let sorted = |ids: Vec<u32>| {
         RoaringBitmap::from_sorted_iter(ids)
             .map_err(|e| Error::Internal(format!("latest times: {e}")))
