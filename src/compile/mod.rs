@@ -491,8 +491,11 @@ pub trait Bitmaps {
     fn import(&self, id: &str) -> Outcome;
 }
 
-/// Evaluate a tree on bitmaps.
+/// Evaluate a tree on bitmaps: the contacts of `env.all()` it holds for
+/// (every bitmap read is cut to them, so that what the nodes above combine
+/// already is).
 pub fn eval(node: &Node, leaves: &LeafResults, env: &dyn Bitmaps) -> Outcome {
+    let all = env.all();
     Ok(match node {
         Node::All(cs) => {
             let mut acc: Option<RoaringBitmap> = None;
@@ -503,7 +506,7 @@ pub fn eval(node: &Node, leaves: &LeafResults, env: &dyn Bitmaps) -> Outcome {
                     Some(a) => a & b,
                 });
             }
-            acc.unwrap_or_else(|| env.all().clone())
+            acc.unwrap_or_else(|| all.clone())
         }
         Node::Any(cs) => {
             let mut acc = RoaringBitmap::new();
@@ -512,11 +515,11 @@ pub fn eval(node: &Node, leaves: &LeafResults, env: &dyn Bitmaps) -> Outcome {
             }
             acc
         }
-        Node::Not(c) => env.all() - eval(c, leaves, env)?,
-        Node::Contacts(i) => leaves.contacts[*i].clone()?,
-        Node::Events(i) => leaves.events[*i].clone()?,
-        Node::Query(i) => leaves.queries[*i].clone()?,
-        Node::Segment(id) => env.segment(id)?,
-        Node::Import(id) => env.import(id)?,
-    } & env.all())
+        Node::Not(c) => all - eval(c, leaves, env)?,
+        Node::Contacts(i) => leaves.contacts[*i].as_ref().map_err(Clone::clone)? & all,
+        Node::Events(i) => leaves.events[*i].as_ref().map_err(Clone::clone)? & all,
+        Node::Query(i) => leaves.queries[*i].as_ref().map_err(Clone::clone)? & all,
+        Node::Segment(id) => env.segment(id)? & all,
+        Node::Import(id) => env.import(id)? & all,
+    })
 }

@@ -367,11 +367,11 @@ impl Within {
         let mut contacts = all_before ^ all;
         contacts |= &optins_before.email ^ &optins.email;
         contacts |= &optins_before.sms ^ &optins.sms;
-        let changed: Vec<RoaringBitmap> = pairs
+        let changed: Vec<Option<RoaringBitmap>> = pairs
             .par_iter()
-            .filter_map(|&(old, new)| Some(old? ^ new.as_ref().ok()?))
+            .map(|&(old, new)| Some(old? ^ new.as_ref().ok()?))
             .collect();
-        for c in changed {
+        for c in changed.iter().flatten() {
             contacts |= c;
         }
         if contacts.len() * WITHIN_SHARE > all.len() {
@@ -380,10 +380,19 @@ impl Within {
         let missing: Outcome = Err(Arc::new(Error::Internal(
             "a condition has no kept result".into(),
         )));
+        // A condition whose result did not change is the same on both sides.
         let (before, after): (Vec<Outcome>, Vec<Outcome>) = pairs
             .par_iter()
-            .map(|(kept, new)| match (kept, new) {
-                (Some(k), Ok(n)) => (Ok(*k & &contacts), Ok(n & &contacts)),
+            .zip(&changed)
+            .map(|((kept, new), change)| match (kept, new, change) {
+                (Some(k), Ok(n), Some(change)) => {
+                    let before = *k & &contacts;
+                    let after = match change.is_empty() {
+                        true => before.clone(),
+                        false => n & &contacts,
+                    };
+                    (Ok(before), Ok(after))
+                }
                 _ => (missing.clone(), missing.clone()),
             })
             .unzip();
