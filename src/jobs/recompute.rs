@@ -70,6 +70,16 @@ struct Env<'a> {
     changed: Option<&'a RoaringBitmap>,
 }
 
+/// The ids and names of a batch's segments → id.
+fn batch_keys(targets: &[(String, String, Criterion)]) -> HashMap<String, String> {
+    let mut keys = HashMap::new();
+    for (id, name, _) in targets {
+        keys.insert(id.clone(), id.clone());
+        keys.insert(name.clone(), id.clone());
+    }
+    keys
+}
+
 /// The id of the segment a criterion names, among the batch's first.
 fn resolve(batch_keys: &HashMap<String, String>, m: &Manifest, key: &str) -> Option<String> {
     batch_keys
@@ -142,18 +152,13 @@ pub fn dependency_order(targets: &[(String, String, Criterion)], m: &Manifest) -
 /// The targets by level: those of a level refer only to segments of the
 /// levels before it, or outside the targets.
 pub fn dependency_levels(targets: &[(String, String, Criterion)], m: &Manifest) -> Vec<Vec<usize>> {
-    let mut keys: HashMap<String, String> = HashMap::new();
-    for (id, name, _) in targets {
-        keys.insert(id.clone(), id.clone());
-        keys.insert(name.clone(), id.clone());
-    }
+    let keys = batch_keys(targets);
     let mut g = SegmentGraph::default();
     for (id, _, c) in targets {
-        let deps = c.segment_refs().into_iter().filter_map(|r| {
-            keys.get(&r)
-                .cloned()
-                .or_else(|| m.segment(&r).map(|s| s.id.clone()))
-        });
+        let deps = c
+            .segment_refs()
+            .into_iter()
+            .filter_map(|r| resolve(&keys, m, &r));
         g.add(id, deps);
     }
     let pos: HashMap<&str, usize> = targets
@@ -268,11 +273,7 @@ fn trees(
     within: Option<&Within>,
 ) -> (BTreeMap<String, Computed>, BTreeMap<String, Vec<String>>) {
     use rayon::prelude::*;
-    let mut batch_keys = HashMap::new();
-    for (id, name, _) in targets {
-        batch_keys.insert(id.clone(), id.clone());
-        batch_keys.insert(name.clone(), id.clone());
-    }
+    let batch_keys = batch_keys(targets);
     let mut batch: HashMap<String, Computed> = HashMap::new();
     let mut names = BTreeMap::new();
     for level in dependency_levels(targets, m) {
