@@ -48,7 +48,7 @@ use crate::base::manifest::DataFile;
 use crate::base::schema::IID;
 use crate::compile::behavior::Moved;
 use crate::compile::expr::{Clock, ts_lit};
-use crate::compile::latest::{self, LatestKey};
+use crate::compile::latest::{self, LatestKey, Now};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
 use crate::engine::Session;
 use crate::engine::session::{CONTACTS, EVENTS};
@@ -752,24 +752,26 @@ impl Session {
                 .collect()
         };
         // A key's times now, and the contacts whose times may have changed.
-        let state_of = |key: &str| match to_fold.iter().position(|f| f.key == key) {
-            Some(at) => folded
-                .as_ref()
-                .map(|f| (&f[at].times, &f[at].touched))
-                .map_err(Clone::clone),
-            None => body
+        let state_of = |key: &str| {
+            let kept = body
                 .as_ref()
                 .and_then(|b| b.by_key.get(key))
-                .map(|b| (b, &no_rows))
                 .ok_or_else(|| {
                     std::sync::Arc::new(crate::error::Error::Internal(format!(
                         "no latest times kept for {key}"
                     )))
-                }),
+                })?;
+            match to_fold.iter().position(|f| f.key == key) {
+                Some(at) => folded
+                    .as_ref()
+                    .map(|f| (Now::changed(kept, &f[at].changes), &f[at].touched))
+                    .map_err(Clone::clone),
+                None => Ok((Now::kept(kept), &no_rows)),
+            }
         };
-        // The positions in each key's times of the contacts any of its
-        // patched conditions looks at: one walk of its ids for all of them.
-        let known: HashMap<&str, Vec<(u32, Option<usize>)>> = {
+        // The times of the contacts any of a key's patched conditions looks
+        // at: one walk of its ids for all of them.
+        let known: HashMap<&str, Vec<latest::Row<'_>>> = {
             use rayon::prelude::*;
             by_key
                 .par_iter()
@@ -780,7 +782,7 @@ impl Session {
                     for i in leaves {
                         wanted |= in_bands.get(i).unwrap_or(&no_rows);
                     }
-                    Some((*key, latest::positions(&now.ids, &wanted)))
+                    Some((*key, now.rows_of(&wanted)))
                 })
                 .collect()
         };
@@ -796,32 +798,25 @@ impl Session {
             Some(match state {
                 Ok((now, touched)) => self
                     .behavior_parts(&plan.event_leaves[i], clock)
-                    .and_then(|p| {
-                        let k = now.slots.max(1);
-                        match (way, before) {
-                            (Way::LatestPatch(old, _), Some(_)) => {
-                                let touched = touched | &dirty.presence;
-                                let patch = latest::Patch {
-                                    now,
-                                    touched: &touched,
-                                    in_bands: in_bands.get(&i).unwrap_or(&no_rows),
-                                    known: known.get(key.as_str()).map(Vec::as_slice),
-                                };
-                                let (changed, rows) = patch.dirty();
-                                let (has, pass) = self.answer_from_latest(&p, clock, || {
-                                    rows.iter().filter_map(|&(id, at)| {
-                                        at.map(|at| (id, &now.times[at * k..(at + 1) * k]))
-                                    })
-                                })?;
-                                let new = p.finish(has, pass, &(all & &changed));
-                                Ok((old - &changed) | (new & &changed))
-                            }
-                            _ => {
-                                let (has, pass) = self.answer_from_latest(&p, clock, || {
-                                    now.ids.iter().zip(now.times.chunks_exact(k))
-                                })?;
-                                Ok(p.finish(has, pass, all))
-                            }
+                    .and_then(|p| match (way, before) {
+                        (Way::LatestPatch(old, _), Some(_)) => {
+                            let touched = touched | &dirty.presence;
+                            let patch = latest::Patch {
+                                now,
+                                touched: &touched,
+                                in_bands: in_bands.get(&i).unwrap_or(&no_rows),
+                                known: known.get(key.as_str()).map(Vec::as_slice),
+                            };
+                            let (changed, rows) = patch.dirty();
+                            let (has, pass) = self.answer_from_latest(&p, clock, || {
+                                rows.iter().filter_map(|&(id, t)| t.map(|t| (id, t)))
+                            })?;
+                            let new = p.finish(has, pass, &(all & &changed));
+                            Ok((old - &changed) | (new & &changed))
+                        }
+                        _ => {
+                            let (has, pass) = self.answer_from_latest(&p, clock, || now.rows())?;
+                            Ok(p.finish(has, pass, all))
                         }
                     })
                     .map_err(std::sync::Arc::new),
@@ -858,8 +853,14 @@ impl Session {
             }
             (found, Ok(folded), body) if found.is_some() || to_find.is_empty() => {
                 let mut next = latest::found(self, clock, &to_find, found.unwrap_or_default());
+                // Kept times with their changes, written whole.
                 for (k, l) in to_fold.iter().zip(folded) {
-                    next.by_key.insert(k.key.clone(), l.times);
+                    let Some(kept) = body.as_ref().and_then(|b| b.by_key.get(&k.key)) else {
+                        continue;
+                    };
+                    if let Ok(times) = Now::changed(kept, &l.changes).flatten() {
+                        next.by_key.insert(k.key.clone(), times);
+                    }
                 }
                 for k in to_same.iter().chain(&carried) {
                     if let Some(l) = body.as_ref().and_then(|b| b.by_key.get(&k.key)) {

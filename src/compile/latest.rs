@@ -208,20 +208,20 @@ impl Session {
         let added = scan(&unread.added, i64::MIN).await?;
         let later = scan(&unread.later, kept.as_of.saturating_add(1)).await?;
         let none = RoaringBitmap::new();
-        // Keys in parallel: each merge copies its key's times.
+        // Keys in parallel: each looks up the kept times of the contacts
+        // with rows read, the others' stand.
         use rayon::prelude::*;
         keys.par_iter()
             .zip(olds)
             .zip(added.into_par_iter().zip(later))
             .map(|((k, old), (added, later))| {
                 let touched = &added.has | &later.has;
-                let folded = merge(old, presence, k.lo, added)?;
-                let times = if later.has.is_empty() {
-                    folded
-                } else {
-                    merge(&folded, &none, k.lo, later)?
+                let first = Now::kept(old).fold(presence, k.lo, &added)?;
+                let changes = match later.has.is_empty() {
+                    true => first,
+                    false => Now::changed(old, &first).fold(&none, k.lo, &later)?,
                 };
-                Ok(Folded { times, touched })
+                Ok(Folded { changes, touched })
             })
             .collect()
     }
@@ -257,17 +257,239 @@ fn ids_at(ids: &RoaringBitmap, positions: Vec<u32>) -> RoaringBitmap {
 
 /// Latest times brought up to date, and the contacts with rows read.
 pub struct Folded {
-    pub times: Latest,
+    /// The changes to the kept times.
+    pub changes: Changes,
     /// Contacts with matching rows in the files read: the only ones,
     /// with the contacts added or deleted, whose times may have changed.
     pub touched: RoaringBitmap,
+}
+
+/// The changes folded into kept latest times: the contacts whose kept
+/// times no longer stand, and the times now of those that have some. A run
+/// that brings the kept times up to date from a few rows looks up those
+/// rows' contacts alone, instead of copying every contact's times.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    /// Contacts whose kept times no longer stand.
+    pub replaced: RoaringBitmap,
+    /// The times now of those of them that have some, from its `from` on
+    /// (the earliest instant the conditions reach now).
+    pub now: Latest,
+}
+
+/// A contact and its times now, if it has some.
+pub type Row<'a> = (u32, Option<&'a [i64]>);
+
+/// Latest times as they stand now: kept ones, and the changes since.
+///
+/// Kept times before `from` (the earliest instant the conditions now reach)
+/// are left in place: a contact whose latest is before it is passed over,
+/// and its other times before it count as none (every condition's window
+/// starts at or after `from`).
+#[derive(Debug, Clone, Copy)]
+pub struct Now<'a> {
+    pub kept: &'a Latest,
+    pub changes: Option<&'a Changes>,
+}
+
+impl<'a> Now<'a> {
+    /// Kept times that stand as they are.
+    pub fn kept(kept: &'a Latest) -> Now<'a> {
+        Now {
+            kept,
+            changes: None,
+        }
+    }
+
+    /// Kept times with changes.
+    pub fn changed(kept: &'a Latest, changes: &'a Changes) -> Now<'a> {
+        Now {
+            kept,
+            changes: Some(changes),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.kept.slots.max(1)
+    }
+
+    /// Events before this instant are left out.
+    pub fn from(&self) -> i64 {
+        self.changes.map_or(self.kept.from, |c| c.now.from)
+    }
+
+    /// Each contact with times and its times, in the order of the ids.
+    pub fn rows(&self) -> impl Iterator<Item = (u32, &'a [i64])> + 'a {
+        let k = self.slots();
+        let from = self.from();
+        let base: &'a Latest = self.kept;
+        let changes: Option<&'a Changes> = self.changes;
+        let mut kept = base.ids.iter().zip(base.times.chunks_exact(k)).peekable();
+        let mut replaced = changes.map(|c| c.replaced.iter().peekable());
+        let mut changed =
+            changes.map(|c| c.now.ids.iter().zip(c.now.times.chunks_exact(k)).peekable());
+        std::iter::from_fn(move || {
+            loop {
+                // The next kept contact whose times stand.
+                if let Some(replaced) = replaced.as_mut() {
+                    while let Some(&(id, _)) = kept.peek() {
+                        while replaced.next_if(|&r| r < id).is_some() {}
+                        if replaced.next_if_eq(&id).is_none() {
+                            break;
+                        }
+                        kept.next();
+                    }
+                }
+                let a = kept.peek().map(|&(id, _)| id);
+                let b = changed.as_mut().and_then(|c| c.peek().map(|&(id, _)| id));
+                let row = match (a, b) {
+                    (Some(a), Some(b)) if b < a => changed.as_mut().and_then(Iterator::next),
+                    (Some(_), _) => kept.next(),
+                    (None, _) => changed.as_mut().and_then(Iterator::next),
+                }?;
+                if row.1[0] >= from {
+                    return Some(row);
+                }
+            }
+        })
+    }
+
+    /// The times of each contact of `wanted`, if it has some.
+    pub fn rows_of(&self, wanted: &RoaringBitmap) -> Vec<Row<'a>> {
+        let k = self.slots();
+        let from = self.from();
+        let at = |l: &'a Latest, wanted: &RoaringBitmap| {
+            let times: &'a [i64] = &l.times;
+            positions(&l.ids, wanted).into_iter().map(move |(id, at)| {
+                let t = at
+                    .map(|at| &times[at * k..(at + 1) * k])
+                    .filter(|t| t[0] >= from);
+                (id, t)
+            })
+        };
+        let Some(changes) = self.changes else {
+            return at(self.kept, wanted).collect();
+        };
+        let mut kept = at(self.kept, &(wanted - &changes.replaced)).peekable();
+        let mut changed = at(&changes.now, &(wanted & &changes.replaced)).peekable();
+        let mut rows = Vec::with_capacity(wanted.len() as usize);
+        loop {
+            let a = kept.peek().map(|&(id, _)| id);
+            let b = changed.peek().map(|&(id, _)| id);
+            let row = match (a, b) {
+                (Some(a), Some(b)) if b < a => changed.next(),
+                (Some(_), _) => kept.next(),
+                (None, _) => changed.next(),
+            };
+            match row {
+                Some(row) => rows.push(row),
+                None => return rows,
+            }
+        }
+    }
+
+    /// These times with `new` folded in: the contacts of `presence` (added
+    /// or deleted since) lose their times now, then each contact of `new`
+    /// keeps the latest of its times now and its new ones; times before
+    /// `from` are left out.
+    pub fn fold(&self, presence: &RoaringBitmap, from: i64, new: &LeafBits) -> Result<Changes> {
+        let k = self.slots();
+        let changed = &new.has | presence;
+        let mut olds = self.rows_of(&(&new.has - presence)).into_iter().peekable();
+        let mut news = new.has.iter().zip(new.times.chunks_exact(k)).peekable();
+        let mut ids = Vec::with_capacity(changed.len() as usize);
+        let mut times = Vec::with_capacity(changed.len() as usize * k);
+        let mut both = Vec::with_capacity(2 * k);
+        for id in &changed {
+            let old = olds.next_if(|&(x, _)| x == id).and_then(|(_, t)| t);
+            let Some((_, nt)) = news.next_if(|&(x, _)| x == id) else {
+                // Added or deleted since, without new rows: no times.
+                continue;
+            };
+            let merged = match old {
+                None => nt,
+                Some(ot) => {
+                    both.clear();
+                    both.extend_from_slice(ot);
+                    both.extend_from_slice(nt);
+                    both.sort_unstable_by(|a, b| b.cmp(a));
+                    &both[..k]
+                }
+            };
+            if merged[0] < from {
+                continue;
+            }
+            ids.push(id);
+            times.extend(merged.iter().map(|&x| if x < from { i64::MIN } else { x }));
+        }
+        let fresh = Latest {
+            from,
+            ids: sorted(ids)?,
+            slots: k,
+            times: times.into(),
+        };
+        // The earlier changes, with these over them.
+        let Some(earlier) = self.changes else {
+            return Ok(Changes {
+                replaced: changed,
+                now: fresh,
+            });
+        };
+        let before = &earlier.now;
+        let kept: Vec<(u32, &[i64])> = before
+            .ids
+            .iter()
+            .zip(before.times.chunks_exact(k))
+            .filter(|(id, _)| !changed.contains(*id))
+            .collect();
+        let mut ids = Vec::with_capacity(kept.len() + fresh.ids.len() as usize);
+        let mut times = Vec::with_capacity(ids.capacity() * k);
+        let mut kept = kept.into_iter().peekable();
+        let mut fresh_rows = fresh.ids.iter().zip(fresh.times.chunks_exact(k)).peekable();
+        loop {
+            let a = kept.peek().map(|&(id, _)| id);
+            let b = fresh_rows.peek().map(|&(id, _)| id);
+            let row = match (a, b) {
+                (Some(a), Some(b)) if b < a => fresh_rows.next(),
+                (Some(_), _) => kept.next(),
+                (None, _) => fresh_rows.next(),
+            };
+            let Some((id, t)) = row else { break };
+            if t[0] < from {
+                continue;
+            }
+            ids.push(id);
+            times.extend(t.iter().map(|&x| if x < from { i64::MIN } else { x }));
+        }
+        Ok(Changes {
+            replaced: &earlier.replaced | &changed,
+            now: Latest {
+                from,
+                ids: sorted(ids)?,
+                slots: k,
+                times: times.into(),
+            },
+        })
+    }
+
+    /// These times as kept times of their own, written whole.
+    pub fn flatten(&self) -> Result<Latest> {
+        match self.changes {
+            None => Ok(self.kept.clone()),
+            Some(c) => merge(self.kept, &c.replaced, c.now.from, &c.now.ids, &c.now.times),
+        }
+    }
+}
+
+fn sorted(ids: Vec<u32>) -> Result<RoaringBitmap> {
+    RoaringBitmap::from_sorted_iter(ids).map_err(|e| Error::Internal(format!("latest times: {e}")))
 }
 
 /// Answering a condition from latest times for the contacts whose answer
 /// may have changed since its kept result only.
 pub struct Patch<'a> {
     /// The times now.
-    pub now: &'a Latest,
+    pub now: Now<'a>,
     /// Contacts whose times may have changed: with rows read, added or
     /// deleted.
     pub touched: &'a RoaringBitmap,
@@ -275,19 +497,18 @@ pub struct Patch<'a> {
     /// condition's window ends and its `first`/`last` instants swept since
     /// the kept result ([`in_bands`]).
     pub in_bands: &'a RoaringBitmap,
-    /// The positions in `now` of a set of contacts holding those (see
-    /// [`positions`]), when they were looked up for several conditions at
-    /// once.
-    pub known: Option<&'a [(u32, Option<usize>)]>,
+    /// The times now of a set of contacts holding those, when they were
+    /// looked up for several conditions at once ([`Now::rows_of`]).
+    pub known: Option<&'a [Row<'a>]>,
 }
 
-impl Patch<'_> {
+impl<'a> Patch<'a> {
     /// The contacts whose answer may differ from the kept result: those
     /// whose times changed, and those with a kept time in one of the swept
     /// bands (for the others, every time is inside or outside the window
     /// and each instant on the same side of every cut as before); with the
-    /// position of each one's times now, if it has some.
-    pub fn dirty(&self) -> (RoaringBitmap, Vec<(u32, Option<usize>)>) {
+    /// times of each one now, if it has some.
+    pub fn dirty(&self) -> (RoaringBitmap, Vec<Row<'a>>) {
         let dirty = self.in_bands | self.touched;
         let rows = match self.known {
             Some(known) => known
@@ -295,7 +516,7 @@ impl Patch<'_> {
                 .filter(|(id, _)| dirty.contains(*id))
                 .copied()
                 .collect(),
-            None => positions(&self.now.ids, &dirty),
+            None => self.now.rows_of(&dirty),
         };
         (dirty, rows)
     }
@@ -330,18 +551,31 @@ pub fn in_bands(kept: &Latest, sets: &[&[(i64, i64)]]) -> Vec<RoaringBitmap> {
     // none in a bucket any band touches, and are passed over after one
     // look-up per time.
     let any = Bands::new(sets.iter().flat_map(Bands::intervals));
-    let mut hits: Vec<Vec<u32>> = vec![Vec::new(); sets.len()];
-    for (at, t) in kept.times.chunks_exact(k).enumerate() {
-        if !t.iter().fold(false, |hit, &x| hit | any.near(x)) {
-            continue;
-        }
-        for (bands, hits) in sets.iter().zip(hits.iter_mut()) {
-            // `i64::MIN`: no time.
-            if t.iter().any(|&x| x != i64::MIN && bands.contains(x)) {
-                hits.push(at as u32);
+    // Runs of contacts side by side, their positions in order.
+    const RUN: usize = 1 << 16;
+    let runs: Vec<Vec<Vec<u32>>> = kept
+        .times
+        .par_chunks(k * RUN)
+        .enumerate()
+        .map(|(run, times)| {
+            let mut hits: Vec<Vec<u32>> = vec![Vec::new(); sets.len()];
+            for (at, t) in times.chunks_exact(k).enumerate() {
+                if !t.iter().fold(false, |hit, &x| hit | any.near(x)) {
+                    continue;
+                }
+                for (bands, hits) in sets.iter().zip(hits.iter_mut()) {
+                    // `i64::MIN`: no time.
+                    if t.iter().any(|&x| x != i64::MIN && bands.contains(x)) {
+                        hits.push((run * RUN + at) as u32);
+                    }
+                }
             }
-        }
-    }
+            hits
+        })
+        .collect();
+    let hits: Vec<Vec<u32>> = (0..sets.len())
+        .map(|s| runs.iter().flat_map(|r| r[s].iter().copied()).collect())
+        .collect();
     hits.into_par_iter()
         .map(|at| ids_at(&kept.ids, at))
         .collect()
@@ -350,10 +584,16 @@ pub fn in_bands(kept: &Latest, sets: &[&[(i64, i64)]]) -> Vec<RoaringBitmap> {
 /// Kept latest times without the contacts of `presence` and the times
 /// before `from`, with newly found ones (as many per contact) merged in:
 /// each contact keeps its latest ones of both.
-fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Result<Latest> {
+fn merge(
+    old: &Latest,
+    presence: &RoaringBitmap,
+    from: i64,
+    has: &RoaringBitmap,
+    new_times: &[i64],
+) -> Result<Latest> {
     let k = old.slots.max(1);
     // Nothing to merge in, drop or age out: the kept times stand.
-    if new.has.is_empty()
+    if has.is_empty()
         && old.from == from
         && presence.is_disjoint(&old.ids)
         && old.times.chunks_exact(k).all(|t| t[0] >= from)
@@ -373,20 +613,20 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
         /// The contact at this position was added or deleted since.
         Gone,
     }
-    let mut events: Vec<(usize, Event)> = Vec::with_capacity(new.has.len() as usize);
-    for (id, nt) in new.has.iter().zip(new.times.chunks_exact(k)) {
+    let mut events: Vec<(usize, Event)> = Vec::with_capacity(has.len() as usize);
+    for (id, nt) in has.iter().zip(new_times.chunks_exact(k)) {
         let rank = old.ids.rank(id) as usize;
         events.push(match old.ids.contains(id) {
             true => (rank - 1, Event::Merge(nt, presence.contains(id))),
             false => (rank, Event::Insert(id, nt)),
         });
     }
-    for id in &(presence & &old.ids) - &new.has {
+    for id in &(presence & &old.ids) - has {
         events.push((old.ids.rank(id) as usize - 1, Event::Gone));
     }
     // Inserts before the kept contact at the same position.
     events.sort_by_key(|(at, e)| (*at, !matches!(e, Event::Insert(..))));
-    let mut times = Vec::with_capacity(old.times.len() + new.times.len());
+    let mut times = Vec::with_capacity(old.times.len() + new_times.len());
     let mut dropped: Vec<u32> = Vec::new();
     let mut added: Vec<u32> = Vec::new();
     let mut copied = 0;
@@ -449,10 +689,6 @@ fn merge(old: &Latest, presence: &RoaringBitmap, from: i64, new: LeafBits) -> Re
             }
         }
     }
-    let sorted = |ids: Vec<u32>| {
-        RoaringBitmap::from_sorted_iter(ids)
-            .map_err(|e| Error::Internal(format!("latest times: {e}")))
-    };
     let ids = &(&old.ids - &sorted(dropped)?) | &sorted(added)?;
     debug_assert_eq!(ids.len() as usize * k, times.len());
     Ok(Latest {
@@ -534,38 +770,77 @@ mod tests {
             let touched: RoaringBitmap = touched.into_iter().collect();
             let found = in_bands(&before, &[&bands, &[]]);
             assert!(found[1].is_empty(), "no band, no contact");
-            let patch = Patch {
-                now: &now,
-                touched: &touched,
-                in_bands: &found[0],
-                known: None,
+            // The same times now as the kept ones with changes: contact 3
+            // replaced by none, contact 4 by its time.
+            let changes = Changes {
+                replaced: [3, 4].into_iter().collect(),
+                now: latest(0, 2, &[(4, &[7, N])]),
             };
-            let (dirty, found) = patch.dirty();
-            // The same from the positions of more contacts, looked up once
-            // for several conditions.
-            let more: RoaringBitmap = &dirty | &(0..30_000).step_by(7).collect::<RoaringBitmap>();
-            let known = positions(&now.ids, &more);
-            let shared = Patch {
-                known: Some(&known),
-                ..patch
-            };
-            assert_eq!(shared.dirty(), (dirty.clone(), found.clone()));
-            let mut want: RoaringBitmap = rows
-                .iter()
-                .filter(|(_, t)| {
-                    t.iter()
-                        .any(|&x| x != N && bands.iter().any(|&(a, b)| a <= x && x <= b))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            want |= &touched;
-            assert_eq!(dirty, want);
-            let positions: Vec<(u32, Option<usize>)> = want
-                .iter()
-                .map(|id| (id, now_rows.iter().position(|(x, _)| *x == id)))
-                .collect();
-            assert_eq!(found, positions);
+            for view in [Now::kept(&now), Now::changed(&before, &changes)] {
+                let patch = Patch {
+                    now: view,
+                    touched: &touched,
+                    in_bands: &found[0],
+                    known: None,
+                };
+                let (dirty, found) = patch.dirty();
+                // The same from the times of more contacts, looked up once
+                // for several conditions.
+                let more: RoaringBitmap =
+                    &dirty | &(0..30_000).step_by(7).collect::<RoaringBitmap>();
+                let known = view.rows_of(&more);
+                let shared = Patch {
+                    known: Some(&known),
+                    ..patch
+                };
+                assert_eq!(shared.dirty(), (dirty.clone(), found.clone()));
+                let mut want: RoaringBitmap = rows
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.iter()
+                            .any(|&x| x != N && bands.iter().any(|&(a, b)| a <= x && x <= b))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                want |= &touched;
+                assert_eq!(dirty, want);
+                let times: Vec<Row<'_>> = want
+                    .iter()
+                    .map(|id| {
+                        let row = now_rows.iter().find(|(x, _)| *x == id);
+                        (id, row.map(|(_, t)| &t[..]))
+                    })
+                    .collect();
+                assert_eq!(found, times);
+                let all: Vec<(u32, &[i64])> = view.rows().collect();
+                let want: Vec<(u32, &[i64])> =
+                    now_rows.iter().map(|(id, t)| (*id, &t[..])).collect();
+                assert_eq!(all, want);
+            }
         }
+    }
+
+    /// Contacts found in bands far into the kept times: past the first
+    /// runs of contacts looked at side by side.
+    #[test]
+    fn contacts_in_bands_are_found_at_their_positions_among_many() {
+        // Every other id, one time each: half its id.
+        let rows: Vec<(u32, Vec<i64>)> = (0..300_000u32)
+            .map(|i| (2 * i, vec![i64::from(i)]))
+            .collect();
+        let kept = latest(
+            0,
+            1,
+            &rows.iter().map(|(id, t)| (*id, &t[..])).collect::<Vec<_>>(),
+        );
+        let bands = [(70_000, 70_010), (200_000, 200_000), (299_999, 400_000)];
+        let found = in_bands(&kept, &[&bands, &bands[1..2]]);
+        let want: RoaringBitmap = (70_000..=70_010)
+            .chain([200_000, 299_999])
+            .map(|i| 2 * i)
+            .collect();
+        assert_eq!(found[0], want);
+        assert_eq!(found[1], [400_000].into_iter().collect::<RoaringBitmap>());
     }
 
     /// Bands against a plain look at each interval, with intervals of
@@ -718,8 +993,56 @@ mod tests {
                 false => rng.random_range(0..1000),
             };
             let want = merge_one_by_one(&old, &presence, from, &new);
-            assert_eq!(merge(&old, &presence, from, new).unwrap(), want);
+            assert_eq!(
+                merge(&old, &presence, from, &new.has, &new.times).unwrap(),
+                want
+            );
+            // Folded in as changes: the same times, whole or row by row.
+            let changes = Now::kept(&old).fold(&presence, from, &new).unwrap();
+            let now = Now::changed(&old, &changes);
+            assert_eq!(now.flatten().unwrap(), want);
+            assert_eq!(rows_of(now), rows_of(Now::kept(&want)));
+            // And again, over those changes.
+            let share = rng.random_range(0.0..0.2);
+            let again_ids = pick(&mut rng, share);
+            let again = LeafBits {
+                times: again_ids.iter().flat_map(|_| times(&mut rng)).collect(),
+                has: again_ids,
+                pass: RoaringBitmap::new(),
+            };
+            let from = from + rng.random_range(0..100);
+            let none = RoaringBitmap::new();
+            let want = merge_one_by_one(&want, &none, from, &again);
+            let changes = now.fold(&none, from, &again).unwrap();
+            let now = Now::changed(&old, &changes);
+            assert_eq!(now.flatten().unwrap(), want);
+            assert_eq!(rows_of(now), rows_of(Now::kept(&want)));
+            let some: RoaringBitmap = (0..span + 2).filter(|_| rng.random_bool(0.3)).collect();
+            let read = |rows: Vec<Row<'_>>| -> Vec<(u32, Option<Vec<i64>>)> {
+                let clear = |t: &[i64]| {
+                    t.iter()
+                        .map(|&x| if x < from { i64::MIN } else { x })
+                        .collect()
+                };
+                rows.into_iter().map(|(id, t)| (id, t.map(clear))).collect()
+            };
+            assert_eq!(
+                read(now.rows_of(&some)),
+                read(Now::kept(&want).rows_of(&some))
+            );
         }
+    }
+
+    /// Each contact's times as a condition reads them: times before
+    /// `from` count as none.
+    fn rows_of(now: Now<'_>) -> Vec<(u32, Vec<i64>)> {
+        let from = now.from();
+        now.rows()
+            .map(|(id, t)| {
+                let t = t.iter().map(|&x| if x < from { i64::MIN } else { x });
+                (id, t.collect())
+            })
+            .collect()
     }
 
     #[test]
@@ -737,7 +1060,9 @@ mod tests {
         };
         // Contact 5 was deleted and added again: its kept times go.
         let presence: RoaringBitmap = [5, 9].into_iter().collect();
-        let merged = merge(&old, &presence, 8, new).unwrap();
+        let merged = merge(&old, &presence, 8, &new.has, &new.times).unwrap();
+        let changes = Now::kept(&old).fold(&presence, 8, &new).unwrap();
+        assert_eq!(Now::changed(&old, &changes).flatten().unwrap(), merged);
         let want = latest(
             8,
             2,
