@@ -324,34 +324,24 @@ impl<'a> Now<'a> {
         let from = self.from();
         let base: &'a Latest = self.kept;
         let changes: Option<&'a Changes> = self.changes;
-        let mut kept = base.ids.iter().zip(base.times.chunks_exact(k)).peekable();
+        // The kept contacts whose times stand: the replaced ones walked in
+        // step.
         let mut replaced = changes.map(|c| c.replaced.iter().peekable());
-        let mut changed =
-            changes.map(|c| c.now.ids.iter().zip(c.now.times.chunks_exact(k)).peekable());
-        std::iter::from_fn(move || {
-            loop {
-                // The next kept contact whose times stand.
-                if let Some(replaced) = replaced.as_mut() {
-                    while let Some(&(id, _)) = kept.peek() {
-                        while replaced.next_if(|&r| r < id).is_some() {}
-                        if replaced.next_if_eq(&id).is_none() {
-                            break;
-                        }
-                        kept.next();
-                    }
+        let standing = base
+            .ids
+            .iter()
+            .zip(base.times.chunks_exact(k))
+            .filter(move |(id, _)| match replaced.as_mut() {
+                Some(r) => {
+                    while r.next_if(|x| x < id).is_some() {}
+                    r.peek() != Some(id)
                 }
-                let a = kept.peek().map(|&(id, _)| id);
-                let b = changed.as_mut().and_then(|c| c.peek().map(|&(id, _)| id));
-                let row = match (a, b) {
-                    (Some(a), Some(b)) if b < a => changed.as_mut().and_then(Iterator::next),
-                    (Some(_), _) => kept.next(),
-                    (None, _) => changed.as_mut().and_then(Iterator::next),
-                }?;
-                if row.1[0] >= from {
-                    return Some(row);
-                }
-            }
-        })
+                None => true,
+            });
+        let changed = changes
+            .into_iter()
+            .flat_map(move |c| c.now.ids.iter().zip(c.now.times.chunks_exact(k)));
+        by_id(standing, changed).filter(move |(_, t)| t[0] >= from)
     }
 
     /// The times of each contact of `wanted`, if it has some.
@@ -370,22 +360,9 @@ impl<'a> Now<'a> {
         let Some(changes) = self.changes else {
             return at(self.kept, wanted).collect();
         };
-        let mut kept = at(self.kept, &(wanted - &changes.replaced)).peekable();
-        let mut changed = at(&changes.now, &(wanted & &changes.replaced)).peekable();
-        let mut rows = Vec::with_capacity(wanted.len() as usize);
-        loop {
-            let a = kept.peek().map(|&(id, _)| id);
-            let b = changed.peek().map(|&(id, _)| id);
-            let row = match (a, b) {
-                (Some(a), Some(b)) if b < a => changed.next(),
-                (Some(_), _) => kept.next(),
-                (None, _) => changed.next(),
-            };
-            match row {
-                Some(row) => rows.push(row),
-                None => return rows,
-            }
-        }
+        let kept = at(self.kept, &(wanted - &changes.replaced));
+        let changed = at(&changes.now, &(wanted & &changes.replaced));
+        by_id(kept, changed).collect()
     }
 
     /// These times with `new` folded in: the contacts of `presence` (added
@@ -444,17 +421,8 @@ impl<'a> Now<'a> {
             .collect();
         let mut ids = Vec::with_capacity(kept.len() + fresh.ids.len() as usize);
         let mut times = Vec::with_capacity(ids.capacity() * k);
-        let mut kept = kept.into_iter().peekable();
-        let mut fresh_rows = fresh.ids.iter().zip(fresh.times.chunks_exact(k)).peekable();
-        loop {
-            let a = kept.peek().map(|&(id, _)| id);
-            let b = fresh_rows.peek().map(|&(id, _)| id);
-            let row = match (a, b) {
-                (Some(a), Some(b)) if b < a => fresh_rows.next(),
-                (Some(_), _) => kept.next(),
-                (None, _) => fresh_rows.next(),
-            };
-            let Some((id, t)) = row else { break };
+        let fresh_rows = fresh.ids.iter().zip(fresh.times.chunks_exact(k));
+        for (id, t) in by_id(kept.into_iter(), fresh_rows) {
             if t[0] < from {
                 continue;
             }
@@ -479,6 +447,20 @@ impl<'a> Now<'a> {
             Some(c) => merge(self.kept, &c.replaced, c.now.from, &c.now.ids, &c.now.times),
         }
     }
+}
+
+/// Two runs of rows in the order of their ids, no id in both, as one.
+fn by_id<T>(
+    a: impl Iterator<Item = (u32, T)>,
+    b: impl Iterator<Item = (u32, T)>,
+) -> impl Iterator<Item = (u32, T)> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((x, _)), Some((y, _))) if y < x => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 fn sorted(ids: Vec<u32>) -> Result<RoaringBitmap> {
@@ -794,15 +776,7 @@ mod tests {
                     ..patch
                 };
                 assert_eq!(shared.dirty(), (dirty.clone(), found.clone()));
-                let mut want: RoaringBitmap = rows
-                    .iter()
-                    .filter(|(_, t)| {
-                        t.iter()
-                            .any(|&x| x != N && bands.iter().any(|&(a, b)| a <= x && x <= b))
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                want |= &touched;
+                let want = &with_a_time_in(&rows, &bands) | &touched;
                 assert_eq!(dirty, want);
                 let times: Vec<Row<'_>> = want
                     .iter()
@@ -818,6 +792,17 @@ mod tests {
                 assert_eq!(all, want);
             }
         }
+    }
+
+    /// The contacts of `rows` with a time in one of `bands`, one by one.
+    fn with_a_time_in(rows: &[(u32, Vec<i64>)], bands: &[(i64, i64)]) -> RoaringBitmap {
+        rows.iter()
+            .filter(|(_, t)| {
+                t.iter()
+                    .any(|&x| x != i64::MIN && bands.iter().any(|&(a, b)| a <= x && x <= b))
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Contacts found in bands far into the kept times: past the first
@@ -900,15 +885,7 @@ mod tests {
                 .iter()
                 .zip([&intervals[..], &intervals[..intervals.len().min(1)]])
             {
-                let want: RoaringBitmap = rows
-                    .iter()
-                    .filter(|(_, t)| {
-                        t.iter()
-                            .any(|&x| x != N && set.iter().any(|&(a, b)| a <= x && x <= b))
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                assert_eq!(found, &want, "{set:?}");
+                assert_eq!(found, &with_a_time_in(&rows, set), "{set:?}");
             }
         }
     }
@@ -979,13 +956,17 @@ mod tests {
                 ids: old_ids,
                 slots: k,
             };
-            let share = rng.random_range(0.0..0.2);
-            let new_ids = pick(&mut rng, share);
-            let new = LeafBits {
-                times: new_ids.iter().flat_map(|_| times(&mut rng)).collect(),
-                has: new_ids,
-                pass: RoaringBitmap::new(),
+            // New rows for a fifth of the contacts at most.
+            let rows = |rng: &mut rand::rngs::SmallRng| {
+                let share = rng.random_range(0.0..0.2);
+                let has = pick(rng, share);
+                LeafBits {
+                    times: has.iter().flat_map(|_| times(rng)).collect(),
+                    has,
+                    pass: RoaringBitmap::new(),
+                }
             };
+            let new = rows(&mut rng);
             let share = rng.random_range(0.0..0.1);
             let presence = pick(&mut rng, share);
             let from = match rng.random_bool(0.3) {
@@ -1003,13 +984,7 @@ mod tests {
             assert_eq!(now.flatten().unwrap(), want);
             assert_eq!(rows_of(now), rows_of(Now::kept(&want)));
             // And again, over those changes.
-            let share = rng.random_range(0.0..0.2);
-            let again_ids = pick(&mut rng, share);
-            let again = LeafBits {
-                times: again_ids.iter().flat_map(|_| times(&mut rng)).collect(),
-                has: again_ids,
-                pass: RoaringBitmap::new(),
-            };
+            let again = rows(&mut rng);
             let from = from + rng.random_range(0..100);
             let none = RoaringBitmap::new();
             let want = merge_one_by_one(&want, &none, from, &again);
