@@ -162,6 +162,25 @@ pub fn read_bitmap(dir: &Path, file: &DataFile) -> Result<RoaringBitmap> {
     Ok(TaggedBitmaps::read(dir, file)?.get(0))
 }
 
+/// The bitmap of every live contact of a version, read once while it
+/// stands: every query's session starts from it. A file of the base known
+/// by its name, size and checksum never changes, so the last one read is
+/// kept for the process.
+pub fn read_all_contacts(dir: &Path, file: &DataFile) -> Result<RoaringBitmap> {
+    type Kept = Option<(std::path::PathBuf, DataFile, RoaringBitmap)>;
+    static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(None);
+    let kept = || KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((d, f, bm)) = kept().as_ref()
+        && d == dir
+        && f == file
+    {
+        return Ok(bm.clone());
+    }
+    let bm = read_bitmap(dir, file)?;
+    *kept() = Some((dir.to_path_buf(), file.clone(), bm.clone()));
+    Ok(bm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

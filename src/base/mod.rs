@@ -421,17 +421,21 @@ fn remove_unreferenced(dir: &Path, rel: &Path, keep: &HashSet<String>) -> Result
     Ok(removed)
 }
 
-/// Half of the machine's memory (4 GiB where it cannot be read).
+/// Half of the machine's memory (4 GiB where it cannot be read), read once
+/// per process: every query's session asks for it.
 pub fn default_memory_limit() -> usize {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        })
-        .map(|kb| kb * 1024 / 2)
-        .unwrap_or(4 << 30)
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            })
+            .map(|kb| kb * 1024 / 2)
+            .unwrap_or(4 << 30)
+    })
 }
 
 /// How long to wait for the writer lock: `500ms`, `30s`, `2m`; a bare

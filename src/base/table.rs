@@ -107,12 +107,37 @@ pub fn read_parquet(
     Ok((file.schema(columns)?, file.read(columns, &groups)?))
 }
 
-/// The Arrow schema a Parquet file is read with (from its footer).
+/// The Arrow schema a Parquet file is read with (from its footer, kept:
+/// see [`kept_metadata`]).
 pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
-    Ok(builder.schema().clone())
+    Ok(kept_metadata(path, &file)?.schema().clone())
+}
+
+/// The metadata, page indexes included, of a file read again and again:
+/// the contacts file, whose schema every query's session takes and whose
+/// rows every preview's sample reads by key range. The metadata of the last
+/// few files are kept, known by path, size and modification time.
+fn kept_metadata(path: &Path, file: &File) -> Result<ArrowReaderMetadata> {
+    type Key = (std::path::PathBuf, u64, std::time::SystemTime);
+    static KEPT: std::sync::Mutex<Vec<(Key, ArrowReaderMetadata)>> =
+        std::sync::Mutex::new(Vec::new());
+    let stat = file.metadata().map_err(|e| Error::io(path, e))?;
+    let modified = stat.modified().map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), stat.len(), modified);
+    let kept = || KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, m)) = kept().iter().find(|(k, _)| *k == key) {
+        return Ok(m.clone());
+    }
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(datafusion::parquet::file::metadata::PageIndexPolicy::Optional);
+    let m = ArrowReaderMetadata::load(file, options).map_err(|e| Error::parquet(path, e))?;
+    let mut kept = kept();
+    if kept.len() >= 4 {
+        kept.remove(0);
+    }
+    kept.push((key, m.clone()));
+    Ok(m)
 }
 
 /// Read some columns of the row groups of a Parquet file whose `u32` column
@@ -129,13 +154,9 @@ pub fn read_parquet_key_range(
     use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
     use datafusion::parquet::file::statistics::Statistics;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        file,
-        ArrowReaderOptions::new()
-            .with_page_index_policy(datafusion::parquet::file::metadata::PageIndexPolicy::Optional),
-    )
-    .map_err(|e| Error::parquet(path, e))?
-    .with_batch_size(64 * 1024);
+    let metadata = kept_metadata(path, &file)?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+        .with_batch_size(64 * 1024);
     let schema = builder.schema().clone();
     let key_at = schema.index_of(key)?;
     let overlaps = |min: i32, max: i32| (min as u32) <= hi && (max as u32) >= lo;

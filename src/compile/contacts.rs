@@ -35,7 +35,7 @@ use crate::base::schema::IID;
 use crate::base::table::read_parquet_one;
 use crate::compile::dictionary::{DictionaryTest, is_dictionary, true_bits};
 use crate::compile::materialize::{add_masked, bits_from, iid_column, members_mask};
-use crate::compile::pages::{PositionedFile, dictionary_rows, is_dictionary_chunk};
+use crate::compile::pages::{PositionedFile, ValueTest, dictionary_rows, is_dictionary_chunk};
 use crate::engine::Session;
 use crate::engine::session::CONTACTS;
 use crate::error::{Error, Result};
@@ -322,7 +322,19 @@ impl Session {
             .copied_config()
             .target_partitions()
             .clamp(1, firsts.len().max(1));
+        // Each column is decoded once for all the conditions on it.
+        let mut by_column: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, (at, _)) in atoms.iter().enumerate() {
+            match by_column.iter_mut().find(|(c, _)| c == at) {
+                Some((_, of_column)) => of_column.push(i),
+                None => by_column.push((*at, vec![i])),
+            }
+        }
         let read = move || -> Result<Option<Vec<RoaringBitmap>>> {
+            let truths: Vec<_> = atoms
+                .iter()
+                .map(|(_, test)| move |values: ArrayRef| test.truth(values))
+                .collect();
             let next = AtomicUsize::new(0);
             // One row group at a time per worker: its tested columns, then
             // each condition over them.
@@ -337,14 +349,23 @@ impl Session {
                         .get_row_group(g)
                         .map_err(|e| Error::parquet(&path, e))?;
                     let rows = usize::try_from(rg.metadata().num_rows()).unwrap_or(0);
-                    let mut columns: Vec<ArrayRef> = Vec::with_capacity(atoms.len());
-                    for (at, test) in &atoms {
-                        let truth = |values: ArrayRef| test.truth(values);
-                        match dictionary_rows(&path, rg.as_ref(), *at, &truth, test.on_null())? {
-                            Some(bits) => columns.push(Arc::new(BooleanArray::new(bits, None))),
-                            None => return Ok(None),
+                    let mut columns: Vec<Option<ArrayRef>> = vec![None; atoms.len()];
+                    for (at, of_column) in &by_column {
+                        let tests: Vec<ValueTest> = of_column
+                            .iter()
+                            .map(|&i| ValueTest {
+                                truth: &truths[i],
+                                on_null: atoms[i].1.on_null(),
+                            })
+                            .collect();
+                        let Some(bits) = dictionary_rows(&path, rg.as_ref(), *at, &tests)? else {
+                            return Ok(None);
+                        };
+                        for (&i, bits) in of_column.iter().zip(bits) {
+                            columns[i] = Some(Arc::new(BooleanArray::new(bits, None)));
                         }
                     }
+                    let columns = columns.into_iter().flatten().collect();
                     let batch = RecordBatch::try_new(schema.clone(), columns)?;
                     for (test, bm) in tests.iter().zip(out.iter_mut()) {
                         let narrow = batch.project(&test.columns)?;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, BooleanBufferBuilder, StringBuilder};
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
 use datafusion::parquet::basic::{Encoding, Type as PhysicalType};
 use datafusion::parquet::column::page::Page;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
@@ -89,17 +89,23 @@ fn is_dictionary_encoding(e: Encoding) -> bool {
     matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY)
 }
 
-/// For each row of column `column` of a row group, the outcome of a test of
-/// its value: `truth` is given the values of the dictionary page (as UTF-8
-/// text) and returns one outcome per value; null rows get `on_null`.
+/// A test of a text column's values: `truth` is given the values of a
+/// dictionary page (as UTF-8 text) and returns one outcome per value; null
+/// rows get `on_null`.
+pub struct ValueTest<'a> {
+    pub truth: &'a dyn Fn(ArrayRef) -> Result<Vec<bool>>,
+    pub on_null: bool,
+}
+
+/// For each row of column `column` of a row group, the outcome of each of
+/// `tests` on its value, the column decoded once for all of them.
 /// `None` if a data page turns out not to be dictionary-encoded.
 pub fn dictionary_rows(
     file: &Path,
     rg: &dyn RowGroupReader,
     column: usize,
-    truth: &dyn Fn(ArrayRef) -> Result<Vec<bool>>,
-    on_null: bool,
-) -> Result<Option<BooleanBuffer>> {
+    tests: &[ValueTest],
+) -> Result<Option<Vec<BooleanBuffer>>> {
     let chunk = rg.metadata().column(column);
     if !is_dictionary_chunk(chunk) {
         return Ok(None);
@@ -112,8 +118,11 @@ pub fn dictionary_rows(
             ParquetError::General(format!("column {}: {what}", chunk.column_path())),
         )
     };
-    let mut out = BooleanBufferBuilder::new(rows);
-    let mut lut: Option<Vec<bool>> = None;
+    let mut outs: Vec<BooleanBufferBuilder> = tests
+        .iter()
+        .map(|_| BooleanBufferBuilder::new(rows))
+        .collect();
+    let mut outcomes: Option<Vec<Outcomes>> = None;
     let mut page_rows = PageRows::default();
     let pages = rg
         .get_column_page_reader(column)
@@ -131,7 +140,17 @@ pub fn dictionary_rows(
                     return Ok(None);
                 }
                 let values = plain_strings(buf, *num_values as usize).map_err(damaged)?;
-                lut = Some(truth(values)?);
+                outcomes = Some(
+                    tests
+                        .iter()
+                        .map(|t| {
+                            Ok(Outcomes {
+                                of_value: (t.truth)(values.clone())?,
+                                of_null: t.on_null,
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                );
                 continue;
             }
             Page::DataPage {
@@ -176,7 +195,7 @@ pub fn dictionary_rows(
                 (buf, levels, end..buf.len(), *num_values as usize)
             }
         };
-        let lut = lut
+        let outcomes = outcomes
             .as_deref()
             .ok_or_else(|| damaged("data page before the dictionary page".into()))?;
         let part = |r: std::ops::Range<usize>| {
@@ -186,16 +205,16 @@ pub fn dictionary_rows(
         let levels = levels.map(part).transpose()?;
         let values = part(values)?;
         page_rows
-            .decode(levels, values, n, lut, on_null, &mut out)
+            .decode(levels, values, n, outcomes, &mut outs)
             .map_err(damaged)?;
     }
-    if out.len() != rows {
+    let read = outs.first().map_or(rows, |o| o.len());
+    if read != rows {
         return Err(damaged(format!(
-            "{} rows in the pages, {rows} in the row group",
-            out.len()
+            "{read} rows in the pages, {rows} in the row group"
         )));
     }
-    Ok(Some(out.finish()))
+    Ok(Some(outs.iter_mut().map(|o| o.finish()).collect()))
 }
 
 /// The values of a plain-encoded dictionary page of text.
@@ -217,6 +236,12 @@ fn plain_strings(buf: &[u8], n: usize) -> std::result::Result<ArrayRef, String> 
     Ok(Arc::new(out.finish()))
 }
 
+/// The outcome of a test for each value of a dictionary, and for nulls.
+struct Outcomes {
+    of_value: Vec<bool>,
+    of_null: bool,
+}
+
 /// Buffers reused from page to page.
 #[derive(Default)]
 struct PageRows {
@@ -225,22 +250,24 @@ struct PageRows {
 }
 
 impl PageRows {
-    /// Append the outcomes of the `n` rows of one data page.
+    /// Append the outcomes of the `n` rows of one data page, one builder
+    /// per test.
     fn decode(
         &mut self,
         levels: Option<&[u8]>,
         values: &[u8],
         n: usize,
-        lut: &[bool],
-        on_null: bool,
-        out: &mut BooleanBufferBuilder,
+        tests: &[Outcomes],
+        outs: &mut [BooleanBufferBuilder],
     ) -> std::result::Result<(), String> {
         let present = match levels {
             Some(levels) => self.levels(levels, n)?,
             None => n,
         };
         if present == 0 {
-            out.append_n(n, on_null);
+            for (test, out) in tests.iter().zip(outs) {
+                out.append_n(n, test.of_null);
+            }
             return Ok(());
         }
         let (&width, keys) = values.split_first().ok_or("data page without keys")?;
@@ -264,48 +291,22 @@ impl PageRows {
         if self.keys.len() < present {
             return Err(format!("{} keys missing", present - self.keys.len()));
         }
-        if let Some(&k) = self.keys.iter().max()
-            && k as usize >= lut.len()
+        let keys = &self.keys[..present];
+        let values = tests.first().map_or(0, |t| t.of_value.len());
+        if let Some(&k) = keys.iter().max()
+            && k as usize >= values
         {
-            return Err(format!("key {k} past the {} dictionary values", lut.len()));
+            return Err(format!("key {k} past the {values} dictionary values"));
         }
-        let bits = if present == n {
-            let keys = &self.keys;
-            BooleanBuffer::collect_bool(n, |i| lut[keys[i] as usize])
-        } else {
-            // The keys are those of the present rows, in order. A row's
-            // key is found by counting the present rows before it, word
-            // by word, so that no row waits on the one before it (a last
-            // key stands past the end, for null rows after the last one).
-            self.keys.push(0);
-            let words: Vec<u64> = self
-                .valid
-                .chunks(8)
-                .map(|c| {
-                    let mut word = [0u8; 8];
-                    word[..c.len()].copy_from_slice(c);
-                    u64::from_le_bytes(word)
-                })
-                .collect();
-            let before: Vec<usize> = words
-                .iter()
-                .scan(0, |at, w| {
-                    let start = *at;
-                    *at += w.count_ones() as usize;
-                    Some(start)
-                })
-                .collect();
-            let keys = &self.keys;
-            BooleanBuffer::collect_bool(n, |i| {
-                let (word, bit) = (words[i >> 6], i & 63);
-                let key = before[i >> 6] + (word & ((1u64 << bit) - 1)).count_ones() as usize;
-                match (word >> bit) & 1 {
-                    1 => lut[keys[key] as usize],
-                    _ => on_null,
-                }
-            })
-        };
-        out.append_buffer(&bits);
+        for (test, out) in tests.iter().zip(outs) {
+            let hits = outcome_bits(keys, &test.of_value);
+            let bits = if present == n {
+                BooleanBuffer::new(Buffer::from_vec(hits), 0, n)
+            } else {
+                spread(&self.valid, &hits, n, test.of_null)
+            };
+            out.append_buffer(&bits);
+        }
         Ok(())
     }
 
@@ -335,6 +336,89 @@ impl PageRows {
         Ok(present)
     }
 }
+
+/// One bit per key, the outcome of its value, 64 to a word, and a last
+/// word of zeros (so that [`spread`] may always read the word after).
+/// The keys are below `of_value.len()`.
+fn outcome_bits(keys: &[u32], of_value: &[bool]) -> Vec<u64> {
+    let mut words = Vec::with_capacity(keys.len() / 64 + 2);
+    if of_value.len() <= 64 {
+        // Few values (a status, a city): their outcomes fit in a register.
+        let outcomes = of_value
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &o)| acc | u64::from(o) << i);
+        for chunk in keys.chunks(64) {
+            let mut word = 0u64;
+            for (bit, &k) in chunk.iter().enumerate() {
+                word |= (outcomes >> (k & 63) & 1) << bit;
+            }
+            words.push(word);
+        }
+    } else {
+        for chunk in keys.chunks(64) {
+            let mut word = 0u64;
+            for (bit, &k) in chunk.iter().enumerate() {
+                word |= u64::from(of_value[k as usize]) << bit;
+            }
+            words.push(word);
+        }
+    }
+    words.push(0);
+    words
+}
+
+/// The outcomes of `n` rows from those of their present rows, in order
+/// (`hits`, from [`outcome_bits`]), and the rows' validity (`valid`, one
+/// bit per row): each present row takes the next outcome, each null row
+/// `of_null`. Eight rows at a time: a byte of validity and the next bits of
+/// `hits` give the byte of outcomes through [`DEPOSIT`].
+fn spread(valid: &[u8], hits: &[u64], n: usize, of_null: bool) -> BooleanBuffer {
+    let words = n.div_ceil(64);
+    let mut out = Vec::with_capacity(words);
+    let mut at = 0;
+    for chunk in valid.chunks(8).take(words) {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let (i, j) = (at / 64, at % 64);
+        let mut next = hits[i] >> j;
+        if j > 0 {
+            next |= hits[i + 1] << (64 - j);
+        }
+        let mut word = 0u64;
+        for (b, &mask) in bytes.iter().enumerate() {
+            let placed = DEPOSIT[usize::from(mask) << 8 | (next & 0xff) as usize];
+            word |= u64::from(placed) << (8 * b);
+            next >>= mask.count_ones();
+        }
+        let valid = u64::from_le_bytes(bytes);
+        at += valid.count_ones() as usize;
+        out.push(if of_null { word | !valid } else { word });
+    }
+    BooleanBuffer::new(Buffer::from_vec(out), 0, n)
+}
+
+/// `DEPOSIT[mask << 8 | bits]`: the low bits of `bits`, in order, placed at
+/// the set bits of `mask` (a byte of x86's `pdep`, without the instruction,
+/// which some processors run slowly).
+static DEPOSIT: [u8; 1 << 16] = {
+    let mut table = [0u8; 1 << 16];
+    let mut i = 0;
+    while i < table.len() {
+        let (mut mask, mut bits, mut placed) = (i >> 8, i & 0xff, 0);
+        while mask != 0 {
+            let lowest = mask & mask.wrapping_neg();
+            if bits & 1 == 1 {
+                placed |= lowest;
+            }
+            bits >>= 1;
+            mask &= mask - 1;
+        }
+        table[i] = placed as u8;
+        i += 1;
+    }
+    table
+};
 
 /// A run of Parquet's run-length/bit-packed hybrid encoding.
 enum Run<'a> {
@@ -540,19 +624,65 @@ mod tests {
         let levels = [3u8, 0b10101]; // one packed group of 8 levels
         let mut values = vec![2u8, 3];
         values.extend(pack(&[0, 1, 2, 0, 0, 0, 0, 0], 2));
-        let mut out = BooleanBufferBuilder::new(5);
+        let mut outs = [BooleanBufferBuilder::new(5), BooleanBufferBuilder::new(5)];
+        // The same keys under a second test: "a" or "c" pass, nulls do not.
+        let tests = [
+            Outcomes {
+                of_value: vec![false, true, false],
+                of_null: true,
+            },
+            Outcomes {
+                of_value: vec![true, false, true],
+                of_null: false,
+            },
+        ];
         PageRows::default()
-            .decode(
-                Some(&levels),
-                &values,
-                5,
-                &[false, true, false],
-                true,
-                &mut out,
-            )
+            .decode(Some(&levels), &values, 5, &tests, &mut outs)
             .unwrap();
-        let got: Vec<bool> = out.finish().iter().collect();
-        assert_eq!(got, vec![false, true, true, true, false]);
+        let got: Vec<Vec<bool>> = outs
+            .iter_mut()
+            .map(|o| o.finish().iter().collect())
+            .collect();
+        assert_eq!(got[0], vec![false, true, true, true, false]);
+        assert_eq!(got[1], vec![true, false, false, false, true]);
+    }
+
+    #[test]
+    fn outcomes_of_present_rows_are_spread_over_the_rows_in_order() {
+        // Pseudo-random validity over 1,000 rows (a last word of 40), with
+        // runs of every length, against placing the outcomes one by one.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Dictionaries of few values (outcomes in a register) and of many.
+        for (density, values) in [0, 1, 2, 4, 7, 8]
+            .into_iter()
+            .zip([2, 64, 100].iter().cycle())
+        {
+            let n = 1000;
+            let valid: Vec<bool> = (0..n).map(|_| next() % 8 < density).collect();
+            let present = valid.iter().filter(|v| **v).count();
+            let of_value: Vec<bool> = (0..*values).map(|v| v % 3 == 1).collect();
+            let keys: Vec<u32> = (0..present).map(|_| (next() % values) as u32).collect();
+            let hits: Vec<bool> = keys.iter().map(|&k| of_value[k as usize]).collect();
+            let packed = outcome_bits(&keys, &of_value);
+            let valid_bytes = BooleanBuffer::from_iter(valid.iter().copied());
+            for of_null in [false, true] {
+                let mut left = hits.iter();
+                let expected: Vec<bool> = valid
+                    .iter()
+                    .map(|&v| if v { *left.next().unwrap() } else { of_null })
+                    .collect();
+                let got: Vec<bool> = spread(valid_bytes.values(), &packed, n, of_null)
+                    .iter()
+                    .collect();
+                assert_eq!(got, expected, "density {density}/8, nulls {of_null}");
+            }
+        }
     }
 
     /// Rows of text with nulls written with the given settings, read back
@@ -596,9 +726,13 @@ mod tests {
         let groups = (0..reader.num_row_groups())
             .map(|g| {
                 let rg = reader.get_row_group(g).unwrap();
-                dictionary_rows(&path, rg.as_ref(), 0, &truth, on_null)
+                let test = ValueTest {
+                    truth: &truth,
+                    on_null,
+                };
+                dictionary_rows(&path, rg.as_ref(), 0, &[test])
                     .unwrap()
-                    .map(|b| b.iter().collect())
+                    .map(|b| b[0].iter().collect())
             })
             .collect();
         (expected, groups)
@@ -640,9 +774,13 @@ mod tests {
     fn a_key_past_the_dictionary_is_an_error() {
         let mut values = vec![2u8, 3];
         values.extend(pack(&[3, 0, 0, 0, 0, 0, 0, 0], 2));
-        let mut out = BooleanBufferBuilder::new(1);
+        let mut out = [BooleanBufferBuilder::new(1)];
+        let test = Outcomes {
+            of_value: vec![true, false],
+            of_null: false,
+        };
         let err = PageRows::default()
-            .decode(None, &values, 1, &[true, false], false, &mut out)
+            .decode(None, &values, 1, &[test], &mut out)
             .unwrap_err();
         assert!(err.contains("key 3"), "{err}");
     }

@@ -27,7 +27,7 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::base::bitmaps::read_bitmap;
+use crate::base::bitmaps::read_all_contacts;
 use crate::base::contacts::stored_contacts_schema;
 use crate::base::events::events_schema;
 use crate::base::manifest::EventFile;
@@ -82,7 +82,7 @@ impl Session {
         register(&ctx, CONTACTS, contacts_schema.clone(), &contact_files)?;
         register(&ctx, EVENTS, events_schema.clone(), &event_files)?;
         let all_contacts = match &m.all_contacts {
-            Some(f) => read_bitmap(base.dir(), f)?,
+            Some(f) => read_all_contacts(base.dir(), f)?,
             None => RoaringBitmap::new(),
         };
         Ok(Session {
@@ -133,10 +133,15 @@ impl Session {
 fn fresh_state(base: &Base) -> Result<SessionState> {
     type Key = (usize, usize);
     static TEMPLATES: Mutex<Vec<(Key, SessionState)>> = Mutex::new(Vec::new());
+    // The cores available, read once per process (from the scheduler's
+    // affinity and the cgroup's quota, a few files each time).
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let threads = base.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
+        *CORES.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
     });
     // Operators that would hold more than the limit stop the query with a
     // clear error; nothing spills to files outside the base.

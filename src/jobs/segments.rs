@@ -44,8 +44,12 @@ pub fn check_definition(m: &Manifest, base: &Base, def: &Definition) -> Result<(
             name: &def.name,
         },
     )?;
-    let mut g = graph_of(m)?;
     let deps = resolve_refs(m, &def.criteria, &def.id, &def.name);
+    if deps.is_empty() {
+        // Referring to no segment, it can close no cycle.
+        return Ok(());
+    }
+    let mut g = graph_of(m)?;
     g.add(&def.id, deps);
     if let Some(cycle) = g.cycle_from(&def.id) {
         return Err(Error::definition(
