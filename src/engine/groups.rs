@@ -303,13 +303,18 @@ impl Groups {
             self.slots.resize(values.len(), usize::MAX);
         }
         let text = values.as_string::<i32>();
-        let keys = dictionary.normalized_keys();
+        // A column chunk of nulls alone has an empty dictionary, and no
+        // key of it points anywhere.
+        let keys = match values.is_empty() {
+            true => vec![usize::MAX; n],
+            false => dictionary.normalized_keys(),
+        };
         // Nulls of the keys and of the values they point to.
         let nulls = column.logical_nulls();
         self.rows.clear();
         self.rows.reserve(n);
         for (row, &key) in keys.iter().enumerate() {
-            let id = if nulls.as_ref().is_some_and(|b| b.is_null(row)) {
+            let id = if key == usize::MAX || nulls.as_ref().is_some_and(|b| b.is_null(row)) {
                 self.null_id()
             } else {
                 match self.slots[key] {
@@ -396,7 +401,7 @@ mod tests {
 
     /// Partitions of batches grouped by `g` (keys Int32) and `h` (keys
     /// Int8): batches sharing a dictionary, dictionaries that differ,
-    /// the same text under two keys, null keys, keys to a null value.
+    /// the same text under two keys, null keys, keys to a null value, null keys over an empty dictionary.
     fn partitions() -> (SchemaRef, Vec<Vec<RecordBatch>>) {
         let dict = |t: DataType| DataType::Dictionary(Box::new(t), Box::new(DataType::Utf8));
         let schema = Arc::new(Schema::new(vec![
@@ -413,6 +418,8 @@ mod tests {
             Some("Nantes"),
         ]));
         let other: ArrayRef = Arc::new(StringArray::from(vec!["Lyon", "Brest", "Paris"]));
+        // What Parquet reads from a column chunk of nulls alone.
+        let none: ArrayRef = Arc::new(StringArray::from(Vec::<&str>::new()));
         let h_values: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("b")]));
         let batch = |g_keys: Vec<Option<i32>>, g_values: &ArrayRef, seed: i32| {
             let n = g_keys.len();
@@ -450,6 +457,7 @@ mod tests {
             ],
             vec![
                 batch(keys(17, 3, 4), &other, 4),
+                batch(vec![None; 6], &none, 7),
                 batch(keys(25, 5, 6), &shared, 5),
             ],
             vec![batch(vec![], &shared, 6)],
