@@ -520,7 +520,6 @@ pub struct MonthCompaction {
     pub rows: u64,
 }
 
-/// The months that hold more than `max_files` files, oldest first.
 /// Whether an events file keeps each type's rows in row groups of their
 /// own: recorded by the writer since the flag exists, read from the row
 /// groups' statistics of `type` for files written before.
@@ -528,27 +527,62 @@ pub fn stored_by_type(dir: &Path, e: &EventFile) -> bool {
     e.by_type || rows_by_type(dir, e).is_some()
 }
 
-/// Rows per event type of a file stored by type, from its row groups'
-/// statistics (None for a file whose row groups mix types, or unreadable);
+/// The row groups of a file stored by type, in file order.
+#[derive(Debug)]
+pub struct TypeGroups {
+    pub groups: Vec<TypeGroup>,
+    rows: HashMap<String, u64>,
+}
+
+/// A row group of one event type, and where it starts: the offset of its
+/// first column's first page, by which a byte range of the file holds it.
+#[derive(Debug)]
+pub struct TypeGroup {
+    pub ty: String,
+    pub rows: u64,
+    pub start: i64,
+}
+
+impl TypeGroups {
+    pub fn new(groups: Vec<TypeGroup>) -> TypeGroups {
+        let mut rows: HashMap<String, u64> = HashMap::new();
+        for g in &groups {
+            *rows.entry(g.ty.clone()).or_default() += g.rows;
+        }
+        TypeGroups { groups, rows }
+    }
+
+    /// The rows of an event type.
+    pub fn rows(&self, ty: &str) -> Option<u64> {
+        self.rows.get(ty).copied()
+    }
+}
+
+/// The row groups of a file stored by type (None for a file whose row
+/// groups mix types, or unreadable), from their statistics of `type`;
 /// read once a process, as files never change.
-pub fn rows_by_type(dir: &Path, e: &EventFile) -> Option<std::sync::Arc<HashMap<String, u64>>> {
+pub fn rows_by_type(dir: &Path, e: &EventFile) -> Option<std::sync::Arc<TypeGroups>> {
+    type_groups_at(&dir.join(&e.file.path))
+}
+
+/// [`rows_by_type`] of the file at a path.
+pub fn type_groups_at(path: &Path) -> Option<std::sync::Arc<TypeGroups>> {
     use std::sync::{Arc, LazyLock, Mutex};
-    type Seen = HashMap<String, Option<Arc<HashMap<String, u64>>>>;
+    type Seen = HashMap<std::path::PathBuf, Option<Arc<TypeGroups>>>;
     static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(|| Mutex::new(HashMap::new()));
-    let path = dir.join(&e.file.path);
-    let key = path.display().to_string();
+    let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     if let Some(known) = SEEN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return known.clone();
     }
-    let counted = count_by_type(&path).map(Arc::new);
+    let read = read_type_groups(&key).map(Arc::new);
     SEEN.lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(key, counted.clone());
-    counted
+        .insert(key, read.clone());
+    read
 }
 
-/// Rows per type when every row group's `type` statistics hold one value.
-fn count_by_type(path: &Path) -> Option<HashMap<String, u64>> {
+/// The row groups when every one's `type` statistics hold one value.
+fn read_type_groups(path: &Path) -> Option<TypeGroups> {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(path).ok()?).ok()?;
     let meta = reader.metadata();
@@ -558,18 +592,25 @@ fn count_by_type(path: &Path) -> Option<HashMap<String, u64>> {
         .columns()
         .iter()
         .position(|c| c.name() == "type")?;
-    let mut out = HashMap::new();
+    let mut groups = Vec::with_capacity(meta.num_row_groups());
     for g in meta.row_groups() {
         let s = g.column(column).statistics()?;
-        match (s.min_bytes_opt(), s.max_bytes_opt()) {
-            (Some(a), Some(b)) if a == b => {
-                let t = String::from_utf8(a.to_vec()).ok()?;
-                *out.entry(t).or_default() += g.num_rows().max(0) as u64;
+        match (s.min_bytes_opt(), s.max_bytes_opt(), s.null_count_opt()) {
+            (Some(a), Some(b), Some(0)) if a == b => {
+                let ty = String::from_utf8(a.to_vec()).ok()?;
+                let first = g.column(0);
+                groups.push(TypeGroup {
+                    ty,
+                    rows: g.num_rows().max(0) as u64,
+                    start: first
+                        .dictionary_page_offset()
+                        .unwrap_or_else(|| first.data_page_offset()),
+                });
             }
             _ => return None,
         }
     }
-    Some(out)
+    Some(TypeGroups::new(groups))
 }
 
 /// The months `segments compact` rewrites: those holding more than
@@ -586,6 +627,7 @@ pub fn months_to_rewrite(dir: &Path, events: &[EventFile], max_files: usize) -> 
     out
 }
 
+/// The months that hold more than `max_files` files, oldest first.
 pub fn months_over(events: &[EventFile], max_files: usize) -> Vec<String> {
     let mut per_month: BTreeMap<&str, usize> = BTreeMap::new();
     for e in events {

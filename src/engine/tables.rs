@@ -17,6 +17,7 @@ use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::catalog::Session as CatalogSession;
 use datafusion::common::{Result as DFResult, ScalarValue, exec_err};
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::logical_expr::{
@@ -26,6 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::SessionContext;
@@ -36,6 +38,7 @@ use crate::base::manifest::Manifest;
 use crate::base::members::Members;
 use crate::base::schema::{CONTACT_ID, IID, timestamp_type};
 use crate::engine::Session;
+use crate::engine::by_type::{TypeTest, only_types};
 use crate::error::Result;
 
 /// Internal id → `contact_id`, for every id ever handed out (0 for deleted).
@@ -124,7 +127,13 @@ struct UserTable {
     raw: Arc<dyn TableProvider>,
     schema: SchemaRef,
     store: Arc<MemberStore>,
+    /// For `events`: the row groups of every file by its location in the
+    /// scan, read on first use (None when a file mixes types).
+    by_type: Option<std::sync::OnceLock<Option<TypeLayouts>>>,
 }
+
+/// Row groups of events files by location.
+type TypeLayouts = HashMap<String, Arc<crate::base::events::TypeGroups>>;
 
 impl fmt::Debug for UserTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,7 +142,7 @@ impl fmt::Debug for UserTable {
 }
 
 impl UserTable {
-    fn new(raw: Arc<dyn TableProvider>, store: Arc<MemberStore>) -> UserTable {
+    fn new(raw: Arc<dyn TableProvider>, store: Arc<MemberStore>, events: bool) -> UserTable {
         let visible: Vec<Field> = raw
             .schema()
             .fields()
@@ -145,7 +154,71 @@ impl UserTable {
             raw,
             schema: Arc::new(Schema::new(visible)),
             store,
+            by_type: events.then(std::sync::OnceLock::new),
         }
+    }
+
+    /// The row groups of every events file, when each file is stored by
+    /// type (None for `contacts`).
+    fn type_layouts(&self) -> Option<&TypeLayouts> {
+        let once = self.by_type.as_ref()?;
+        once.get_or_init(|| {
+            let store = &self.store;
+            store
+                .manifest
+                .events
+                .iter()
+                .map(|e| {
+                    let layout = crate::base::events::rows_by_type(&store.dir, e)?;
+                    let path = store.dir.join(&e.file.path);
+                    let url = ListingTableUrl::parse(path.to_string_lossy()).ok()?;
+                    Some((url.prefix().as_ref().to_string(), layout))
+                })
+                .collect()
+        })
+        .as_ref()
+    }
+
+    /// The test on the event type a filter is, when the files can answer it.
+    fn type_test(&self, e: &Expr) -> Option<TypeTest> {
+        self.type_layouts()?;
+        TypeTest::of(e)
+    }
+
+    /// The raw table's scan, reading only the row groups of the types
+    /// that pass `types` (every row when there is none).
+    async fn raw_scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: &[usize],
+        filters: &[Expr],
+        types: &[TypeTest],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let projection = Some(projection.to_vec());
+        if types.is_empty() {
+            return self
+                .raw
+                .scan(state, projection.as_ref(), filters, limit)
+                .await;
+        }
+        let scan = self
+            .raw
+            .scan(state, projection.as_ref(), filters, None)
+            .await?;
+        if scan.is::<EmptyExec>() {
+            return Ok(scan);
+        }
+        let test = TypeTest::All(types.to_vec());
+        let layouts = self.type_layouts().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("events files mixing types".into())
+        })?;
+        let partitions = state.config_options().execution.target_partitions;
+        only_types(&scan, &test, layouts, partitions, limit).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(
+                "the events scan is not of whole files stored by type".into(),
+            )
+        })
     }
 
     /// The raw table's index of a column.
@@ -186,17 +259,14 @@ impl TableProvider for UserTable {
         &self,
         filters: &[&Expr],
     ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        let others: Vec<&Expr> = filters
-            .iter()
-            .copied()
-            .filter(|f| segment_filter(f).is_none())
-            .collect();
+        let ours = |f: &Expr| segment_filter(f).is_some() || self.type_test(f).is_some();
+        let others: Vec<&Expr> = filters.iter().copied().filter(|f| !ours(f)).collect();
         let mut raw = self.raw.supports_filters_pushdown(&others)?.into_iter();
         filters
             .iter()
-            .map(|f| match segment_filter(f) {
-                Some(_) => Ok(TableProviderFilterPushDown::Exact),
-                None => Ok(raw
+            .map(|f| match ours(f) {
+                true => Ok(TableProviderFilterPushDown::Exact),
+                false => Ok(raw
                     .next()
                     .unwrap_or(TableProviderFilterPushDown::Unsupported)),
             })
@@ -218,13 +288,23 @@ impl TableProvider for UserTable {
             .iter()
             .map(|&i| self.raw_index(self.schema.field(i).name()))
             .collect::<DFResult<Vec<usize>>>()?;
-        let (segments, mut others): (Vec<&Expr>, Vec<&Expr>) =
+        let (segments, others): (Vec<&Expr>, Vec<&Expr>) =
             filters.iter().partition(|f| segment_filter(f).is_some());
+        let mut types = Vec::new();
+        let mut others: Vec<&Expr> = others
+            .into_iter()
+            .filter(|f| match self.type_test(f) {
+                Some(t) => {
+                    types.push(t);
+                    false
+                }
+                None => true,
+            })
+            .collect();
         if segments.is_empty() {
             let others: Vec<Expr> = others.into_iter().cloned().collect();
             return self
-                .raw
-                .scan(state, Some(&raw_projection), &others, limit)
+                .raw_scan(state, &raw_projection, &others, &types, limit)
                 .await;
         }
 
@@ -262,8 +342,7 @@ impl TableProvider for UserTable {
         let iid_at = raw_projection.len();
         raw_projection.push(self.raw_index(IID)?);
         let scan = self
-            .raw
-            .scan(state, Some(&raw_projection), &others, None)
+            .raw_scan(state, &raw_projection, &others, &types, None)
             .await?;
         let iid = Arc::new(Column::new(IID, iid_at)) as Arc<dyn PhysicalExpr>;
         let test = ScalarFunctionExpr::try_new(
@@ -377,7 +456,8 @@ pub fn user_context(base: &Base, m: &Arc<Manifest>) -> Result<SessionContext> {
         let raw = user.deregister_table(name)?.ok_or_else(|| {
             crate::error::Error::Internal(format!("session without table {name}"))
         })?;
-        user.register_table(name, Arc::new(UserTable::new(raw, store.clone())))?;
+        let events = name == crate::engine::session::EVENTS;
+        user.register_table(name, Arc::new(UserTable::new(raw, store.clone(), events)))?;
     }
     user.register_table("segments", Arc::new(segments_table(base, m)?))?;
     user.register_table("imports", Arc::new(imports_table(m)?))?;

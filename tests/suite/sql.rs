@@ -214,6 +214,87 @@ fn in_segment_filters_answer_from_the_bitmaps_in_the_scan() {
     assert!(err.contains("unknown segment \"nope\""), "{err}");
 }
 
+/// Filters on the event type alone are answered by the row groups of the
+/// files stored by type: the same rows as the test evaluated row by row,
+/// in every shape of test, with other filters, `in_segment`, a limit and
+/// a join; and the plan filters nothing on `type`.
+#[test]
+fn filters_on_the_event_type_read_the_row_groups_of_those_types() {
+    let dir = generated_base();
+    let b = dir.path();
+    let sql = |q: &str| -> Vec<String> {
+        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
+        out.lines().skip(1).map(str::to_string).collect()
+    };
+    let segment = json_of(segments(b).args(["segment", "list", "--format", "json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| (100..1900).contains(&s["contacts"].as_u64().unwrap_or(0)))
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .next()
+        .expect("a segment of some contacts");
+    // Each test, and the same written so that only rows can answer it.
+    let tests = [
+        ("type = 'purchase'", "concat(type, '') = 'purchase'"),
+        ("'email_open' = type", "'email_open' = concat(type, '')"),
+        ("type <> 'email_sent'", "concat(type, '') <> 'email_sent'"),
+        (
+            "type IN ('email_click', 'purchase', 'web_visit')",
+            "concat(type, '') IN ('email_click', 'purchase', 'web_visit')",
+        ),
+        (
+            "type NOT IN ('email_sent', 'email_open')",
+            "concat(type, '') NOT IN ('email_sent', 'email_open')",
+        ),
+        (
+            "(type = 'purchase' OR type = 'email_click')",
+            "(concat(type, '') = 'purchase' OR concat(type, '') = 'email_click')",
+        ),
+        (
+            "NOT (type = 'email_sent')",
+            "NOT (concat(type, '') = 'email_sent')",
+        ),
+        ("type = 'no such type'", "concat(type, '') = 'no such type'"),
+    ];
+    let shapes = [
+        "SELECT count(*), count(DISTINCT contact_id), min(ts), max(ts) FROM events WHERE {t}".to_string(),
+        "SELECT type, count(*), count(amount), max(amount) FROM events WHERE {t} GROUP BY type ORDER BY type".to_string(),
+        "SELECT operation_id, count(*) AS n FROM events WHERE {t} AND operation_id IS NOT NULL \
+         GROUP BY operation_id ORDER BY n DESC, operation_id LIMIT 5"
+            .to_string(),
+        "SELECT contact_id, ts, type FROM events WHERE {t} ORDER BY contact_id, ts, type LIMIT 20"
+            .to_string(),
+        "SELECT count(*) FROM (SELECT contact_id FROM events WHERE {t} LIMIT 7)".to_string(),
+        format!(
+            "SELECT count(*), min(amount), max(ts) FROM events WHERE {{t}} AND in_segment(contact_id, '{segment}')"
+        ),
+        format!(
+            "SELECT c.city, count(*) AS n FROM contacts c JOIN events e ON e.contact_id = c.contact_id \
+             WHERE in_segment(c.contact_id, '{segment}') AND {{t}} GROUP BY c.city ORDER BY n DESC, c.city"
+        ),
+    ];
+    for (pushed, by_rows) in tests {
+        for shape in &shapes {
+            let got = sql(&shape.replace("{t}", pushed));
+            let want = sql(&shape.replace("{t}", by_rows));
+            assert_eq!(got, want, "{shape} with {pushed}");
+            let none = pushed.contains("no such type");
+            assert!(none || !want.is_empty(), "{shape} with {pushed}");
+        }
+    }
+    // Not vacuous: some tests keep rows, some not all.
+    let count = |t: &str| sql(&format!("SELECT count(*) FROM events WHERE {t}"))[0].clone();
+    let all = count("true");
+    let purchases = count("type = 'purchase'");
+    assert!(purchases != "0" && purchases != all, "{purchases} of {all}");
+    // The plan reads byte ranges of the files and filters nothing.
+    let plan = sql("EXPLAIN SELECT count(*) FROM events WHERE type IN ('purchase', 'email_click')")
+        .join("\n");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    assert!(!plan.contains("predicate="), "{plan}");
+}
+
 /// `sql --out` writes CSV, JSON lines or Parquet in one atomic write;
 /// Parquet is never printed to a terminal.
 #[test]

@@ -94,7 +94,7 @@ impl Scan {
             .map(|&i| {
                 let e = &session.manifest.events[i];
                 match crate::base::events::rows_by_type(session.base.dir(), e) {
-                    Some(per_type) => by_type.keys().filter_map(|t| per_type.get(t)).sum(),
+                    Some(per_type) => by_type.keys().filter_map(|t| per_type.rows(t)).sum(),
                     None => e.rows,
                 }
             })
