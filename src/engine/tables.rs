@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt64Array,
 };
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::catalog::Session as CatalogSession;
 use datafusion::common::{Result as DFResult, ScalarValue, exec_err};
@@ -374,10 +374,23 @@ pub(crate) fn id_in_set(ids: &RoaringBitmap, end: u32) -> Expr {
 }
 
 /// `id_in_set(_iid)`: whether an internal id is in a set, one bit per id.
-#[derive(PartialEq, Eq, Hash)]
 struct IdSet {
-    bits: Arc<Vec<u64>>,
+    bits: Buffer,
     signature: Signature,
+}
+
+impl PartialEq for IdSet {
+    fn eq(&self, other: &IdSet) -> bool {
+        self.bits.as_slice() == other.bits.as_slice()
+    }
+}
+
+impl Eq for IdSet {}
+
+impl std::hash::Hash for IdSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bits.as_slice().hash(state);
+    }
 }
 
 impl IdSet {
@@ -399,7 +412,7 @@ impl IdSet {
         }
         drop.iter().for_each(|i| set(i, false));
         IdSet {
-            bits: Arc::new(bits),
+            bits: Buffer::from_vec(bits),
             signature: Signature::exact(vec![DataType::UInt32], Volatility::Immutable),
         }
     }
@@ -424,16 +437,35 @@ impl ScalarUDFImpl for IdSet {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
         let ids = args.args[0].to_array(args.number_rows)?;
         let ids = ids.as_primitive::<UInt32Type>();
-        let bits = &self.bits;
-        let values = ids.values();
-        let found = BooleanBuffer::collect_bool(values.len(), |r| {
-            let i = values[r] as usize;
-            bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
-        });
+        let found = self.found(ids.values());
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
             found,
             ids.nulls().cloned(),
         ))))
+    }
+}
+
+impl IdSet {
+    /// Whether each id is in the set.
+    fn found(&self, values: &[u32]) -> BooleanBuffer {
+        let n = values.len();
+        let first = values.first().map_or(0, |&v| v as usize);
+        // Ids one after the other (the contacts file, without deletions
+        // among them): their answers are the bits of the set from the first.
+        let consecutive = values
+            .iter()
+            .enumerate()
+            .fold(true, |on, (r, &v)| on & (v as usize == first + r));
+        match consecutive && first + n <= self.bits.len() * 8 {
+            true => BooleanBuffer::new(self.bits.clone(), first, n),
+            false => {
+                let words = self.bits.typed_data::<u64>();
+                BooleanBuffer::collect_bool(n, |r| {
+                    let i = values[r] as usize;
+                    words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+                })
+            }
+        }
     }
 }
 
@@ -766,5 +798,39 @@ impl ScalarUDFImpl for InSegment {
         let ids = ids.as_primitive::<UInt64Type>();
         let out: BooleanArray = ids.iter().map(|c| c.map(|c| set.contains(c))).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids one after the other (answered from the set's bits in place)
+    /// and any others (looked up one by one) answer alike.
+    #[test]
+    fn ids_in_a_set_are_found_one_after_the_other_or_one_by_one() {
+        let end = 1000;
+        let keep: RoaringBitmap = (0..end).filter(|i| i % 7 == 0 || i % 11 < 3).collect();
+        let drop: RoaringBitmap = (0..end).filter(|i| i % 13 == 0).collect();
+        let set = IdSet::new(end, Some(&keep), &drop);
+        let expected = |i: u32| i < end && keep.contains(i) && !drop.contains(i);
+        let mut cases: Vec<Vec<u32>> = vec![vec![]];
+        for start in [0u32, 1, 5, 63, 64, 200, 990] {
+            for n in [1u32, 7, 9, 64, 65, 300] {
+                let run: Vec<u32> = (start..start + n).collect();
+                let mut gap = run.clone();
+                gap.retain(|&i| i != start + n / 2 || n < 3);
+                let mut back = run.clone();
+                back.reverse();
+                cases.extend([run, gap, back]);
+            }
+        }
+        cases.push(vec![3, 3, 4]);
+        cases.push(vec![998, 999, 1000, 1001]);
+        for ids in cases {
+            let found = set.found(&ids);
+            let want: Vec<bool> = ids.iter().map(|&i| expected(i)).collect();
+            assert_eq!(found.iter().collect::<Vec<bool>>(), want, "{ids:?}");
+        }
     }
 }
