@@ -95,11 +95,12 @@ fn text(e: &Expr) -> Option<String> {
     }
 }
 
-/// `plan`, a scan of whole Parquet files of events, reading only the row
-/// groups whose type passes `test`, in `partitions` groups of about as
-/// many rows each. `layouts` holds the row groups of every file by its
-/// location in the scan. None when `plan` is not such a scan, or one of
-/// its files is not stored by type.
+/// `plan`, a scan of Parquet files of events (whole, or in byte ranges
+/// that together cover them), reading only the row groups whose type
+/// passes `test`, in `partitions` groups of about as many rows each.
+/// `layouts` holds the row groups of every file by its location in the
+/// scan. None when `plan` is not such a scan, or one of its files is not
+/// stored by type.
 pub(crate) fn only_types(
     plan: &Arc<dyn ExecutionPlan>,
     test: &TypeTest,
@@ -112,18 +113,27 @@ pub(crate) fn only_types(
     // Each row group read: its file, its index there, its rows.
     let mut files: Vec<(&PartitionedFile, &TypeGroups)> = Vec::new();
     let mut wanted: Vec<(usize, usize, u64)> = Vec::new();
-    for file in conf.file_groups.iter().flat_map(|g| g.iter()) {
-        if file.range.is_some() {
-            return None;
-        }
-        let layout = layouts.get(file.object_meta.location.as_ref())?;
-        for (i, g) in layout.groups.iter().enumerate() {
-            if test.passes(&g.ty) {
-                wanted.push((files.len(), i, g.rows));
+    for part in conf.file_groups.iter().flat_map(|g| g.iter()) {
+        let location = &part.object_meta.location;
+        let at = match files
+            .iter()
+            .position(|(f, _)| f.object_meta.location == *location)
+        {
+            Some(at) => at,
+            None => {
+                files.push((part, layouts.get(location.as_ref())?));
+                files.len() - 1
+            }
+        };
+        // A row group belongs to the range holding its first page.
+        for (i, g) in files[at].1.groups.iter().enumerate() {
+            let held = part.range.as_ref().is_none_or(|r| r.contains(g.start));
+            if held && test.passes(&g.ty) {
+                wanted.push((at, i, g.rows));
             }
         }
-        files.push((file, layout));
     }
+    wanted.sort_unstable();
     if wanted.is_empty() {
         return Some(Arc::new(EmptyExec::new(plan.schema())));
     }
@@ -325,6 +335,117 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A scan of whole files, and one whose files the planner cut into
+    /// byte ranges at any offsets, read the same row groups: those of the
+    /// types wanted, each once.
+    #[test]
+    fn scans_of_whole_files_or_of_their_ranges_read_the_row_groups_of_the_types() {
+        use crate::base::events::{TypeGroup, TypeGroups};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::datasource::physical_plan::ParquetSource;
+        use datafusion::execution::object_store::ObjectStoreUrl;
+        let types = ["a", "b", "c", "d"];
+        let mut layouts = HashMap::new();
+        let mut whole = Vec::new();
+        for f in 0..3usize {
+            let mut start = 4;
+            let groups: Vec<TypeGroup> = (0..9)
+                .map(|i| {
+                    let g = TypeGroup {
+                        ty: types[(i + f) % 4].to_string(),
+                        rows: 50 + i as u64,
+                        start,
+                    };
+                    start += 1000 + 37 * i as i64;
+                    g
+                })
+                .collect();
+            let file = PartitionedFile::new(format!("events/f{f}.parquet"), start as u64 + 300);
+            layouts.insert(
+                file.object_meta.location.as_ref().to_string(),
+                Arc::new(TypeGroups::new(groups)),
+            );
+            whole.push(file);
+        }
+        // Cut at offsets inside row groups, at their starts, and past them.
+        let cut: Vec<PartitionedFile> = whole
+            .iter()
+            .flat_map(|f| {
+                let size = f.object_meta.size as i64;
+                let cuts = [0, 1500, 4004, 6100, size];
+                cuts.windows(2)
+                    .map(|w| f.clone().with_range(w[0], w[1]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("type", DataType::Utf8, false)]));
+        let scan = |files: Vec<PartitionedFile>| -> Arc<dyn ExecutionPlan> {
+            let groups = files
+                .chunks(4)
+                .map(|c| FileGroup::new(c.to_vec()))
+                .collect();
+            let conf = FileScanConfigBuilder::new(
+                ObjectStoreUrl::local_filesystem(),
+                Arc::new(ParquetSource::new(schema.clone())),
+            )
+            .with_file_groups(groups)
+            .build();
+            DataSourceExec::from_data_source(conf)
+        };
+        // (file, start of each row group read), in order.
+        let read = |plan: &Arc<dyn ExecutionPlan>| -> Vec<(String, i64)> {
+            let exec = plan.downcast_ref::<DataSourceExec>().expect("a scan");
+            let conf = exec.data_source().downcast_ref::<FileScanConfig>().unwrap();
+            let mut out = Vec::new();
+            for part in conf.file_groups.iter().flat_map(|g| g.iter()) {
+                let name = part.object_meta.location.as_ref().to_string();
+                let r = part.range.as_ref().expect("a range");
+                for g in &layouts[&name].groups {
+                    if r.contains(g.start) {
+                        out.push((name.clone(), g.start));
+                    }
+                }
+            }
+            out.sort();
+            out
+        };
+        let test = TypeTest::In(vec!["b".into(), "c".into()]);
+        let mut want: Vec<(String, i64)> = layouts
+            .iter()
+            .flat_map(|(name, l)| {
+                l.groups
+                    .iter()
+                    .filter(|g| test.passes(&g.ty))
+                    .map(move |g| (name.clone(), g.start))
+            })
+            .collect();
+        want.sort();
+        // Some of the ranges alone: the row groups they hold.
+        let some: Vec<PartitionedFile> = cut.iter().skip(1).step_by(2).cloned().collect();
+        let mut held: Vec<(String, i64)> = want
+            .iter()
+            .filter(|(name, start)| {
+                some.iter().any(|p| {
+                    p.object_meta.location.as_ref() == name
+                        && p.range.as_ref().is_some_and(|r| r.contains(*start))
+                })
+            })
+            .cloned()
+            .collect();
+        held.sort();
+        assert!(!held.is_empty() && held.len() < want.len());
+        for (files, want) in [(whole, &want), (cut, &want), (some, &held)] {
+            for partitions in [1, 2, 3] {
+                let plan = only_types(&scan(files.clone()), &test, &layouts, partitions, None)
+                    .expect("files stored by type");
+                assert_eq!(&read(&plan), want, "{partitions} partition(s)");
+            }
+        }
+        // A file without its layout: not such a scan.
+        let other = PartitionedFile::new("events/other.parquet", 10);
+        assert!(only_types(&scan(vec![other]), &test, &layouts, 2, None).is_none());
     }
 
     /// A null text literal.

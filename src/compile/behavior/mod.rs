@@ -712,6 +712,10 @@ struct Scan {
     layout: ScanLayout,
     /// Rows of these contacts only (a filter on `_iid`), when set.
     only: Option<Expr>,
+    /// The row groups of each file read, by its location in the scan,
+    /// when every one is stored by type: the scan reads the row groups of
+    /// a projection's types as byte ranges, and opens no other.
+    type_layouts: Option<HashMap<String, Arc<crate::base::events::TypeGroups>>>,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its

@@ -129,6 +129,10 @@ impl Scan {
                 ..g.clone()
             })
             .collect();
+        let type_layouts = match stored_by_type {
+            true => type_layouts(session, &groups),
+            false => None,
+        };
         Ok(Scan {
             groups,
             timed_groups,
@@ -150,6 +154,7 @@ impl Scan {
             times,
             layout: session.scan_layout,
             only: None,
+            type_layouts,
         })
     }
 
@@ -392,6 +397,10 @@ impl Scan {
                 let plan = match self.only {
                     Some(_) => plan,
                     None => without_filters(plan)?,
+                };
+                let plan = match &self.type_layouts {
+                    Some(layouts) => of_types(plan, &projection.types, layouts)?,
+                    None => plan,
                 };
                 let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
                 while let Some(batch) = stream.next().await {
@@ -739,6 +748,55 @@ pub(super) fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
 /// skip row groups and pages by their statistics; the kernel checks the
 /// shard's id range and each condition's time window row by row, so
 /// copying the surviving rows into new batches would be wasted work.
+/// The row groups of every file of the groups by its location in the
+/// scan (None when one is not stored by type, or unreadable).
+fn type_layouts(
+    session: &Session,
+    groups: &[FileGroup],
+) -> Option<HashMap<String, Arc<crate::base::events::TypeGroups>>> {
+    let dir = session.base.dir();
+    groups
+        .iter()
+        .flat_map(|g| &g.files)
+        .map(|&i| {
+            let e = &session.manifest.events[i];
+            let layout = crate::base::events::rows_by_type(dir, e)?;
+            let path = dir.join(&e.file.path);
+            let url =
+                datafusion::datasource::listing::ListingTableUrl::parse(path.to_string_lossy())
+                    .ok()?;
+            Some((url.prefix().as_ref().to_string(), layout))
+        })
+        .collect()
+}
+
+/// The plan's scan reading the row groups of `types` alone, as byte ranges
+/// of their files, in as many partitions as before (unchanged when the scan
+/// is not of whole files). The kernel takes the rows of its types anyway:
+/// this only spares opening and pruning the row groups of the others.
+fn of_types(
+    plan: Arc<dyn ExecutionPlan>,
+    types: &[String],
+    layouts: &HashMap<String, Arc<crate::base::events::TypeGroups>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use crate::engine::by_type::{TypeTest, only_types};
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    let test = TypeTest::In(types.to_vec());
+    let ranged = plan.transform_up(|node| {
+        if !node.is::<DataSourceExec>() {
+            return Ok(Transformed::no(node));
+        }
+        let partitions = node.output_partitioning().partition_count();
+        Ok(match only_types(&node, &test, layouts, partitions, None) {
+            Some(scan) => Transformed::yes(scan),
+            None => Transformed::no(node),
+        })
+    })?;
+    Ok(ranged.data)
+}
+
 fn without_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     let stripped = plan.transform_up(|node| {
