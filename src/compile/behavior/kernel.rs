@@ -203,11 +203,14 @@ impl Scan {
                     let first = *c == 1;
                     match leaf.agg {
                         Agg::Count => {}
+                        // The time kept is chosen, not branched to: the
+                        // comparison waits on a load from memory, which a
+                        // mispredicted branch would make the next rows' loads
+                        // wait for too.
                         Agg::First => {
                             let v = &mut t[cap * leaf.time + i];
-                            if first || tv < *v {
-                                *v = tv;
-                            }
+                            let kept = *v;
+                            *v = if first | (tv < kept) { tv } else { kept };
                         }
                         Agg::Last if leaf.slots > 1 => {
                             // The latest few, latest first: the new time
@@ -229,9 +232,8 @@ impl Scan {
                         }
                         Agg::Last => {
                             let v = &mut t[cap * leaf.time + i];
-                            if first || tv > *v {
-                                *v = tv;
-                            }
+                            let kept = *v;
+                            *v = if first | (tv > kept) { tv } else { kept };
                         }
                         Agg::Sum | Agg::Avg | Agg::Min | Agg::Max => {
                             let column = values.expect("a value column read by its types");
@@ -242,12 +244,13 @@ impl Scan {
                             let at = cap * leaf.float + i;
                             let count = &mut nn[at];
                             let v = &mut f[at];
-                            match leaf.agg {
-                                Agg::Sum | Agg::Avg => *v += x,
-                                Agg::Min if *count == 0 || x < *v => *v = x,
-                                Agg::Max if *count == 0 || x > *v => *v = x,
-                                _ => {}
-                            }
+                            let (none, kept) = (*count == 0, *v);
+                            *v = match leaf.agg {
+                                Agg::Sum | Agg::Avg => kept + x,
+                                Agg::Min if none | (x < kept) => x,
+                                Agg::Max if none | (x > kept) => x,
+                                _ => kept,
+                            };
                             *count += 1;
                         }
                     }
