@@ -74,14 +74,17 @@ fn sql_reads_and_refuses_writes() {
     );
 }
 
+/// The rows of `segments sql` as CSV lines, without the header.
+fn csv_rows(base: &std::path::Path, query: &str) -> Vec<String> {
+    let out = stdout_of(segments(base).args(["sql", query, "--format", "csv"]));
+    out.lines().skip(1).map(str::to_string).collect()
+}
+
 #[test]
 fn sql_tables_agree_with_the_segment_export() {
     let dir = small_base();
     let b = dir.path();
-    let sql = |q: &str| -> Vec<String> {
-        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
-        out.lines().skip(1).map(str::to_string).collect()
-    };
+    let sql = |q: &str| csv_rows(b, q);
     let out = b.join("subs.csv");
     segments(b)
         .args(["segment", "export", "email_subscribers", "--out"])
@@ -149,10 +152,7 @@ fn in_segment_filters_answer_from_the_bitmaps_in_the_scan() {
     sizes.sort();
     assert!(sizes.len() >= 2, "{sizes:?}");
     let (small, large) = (&sizes[0].1, &sizes[sizes.len() - 1].1);
-    let sql = |q: &str| -> Vec<String> {
-        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
-        out.lines().skip(1).map(str::to_string).collect()
-    };
+    let sql = |q: &str| csv_rows(b, q);
     let members =
         |s: &str| format!("SELECT contact_id FROM segment_members WHERE segment_id = '{s}'");
     for (a, c) in [(large, small), (small, large)] {
@@ -222,10 +222,7 @@ fn in_segment_filters_answer_from_the_bitmaps_in_the_scan() {
 fn filters_on_the_event_type_read_the_row_groups_of_those_types() {
     let dir = generated_base();
     let b = dir.path();
-    let sql = |q: &str| -> Vec<String> {
-        let out = stdout_of(segments(b).args(["sql", q, "--format", "csv"]));
-        out.lines().skip(1).map(str::to_string).collect()
-    };
+    let sql = |q: &str| csv_rows(b, q);
     let segment = json_of(segments(b).args(["segment", "list", "--format", "json"]))
         .as_array()
         .unwrap()
