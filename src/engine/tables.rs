@@ -158,12 +158,15 @@ impl UserTable {
         }
     }
 
-    /// The row groups of every events file, when each file is stored by
-    /// type (None for `contacts`).
+    /// The row groups of every events file, when there are files and each
+    /// is stored by type (None for `contacts`).
     fn type_layouts(&self) -> Option<&TypeLayouts> {
         let once = self.by_type.as_ref()?;
         once.get_or_init(|| {
             let store = &self.store;
+            if store.manifest.events.is_empty() {
+                return None;
+            }
             store
                 .manifest
                 .events

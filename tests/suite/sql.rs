@@ -290,6 +290,14 @@ fn filters_on_the_event_type_read_the_row_groups_of_those_types() {
         .join("\n");
     assert!(!plan.contains("FilterExec"), "{plan}");
     assert!(!plan.contains("predicate="), "{plan}");
+
+    // A base without events answers them too.
+    let empty = tempfile::tempdir().unwrap();
+    segments(empty.path()).arg("init").assert().success();
+    for (pushed, _) in tests {
+        let q = format!("SELECT count(*) FROM events WHERE {pushed}");
+        assert_eq!(csv_rows(empty.path(), &q), vec!["0"], "{q}");
+    }
 }
 
 /// `sql --out` writes CSV, JSON lines or Parquet in one atomic write;
