@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::Statistics;
-use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
@@ -17,6 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
 use crate::base::events::TypeGroups;
+use crate::base::manifest::EventFile;
 
 /// A test on the event type alone, with text literals: `type = 'x'`,
 /// `<>`, `IN`, `NOT IN`, and their `AND`, `OR` and `NOT`. The type of an
@@ -95,6 +96,26 @@ fn text(e: &Expr) -> Option<String> {
     }
 }
 
+/// The row groups of events files by their location in a scan.
+pub(crate) type TypeLayouts = HashMap<String, Arc<TypeGroups>>;
+
+/// The row groups of each of `files` (of the base in `dir`) by its
+/// location in a scan: None when one is not stored by type, or unreadable.
+pub(crate) fn layouts<'a>(
+    dir: &std::path::Path,
+    files: impl IntoIterator<Item = &'a EventFile>,
+) -> Option<TypeLayouts> {
+    files
+        .into_iter()
+        .map(|e| {
+            let layout = crate::base::events::rows_by_type(dir, e)?;
+            let path = dir.join(&e.file.path);
+            let url = ListingTableUrl::parse(path.to_string_lossy()).ok()?;
+            Some((url.prefix().as_ref().to_string(), layout))
+        })
+        .collect()
+}
+
 /// `plan`, a scan of Parquet files of events (whole, or in byte ranges
 /// that together cover them), reading only the row groups whose type
 /// passes `test`, in `partitions` groups of about as many rows each.
@@ -104,7 +125,7 @@ fn text(e: &Expr) -> Option<String> {
 pub(crate) fn only_types(
     plan: &Arc<dyn ExecutionPlan>,
     test: &TypeTest,
-    layouts: &HashMap<String, Arc<TypeGroups>>,
+    layouts: &TypeLayouts,
     partitions: usize,
     limit: Option<usize>,
 ) -> Option<Arc<dyn ExecutionPlan>> {

@@ -17,7 +17,6 @@ use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::catalog::Session as CatalogSession;
 use datafusion::common::{Result as DFResult, ScalarValue, exec_err};
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::logical_expr::{
@@ -38,7 +37,7 @@ use crate::base::manifest::Manifest;
 use crate::base::members::Members;
 use crate::base::schema::{CONTACT_ID, IID, timestamp_type};
 use crate::engine::Session;
-use crate::engine::by_type::{TypeTest, only_types};
+use crate::engine::by_type::{TypeLayouts, TypeTest, only_types};
 use crate::error::Result;
 
 /// Internal id → `contact_id`, for every id ever handed out (0 for deleted).
@@ -132,9 +131,6 @@ struct UserTable {
     by_type: Option<std::sync::OnceLock<Option<TypeLayouts>>>,
 }
 
-/// Row groups of events files by location.
-type TypeLayouts = HashMap<String, Arc<crate::base::events::TypeGroups>>;
-
 impl fmt::Debug for UserTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UserTable")
@@ -167,17 +163,7 @@ impl UserTable {
             if store.manifest.events.is_empty() {
                 return None;
             }
-            store
-                .manifest
-                .events
-                .iter()
-                .map(|e| {
-                    let layout = crate::base::events::rows_by_type(&store.dir, e)?;
-                    let path = store.dir.join(&e.file.path);
-                    let url = ListingTableUrl::parse(path.to_string_lossy()).ok()?;
-                    Some((url.prefix().as_ref().to_string(), layout))
-                })
-                .collect()
+            crate::engine::by_type::layouts(&store.dir, &store.manifest.events)
         })
         .as_ref()
     }

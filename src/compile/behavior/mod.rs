@@ -715,7 +715,7 @@ struct Scan {
     /// The row groups of each file read, by its location in the scan,
     /// when every one is stored by type: the scan reads the row groups of
     /// a projection's types as byte ranges, and opens no other.
-    type_layouts: Option<HashMap<String, Arc<crate::base::events::TypeGroups>>>,
+    type_layouts: Option<crate::engine::by_type::TypeLayouts>,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its

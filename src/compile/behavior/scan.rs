@@ -130,7 +130,13 @@ impl Scan {
             })
             .collect();
         let type_layouts = match stored_by_type {
-            true => type_layouts(session, &groups),
+            true => crate::engine::by_type::layouts(
+                session.base.dir(),
+                groups
+                    .iter()
+                    .flat_map(|g| &g.files)
+                    .map(|&i| &session.manifest.events[i]),
+            ),
             false => None,
         };
         Ok(Scan {
@@ -748,28 +754,6 @@ pub(super) fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
 /// skip row groups and pages by their statistics; the kernel checks the
 /// shard's id range and each condition's time window row by row, so
 /// copying the surviving rows into new batches would be wasted work.
-/// The row groups of every file of the groups by its location in the
-/// scan (None when one is not stored by type, or unreadable).
-fn type_layouts(
-    session: &Session,
-    groups: &[FileGroup],
-) -> Option<HashMap<String, Arc<crate::base::events::TypeGroups>>> {
-    let dir = session.base.dir();
-    groups
-        .iter()
-        .flat_map(|g| &g.files)
-        .map(|&i| {
-            let e = &session.manifest.events[i];
-            let layout = crate::base::events::rows_by_type(dir, e)?;
-            let path = dir.join(&e.file.path);
-            let url =
-                datafusion::datasource::listing::ListingTableUrl::parse(path.to_string_lossy())
-                    .ok()?;
-            Some((url.prefix().as_ref().to_string(), layout))
-        })
-        .collect()
-}
-
 /// The plan's scan reading the row groups of `types` alone, as byte ranges
 /// of their files, in as many partitions as before (unchanged when the scan
 /// is not of whole files). The kernel takes the rows of its types anyway:
@@ -777,7 +761,7 @@ fn type_layouts(
 fn of_types(
     plan: Arc<dyn ExecutionPlan>,
     types: &[String],
-    layouts: &HashMap<String, Arc<crate::base::events::TypeGroups>>,
+    layouts: &crate::engine::by_type::TypeLayouts,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     use crate::engine::by_type::{TypeTest, only_types};
     use datafusion::common::tree_node::{Transformed, TreeNode};
