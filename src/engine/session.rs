@@ -174,6 +174,7 @@ fn fresh_state(base: &Base) -> Result<SessionState> {
                 .with_default_features()
                 .with_query_planner(Arc::new(crate::engine::deadline::Planner))
                 .with_physical_optimizer_rule(Arc::new(crate::engine::groups::DictionaryGroups))
+                .with_physical_optimizer_rule(Arc::new(crate::engine::page_index::PageIndexes))
                 .build();
             templates().push((key, s.clone()));
             s
