@@ -421,6 +421,7 @@ impl Session {
             None => end - start,
         };
         let rows = scan.rows * contacts / all_end;
+        scan.plan(&self.ctx).await?;
         let scan = Arc::new(scan);
         let few = rows <= FEW_ROWS_PER_THREAD
             && rows.saturating_mul(SPARSE_CONTACTS_PER_ROW) < end - start;
@@ -573,7 +574,7 @@ impl Session {
                 continue;
             };
             let df = scan
-                .frame(&self.ctx, group, table, projection, 0, end)
+                .frame(&self.ctx, group, table, projection, Some((0, end)))
                 .await?;
             plans.push(df.into_optimized_plan()?.display_indent().to_string());
         }
@@ -716,6 +717,9 @@ struct Scan {
     /// when every one is stored by type: the scan reads the row groups of
     /// a projection's types as byte ranges, and opens no other.
     type_layouts: Option<crate::engine::by_type::TypeLayouts>,
+    /// Per group, per projection: the plan of its scan for every shard
+    /// (None: nothing to read), once [`Scan::plan`] has run.
+    plans: Vec<Vec<Option<Arc<dyn ExecutionPlan>>>>,
 }
 
 /// The `having` test of one aggregated condition, over a batch of its

@@ -161,6 +161,7 @@ impl Scan {
             layout: session.scan_layout,
             only: None,
             type_layouts,
+            plans: Vec::new(),
         })
     }
 
@@ -293,22 +294,18 @@ impl Scan {
         out
     }
 
-    /// `_iid, ts (µs), type, values..., extras...` of the events of contacts
-    /// `[lo, hi)` in a group of files that some condition may match (`ts`
-    /// left out where the group stands for it).
+    /// `_iid, ts (µs), type, values..., extras...` of the events in a
+    /// group of files that some condition may match (`ts` left out where
+    /// the group stands for it), of the contacts `[lo, hi)` of `ids` (None:
+    /// of any contact; [`with_ids`] narrows the plan to a shard's).
     pub(super) async fn frame(
         &self,
         ctx: &SessionContext,
         group: &FileGroup,
         table: &Arc<dyn datafusion::catalog::TableProvider>,
         projection: &Projection,
-        lo: u32,
-        hi: u32,
+        ids: Option<(u32, u32)>,
     ) -> Result<DataFrame> {
-        let iid = || col(IID);
-        let mut filter = iid()
-            .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
-            .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))));
         // Files store each type's rows in row groups of their own: the
         // groups of other types are skipped by their statistics.
         let types = &projection.types;
@@ -318,11 +315,21 @@ impl Scan {
                 Box::new(ScalarValue::Utf8(Some(t.clone()))),
             ))
         };
-        filter = filter.and(col("type").in_list(types.iter().map(dictionary).collect(), false));
+        let of_types = col("type").in_list(types.iter().map(dictionary).collect(), false);
+        let mut filter = match ids {
+            Some((lo, hi)) => {
+                let iid = || col(IID);
+                iid()
+                    .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
+                    .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))))
+                    .and(of_types)
+            }
+            None => of_types,
+        };
         if let Some(only) = &self.only {
             filter = filter.and(only.clone());
         }
-        let mut select = vec![iid()];
+        let mut select = vec![col(IID)];
         if group.ts.is_none() {
             // The windows of these types' conditions skip row groups and
             // pages.
@@ -365,36 +372,32 @@ impl Scan {
         Ok(DataFrame::new(state, plan).filter(filter)?.select(select)?)
     }
 
-    /// Each batch of the events of contacts `[lo, hi)` that some
-    /// condition may match, with the group of files and the set of types
-    /// it was read from.
-    async fn each_batch<'a>(
-        &'a self,
-        ctx: &SessionContext,
-        lo: u32,
-        hi: u32,
-        mut take: impl FnMut(RecordBatch, &'a FileGroup, &'a Projection) -> Result<()>,
-    ) -> Result<()> {
-        // No condition's window holds an instant: no row can match.
-        if self.ts_lo > self.ts_hi {
-            return Ok(());
-        }
+    /// Plans the scan of each projection over each group of files its
+    /// windows reach, once for every shard: shards differ only by the ids
+    /// their scans keep ([`with_ids`]).
+    pub(super) async fn plan(&mut self, ctx: &SessionContext) -> Result<()> {
+        let mut plans = Vec::with_capacity(self.groups.len());
         for ((group, timed), tables) in self.groups.iter().zip(&self.timed_groups).zip(&self.tables)
         {
-            // Types none of whose windows holds these rows are not read:
-            // files read without `ts` lie wholly inside or outside each
-            // window, on the side of the time that stands for their rows.
-            let reached = |p: &&Projection| match group.ts {
-                None => p.lo <= p.hi,
-                Some(t) => p.lo <= t && t <= p.hi,
-            };
+            let mut of_group = Vec::with_capacity(self.projections.len());
             for (projection, table) in self.projections.iter().zip(tables) {
-                let Some(table) = table.as_ref().filter(|_| reached(&projection)) else {
+                // Types none of whose windows holds these rows are not read:
+                // files read without `ts` lie wholly inside or outside each
+                // window, on the side of the time that stands for their rows.
+                let reached = match group.ts {
+                    None => projection.lo <= projection.hi,
+                    Some(t) => projection.lo <= t && t <= projection.hi,
+                };
+                let Some(table) = table
+                    .as_ref()
+                    .filter(|_| reached && self.ts_lo <= self.ts_hi)
+                else {
+                    of_group.push(None);
                     continue;
                 };
                 let group = if projection.timed { timed } else { group };
                 let plan = self
-                    .frame(ctx, group, table, projection, lo, hi)
+                    .frame(ctx, group, table, projection, None)
                     .await?
                     .create_physical_plan()
                     .await?;
@@ -408,6 +411,32 @@ impl Scan {
                     Some(layouts) => of_types(plan, &projection.types, layouts)?,
                     None => plan,
                 };
+                of_group.push(Some(plan));
+            }
+            plans.push(of_group);
+        }
+        self.plans = plans;
+        Ok(())
+    }
+
+    /// Each batch of the events of contacts `[lo, hi)` that some
+    /// condition may match, with the group of files and the set of types
+    /// it was read from (and, as the files' row groups and pages hold
+    /// the ids of a range, maybe rows of contacts next to them).
+    async fn each_batch<'a>(
+        &'a self,
+        ctx: &SessionContext,
+        lo: u32,
+        hi: u32,
+        mut take: impl FnMut(RecordBatch, &'a FileGroup, &'a Projection) -> Result<()>,
+    ) -> Result<()> {
+        for ((group, timed), plans) in self.groups.iter().zip(&self.timed_groups).zip(&self.plans) {
+            for (projection, plan) in self.projections.iter().zip(plans) {
+                let Some(plan) = plan else {
+                    continue;
+                };
+                let group = if projection.timed { timed } else { group };
+                let plan = with_ids(plan, lo, hi)?;
                 let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
                 while let Some(batch) = stream.next().await {
                     take(batch?, group, projection)?;
@@ -487,18 +516,27 @@ impl Scan {
             .iter()
             .map(|(b, group, projection)| self.rows(b, group, projection))
             .collect::<Result<_>>()?;
-        let mut ids: Vec<u32> = rows.iter().flat_map(|r| r.iid.iter().copied()).collect();
+        let inside = |id: &u32| (lo..hi).contains(id);
+        let mut ids: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| r.iid.iter().copied())
+            .filter(inside)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let span = u32::try_from(ids.len())
             .map_err(|_| Error::Internal("events scan: too many contacts".into()))?;
         let mut state = State::new(self, ids.len());
         for r in &mut rows {
-            // Each row's contact, by its place among those named.
+            // Each row's contact, by its place among those named (past
+            // them for contacts next to the range, which the kernel skips).
             let at: Vec<u32> = r
                 .iid
                 .iter()
-                .map(|id| ids.partition_point(|x| x < id) as u32)
+                .map(|id| match inside(id) {
+                    true => ids.partition_point(|x| x < id) as u32,
+                    false => span,
+                })
                 .collect();
             r.iid = Cow::Owned(at);
             self.accumulate(&mut state, 0, span, r, 0..r.iid.len());
@@ -779,6 +817,51 @@ fn of_types(
         })
     })?;
     Ok(ranged.data)
+}
+
+/// The plan of a scan, planned for every shard, reading the row groups and
+/// pages that may hold contacts `[lo, hi)`: the files are stored by id, and
+/// the range is added to the predicate their statistics are pruned by.
+/// Rows of the contacts next to the range may still come: the kernel
+/// takes those of its shard. Each shard runs a plan of its own.
+fn with_ids(plan: &Arc<dyn ExecutionPlan>, lo: u32, hi: u32) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::datasource::physical_plan::{
+        FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
+    };
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+    let ranged = plan.clone().transform_up(|node| {
+        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(conf) = exec.data_source().downcast_ref::<FileScanConfig>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(parquet) = conf.file_source().downcast_ref::<ParquetSource>() else {
+            return Ok(Transformed::no(node));
+        };
+        let iid: Arc<dyn PhysicalExpr> =
+            Arc::new(Column::new_with_schema(IID, conf.file_schema())?);
+        let bound = |op, id: u32| -> Arc<dyn PhysicalExpr> {
+            let id = Arc::new(Literal::new(ScalarValue::UInt32(Some(id))));
+            Arc::new(BinaryExpr::new(iid.clone(), op, id))
+        };
+        let and =
+            |a, b| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(a, Operator::And, b)) };
+        let range = and(bound(Operator::GtEq, lo), bound(Operator::Lt, hi));
+        let predicate = match FileSource::filter(parquet) {
+            Some(p) => and(p, range),
+            None => range,
+        };
+        let conf = FileScanConfigBuilder::from(conf.clone())
+            .with_source(Arc::new(parquet.with_predicate(predicate)))
+            .build();
+        Ok(Transformed::yes(DataSourceExec::from_data_source(conf)))
+    })?;
+    // Nodes that keep state while they run (a repartition) start anew.
+    Ok(datafusion::physical_plan::execution_plan::reset_plan_states(ranged.data)?)
 }
 
 fn without_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
