@@ -6,6 +6,9 @@
 //! metadata cache), but a page index read apart is not: every scan of a
 //! file parsed its page index again. The scans of our sessions ask for the
 //! footer with its page index, which the cache then keeps with it.
+//!
+//! Also the walk that rewrites the Parquet sources of a plan's scans,
+//! which the events scans use to narrow a plan to a shard's ids.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -39,29 +42,14 @@ impl PhysicalOptimizerRule for PageIndexes {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(conf) = exec.data_source().downcast_ref::<FileScanConfig>() else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(parquet) = conf.file_source().downcast_ref::<ParquetSource>() else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(factory) = parquet.parquet_file_reader_factory() else {
-                return Ok(Transformed::no(node));
-            };
-            let source = parquet
-                .clone()
-                .with_parquet_file_reader_factory(Arc::new(WithPageIndex(factory.clone())));
-            let conf = FileScanConfigBuilder::from(conf.clone())
-                .with_source(Arc::new(source))
-                .build();
-            let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(conf);
-            Ok(Transformed::yes(scan))
+        map_parquet_sources(plan, |parquet, _| {
+            Ok(match parquet.parquet_file_reader_factory() {
+                Some(factory) => parquet
+                    .clone()
+                    .with_parquet_file_reader_factory(Arc::new(WithPageIndex(factory.clone()))),
+                None => parquet.clone(),
+            })
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -71,6 +59,32 @@ impl PhysicalOptimizerRule for PageIndexes {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// The plan with the source of each of its Parquet scans replaced by
+/// `f(source, scan)`.
+pub(crate) fn map_parquet_sources(
+    plan: Arc<dyn ExecutionPlan>,
+    mut f: impl FnMut(&ParquetSource, &FileScanConfig) -> Result<ParquetSource>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(conf) = exec.data_source().downcast_ref::<FileScanConfig>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(parquet) = conf.file_source().downcast_ref::<ParquetSource>() else {
+            return Ok(Transformed::no(node));
+        };
+        let source = f(parquet, conf)?;
+        let conf = FileScanConfigBuilder::from(conf.clone())
+            .with_source(Arc::new(source))
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(conf);
+        Ok(Transformed::yes(scan))
+    })
+    .map(|t| t.data)
 }
 
 /// Readers of another factory that ask for the page index with the footer.

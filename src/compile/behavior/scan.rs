@@ -825,23 +825,10 @@ fn of_types(
 /// Rows of the contacts next to the range may still come: the kernel
 /// takes those of its shard. Each shard runs a plan of its own.
 fn with_ids(plan: &Arc<dyn ExecutionPlan>, lo: u32, hi: u32) -> Result<Arc<dyn ExecutionPlan>> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::datasource::physical_plan::{
-        FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
-    };
-    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::datasource::physical_plan::FileSource;
     use datafusion::logical_expr::Operator;
     use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
-    let ranged = plan.clone().transform_up(|node| {
-        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(conf) = exec.data_source().downcast_ref::<FileScanConfig>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(parquet) = conf.file_source().downcast_ref::<ParquetSource>() else {
-            return Ok(Transformed::no(node));
-        };
+    let ranged = crate::engine::page_index::map_parquet_sources(plan.clone(), |parquet, conf| {
         let iid: Arc<dyn PhysicalExpr> =
             Arc::new(Column::new_with_schema(IID, conf.file_schema())?);
         let bound = |op, id: u32| -> Arc<dyn PhysicalExpr> {
@@ -851,17 +838,13 @@ fn with_ids(plan: &Arc<dyn ExecutionPlan>, lo: u32, hi: u32) -> Result<Arc<dyn E
         let and =
             |a, b| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(a, Operator::And, b)) };
         let range = and(bound(Operator::GtEq, lo), bound(Operator::Lt, hi));
-        let predicate = match FileSource::filter(parquet) {
+        Ok(parquet.with_predicate(match FileSource::filter(parquet) {
             Some(p) => and(p, range),
             None => range,
-        };
-        let conf = FileScanConfigBuilder::from(conf.clone())
-            .with_source(Arc::new(parquet.with_predicate(predicate)))
-            .build();
-        Ok(Transformed::yes(DataSourceExec::from_data_source(conf)))
+        }))
     })?;
     // Nodes that keep state while they run (a repartition) start anew.
-    Ok(datafusion::physical_plan::execution_plan::reset_plan_states(ranged.data)?)
+    Ok(datafusion::physical_plan::execution_plan::reset_plan_states(ranged)?)
 }
 
 fn without_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
