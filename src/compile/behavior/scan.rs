@@ -430,6 +430,9 @@ impl Scan {
         hi: u32,
         mut take: impl FnMut(RecordBatch, &'a FileGroup, &'a Projection) -> Result<()>,
     ) -> Result<()> {
+        if self.plans.len() != self.groups.len() {
+            return Err(Error::Internal("events scan: not planned".into()));
+        }
         for ((group, timed), plans) in self.groups.iter().zip(&self.timed_groups).zip(&self.plans) {
             for (projection, plan) in self.projections.iter().zip(plans) {
                 let Some(plan) = plan else {
