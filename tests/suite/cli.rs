@@ -1301,3 +1301,80 @@ fn rewrite_as_older_layout(b: &std::path::Path) -> usize {
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
     n
 }
+
+#[test]
+fn bench_computes_the_segments_its_counts_and_sql_read_on_a_new_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("segments")
+        .unwrap()
+        .args(["bench", "--dir"])
+        .arg(dir.path())
+        .args(["--contacts", "3000", "--segments", "3", "--runs", "1"])
+        .args(["--workloads", "sql:city-of-segment,nested-count"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("never computed") && stderr.contains("computing them first, untimed"),
+        "{stderr}"
+    );
+    let base = dir.path().join("base-3000x30");
+    // Every segment the workloads read has results now.
+    let list = json_of(segments(&base).args(["segment", "list", "--format", "json"]));
+    let rows = list.as_array().expect("a list");
+    for id in [
+        "g-1",
+        "email_subscribers",
+        "sms_subscribers",
+        "active_contacts",
+        "email_bad_addresses",
+        "all_contacts",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no segment {id} in {list}"));
+        assert!(row["computed_at"].is_string(), "{id} not computed: {row}");
+    }
+    // The timed answers are those of the computed segments.
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(base.join("bench-report.json")).unwrap()).unwrap();
+    let note = |name: &str| -> String {
+        report["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("no workload {name}"))["note"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let cities = stdout_of(segments(&base).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT city, count(*) AS n FROM contacts WHERE in_segment(contact_id, 'g-1') GROUP BY city",
+    ]));
+    assert_eq!(
+        note("sql:city-of-segment"),
+        format!("{} rows", cities.lines().count() - 1)
+    );
+    let nested = stdout_of(segments(&base).args([
+        "sql",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM contacts WHERE (in_segment(contact_id, 'email_subscribers') \
+         OR in_segment(contact_id, 'sms_subscribers')) AND in_segment(contact_id, 'active_contacts') \
+         AND NOT in_segment(contact_id, 'email_bad_addresses')",
+    ]));
+    let n: u64 = nested.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(n > 0, "no contact in the nested count");
+    assert!(
+        note("nested-count").ends_with(&format!("= {n}")),
+        "{}",
+        note("nested-count")
+    );
+}
