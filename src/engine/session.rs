@@ -241,8 +241,14 @@ fn listing_table(
         .iter()
         .map(ListingTableUrl::parse)
         .collect::<datafusion::error::Result<Vec<_>>>()?;
+    // A base's files are written without Bloom filters: looking for them
+    // would only evaluate each scan's pruning predicate once more per row
+    // group.
+    let format = ParquetFormat::default();
+    let mut parquet = format.options().clone();
+    parquet.global.bloom_filter_on_read = false;
     let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        ListingOptions::new(Arc::new(format.with_options(parquet))).with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
@@ -258,5 +264,74 @@ impl Session {
             .map(|e| abs(&self.base, &e.file.path))
             .collect();
         listing_table(&self.ctx, self.events_schema.clone(), &paths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::execution::context::SQLOptions;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::physical_plan::display::DisplayableExecutionPlan;
+    use datafusion::prelude::ParquetReadOptions;
+
+    /// The Bloom filter metric of a count of `x = 5001`, over the table `t`.
+    async fn bloom_metric(ctx: &SessionContext) -> String {
+        let df = ctx
+            .sql_with_options("SELECT count(*) FROM t WHERE x = 5001", SQLOptions::new())
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let rows = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap();
+        let n = rows[0].column(0).as_any().downcast_ref::<Int64Array>();
+        assert_eq!(n.map(|n| n.value(0)), Some(0));
+        let shown = DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let at = shown
+            .find("row_groups_pruned_bloom_filter=")
+            .expect("the metric");
+        shown[at..].split(',').next().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn scans_look_for_no_bloom_filters() {
+        // A file with a Bloom filter, and a value between its smallest and
+        // largest that it does not hold.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let props = WriterProperties::builder()
+            .set_bloom_filter_enabled(true)
+            .build();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        let x = Int64Array::from_iter_values((0..10_000).map(|i| 2 * i));
+        writer
+            .write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(x)]).unwrap())
+            .unwrap();
+        writer.close().unwrap();
+        let path = path.to_string_lossy().to_string();
+        // DataFusion's own tables prune the row group by it.
+        let own = SessionContext::new();
+        own.register_parquet("t", &path, ParquetReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            bloom_metric(&own).await,
+            "row_groups_pruned_bloom_filter=1 total → 0 matched"
+        );
+        // Ours do not read it.
+        let ours = SessionContext::new();
+        register(&ours, "t", schema, &[path]).unwrap();
+        assert_eq!(
+            bloom_metric(&ours).await,
+            "row_groups_pruned_bloom_filter=1 total → 1 matched"
+        );
     }
 }
