@@ -139,13 +139,12 @@ impl AsyncFileReader for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, RecordBatch};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::Schema;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::execution::cache::cache_manager::CacheManagerConfig;
     use datafusion::execution::context::SQLOptions;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
@@ -201,18 +200,11 @@ mod tests {
     async fn page_indexes_are_kept_with_the_footer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let props = WriterProperties::builder()
             .set_data_page_row_count_limit(1000)
             .set_write_batch_size(1000)
             .build();
-        let file = std::fs::File::create(&path).unwrap();
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
-        let x = Int64Array::from_iter_values(0..10_000);
-        writer
-            .write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(x)]).unwrap())
-            .unwrap();
-        writer.close().unwrap();
+        let schema = crate::engine::write_x_column(&path, 0..10_000, props);
         let path = path.to_str().unwrap();
         // DataFusion alone keeps the footer without the page index, which
         // each scan then parses again.

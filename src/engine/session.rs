@@ -270,10 +270,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, RecordBatch};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::Int64Array;
     use datafusion::execution::context::SQLOptions;
-    use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
     use datafusion::physical_plan::display::DisplayableExecutionPlan;
     use datafusion::prelude::ParquetReadOptions;
@@ -305,17 +303,10 @@ mod tests {
         // largest that it does not hold.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         let props = WriterProperties::builder()
             .set_bloom_filter_enabled(true)
             .build();
-        let file = std::fs::File::create(&path).unwrap();
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
-        let x = Int64Array::from_iter_values((0..10_000).map(|i| 2 * i));
-        writer
-            .write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(x)]).unwrap())
-            .unwrap();
-        writer.close().unwrap();
+        let schema = crate::engine::write_x_column(&path, (0..10_000).map(|i| 2 * i), props);
         let path = path.to_string_lossy().to_string();
         // DataFusion's own tables prune the row group by it.
         let own = SessionContext::new();
