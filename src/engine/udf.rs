@@ -244,7 +244,9 @@ impl Bands {
             true => 0,
             false => (span >> shift) as u64 + 1,
         };
-        let mut marks = vec![0u64; buckets.div_ceil(64) as usize];
+        // One more bucket, never marked: where every value past the last
+        // one falls.
+        let mut marks = vec![0u64; (buckets + 1).div_ceil(64) as usize];
         for (a, b) in out.intervals() {
             let first = (a as u64).wrapping_sub(origin as u64) >> shift;
             let last = (b as u64).wrapping_sub(origin as u64) >> shift;
@@ -270,9 +272,13 @@ impl Bands {
     #[inline]
     pub fn near(&self, t: i64) -> bool {
         // A value before the origin wraps around, as a rule past the last
-        // bucket (where it does not, it only costs the exact test).
-        let i = (t as u64).wrapping_sub(self.origin as u64) >> self.shift;
-        i < self.buckets && self.marks[(i / 64) as usize] >> (i % 64) & 1 == 1
+        // bucket (where it does not, it only costs the exact test). Values
+        // past it look at the bucket after it, never marked: without a
+        // branch, which values spread on both sides of the last bucket
+        // would mispredict half the time (scanning 10M kept times took
+        // three times as long).
+        let i = ((t as u64).wrapping_sub(self.origin as u64) >> self.shift).min(self.buckets);
+        self.marks[(i / 64) as usize] >> (i % 64) & 1 == 1
     }
 
     /// Whether `t` is in an interval (see [`Bands::near`] for a quicker
