@@ -153,10 +153,14 @@ pub enum NewMembers {
     Within {
         before: RoaringBitmap,
         after: RoaringBitmap,
-        /// How many of `before` were e-mail and SMS opt-ins then, of
-        /// `after` now.
-        optins_before: [u64; 2],
-        optins_after: [u64; 2],
+        /// `after − before` and `before − after`.
+        entries: RoaringBitmap,
+        exits: RoaringBitmap,
+        /// E-mail and SMS opt-ins the segment gained (contacts who entered
+        /// opted in, or stayed and opted in) and lost (who left opted in
+        /// then, or stayed and opted out).
+        optins_gained: [u64; 2],
+        optins_lost: [u64; 2],
     },
 }
 
@@ -217,10 +221,11 @@ pub fn store_result(
             (moves, Some(members))
         }
         NewMembers::Within {
-            before,
-            after,
-            optins_before,
-            optins_after,
+            entries,
+            exits,
+            optins_gained,
+            optins_lost,
+            ..
         } => {
             let stats = rec.stats.as_ref().ok_or_else(|| {
                 crate::error::Error::Internal(format!(
@@ -231,8 +236,8 @@ pub fn store_result(
             // Outside the changed contacts, members and opt-ins are as
             // they were counted.
             let count =
-                |was: u64, i: usize| (was + optins_after[i]).saturating_sub(optins_before[i]);
-            let (entries, exits) = (after - before, before - after);
+                |was: u64, i: usize| (was + optins_gained[i]).saturating_sub(optins_lost[i]);
+            let (entries, exits) = (entries.clone(), exits.clone());
             let moves = Moves {
                 contacts: (stats.contacts + entries.len()).saturating_sub(exits.len()),
                 email_optins: count(stats.email_optins, 0),

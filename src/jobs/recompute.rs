@@ -340,6 +340,9 @@ struct Within {
     all_after: RoaringBitmap,
     optins_before: OptIns,
     optins_after: OptIns,
+    /// Among them, the contacts who opted in since, and who opted out.
+    opted_in: OptIns,
+    opted_out: OptIns,
     /// The segments stored with the kept results ([`KeptLeaves::segments`]).
     ///
     /// [`KeptLeaves::segments`]: crate::base::manifest::KeptLeaves::segments
@@ -411,13 +414,20 @@ impl Within {
             email: &o.email & &contacts,
             sms: &o.sms & &contacts,
         };
+        let (optins_before, optins_after) = (restrict(&optins_before), restrict(optins));
+        let minus = |a: &OptIns, b: &OptIns| OptIns {
+            email: &a.email - &b.email,
+            sms: &a.sms - &b.sms,
+        };
         Some(Within {
             before: among(before),
             after: among(after),
             all_before: all_before & &contacts,
             all_after: all & &contacts,
-            optins_before: restrict(&optins_before),
-            optins_after: restrict(optins),
+            opted_in: minus(&optins_after, &optins_before),
+            opted_out: minus(&optins_before, &optins_after),
+            optins_before,
+            optins_after,
             prints: kept.segments.clone(),
             contacts,
         })
@@ -450,14 +460,23 @@ impl Within {
     fn eval(&self, node: &Node, before_env: &Env, after_env: &Env) -> Computed {
         let before = eval(node, &self.before, before_env)?;
         let after = eval(node, &self.after, after_env)?;
-        let optins = |b: &RoaringBitmap, o: &OptIns| {
-            [b.intersection_len(&o.email), b.intersection_len(&o.sms)]
+        let (entries, exits) = (&after - &before, &before - &after);
+        // Opt-ins counted on the few contacts who moved or opted in or out
+        // rather than on every member among the changed contacts.
+        let stayed = |x: &RoaringBitmap| after.intersection_len(x) - entries.intersection_len(x);
+        let moved = |went: &RoaringBitmap, then: &OptIns, stayed_as: &OptIns| {
+            [
+                went.intersection_len(&then.email) + stayed(&stayed_as.email),
+                went.intersection_len(&then.sms) + stayed(&stayed_as.sms),
+            ]
         };
         Ok(NewMembers::Within {
-            optins_before: optins(&before, &self.optins_before),
-            optins_after: optins(&after, &self.optins_after),
+            optins_gained: moved(&entries, &self.optins_after, &self.opted_in),
+            optins_lost: moved(&exits, &self.optins_before, &self.opted_out),
             before,
             after,
+            entries,
+            exits,
         })
     }
 }
