@@ -214,6 +214,17 @@ impl Way {
             Way::Patch(kept.clone(), dirty)
         }
     }
+
+    /// Ways whose dirty contacts are all found: a patch with none keeps
+    /// its result.
+    fn settled(ways: Vec<Way>) -> Vec<Way> {
+        ways.into_iter()
+            .map(|w| match w {
+                Way::Patch(old, d) => Way::patch(&old, d),
+                w => w,
+            })
+            .collect()
+    }
 }
 
 /// Whether an expression calls a function whose result is not fixed by its
@@ -515,13 +526,7 @@ impl Session {
                 _ => Way::Full,
             };
         }
-        let contacts = contacts
-            .into_iter()
-            .map(|w| match w {
-                Way::Patch(old, d) => Way::patch(&old, d),
-                w => w,
-            })
-            .collect();
+        let contacts = Way::settled(contacts);
         match events_found {
             Ok(found) => {
                 for ((i, _), bm) in banded.iter().zip(found) {
@@ -536,13 +541,7 @@ impl Session {
                 }
             }
         }
-        let events = events
-            .into_iter()
-            .map(|w| match w {
-                Way::Patch(old, d) => Way::patch(&old, d),
-                w => w,
-            })
-            .collect();
+        let events = Way::settled(events);
         Ways {
             contacts,
             events,
