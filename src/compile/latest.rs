@@ -234,14 +234,31 @@ impl Session {
 /// listed 1.3 ns per id.
 const RANK_COST: u64 = 512;
 
-/// The ids at `positions` (ascending) of a bitmap's ids: by `select` for a
-/// few, else a block of ids at a time ([`Blocks`]).
-fn ids_at(ids: &RoaringBitmap, positions: Vec<u32>) -> RoaringBitmap {
-    if (positions.len() as u64).saturating_mul(RANK_COST) < ids.len() {
-        let found = positions.into_iter().filter_map(|p| ids.select(p));
-        return RoaringBitmap::from_sorted_iter(found).expect("positions in order");
+/// For each set of positions (ascending) among a bitmap's ids, the ids at
+/// them: by `select` for a few, else a block of ids at a time for all the
+/// other sets at once ([`Blocks`]).
+fn ids_at(ids: &RoaringBitmap, sets: &[Vec<u32>]) -> Vec<RoaringBitmap> {
+    use rayon::prelude::*;
+    let few = |p: &[u32]| (p.len() as u64).saturating_mul(RANK_COST) < ids.len();
+    let many: Vec<&[u32]> = sets.iter().map(Vec::as_slice).filter(|p| !few(p)).collect();
+    let mut by_blocks = match many.is_empty() {
+        true => Vec::new(),
+        false => Blocks::new(ids).ids_at(&many),
     }
-    Blocks::new(ids).ids_at(&positions)
+    .into_iter();
+    let mut out: Vec<Option<RoaringBitmap>> = sets
+        .par_iter()
+        .map(|p| {
+            few(p).then(|| {
+                let found = p.iter().filter_map(|&at| ids.select(at));
+                RoaringBitmap::from_sorted_iter(found).expect("positions in order")
+            })
+        })
+        .collect();
+    for o in out.iter_mut().filter(|o| o.is_none()) {
+        *o = by_blocks.next();
+    }
+    out.into_iter().map(Option::unwrap_or_default).collect()
 }
 
 /// Ids in a block share their upper 16 bits (a roaring container).
@@ -293,32 +310,43 @@ impl<'a> Blocks<'a> {
         &buf[..n]
     }
 
-    /// The ids at `positions` (ascending; those past the last id are left
-    /// out).
-    fn ids_at(&self, positions: &[u32]) -> RoaringBitmap {
+    /// For each set of positions (ascending), the ids at them (positions
+    /// past the last id are left out): each block listed once for all.
+    fn ids_at(&self, sets: &[&[u32]]) -> Vec<RoaringBitmap> {
         use rayon::prelude::*;
-        let mut parts = Vec::new();
-        let mut from = 0;
-        for i in 0..self.starts.len() {
-            let end = self.end(i);
-            let to = from + positions[from..].partition_point(|&p| u64::from(p) < end);
-            if to > from {
-                parts.push((i, from..to));
-            }
-            from = to;
-        }
-        let found: Vec<Vec<u32>> = parts
+        let found: Vec<Vec<Vec<u32>>> = (0..self.starts.len())
             .into_par_iter()
-            .map_init(Vec::new, |buf, (i, at)| {
-                let start = self.starts[i].1;
-                let ids = self.list(i, buf);
-                positions[at]
+            .map_init(Vec::new, |buf, i| {
+                let (start, end) = (self.starts[i].1, self.end(i));
+                let within: Vec<&[u32]> = sets
                     .iter()
-                    .map(|&p| ids[(u64::from(p) - start) as usize])
+                    .map(|p| {
+                        let from = p.partition_point(|&x| u64::from(x) < start);
+                        let to = p.partition_point(|&x| u64::from(x) < end);
+                        &p[from..to]
+                    })
+                    .collect();
+                if within.iter().all(|p| p.is_empty()) {
+                    return vec![Vec::new(); sets.len()];
+                }
+                let ids = self.list(i, buf);
+                within
+                    .iter()
+                    .map(|p| {
+                        p.iter()
+                            .map(|&x| ids[(u64::from(x) - start) as usize])
+                            .collect()
+                    })
                     .collect()
             })
             .collect();
-        RoaringBitmap::from_sorted_iter(found.into_iter().flatten()).expect("positions in order")
+        (0..sets.len())
+            .into_par_iter()
+            .map(|s| {
+                let ids = found.iter().flat_map(|block| block[s].iter().copied());
+                RoaringBitmap::from_sorted_iter(ids).expect("positions in order")
+            })
+            .collect()
     }
 
     /// The position among the ids of each id of `wanted`, if it is one.
@@ -592,11 +620,20 @@ impl<'a> Patch<'a> {
     pub fn dirty(&self) -> (RoaringBitmap, Vec<Row<'a>>) {
         let dirty = self.in_bands | self.touched;
         let rows = match self.known {
-            Some(known) => known
-                .iter()
-                .filter(|(id, _)| dirty.contains(*id))
-                .copied()
-                .collect(),
+            // Both in the order of the ids: one walk of each, in step
+            // (a look-up in the bitmap per known row took as long as
+            // finding the contacts in the bands).
+            Some(known) => {
+                let mut rows = Vec::with_capacity(dirty.len() as usize);
+                let mut known = known.iter().peekable();
+                for id in &dirty {
+                    while known.next_if(|(x, _)| *x < id).is_some() {}
+                    if let Some(row) = known.next_if(|(x, _)| *x == id) {
+                        rows.push(*row);
+                    }
+                }
+                rows
+            }
             None => self.now.rows_of(&dirty),
         };
         (dirty, rows)
@@ -655,9 +692,7 @@ pub fn in_bands(kept: &Latest, sets: &[&[(i64, i64)]]) -> Vec<RoaringBitmap> {
     let hits: Vec<Vec<u32>> = (0..sets.len())
         .map(|s| runs.iter().flat_map(|r| r[s].iter().copied()).collect())
         .collect();
-    hits.into_par_iter()
-        .map(|at| ids_at(&kept.ids, at))
-        .collect()
+    ids_at(&kept.ids, &hits)
 }
 
 /// Kept latest times without the contacts of `presence` and the times
@@ -802,7 +837,18 @@ mod tests {
                 positions.dedup();
             }
             let want: RoaringBitmap = positions.iter().filter_map(|&p| ids.select(p)).collect();
-            assert_eq!(ids_at(&ids, positions), want, "case {case}");
+            // Alone, and beside a set of many positions and an empty one.
+            let every: Vec<u32> = (0..ids.len() as u32).step_by(3).collect();
+            let every_want: RoaringBitmap = every.iter().filter_map(|&p| ids.select(p)).collect();
+            let alone = ids_at(&ids, std::slice::from_ref(&positions));
+            assert_eq!(alone.len(), 1, "case {case}");
+            assert_eq!(alone[0], want, "case {case}");
+            let found = ids_at(&ids, &[every, Vec::new(), positions]);
+            assert_eq!(
+                found,
+                [every_want, RoaringBitmap::new(), want],
+                "case {case}"
+            );
         }
     }
 
