@@ -147,13 +147,10 @@ pub enum KeptOptIns {
 #[derive(Debug, Clone)]
 pub enum NewMembers {
     Whole(RoaringBitmap),
-    /// Its members changed only among some contacts, where they were
-    /// `before` and are `after`; elsewhere they are those stored
-    /// ([`crate::jobs::recompute::Within`]).
+    /// Its members changed only among some contacts
+    /// ([`crate::jobs::recompute::Within`]): they are those stored, with
+    /// these entries and exits.
     Within {
-        before: RoaringBitmap,
-        after: RoaringBitmap,
-        /// `after − before` and `before − after`.
         entries: RoaringBitmap,
         exits: RoaringBitmap,
         /// E-mail and SMS opt-ins the segment gained (contacts who entered

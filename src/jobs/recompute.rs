@@ -46,18 +46,6 @@ pub struct Phases {
     pub keep_ms: u64,
 }
 
-/// Which members of the batch's segments found among changed contacts
-/// ([`Within`]) a tree sees.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// Their members, among every contact.
-    Whole,
-    /// Among the changed contacts, as they were.
-    Before,
-    /// Among the changed contacts, as they are.
-    After,
-}
-
 struct Env<'a> {
     all: &'a RoaringBitmap,
     dir: PathBuf,
@@ -65,9 +53,6 @@ struct Env<'a> {
     batch: &'a HashMap<String, Computed>,
     /// Names and ids of the batch's segments → id.
     batch_keys: &'a HashMap<String, String>,
-    side: Side,
-    /// The changed contacts, when segments were found among them.
-    changed: Option<&'a RoaringBitmap>,
 }
 
 /// The ids and names of a batch's segments → id.
@@ -88,43 +73,53 @@ fn resolve(batch_keys: &HashMap<String, String>, m: &Manifest, key: &str) -> Opt
         .or_else(|| m.segment(key).map(|s| s.id.clone()))
 }
 
+impl Env<'_> {
+    fn id_of(&self, key: &str) -> std::result::Result<String, Arc<Error>> {
+        resolve(self.batch_keys, self.manifest, key).ok_or_else(|| {
+            Error::UnknownSegment {
+                key: key.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// A segment's members as stored before this run.
+    fn stored(&self, id: &str) -> Outcome {
+        let rec = self
+            .manifest
+            .segment(id)
+            .ok_or_else(|| Error::UnknownSegment { key: id.into() })?;
+        Members::load(&self.dir, rec)
+            .map(|m| m.members)
+            .map_err(Arc::new)
+    }
+
+    /// The entries and exits of a batch's segment found among changed
+    /// contacts ([`Within`]).
+    fn moves(&self, id: &str) -> Option<(&RoaringBitmap, &RoaringBitmap)> {
+        match self.batch.get(id) {
+            Some(Ok(NewMembers::Within { entries, exits, .. })) => Some((entries, exits)),
+            _ => None,
+        }
+    }
+}
+
 impl Bitmaps for Env<'_> {
     fn all(&self) -> &RoaringBitmap {
         self.all
     }
     fn segment(&self, key: &str) -> Outcome {
-        let id =
-            resolve(self.batch_keys, self.manifest, key).ok_or_else(|| Error::UnknownSegment {
-                key: key.to_string(),
-            })?;
-        let stored = || {
-            let rec = self
-                .manifest
-                .segment(&id)
-                .ok_or_else(|| Error::UnknownSegment { key: id.clone() })?;
-            Members::load(&self.dir, rec)
-                .map(|m| m.members)
-                .map_err(Arc::new)
-        };
+        let id = self.id_of(key)?;
         if !self.batch_keys.contains_key(&id) {
-            return stored();
+            return self.stored(&id);
         }
-        match (self.batch.get(&id), self.side) {
-            (Some(Ok(NewMembers::Whole(b))), Side::Whole) => Ok(b.clone()),
-            (Some(Ok(NewMembers::Within { before, .. })), Side::Before) => Ok(before.clone()),
-            (Some(Ok(NewMembers::Within { after, .. })), Side::After) => Ok(after.clone()),
-            (Some(Ok(NewMembers::Within { after, .. })), Side::Whole) => {
-                let changed = self.changed.ok_or_else(|| {
-                    Error::Internal(format!("segment {id} was found among no changed contacts"))
-                })?;
-                Ok((stored()? - changed) | after)
+        match self.batch.get(&id) {
+            Some(Ok(NewMembers::Whole(b))) => Ok(b.clone()),
+            Some(Ok(NewMembers::Within { entries, exits, .. })) => {
+                Ok((self.stored(&id)? - exits) | entries)
             }
-            (Some(Ok(NewMembers::Whole(_))), _) => Err(Error::Internal(format!(
-                "segment {id} was computed over every contact, not among the changed ones"
-            ))
-            .into()),
-            (Some(Err(_)), _) => Err(Error::DependencyFailed { id }.into()),
-            (None, _) => Err(Error::Internal(format!(
+            Some(Err(_)) => Err(Error::DependencyFailed { id }.into()),
+            None => Err(Error::Internal(format!(
                 "dependency {id} was not computed before its dependants (a reference cycle?)"
             ))
             .into()),
@@ -262,8 +257,8 @@ fn names_in(node: &Node, batch_keys: &HashMap<String, String>, m: &Manifest) -> 
 }
 
 /// Run the batch's trees on bitmaps, the segments of a level in parallel;
-/// among the changed contacts alone for the segments `within` serves.
-/// Returns the results, and what each segment's names stand for.
+/// among the contacts whose inputs changed alone for the segments `within`
+/// serves. Returns the results, and what each segment's names stand for.
 fn trees(
     session: &Session,
     m: &Manifest,
@@ -278,33 +273,21 @@ fn trees(
     let mut names = BTreeMap::new();
     for level in dependency_levels(targets, m) {
         let done: Vec<(usize, Vec<String>, Computed)> = {
-            let env = |all, side| Env {
-                all,
+            let env = Env {
+                all: &session.all_contacts,
                 dir: dir.to_path_buf(),
                 manifest: m,
                 batch: &batch,
                 batch_keys: &batch_keys,
-                side,
-                changed: within.map(|w| &w.contacts),
             };
-            let whole = env(&session.all_contacts, Side::Whole);
-            let sides = within.map(|w| {
-                (
-                    w,
-                    env(&w.all_before, Side::Before),
-                    env(&w.all_after, Side::After),
-                )
-            });
             level
                 .par_iter()
                 .map(|&i| {
                     let (node, id) = (&cond.nodes[i], &targets[i].0);
                     let named = names_in(node, &batch_keys, m);
-                    let r = match &sides {
-                        Some((w, before, after)) if w.serves(id, node, &named, before) => {
-                            w.eval(node, before, after)
-                        }
-                        _ => eval(node, &cond.leaves, &whole).map(NewMembers::Whole),
+                    let r = match within {
+                        Some(w) if w.serves(id, node, &named, &env) => w.eval(node, &env),
+                        _ => eval(node, &cond.leaves, &env).map(NewMembers::Whole),
                     };
                     (i, named, r)
                 })
@@ -325,35 +308,56 @@ fn trees(
 /// segment's members); among 8,550, 76 ms against 212.
 const WITHIN_SHARE: u64 = 20;
 
-/// The contacts whose conditions, presence or opt-ins changed since the
-/// kept results. A tree decides each contact from that contact's bitmaps
-/// alone: a segment whose stored members are its tree over the kept
-/// results (its print in them stands) keeps them outside these contacts,
-/// and its tree runs among them only, over the kept results and over the
-/// new ones, for its entries and exits.
-struct Within {
+/// Trees among the contacts whose inputs changed since the kept results. A
+/// tree decides each contact from that contact's bitmaps alone: a segment
+/// whose stored members are its tree over the kept results (its print in
+/// them stands) keeps them but for the contacts for which one of its
+/// conditions, a segment it names, their presence or their opt-ins
+/// changed; its tree runs among those alone, over the kept results and over
+/// the new ones, for its entries and exits.
+struct Within<'a> {
+    /// Every contact whose conditions, presence or opt-ins changed.
     contacts: RoaringBitmap,
-    /// The conditions' results among them, kept and new.
-    before: LeafResults,
-    after: LeafResults,
-    all_before: RoaringBitmap,
-    all_after: RoaringBitmap,
+    /// Each condition's kept and new results, contact conditions first
+    /// (None: one of them is missing).
+    conds: Vec<Option<Changed<'a>>>,
+    contact_conds: usize,
+    queries: usize,
+    all_before: &'a RoaringBitmap,
+    all_after: &'a RoaringBitmap,
+    /// The contacts who came or went, or opted in or out.
+    moved: RoaringBitmap,
     optins_before: OptIns,
-    optins_after: OptIns,
-    /// Among them, the contacts who opted in since, and who opted out.
+    optins_after: &'a OptIns,
+    /// The contacts who opted in since, and who opted out.
     opted_in: OptIns,
     opted_out: OptIns,
     /// The segments stored with the kept results ([`KeptLeaves::segments`]).
     ///
     /// [`KeptLeaves::segments`]: crate::base::manifest::KeptLeaves::segments
-    prints: BTreeMap<String, String>,
+    prints: &'a BTreeMap<String, String>,
+    /// The stored members of the segments others name, read once.
+    stored: std::sync::Mutex<HashMap<String, Arc<RoaringBitmap>>>,
 }
 
-impl Within {
+/// A condition's kept and new results, and the contacts for which they
+/// differ.
+struct Changed<'a> {
+    kept: &'a RoaringBitmap,
+    new: &'a RoaringBitmap,
+    delta: RoaringBitmap,
+}
+
+impl<'a> Within<'a> {
     /// None when the kept results lack the contacts or opt-ins they were
     /// computed with, or so many contacts changed that trees over every
     /// contact cost less.
-    fn of(kept: &Kept, cond: &Conditions, all: &RoaringBitmap, optins: &OptIns) -> Option<Within> {
+    fn of(
+        kept: &'a Kept,
+        cond: &'a Conditions,
+        all: &'a RoaringBitmap,
+        optins: &'a OptIns,
+    ) -> Option<Within<'a>> {
         use rayon::prelude::*;
         if kept.segments.is_empty() {
             return None;
@@ -368,69 +372,58 @@ impl Within {
             .chain(cond.plan.event_keys.iter().zip(&cond.leaves.events))
             .map(|(k, new)| (kept.results.get(k), new))
             .collect();
-        let mut contacts = all_before ^ all;
-        contacts |= &optins_before.email ^ &optins.email;
-        contacts |= &optins_before.sms ^ &optins.sms;
-        let changed: Vec<Option<RoaringBitmap>> = pairs
+        let conds: Vec<Option<Changed>> = pairs
             .par_iter()
-            .map(|&(old, new)| Some(old? ^ new.as_ref().ok()?))
-            .collect();
-        for c in changed.iter().flatten() {
-            contacts |= c;
-        }
-        if contacts.len() * WITHIN_SHARE > all.len() {
-            return None;
-        }
-        let missing: Outcome = Err(Arc::new(Error::Internal(
-            "a condition has no kept result".into(),
-        )));
-        // A condition whose result did not change is the same on both sides.
-        let (before, after): (Vec<Outcome>, Vec<Outcome>) = pairs
-            .par_iter()
-            .zip(&changed)
-            .map(|((kept, new), change)| match (kept, new, change) {
-                (Some(k), Ok(n), Some(change)) => {
-                    let before = *k & &contacts;
-                    let after = match change.is_empty() {
-                        true => before.clone(),
-                        false => n & &contacts,
-                    };
-                    (Ok(before), Ok(after))
-                }
-                _ => (missing.clone(), missing.clone()),
+            .map(|&(kept, new)| {
+                let (kept, new) = (kept?, new.as_ref().ok()?);
+                Some(Changed {
+                    kept,
+                    new,
+                    delta: kept ^ new,
+                })
             })
-            .unzip();
-        let n = cond.plan.contact_keys.len();
-        let among = |mut contacts: Vec<Outcome>| -> LeafResults {
-            let events = contacts.split_off(n);
-            LeafResults {
-                contacts,
-                events,
-                queries: vec![missing.clone(); cond.leaves.queries.len()],
-                ..LeafResults::default()
-            }
-        };
-        let restrict = |o: &OptIns| OptIns {
-            email: &o.email & &contacts,
-            sms: &o.sms & &contacts,
-        };
-        let (optins_before, optins_after) = (restrict(&optins_before), restrict(optins));
+            .collect();
         let minus = |a: &OptIns, b: &OptIns| OptIns {
             email: &a.email - &b.email,
             sms: &a.sms - &b.sms,
         };
+        let (opted_in, opted_out) = (minus(optins, &optins_before), minus(&optins_before, optins));
+        let mut moved = all_before ^ all;
+        for o in [&opted_in, &opted_out] {
+            moved |= &o.email;
+            moved |= &o.sms;
+        }
+        let mut contacts = moved.clone();
+        for c in conds.iter().flatten() {
+            contacts |= &c.delta;
+        }
+        if contacts.len() * WITHIN_SHARE > all.len() {
+            return None;
+        }
         Some(Within {
-            before: among(before),
-            after: among(after),
-            all_before: all_before & &contacts,
-            all_after: all & &contacts,
-            opted_in: minus(&optins_after, &optins_before),
-            opted_out: minus(&optins_before, &optins_after),
-            optins_before,
-            optins_after,
-            prints: kept.segments.clone(),
             contacts,
+            conds,
+            contact_conds: cond.plan.contact_keys.len(),
+            queries: cond.leaves.queries.len(),
+            all_before,
+            all_after: all,
+            moved,
+            optins_before,
+            optins_after: optins,
+            opted_in,
+            opted_out,
+            prints: &kept.segments,
+            stored: Default::default(),
         })
+    }
+
+    /// The condition a leaf of a tree stands for.
+    fn at(&self, n: &Node) -> Option<usize> {
+        match n {
+            Node::Contacts(i) => Some(*i),
+            Node::Events(i) => Some(self.contact_conds + i),
+            _ => None,
+        }
     }
 
     /// Whether a segment's tree can run among the changed contacts: its
@@ -444,22 +437,84 @@ impl Within {
         let mut ok = print.is_some() && self.prints.get(id) == print.as_ref();
         node.each(&mut |n| {
             ok &= match n {
-                Node::Contacts(i) => self.before.contacts[*i].is_ok(),
-                Node::Events(i) => self.before.events[*i].is_ok(),
+                Node::Contacts(_) | Node::Events(_) => {
+                    self.at(n).is_some_and(|at| self.conds[at].is_some())
+                }
                 Node::Query(_) => false,
-                Node::Segment(key) => resolve(env.batch_keys, env.manifest, key)
-                    .and_then(|id| env.batch.get(&id))
-                    .is_some_and(|r| matches!(r, Ok(NewMembers::Within { .. }))),
+                Node::Segment(key) => env.id_of(key).is_ok_and(|id| env.moves(&id).is_some()),
                 Node::All(_) | Node::Any(_) | Node::Not(_) | Node::Import(_) => true,
             }
         });
         ok
     }
 
-    /// A segment's members among the changed contacts, before and after.
-    fn eval(&self, node: &Node, before_env: &Env, after_env: &Env) -> Computed {
-        let before = eval(node, &self.before, before_env)?;
-        let after = eval(node, &self.after, after_env)?;
+    /// A named segment's stored members.
+    fn stored(&self, env: &Env, id: &str) -> std::result::Result<Arc<RoaringBitmap>, Arc<Error>> {
+        let lock = || self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = lock().get(id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(env.stored(id)?);
+        lock().insert(id.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// A segment's entries and exits among the contacts for which one of
+    /// its inputs changed.
+    fn eval(&self, node: &Node, env: &Env) -> Computed {
+        let mut changed = self.moved.clone();
+        let mut used = vec![false; self.conds.len()];
+        node.each(&mut |n| {
+            if let Some(at) = self.at(n) {
+                used[at] = true;
+                if let Some(c) = &self.conds[at] {
+                    changed |= &c.delta;
+                }
+            }
+            if let Node::Segment(key) = n
+                && let Ok(id) = env.id_of(key)
+                && let Some((entries, exits)) = env.moves(&id)
+            {
+                changed |= entries;
+                changed |= exits;
+            }
+        });
+        // Each condition the tree reads, among those contacts, as kept and
+        // as it is now.
+        let (mut before, mut after) = (Vec::with_capacity(used.len()), Vec::new());
+        for (c, used) in self.conds.iter().zip(&used) {
+            let (b, a) = match (c, used) {
+                (Some(c), true) => {
+                    let b = c.kept & &changed;
+                    let a = match c.delta.is_empty() {
+                        true => b.clone(),
+                        false => c.new & &changed,
+                    };
+                    (b, a)
+                }
+                _ => Default::default(),
+            };
+            before.push(Ok(b));
+            after.push(Ok(a));
+        }
+        let leaves = |mut contacts: Vec<Outcome>| {
+            let events = contacts.split_off(self.contact_conds);
+            LeafResults {
+                contacts,
+                events,
+                queries: vec![Ok(RoaringBitmap::new()); self.queries],
+                ..LeafResults::default()
+            }
+        };
+        let side = |all: &RoaringBitmap, after: bool| Among {
+            all: all & &changed,
+            changed: &changed,
+            after,
+            env,
+            within: self,
+        };
+        let before = eval(node, &leaves(before), &side(self.all_before, false))?;
+        let after = eval(node, &leaves(after), &side(self.all_after, true))?;
         let (entries, exits) = (&after - &before, &before - &after);
         // Opt-ins counted on the few contacts who moved or opted in or out
         // rather than on every member among the changed contacts.
@@ -471,13 +526,42 @@ impl Within {
             ]
         };
         Ok(NewMembers::Within {
-            optins_gained: moved(&entries, &self.optins_after, &self.opted_in),
+            optins_gained: moved(&entries, self.optins_after, &self.opted_in),
             optins_lost: moved(&exits, &self.optins_before, &self.opted_out),
-            before,
-            after,
             entries,
             exits,
         })
+    }
+}
+
+/// What a tree run among some changed contacts ([`Within::eval`]) sees:
+/// the conditions' results and the named segments' members among them,
+/// before or after.
+struct Among<'a> {
+    all: RoaringBitmap,
+    changed: &'a RoaringBitmap,
+    after: bool,
+    env: &'a Env<'a>,
+    within: &'a Within<'a>,
+}
+
+impl Bitmaps for Among<'_> {
+    fn all(&self) -> &RoaringBitmap {
+        &self.all
+    }
+    fn segment(&self, key: &str) -> Outcome {
+        let id = self.env.id_of(key)?;
+        let (entries, exits) = self.env.moves(&id).ok_or_else(|| {
+            Error::Internal(format!("segment {id} was not found among changed contacts"))
+        })?;
+        let before = &*self.within.stored(self.env, &id)? & self.changed;
+        Ok(match self.after {
+            true => (before - exits) | entries,
+            false => before,
+        })
+    }
+    fn import(&self, key: &str) -> Outcome {
+        self.env.import(key)
     }
 }
 
@@ -659,12 +743,14 @@ pub async fn compute_into_with(
         Earlier::None(_) => None,
     };
     let incremental = matches!(earlier, Earlier::Kept(_));
-    drop(earlier);
     let (results, names) = trees(&session, &w.next, &dir, &targets, &cond, within.as_ref());
     let trees_ms = t.elapsed().as_millis() as u64;
+    let within_contacts = within.as_ref().map_or(0, |w| w.contacts.len());
+    drop(within);
+    drop(earlier);
     let mut freshness = std::mem::take(&mut cond.freshness);
     if incremental {
-        freshness.within_contacts = within.as_ref().map_or(0, |w| w.contacts.len());
+        freshness.within_contacts = within_contacts;
         for r in results.values() {
             match r {
                 Ok(NewMembers::Within { .. }) => freshness.segments_within += 1,
@@ -672,7 +758,6 @@ pub async fn compute_into_with(
             }
         }
     }
-    drop(within);
     let latest = cond.leaves.latest.take();
     let mut leaves: Vec<(String, RoaringBitmap)> = cond
         .plan
