@@ -231,7 +231,7 @@ impl Session {
             if taken.len() == wanted.len() {
                 break;
             }
-            let batch = read_parquet_one(&self.base.dir().join(&f.path), None)?;
+            let batch = self.kept_rows_of(f)?;
             let left = &wanted - &taken;
             let keep = members_mask(iid_column(&batch)?.values(), &left);
             let batch = filter_record_batch(&batch, &BooleanArray::new(keep, None))?;
@@ -249,6 +249,17 @@ impl Session {
             out.push(RecordBatch::new_empty(self.contacts_schema.clone()));
         }
         Ok((taken == wanted).then_some(out))
+    }
+
+    /// A file of rows an import kept, read once per session.
+    fn kept_rows_of(&self, f: &DataFile) -> Result<RecordBatch> {
+        let cache = || self.kept_rows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = cache().get(&f.path) {
+            return Ok(b.clone());
+        }
+        let batch = read_parquet_one(&self.base.dir().join(&f.path), None)?;
+        cache().insert(f.path.clone(), batch.clone());
+        Ok(batch)
     }
 
     /// The contacts pass read straight from the pages of the contacts file

@@ -51,7 +51,7 @@ use crate::compile::expr::{Clock, ts_lit};
 use crate::compile::latest::{self, LatestKey, Now};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
 use crate::engine::Session;
-use crate::engine::session::{CONTACTS, EVENTS};
+use crate::engine::session::{CONTACTS, abs, listing_table};
 use crate::engine::udf::{Bands, InBands};
 use crate::error::Result;
 
@@ -970,8 +970,10 @@ impl Session {
 
     /// For each (event types, closed intervals of time): the contacts with
     /// an event of one of the types at a time in one of the intervals, in
-    /// one scan of events (files and row groups outside the intervals are
-    /// skipped by their statistics).
+    /// one scan of the events files whose times meet an interval. Its rows
+    /// are those of the types (row groups of other types are skipped by
+    /// their statistics) at a time in an interval, found by one look-up per
+    /// row ([`InBands`]); each condition's test runs on those alone.
     async fn banded_contacts(&self, wanted: &[Banded]) -> Result<Vec<RoaringBitmap>> {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -985,11 +987,24 @@ impl Session {
             }
             tests.push(col("type").in_list(types, false).and(when));
         }
-        let any = tests
+        let bands: Vec<(i64, i64)> = wanted.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let mut types: Vec<&String> = wanted.iter().flat_map(|(t, _)| t).collect();
+        types.sort();
+        types.dedup();
+        let files: Vec<String> = self
+            .manifest
+            .events
             .iter()
-            .cloned()
-            .reduce(Expr::or)
-            .expect("at least one test");
+            .filter(|f| {
+                bands
+                    .iter()
+                    .any(|&(lo, hi)| lo <= f.max_ts && f.min_ts <= hi)
+            })
+            .map(|f| abs(&self.base, &f.file.path))
+            .collect();
+        let near = InBands::udf(Bands::new(bands)).call(vec![col("ts")]);
+        let of_types =
+            col("type").in_list(types.into_iter().map(|t| lit(t.clone())).collect(), false);
         let mut select = vec![col(IID)];
         select.extend(
             tests
@@ -997,7 +1012,12 @@ impl Session {
                 .enumerate()
                 .map(|(i, t)| t.alias(format!("b{i}"))),
         );
-        let df = self.ctx.table(EVENTS).await?.filter(any)?.select(select)?;
+        let table = listing_table(&self.ctx, self.events_schema.clone(), &files)?;
+        let df = self
+            .ctx
+            .read_table(table)?
+            .filter(near.and(of_types))?
+            .select(select)?;
         collect_masks(df, wanted.len()).await
     }
 }

@@ -54,6 +54,9 @@ pub struct Session {
     /// How the scan of events cuts the contacts (sized by memory budgets
     /// unless set).
     pub scan_layout: ScanLayout,
+    /// Files of contacts' rows imports kept, by path, once read (the
+    /// contacts pass and the opt-ins read the same ones).
+    pub kept_rows: std::sync::Mutex<HashMap<String, datafusion::arrow::array::RecordBatch>>,
 }
 
 /// Contacts per shard of the events scan and per block of its kernel; the
@@ -98,6 +101,7 @@ impl Session {
             manifest: m,
             all_contacts,
             scan_layout: ScanLayout::default(),
+            kept_rows: Default::default(),
         })
     }
 }
@@ -194,7 +198,7 @@ fn fresh_state(base: &Base) -> Result<SessionState> {
     Ok(state)
 }
 
-fn abs(base: &Base, rel: &str) -> String {
+pub(crate) fn abs(base: &Base, rel: &str) -> String {
     base.dir().join(rel).to_string_lossy().to_string()
 }
 
@@ -229,7 +233,7 @@ fn register(ctx: &SessionContext, name: &str, schema: SchemaRef, files: &[String
 }
 
 /// A table over exactly these Parquet files (an empty one without files).
-fn listing_table(
+pub(crate) fn listing_table(
     ctx: &SessionContext,
     schema: SchemaRef,
     files: &[String],
