@@ -360,6 +360,7 @@ pub fn import_contacts(w: &mut Writer, file: &Path, opts: &ImportOptions) -> Res
     w.next.next_iid = next_iid;
     w.next.contact_count = all.len();
     w.next.contacts = Some(contacts_file);
+    crate::base::times::index_contacts(w)?;
     w.next.all_contacts = Some(all_file);
     Ok(report)
 }
@@ -921,6 +922,7 @@ pub fn delete_contacts(w: &mut Writer, contact_ids: &[u64]) -> Result<u64> {
         .collect();
     let kept = filter_record_batch(&existing, &keep)?;
     w.next.contacts = Some(write_contacts(w, &kept)?);
+    crate::base::times::index_contacts(w)?;
 
     let mut all = match &w.next.all_contacts {
         Some(f) => read_bitmap(&dir, f)?,

@@ -27,6 +27,10 @@ pub struct Manifest {
     pub next_iid: u32,
     /// Contacts: one Parquet file ordered by internal id (None while empty).
     pub contacts: Option<DataFile>,
+    /// The contacts file's dates and times, ordered by value
+    /// ([`crate::base::times`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact_times: Vec<crate::base::times::TimeIndex>,
     /// Bitmap of every live internal id.
     pub all_contacts: Option<DataFile>,
     pub contact_count: u64,
@@ -356,6 +360,7 @@ impl Manifest {
             written_by: "init".into(),
             next_iid: 0,
             contacts: None,
+            contact_times: Vec::new(),
             all_contacts: None,
             contact_count: 0,
             fields: Vec::new(),
@@ -374,6 +379,7 @@ impl Manifest {
     pub fn files(&self, dir: &Path) -> Result<Vec<DataFile>> {
         let mut out: Vec<DataFile> = Vec::new();
         out.extend(self.contacts.iter().cloned());
+        out.extend(self.contact_times.iter().map(|t| t.file.clone()));
         out.extend(self.all_contacts.iter().cloned());
         out.extend(self.events.iter().map(|e| e.file.clone()));
         out.extend(self.imports.iter().map(|i| i.contacts.clone()));

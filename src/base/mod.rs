@@ -23,6 +23,7 @@ pub mod schema;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod times;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

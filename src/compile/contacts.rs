@@ -435,7 +435,7 @@ impl Session {
 
 /// Columns as the scan's batches name them (an SQL criterion qualifies
 /// them with the table).
-fn unqualify(e: Expr) -> Result<Expr> {
+pub(crate) fn unqualify(e: Expr) -> Result<Expr> {
     Ok(e.transform_up(|node| match &node {
         Expr::Column(c) if c.relation.is_some() => {
             Ok(Transformed::yes(col(Column::new_unqualified(&c.name))))

@@ -46,7 +46,9 @@ use crate::base::changes::{Dirty, Kept};
 use crate::base::changes::{LatestTimes, NextLatest};
 use crate::base::manifest::DataFile;
 use crate::base::schema::IID;
+use crate::base::times::TimeIndex;
 use crate::compile::behavior::Moved;
+use crate::compile::contacts::unqualify;
 use crate::compile::expr::{Clock, ts_lit};
 use crate::compile::latest::{self, LatestKey, Now};
 use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
@@ -943,9 +945,88 @@ impl Session {
     }
 
     /// For each condition, the contacts whose values pass one of its
-    /// filters ([`value_bands`]), and those of them for which it holds,
-    /// in one scan.
+    /// filters ([`value_bands`]), and those of them for which it holds:
+    /// from the index of the column it reads when it reads one indexed
+    /// column alone ([`crate::base::times`]), else in one scan of the
+    /// contacts for all such conditions.
     async fn contacts_in_bands(
+        &self,
+        wanted: &[(&[Expr], &Expr)],
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        let index_of = |(bands, holds): &(&[Expr], &Expr)| {
+            let mut columns = std::collections::BTreeSet::new();
+            for e in bands.iter().chain([*holds]) {
+                columns.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
+            }
+            let contacts = self.manifest.contacts.as_ref()?;
+            match columns.len() {
+                1 => self
+                    .manifest
+                    .contact_times
+                    .iter()
+                    .find(|t| columns.contains(&t.column) && t.of == contacts.path),
+                _ => None,
+            }
+        };
+        let mut groups: Vec<(Option<&TimeIndex>, Vec<usize>)> = Vec::new();
+        for (i, w) in wanted.iter().enumerate() {
+            let index = index_of(w);
+            match groups.iter_mut().find(|(g, _)| *g == index) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((index, vec![i])),
+            }
+        }
+        let found = futures::future::try_join_all(groups.iter().map(|(index, members)| {
+            let some: Vec<(&[Expr], &Expr)> = members.iter().map(|&i| wanted[i]).collect();
+            async move {
+                match index {
+                    Some(index) => self.indexed_in_bands(index, &some).await,
+                    None => self.scanned_in_bands(&some).await,
+                }
+            }
+        }))
+        .await?;
+        let mut out = vec![Default::default(); wanted.len()];
+        for ((_, members), found) in groups.iter().zip(found) {
+            for (&i, f) in members.iter().zip(found) {
+                out[i] = f;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Session::contacts_in_bands`] of conditions that read one indexed
+    /// column alone, from its index: the row groups of the values in their
+    /// bands alone are read.
+    async fn indexed_in_bands(
+        &self,
+        index: &TimeIndex,
+        wanted: &[(&[Expr], &Expr)],
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        use datafusion::arrow::datatypes::Schema;
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            self.contacts_schema.field_with_name(&index.column)?.clone(),
+            self.contacts_schema.field_with_name(IID)?.clone(),
+        ]));
+        let table = listing_table(&self.ctx, schema, &[abs(&self.base, &index.file.path)])?;
+        let mut select = vec![col(IID)];
+        let mut any = lit(false);
+        for (i, (bands, holds)) in wanted.iter().enumerate() {
+            let mut band = lit(false);
+            for b in bands.iter() {
+                band = band.or(unqualify(b.clone())?);
+            }
+            any = any.or(band.clone());
+            select.push(band.alias(format!("b{i}")));
+            select.push(unqualify((*holds).clone())?.alias(format!("h{i}")));
+        }
+        let df = self.ctx.read_table(table)?.filter(any)?.select(select)?;
+        let mut masks = collect_masks(df, 2 * wanted.len()).await?.into_iter();
+        Ok(std::iter::from_fn(|| Some((masks.next()?, masks.next()?))).collect())
+    }
+
+    /// [`Session::contacts_in_bands`] in one scan of the contacts.
+    async fn scanned_in_bands(
         &self,
         wanted: &[(&[Expr], &Expr)],
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {

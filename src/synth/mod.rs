@@ -359,6 +359,7 @@ pub fn generate(dir: &Path, opts: &GenOptions) -> Result<GenStats> {
         Some((writer, _)) => Some(writer.finish()?),
         None => None,
     };
+    crate::base::times::index_contacts(&mut w)?;
     w.next.all_contacts = Some(write_bitmap(&w, "all-contacts", &all)?);
     w.next.contact_count = all.len();
     w.next.next_iid = opts.contacts;
