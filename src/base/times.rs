@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -88,27 +88,33 @@ pub fn index_contacts(w: &mut Writer) -> Result<()> {
     Ok(())
 }
 
-/// A column's values and their contacts' ids, ordered by value (then
-/// row: contacts are stored in id order), without the contacts that have
-/// none.
+/// A column's values and their contacts' ids, ordered by value (then id),
+/// without the contacts that have none. Both come out of the sorted pairs
+/// in order: no gather at random from the columns read.
 fn by_value(name: &str, iids: &ArrayRef, values: &ArrayRef) -> Result<RecordBatch> {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::UInt32Type;
     use rayon::prelude::*;
     let numbers = cast(values, &DataType::Int64)?;
     let numbers = numbers.as_primitive::<Int64Type>();
+    let ids = iids.as_primitive::<UInt32Type>();
     let mut order: Vec<(i64, u32)> = (0..numbers.len())
         .filter(|&i| numbers.is_valid(i))
-        .map(|i| (numbers.value(i), i as u32))
+        .map(|i| (numbers.value(i), ids.value(i)))
         .collect();
     order.par_sort_unstable();
-    let rows = UInt32Array::from_iter_values(order.into_iter().map(|(_, row)| row));
+    let sorted: ArrayRef = Arc::new(Int64Array::from_iter_values(order.iter().map(|p| p.0)));
+    // Days are 32-bit numbers: through Int32 to Date32.
+    let sorted = match values.data_type() {
+        DataType::Date32 => cast(&cast(&sorted, &DataType::Int32)?, &DataType::Date32)?,
+        t => cast(&sorted, t)?,
+    };
+    let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(order.iter().map(|p| p.1)));
     let schema = Arc::new(Schema::new(vec![
         Field::new(name, values.data_type().clone(), false),
         Field::new(IID, DataType::UInt32, false),
     ]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![take(values, &rows, None)?, take(iids, &rows, None)?],
-    )?)
+    Ok(RecordBatch::try_new(schema, vec![sorted, ids])?)
 }
 
 /// Sorted values delta-encoded and uncompressed (they decode at memory
