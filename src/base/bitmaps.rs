@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 
 use crate::base::Writer;
 use crate::base::manifest::DataFile;
-use crate::base::store::{Durability, read_checked};
+use crate::base::store::{Durability, map_checked, read_checked};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"SEGBMP01";
@@ -104,8 +104,13 @@ impl TaggedBitmaps {
     }
 
     pub fn read(dir: &Path, file: &DataFile) -> Result<TaggedBitmaps> {
-        let bytes = read_checked(dir, file)?;
-        TaggedBitmaps::decode(&bytes).map_err(|m| Error::base(dir, format!("{}: {m}", file.path)))
+        // Large files (kept results) decoded where they are mapped, small
+        // ones read.
+        let decoded = match file.bytes >= 1 << 20 {
+            true => TaggedBitmaps::decode(&map_checked(dir, file)?),
+            false => TaggedBitmaps::decode(&read_checked(dir, file)?),
+        };
+        decoded.map_err(|m| Error::base(dir, format!("{}: {m}", file.path)))
     }
 
     /// The bitmap with a tag (or empty).

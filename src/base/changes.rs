@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::base::bitmaps::{TaggedBitmaps, WRITE_BUFFER};
 use crate::base::manifest::{Change, DataFile, KeptLeaves, Manifest};
-use crate::base::store::{Durability, read_checked, verify};
+use crate::base::store::{Durability, map_checked, read_checked};
 use crate::base::{Base, Writer};
 use crate::error::{Error, Result};
 
@@ -173,18 +173,11 @@ pub struct Kept {
 
 impl Kept {
     /// The kept latest times, their file mapped in memory and checked whole.
-    #[allow(unsafe_code)]
     pub fn latest_times(&self, dir: &std::path::Path) -> Result<Option<LatestTimes>> {
         let Some(f) = &self.latest_file else {
             return Ok(None);
         };
-        let abs = dir.join(&f.path);
-        let file = std::fs::File::open(&abs).map_err(|e| Error::io(&abs, e))?;
-        // SAFETY: the files of a base are written whole under a name of
-        // their own and never written again; removing one (garbage
-        // collection) leaves a mapping of it readable.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&abs, e))?;
-        verify(dir, f, &map)?;
+        let map = map_checked(dir, f)?;
         LatestTimes::decode(&std::sync::Arc::new(map))
             .map(Some)
             .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))

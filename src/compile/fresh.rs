@@ -192,8 +192,10 @@ type Banded = (Vec<String>, Vec<(i64, i64)>);
 enum Way {
     /// Its kept result stands.
     Keep(RoaringBitmap),
-    /// Evaluate it again for these contacts (kept result, contacts).
-    Patch(RoaringBitmap, RoaringBitmap),
+    /// Evaluate it again for these contacts (kept result, contacts, and
+    /// the contacts its result was already found again for as they were
+    /// looked up).
+    Patch(RoaringBitmap, RoaringBitmap, RoaringBitmap),
     /// Its result, found again for these contacts while they were looked
     /// up (result, contacts).
     Found(RoaringBitmap, RoaringBitmap),
@@ -213,16 +215,19 @@ impl Way {
         if dirty.is_empty() {
             Way::Keep(kept.clone())
         } else {
-            Way::Patch(kept.clone(), dirty)
+            Way::Patch(kept.clone(), dirty, RoaringBitmap::new())
         }
     }
 
     /// Ways whose dirty contacts are all found: a patch with none keeps
-    /// its result.
+    /// its result, or the one found as its contacts were looked up.
     fn settled(ways: Vec<Way>) -> Vec<Way> {
         ways.into_iter()
             .map(|w| match w {
-                Way::Patch(old, d) => Way::patch(&old, d),
+                Way::Patch(old, d, found) if d.is_empty() => match found.is_empty() {
+                    true => Way::Keep(old),
+                    false => Way::Found(old, found),
+                },
                 w => w,
             })
             .collect()
@@ -365,7 +370,7 @@ impl Session {
                 (Ok(now), Ok(before)) if !reads_clock(&now) => match value_bands(&now, &before) {
                     Some(bands) => {
                         contact_banded.push((i, bands, now));
-                        Way::Patch(old.clone(), dirty.fields.clone())
+                        Way::Patch(old.clone(), dirty.fields.clone(), RoaringBitmap::new())
                     }
                     None => Way::Full,
                 },
@@ -433,7 +438,9 @@ impl Session {
                         // At the same instant, the changed contacts alone
                         // are evaluated again (their latest times are
                         // still brought up to date).
-                        (Moved::Same, Some(k)) if served[k] => Way::Patch(old.clone(), dirty),
+                        (Moved::Same, Some(k)) if served[k] => {
+                            Way::Patch(old.clone(), dirty, RoaringBitmap::new())
+                        }
                         // (Not when the clock went back: the kept result
                         // saw rows after the instant the times now reach.)
                         (Moved::Bands(bands), Some(k)) if served[k] && forward => {
@@ -446,7 +453,7 @@ impl Session {
                             if let Moved::Bands(bands) = moved {
                                 banded.push((i, (now.types().to_vec(), bands)));
                             }
-                            Way::Patch(old.clone(), dirty)
+                            Way::Patch(old.clone(), dirty, RoaringBitmap::new())
                         }
                     }
                 }
@@ -517,12 +524,12 @@ impl Session {
         for (k, (i, _, _)) in contact_banded.iter().enumerate() {
             let way = std::mem::replace(&mut contacts[*i], Way::Full);
             contacts[*i] = match (&found, way) {
-                (Ok(found), Way::Patch(old, fields)) => {
+                (Ok(found), Way::Patch(old, fields, _)) => {
                     let (band, pass) = &found[k];
                     let old = (old - band) | (pass & band);
                     match fields.is_empty() {
                         true => Way::Found(old, band.clone()),
-                        false => Way::Patch(old, fields),
+                        false => Way::Patch(old, fields, band.clone()),
                     }
                 }
                 _ => Way::Full,
@@ -532,7 +539,7 @@ impl Session {
         match events_found {
             Ok(found) => {
                 for ((i, _), bm) in banded.iter().zip(found) {
-                    if let Way::Patch(_, d) = &mut events[*i] {
+                    if let Way::Patch(_, d, _) = &mut events[*i] {
                         *d |= bm;
                     }
                 }
@@ -803,8 +810,9 @@ impl Session {
                 })
                 .collect()
         };
-        // Each condition on its own core.
-        let answer = |i: usize, way: &Way| -> Option<Outcome> {
+        // Each condition on its own core; patched ones with the contacts
+        // whose answer may have changed.
+        let answer = |i: usize, way: &Way| -> Option<(Outcome, Option<RoaringBitmap>)> {
             if !matches!(way, Way::Latest | Way::LatestPatch(..)) {
                 return None;
             }
@@ -812,7 +820,8 @@ impl Session {
             let key = &work.keys[k].key;
             let before = body.as_ref().and_then(|b| b.by_key.get(key));
             let state = state_of(key);
-            Some(match state {
+            let mut scope = None;
+            let outcome = match state {
                 Ok((now, touched)) => self
                     .behavior_parts(&plan.event_leaves[i], clock)
                     .and_then(|p| match (way, before) {
@@ -829,7 +838,9 @@ impl Session {
                                 rows.iter().filter_map(|&(id, t)| t.map(|t| (id, t)))
                             })?;
                             let new = p.finish(has, pass, &(all & &changed));
-                            Ok((old - &changed) | (new & &changed))
+                            let patched = (old - &changed) | (new & &changed);
+                            scope = Some(changed);
+                            Ok(patched)
                         }
                         _ => {
                             let (has, pass) = self.answer_from_latest(&p, clock, || now.rows())?;
@@ -838,9 +849,10 @@ impl Session {
                     })
                     .map_err(std::sync::Arc::new),
                 Err(e) => Err(e.clone()),
-            })
+            };
+            Some((outcome, scope))
         };
-        let answered: Vec<Option<Outcome>> = {
+        let answered: Vec<Option<(Outcome, Option<RoaringBitmap>)>> = {
             use rayon::prelude::*;
             event_ways
                 .par_iter()
@@ -891,8 +903,9 @@ impl Session {
         };
         let c_fresh = c_work.fresh.clone();
         let e_fresh = e_work.fresh.clone();
-        let contacts = c_work.combine(contact_ways, c_new, Vec::new(), all);
-        let events = e_work.combine(event_ways, e_new, answered, all);
+        let (contacts, mut patched) = c_work.combine(contact_ways, c_new, Vec::new(), all);
+        let (events, e_patched) = e_work.combine(event_ways, e_new, answered, all);
+        patched.extend(e_patched);
         let freshness = Freshness {
             mode: "incremental".into(),
             reason: None,
@@ -910,6 +923,7 @@ impl Session {
                 queries,
                 pass_ms: [c_ms, e_ms, q_ms],
                 latest,
+                patched,
             },
             freshness,
         ))
@@ -1243,8 +1257,9 @@ impl PassWork {
         for (i, w) in ways.iter().enumerate() {
             match w {
                 Way::Keep(_) | Way::Latest | Way::LatestPatch(..) => continue,
-                Way::Patch(_, d) => {
+                Way::Patch(_, d, found) => {
                     dirty |= d;
+                    looked_up |= found;
                     patched += 1;
                 }
                 Way::Found(_, d) => {
@@ -1300,31 +1315,39 @@ impl PassWork {
 impl PassWork {
     /// The pass's results: kept ones, patched ones, and the ones evaluated
     /// in full (`evaluated`: results of `run_on`, in order) or answered
-    /// from the latest times (`answered`, by position).
+    /// from the latest times (`answered`, by position, with the contacts
+    /// they were patched for); with the contacts each was patched for
+    /// ([`LeafResults::patched`]). The conditions side by side: each
+    /// result is narrowed to the contacts now, a pass over its bitmap.
     fn combine(
         self,
         ways: Vec<Way>,
         evaluated: Vec<Outcome>,
-        answered: Vec<Option<Outcome>>,
+        answered: Vec<Option<(Outcome, Option<RoaringBitmap>)>>,
         all: &RoaringBitmap,
-    ) -> Vec<Outcome> {
-        let mut new: Vec<Option<Outcome>> = vec![None; ways.len()];
+    ) -> (Vec<Outcome>, Vec<Option<RoaringBitmap>>) {
+        use rayon::prelude::*;
+        let mut new: Vec<Option<(Outcome, Option<RoaringBitmap>)>> = vec![None; ways.len()];
         for (i, r) in self.run_on.iter().zip(evaluated) {
-            new[*i] = Some(r);
+            new[*i] = Some((r, None));
         }
         for (slot, r) in new.iter_mut().zip(answered) {
             if r.is_some() {
                 *slot = r;
             }
         }
-        ways.into_iter()
+        ways.into_par_iter()
             .zip(new)
             .map(|(way, new)| match (way, new) {
-                (Way::Keep(old) | Way::Found(old, _), _) => Ok(old & all),
-                (Way::Patch(old, d), Some(new)) => new.map(|new| ((old - &d) | (new & &d)) & all),
+                (Way::Keep(old), _) => (Ok(old & all), Some(RoaringBitmap::new())),
+                (Way::Found(old, band), _) => (Ok(old & all), Some(band)),
+                (Way::Patch(old, d, found), Some((new, _))) => {
+                    let new = new.map(|new| ((old - &d) | (new & &d)) & all);
+                    (new, Some(d | found))
+                }
                 (Way::Full | Way::Latest | Way::LatestPatch(..), Some(new)) => new,
                 (_, None) => unreachable!("evaluated by the pass"),
             })
-            .collect()
+            .unzip()
     }
 }

@@ -141,6 +141,11 @@ pub struct LeafResults {
     /// The latest times of matching events to keep for the next run (see
     /// [`latest`]).
     pub latest: Option<crate::base::changes::NextLatest>,
+    /// For each contact condition, then each behaviour condition, patched
+    /// from its kept result: the contacts outside which its result is the
+    /// kept one, but for the contacts deleted since (None, or no entry:
+    /// not known).
+    pub patched: Vec<Option<RoaringBitmap>>,
 }
 
 /// The boolean expression of a contacts-only subtree.
@@ -243,6 +248,7 @@ impl Session {
             latest: found.map(|bits| {
                 crate::base::changes::NextLatest::New(latest::found(self, clock, &keys, bits))
             }),
+            patched: Vec::new(),
         }
     }
 

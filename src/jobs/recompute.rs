@@ -327,6 +327,8 @@ struct Within<'a> {
     queries: usize,
     all_before: &'a RoaringBitmap,
     all_after: &'a RoaringBitmap,
+    /// The contacts deleted since.
+    gone: RoaringBitmap,
     /// The contacts who came or went, or opted in or out.
     moved: RoaringBitmap,
     optins_before: OptIns,
@@ -343,7 +345,7 @@ struct Within<'a> {
 }
 
 /// A condition's kept and new results, and the contacts for which they
-/// differ.
+/// differ but for the contacts deleted since.
 struct Changed<'a> {
     kept: &'a RoaringBitmap,
     new: &'a RoaringBitmap,
@@ -366,23 +368,28 @@ impl<'a> Within<'a> {
         }
         let all_before = kept.results.get(KEPT_ALL)?;
         let optins_before = OptIns::kept_in(&kept.results)?;
-        let pairs: Vec<(Option<&RoaringBitmap>, &Outcome)> = cond
+        let patched = |i: usize| cond.leaves.patched.get(i).and_then(Option::as_ref);
+        let pairs: Vec<(Option<&RoaringBitmap>, &Outcome, Option<&RoaringBitmap>)> = cond
             .plan
             .contact_keys
             .iter()
             .zip(&cond.leaves.contacts)
             .chain(cond.plan.event_keys.iter().zip(&cond.leaves.events))
-            .map(|(k, new)| (kept.results.get(k), new))
+            .enumerate()
+            .map(|(i, (k, new))| (kept.results.get(k), new, patched(i)))
             .collect();
+        // A condition patched for some contacts differs from its kept
+        // result among those alone (and the contacts deleted since, who
+        // moved): its delta is found among them.
         let conds: Vec<Option<Changed>> = pairs
             .par_iter()
-            .map(|&(kept, new)| {
+            .map(|&(kept, new, patched)| {
                 let (kept, new) = (kept?, new.as_ref().ok()?);
-                Some(Changed {
-                    kept,
-                    new,
-                    delta: kept ^ new,
-                })
+                let delta = match patched {
+                    Some(p) => &(kept & p) ^ &(new & p),
+                    None => kept ^ new,
+                };
+                Some(Changed { kept, new, delta })
             })
             .collect();
         let minus = |a: &OptIns, b: &OptIns| OptIns {
@@ -390,6 +397,7 @@ impl<'a> Within<'a> {
             sms: &a.sms - &b.sms,
         };
         let (opted_in, opted_out) = (minus(optins, &optins_before), minus(&optins_before, optins));
+        let gone = all_before - all;
         let mut moved = all_before ^ all;
         for o in [&opted_in, &opted_out] {
             moved |= &o.email;
@@ -409,6 +417,7 @@ impl<'a> Within<'a> {
             queries: cond.leaves.queries.len(),
             all_before,
             all_after: all,
+            gone,
             moved,
             optins_before,
             optins_after: optins,
@@ -489,7 +498,7 @@ impl<'a> Within<'a> {
                 (Some(c), true) => {
                     let b = c.kept & &changed;
                     let a = match c.delta.is_empty() {
-                        true => b.clone(),
+                        true => &b - &self.gone,
                         false => c.new & &changed,
                     };
                     (b, a)

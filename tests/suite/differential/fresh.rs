@@ -579,6 +579,20 @@ fn moving_dates_are_found_again_for_the_contacts_between_then_and_now() {
             f.describe()
         );
     }
+    // A contact updated, and the clock moved by eight hours: each sign-up
+    // condition is evaluated again for that contact and found again for
+    // the contacts whose sign-up instant the clock swept (some in each
+    // band); both change its result.
+    import_rows(
+        &tb,
+        "one-update",
+        "contact_id,birth_date",
+        &["5,1991-06-01".to_string()],
+        false,
+    );
+    as_of += ChronoDuration::hours(8);
+    let f = incremental_equals_full_at(&tb, &rt, as_of, "an update and eight hours");
+    assert_eq!(f.contacts.full, 0, "{}", f.describe());
 }
 
 /// Sums and averages over a sliding window, with events crossing its start
