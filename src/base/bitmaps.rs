@@ -44,7 +44,9 @@ impl TaggedBitmaps {
         Ok(())
     }
 
-    pub fn decode(bytes: &[u8]) -> std::result::Result<TaggedBitmaps, String> {
+    /// The bitmaps of a file's bytes, checked whole against the manifest's
+    /// checksum beforehand: each bitmap is not validated again.
+    fn decode(bytes: &[u8]) -> std::result::Result<TaggedBitmaps, String> {
         let mut rest = bytes
             .strip_prefix(MAGIC.as_slice())
             .ok_or("not a bitmap file (bad magic)")?;
@@ -74,7 +76,7 @@ impl TaggedBitmaps {
         let out = parts
             .into_par_iter()
             .map(|(tag, bytes)| {
-                RoaringBitmap::deserialize_from(bytes)
+                RoaringBitmap::deserialize_unchecked_from(bytes)
                     .map(|bm| (tag, bm))
                     .map_err(|e| format!("damaged bitmap: {e}"))
             })

@@ -146,12 +146,49 @@ fn settings(base: &Base, m: &Manifest) -> Value {
     })
 }
 
-/// The `keys` file of kept results.
+/// The `keys` file of kept results. Results written as their changes
+/// from an earlier file ([`KeptLeaves::changes`]) hold their settings
+/// under [`AS_CHANGES`]: versions of the engine that do not read those
+/// changes find other settings than theirs, and compute every condition
+/// again rather than take the earlier file for the results.
 #[derive(Serialize, Deserialize)]
 struct Keys {
     settings: Value,
     keys: Vec<String>,
 }
+
+const AS_CHANGES: &str = "kept_as_changes_to";
+
+impl Keys {
+    /// The settings, and whether the results were written as changes.
+    fn settings(&self) -> (&Value, bool) {
+        match self.settings.get(AS_CHANGES) {
+            Some(s) if self.settings.as_object().is_some_and(|o| o.len() == 1) => (s, true),
+            _ => (&self.settings, false),
+        }
+    }
+}
+
+/// The file of kept results written whole that later ones are written as
+/// changes from: its keys, in the order of its tags, and each key's
+/// changes since (`results XOR that file's`; no entry: none).
+#[derive(Debug, Clone)]
+pub struct KeptBase {
+    pub file: DataFile,
+    pub keys: Vec<String>,
+    pub changes: HashMap<String, RoaringBitmap>,
+}
+
+/// What a recompute changed in the kept results: each key's contacts whose
+/// result differs from the kept one (`kept XOR now`), for every key.
+pub struct KeptSince {
+    pub base: KeptBase,
+    pub changed: HashMap<String, RoaringBitmap>,
+}
+
+/// Results are written as changes while those take at most this share of
+/// the file written whole (then written whole again: each run reads both).
+const CHANGES_SHARE: u64 = 4;
 
 /// Kept condition results and what changed since.
 #[derive(Debug)]
@@ -169,6 +206,8 @@ pub struct Kept {
     pub latest_file: Option<DataFile>,
     /// The segments stored with them ([`KeptLeaves::segments`]).
     pub segments: std::collections::BTreeMap<String, String>,
+    /// The file holding them, or earlier ones they are changes from.
+    pub base: KeptBase,
 }
 
 impl Kept {
@@ -478,17 +517,32 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
     let dir = base.dir();
     let keys: Keys = serde_json::from_slice(&read_checked(dir, &l.keys)?)
         .map_err(|e| Error::base(dir, format!("{}: {e}", l.keys.path)))?;
-    if keys.settings != settings(base, m) {
+    let (kept_settings, as_changes) = keys.settings();
+    if *kept_settings != settings(base, m) {
         return Ok(Earlier::None(
             "the time zone, field types or event columns changed".into(),
         ));
     }
+    if as_changes != l.changes.is_some() {
+        return Ok(Earlier::None(
+            "the kept results lack the file of their changes".into(),
+        ));
+    }
     let bitmaps = TaggedBitmaps::read(dir, &l.bitmaps)?;
+    let mut changes_by_tag: HashMap<i64, RoaringBitmap> = match &l.changes {
+        Some(f) => TaggedBitmaps::read(dir, f)?.0.into_iter().collect(),
+        None => HashMap::new(),
+    };
     let mut results = HashMap::with_capacity(keys.keys.len());
+    let mut changes = HashMap::with_capacity(changes_by_tag.len());
     let mut by_tag: HashMap<i64, RoaringBitmap> = bitmaps.0.into_iter().collect();
-    for (i, key) in keys.keys.into_iter().enumerate() {
-        if let Some(bm) = by_tag.remove(&(i as i64)) {
-            results.insert(key, bm);
+    for (i, key) in keys.keys.iter().enumerate() {
+        if let Some(mut bm) = by_tag.remove(&(i as i64)) {
+            if let Some(c) = changes_by_tag.remove(&(i as i64)) {
+                bm ^= &c;
+                changes.insert(key.clone(), c);
+            }
+            results.insert(key.clone(), bm);
         }
     }
     let mut dirty = Dirty::default();
@@ -520,11 +574,45 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
         latest,
         latest_file: l.latest.clone(),
         segments: l.segments.clone(),
+        base: KeptBase {
+            file: l.bitmaps.clone(),
+            keys: keys.keys,
+            changes,
+        },
     })))
 }
 
+/// Kept results as their changes from the file of earlier ones, when they
+/// have that file's keys in order and the changes are few enough.
+fn as_changes(keys: &[String], since: KeptSince) -> Option<TaggedBitmaps> {
+    let KeptSince { base, mut changed } = since;
+    if keys != base.keys {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for (i, key) in base.keys.iter().enumerate() {
+        let mut c = changed.remove(key)?;
+        if let Some(before) = base.changes.get(key) {
+            c ^= before;
+        }
+        if c.is_empty() {
+            continue;
+        }
+        bytes += c.serialized_size() as u64;
+        if bytes.saturating_mul(CHANGES_SHARE) > base.file.bytes {
+            return None;
+        }
+        out.push((i as i64, c));
+    }
+    Some(TaggedBitmaps(out))
+}
+
 /// Keep the condition results of a recompute of every active segment for
-/// the next one; the changes they include are dropped. They are written
+/// the next one; the changes they include are dropped. With what the run
+/// changed in the kept results (`since`), they are written as their
+/// changes from the file of results written whole that those were read
+/// from, when few enough ([`CHANGES_SHARE`]); else whole. They are written
 /// without waiting for the disk ([`Durability::Rebuildable`]): a run that
 /// finds them damaged computes them again.
 pub fn keep(
@@ -532,21 +620,37 @@ pub fn keep(
     as_of: DateTime<Utc>,
     results: Vec<(String, RoaringBitmap)>,
     latest: Option<&NextLatest>,
+    since: Option<KeptSince>,
 ) -> Result<()> {
     use std::io::Write;
     let (keys, bitmaps): (Vec<String>, Vec<RoaringBitmap>) = results.into_iter().unzip();
-    let bitmaps = TaggedBitmaps(
-        bitmaps
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| (i as i64, b))
-            .collect(),
-    )
-    .write_as(w, "leaves", Durability::Rebuildable)?;
-    let doc = Keys {
-        settings: settings(&w.base, &w.next),
-        keys,
+    let changes = since.and_then(|s| {
+        let file = s.base.file.clone();
+        as_changes(&keys, s).map(|c| (file, c))
+    });
+    let mut settings = settings(&w.base, &w.next);
+    let (bitmaps, changes) = match changes {
+        // The changes alone, beside the file of earlier results whole.
+        Some((file, changes)) => {
+            settings = serde_json::json!({ AS_CHANGES: settings });
+            let changes = changes.write_as(w, "leaves-changes", Durability::Rebuildable)?;
+            (file, Some(changes))
+        }
+        None => {
+            let bitmaps = TaggedBitmaps(
+                bitmaps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, b)| (i as i64, b))
+                    .collect(),
+            );
+            (
+                bitmaps.write_as(w, "leaves", Durability::Rebuildable)?,
+                None,
+            )
+        }
     };
+    let doc = Keys { settings, keys };
     let mut sink = w.new_file("bitmaps", "leaves", "json")?;
     sink.write_all(&serde_json::to_vec(&doc).expect("keys serialize"))
         .map_err(|e| Error::io(sink.path(), e))?;
@@ -578,6 +682,7 @@ pub fn keep(
         version: w.next.version,
         as_of,
         bitmaps,
+        changes,
         keys,
         latest,
         latest_imported,

@@ -19,7 +19,14 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
     let kept: Vec<String> = m
         .leaves
         .iter()
-        .flat_map(|l| [Some(&l.bitmaps), Some(&l.keys), l.latest.as_ref()])
+        .flat_map(|l| {
+            [
+                Some(&l.bitmaps),
+                Some(&l.keys),
+                l.changes.as_ref(),
+                l.latest.as_ref(),
+            ]
+        })
         .flatten()
         .map(|f| f.path.clone())
         .collect();

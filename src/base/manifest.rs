@@ -63,6 +63,12 @@ pub struct KeptLeaves {
     pub as_of: DateTime<Utc>,
     /// One bitmap per condition, tagged by its position in `keys`.
     pub bitmaps: DataFile,
+    /// When the results were written as their changes from `bitmaps`
+    /// (written by an earlier run): for each condition whose result
+    /// differs, by the same tags, the contacts for which it does (each
+    /// result is its bitmap there XOR this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<DataFile>,
     /// JSON: the conditions and the settings they were compiled under.
     pub keys: DataFile,
     /// The latest times of matching events per contact (see
@@ -391,6 +397,7 @@ impl Manifest {
         out.extend(self.runs.iter().cloned());
         if let Some(l) = &self.leaves {
             out.extend([l.bitmaps.clone(), l.keys.clone()]);
+            out.extend(l.changes.clone());
             out.extend(l.latest.clone());
         }
         for c in &self.changes {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::base::Writer;
 use crate::base::bitmaps::read_bitmap;
 use crate::base::changes::Earlier;
-use crate::base::changes::Kept;
+use crate::base::changes::{Kept, KeptSince};
 use crate::base::manifest::{Manifest, SegmentRecord, SegmentStatus};
 use crate::base::members::{
     KEPT_ALL, KeptOptIns, Members, NewMembers, OptIns, store_result, stored_as,
@@ -428,6 +428,26 @@ impl<'a> Within<'a> {
         })
     }
 
+    /// What this run changed in each kept result (`kept XOR now`), by key
+    /// (see [`crate::base::changes::keep`]): in each condition's (its
+    /// delta, and the deleted contacts it held), in the contacts', in the
+    /// opt-ins'. None when a condition lacks its kept or new result.
+    fn changes(&self, plan: &Plan) -> Option<HashMap<String, RoaringBitmap>> {
+        let keys = plan.contact_keys.iter().chain(&plan.event_keys);
+        let mut out = HashMap::with_capacity(self.conds.len() + 3);
+        for (key, c) in keys.zip(&self.conds) {
+            let c = c.as_ref()?;
+            out.insert(key.clone(), &c.delta | &(c.kept & &self.gone));
+        }
+        out.insert(KEPT_ALL.to_string(), self.all_before ^ self.all_after);
+        let optins = OptIns {
+            email: &self.opted_in.email | &self.opted_out.email,
+            sms: &self.opted_in.sms | &self.opted_out.sms,
+        };
+        out.extend(optins.as_kept());
+        Some(out)
+    }
+
     /// The condition a leaf of a tree stands for.
     fn at(&self, n: &Node) -> Option<usize> {
         match n {
@@ -757,6 +777,17 @@ pub async fn compute_into_with(
     let (results, names) = trees(&session, &w.next, &dir, &targets, &cond, within.as_ref());
     let trees_ms = t.elapsed().as_millis() as u64;
     let within_contacts = within.as_ref().map_or(0, |w| w.contacts.len());
+    // What this run changed in the kept results: the new ones are kept as
+    // those changes, when few.
+    let since = match (&earlier, &within) {
+        (Earlier::Kept(k), Some(within)) if every_active => {
+            within.changes(&cond.plan).map(|changed| KeptSince {
+                base: k.base.clone(),
+                changed,
+            })
+        }
+        _ => None,
+    };
     drop(within);
     drop(earlier);
     let mut freshness = std::mem::take(&mut cond.freshness);
@@ -799,7 +830,7 @@ pub async fn compute_into_with(
     if every_active && unchanged {
         crate::base::changes::keep_again(w, as_of);
     } else if every_active {
-        crate::base::changes::keep(w, as_of, leaves, latest.as_ref())?;
+        crate::base::changes::keep(w, as_of, leaves, latest.as_ref(), since)?;
     }
     let keep_ms = t.elapsed().as_millis() as u64;
     let pass_ms = cond.leaves.pass_ms;

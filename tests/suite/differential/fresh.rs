@@ -29,6 +29,8 @@ static FROM_LATEST: AtomicUsize = AtomicUsize::new(0);
 static LATEST_STOOD: AtomicUsize = AtomicUsize::new(0);
 /// Segments whose trees ran among the contacts changed since alone.
 static WITHIN: AtomicUsize = AtomicUsize::new(0);
+/// Runs that kept their results as changes from an earlier run's.
+static AS_CHANGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Members of every active segment computed in full, compared with the
 /// members stored by the incremental run.
@@ -191,6 +193,9 @@ fn run_fresh_case(seed: u64, rt: &tokio::runtime::Runtime) -> Vec<String> {
             ))
             .expect("recompute");
         let m = w.commit().expect("commit");
+        if m.leaves.as_ref().is_some_and(|l| l.changes.is_some()) {
+            AS_CHANGES.fetch_add(1, Ordering::Relaxed);
+        }
         if m.leaves.is_some_and(|l| !l.latest_imported.is_empty()) {
             LATEST_STOOD.fetch_add(1, Ordering::Relaxed);
         }
@@ -427,15 +432,16 @@ fn incremental_equals_full() {
     );
     let kept_rows = KEPT_ROWS.load(Ordering::Relaxed);
     let within = WITHIN.load(Ordering::Relaxed);
+    let as_changes = AS_CHANGES.load(Ordering::Relaxed);
     println!(
-        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids, {kept_rows} contacts passes read the rows imports kept; {stood} runs left the latest times standing while files were folded in; {within} segments found among the changed contacts alone), each equal to a full computation",
+        "incremental: {} cases, {runs} runs from kept results ({kept} conditions kept, {patched} patched, {latest} answered from latest times, {narrow} passes read part of the ids, {kept_rows} contacts passes read the rows imports kept; {stood} runs left the latest times standing while files were folded in; {within} segments found among the changed contacts alone; {as_changes} runs kept their results as changes), each equal to a full computation",
         seeds.len()
     );
     if seeds.len() > 1 {
         assert!(runs >= seeds.len() * 5, "only {runs} incremental runs");
         assert!(
-            kept > 0 && patched > 0 && latest > 0 && stood > 0 && within > 0,
-            "{kept} kept, {patched} patched, {latest} from latest times, {stood} left standing, {within} segments among changed contacts"
+            kept > 0 && patched > 0 && latest > 0 && stood > 0 && within > 0 && as_changes > 0,
+            "{kept} kept, {patched} patched, {latest} from latest times, {stood} left standing, {within} segments among changed contacts, {as_changes} kept as changes"
         );
     }
 }
@@ -842,6 +848,13 @@ fn segments_are_found_again_among_the_contacts_changed_since() {
     let f = incremental_equals_full_at(&tb, &rt, start, "opt-ins changed");
     assert_eq!(trees_ran(&f), (3, 1), "{}", f.describe());
     assert!(f.within_contacts >= 20, "{}", f.describe());
+    // The results kept as their changes from the first run's, which the
+    // next runs read.
+    let kept_as_changes = || {
+        let snap = tb.base.snapshot().unwrap();
+        snap.manifest.leaves.as_ref().unwrap().changes.is_some()
+    };
+    assert!(kept_as_changes());
 
     // Contacts moved into Paris and out of it, new ones (with no city: in
     // no condition's result, in the segment of those not in Paris).
@@ -853,6 +866,7 @@ fn segments_are_found_again_among_the_contacts_changed_since() {
     import("moves", &moved);
     let f = incremental_equals_full_at(&tb, &rt, start, "contacts moved");
     assert_eq!(trees_ran(&f), (3, 1), "{}", f.describe());
+    assert!(kept_as_changes());
 
     // An edit: the segment and the one naming it over every contact.
     let edited = segments::criteria::Definition::parse(&json!({
