@@ -136,6 +136,25 @@ impl TestBase {
 }
 
 /// Copy a base directory (as it is on disk) to a new path.
+/// A recompute of every active segment at `as_of`, committed: its report
+/// and the manifest it published.
+pub fn recompute_committed(
+    base: &Base,
+    rt: &tokio::runtime::Runtime,
+    as_of: DateTime<Utc>,
+    fresh: segments::jobs::recompute::Fresh,
+) -> (
+    segments::jobs::recompute::RunReport,
+    segments::base::manifest::Manifest,
+) {
+    let mut w = base.writer("test").expect("writer");
+    let report = rt
+        .block_on(segments::jobs::recompute::recompute(&mut w, as_of, fresh))
+        .expect("recompute");
+    let m = w.commit().expect("commit");
+    (report, m)
+}
+
 pub fn copy_base(from: &Path, to: &Path) {
     let ok = std::process::Command::new("cp")
         .arg("-a")

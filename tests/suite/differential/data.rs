@@ -566,12 +566,6 @@ pub(super) fn build_base(
             }
         }
     }
-    let mut w = base.writer("test").expect("writer");
-    rt.block_on(segments::jobs::recompute::recompute(
-        &mut w,
-        recompute_at,
-        segments::jobs::recompute::Fresh::Incremental,
-    ))
-    .expect("recompute");
-    w.commit().expect("commit");
+    let incremental = segments::jobs::recompute::Fresh::Incremental;
+    super::super::common::recompute_committed(&base, rt, recompute_at, incremental);
 }

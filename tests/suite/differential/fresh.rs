@@ -57,14 +57,8 @@ fn kept_against_full(
     let copy = scratch.path().join("full");
     super::super::common::copy_base(dir, &copy);
     let base = segments::base::Base::open(&copy).expect("open");
-    let mut w = base.writer("test").expect("writer");
-    rt.block_on(segments::jobs::recompute::recompute(
-        &mut w,
-        as_of,
-        segments::jobs::recompute::Fresh::Full,
-    ))
-    .expect("recompute");
-    w.commit().expect("commit");
+    let full = segments::jobs::recompute::Fresh::Full;
+    super::super::common::recompute_committed(&base, rt, as_of, full);
     let full = results(&copy).expect("a full run keeps its results");
     let mut failures = Vec::new();
     for (key, want) in &full {
@@ -233,15 +227,8 @@ fn run_fresh_case(seed: u64, rt: &tokio::runtime::Runtime) -> Vec<String> {
         }
     }
     let recompute = |as_of: DateTime<Utc>| {
-        let mut w = base.writer("test").expect("writer");
-        let report = rt
-            .block_on(segments::jobs::recompute::recompute(
-                &mut w,
-                as_of,
-                segments::jobs::recompute::Fresh::Incremental,
-            ))
-            .expect("recompute");
-        let m = w.commit().expect("commit");
+        let incremental = segments::jobs::recompute::Fresh::Incremental;
+        let (report, m) = super::super::common::recompute_committed(&base, rt, as_of, incremental);
         if m.leaves.as_ref().is_some_and(|l| l.changes.is_some()) {
             AS_CHANGES.fetch_add(1, Ordering::Relaxed);
         }
@@ -519,14 +506,8 @@ fn create_and_compute(
             .unwrap();
     }
     w.commit().unwrap();
-    let mut w = tb.base.writer("t").unwrap();
-    rt.block_on(segments::jobs::recompute::recompute(
-        &mut w,
-        start,
-        segments::jobs::recompute::Fresh::Full,
-    ))
-    .unwrap();
-    w.commit().unwrap();
+    let full = segments::jobs::recompute::Fresh::Full;
+    super::super::common::recompute_committed(&tb.base, rt, start, full);
 }
 
 /// Segments whose trees ran among the changed contacts, and over every
@@ -566,15 +547,8 @@ fn incremental_equals_full_at(
     as_of: DateTime<Utc>,
     step: &str,
 ) -> segments::compile::fresh::Freshness {
-    let mut w = tb.base.writer("t").unwrap();
-    let report = rt
-        .block_on(segments::jobs::recompute::recompute(
-            &mut w,
-            as_of,
-            segments::jobs::recompute::Fresh::Incremental,
-        ))
-        .unwrap();
-    w.commit().unwrap();
+    let incremental = segments::jobs::recompute::Fresh::Incremental;
+    let (report, _) = super::super::common::recompute_committed(&tb.base, rt, as_of, incremental);
     let failures = check_against_full(tb.path(), as_of, step, rt);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     report.freshness.expect("an incremental run")
