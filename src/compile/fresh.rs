@@ -31,6 +31,7 @@
 //! conditions keep their result; a pass none of whose conditions changed
 //! reads nothing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -188,17 +189,19 @@ const BAND_CONTACTS_SHARE: f64 = 4.0;
 /// Event types, and closed intervals of time (µs).
 type Banded = (Vec<String>, Vec<(i64, i64)>);
 
-/// What to do with one condition.
-enum Way {
+/// What to do with one condition. Kept results are borrowed from the
+/// [`Kept`] they were read into: a copy of each would cost as much as the
+/// narrowing to the contacts now that makes each result anyway.
+enum Way<'k> {
     /// Its kept result stands.
-    Keep(RoaringBitmap),
+    Keep(Cow<'k, RoaringBitmap>),
     /// Evaluate it again for these contacts (kept result, contacts, and
     /// the contacts its result was already found again for as they were
     /// looked up).
-    Patch(RoaringBitmap, RoaringBitmap, RoaringBitmap),
+    Patch(Cow<'k, RoaringBitmap>, RoaringBitmap, RoaringBitmap),
     /// Its result, found again for these contacts while they were looked
     /// up (result, contacts).
-    Found(RoaringBitmap, RoaringBitmap),
+    Found(Cow<'k, RoaringBitmap>, RoaringBitmap),
     /// Evaluate it for every contact.
     Full,
     /// Answer it for every contact from the latest times of matching
@@ -207,21 +210,21 @@ enum Way {
     /// The same, from its kept result and for the contacts whose answer
     /// may have changed: those whose times changed, and those with a time
     /// in the bands of time its window's ends swept (kept result, bands).
-    LatestPatch(RoaringBitmap, Vec<(i64, i64)>),
+    LatestPatch(&'k RoaringBitmap, Vec<(i64, i64)>),
 }
 
-impl Way {
-    fn patch(kept: &RoaringBitmap, dirty: RoaringBitmap) -> Way {
+impl<'k> Way<'k> {
+    fn patch(kept: &'k RoaringBitmap, dirty: RoaringBitmap) -> Way<'k> {
         if dirty.is_empty() {
-            Way::Keep(kept.clone())
+            Way::Keep(Cow::Borrowed(kept))
         } else {
-            Way::Patch(kept.clone(), dirty, RoaringBitmap::new())
+            Way::Patch(Cow::Borrowed(kept), dirty, RoaringBitmap::new())
         }
     }
 
     /// Ways whose dirty contacts are all found: a patch with none keeps
     /// its result, or the one found as its contacts were looked up.
-    fn settled(ways: Vec<Way>) -> Vec<Way> {
+    fn settled(ways: Vec<Way<'k>>) -> Vec<Way<'k>> {
         ways.into_iter()
             .map(|w| match w {
                 Way::Patch(old, d, found) if d.is_empty() => match found.is_empty() {
@@ -231,6 +234,14 @@ impl Way {
                 w => w,
             })
             .collect()
+    }
+}
+
+/// A kept result narrowed to the contacts now (`all`).
+fn narrowed(kept: Cow<'_, RoaringBitmap>, all: &RoaringBitmap) -> RoaringBitmap {
+    match kept {
+        Cow::Borrowed(kept) => kept & all,
+        Cow::Owned(kept) => kept & all,
     }
 }
 
@@ -333,14 +344,14 @@ fn value_bands(now: &Expr, before: &Expr) -> Option<Vec<Expr>> {
 impl Session {
     /// What each leaf of a plan needs, from kept results (see the module's
     /// documentation): reads the events in the bands of time that moved.
-    async fn ways_since(
+    async fn ways_since<'k>(
         &self,
         plan: &Plan,
         clock: &Clock,
-        kept: &Kept,
+        kept: &'k Kept,
         latest: Option<&LatestTimes>,
         keep: bool,
-    ) -> Ways {
+    ) -> Ways<'k> {
         let then = Clock::new(kept.as_of, clock.tz);
         let dirty = &kept.dirty;
 
@@ -349,7 +360,7 @@ impl Session {
         // the instants then and now: they are looked up, and the condition
         // evaluated for them, in one scan of those fields.
         let mut contact_banded: Vec<(usize, Vec<Expr>, Expr)> = Vec::new();
-        let mut contacts: Vec<Way> = Vec::with_capacity(plan.contact_leaves.len());
+        let mut contacts: Vec<Way<'k>> = Vec::with_capacity(plan.contact_leaves.len());
         for (i, (leaf, key)) in plan
             .contact_leaves
             .iter()
@@ -370,7 +381,11 @@ impl Session {
                 (Ok(now), Ok(before)) if !reads_clock(&now) => match value_bands(&now, &before) {
                     Some(bands) => {
                         contact_banded.push((i, bands, now));
-                        Way::Patch(old.clone(), dirty.fields.clone(), RoaringBitmap::new())
+                        Way::Patch(
+                            Cow::Borrowed(old),
+                            dirty.fields.clone(),
+                            RoaringBitmap::new(),
+                        )
                     }
                     None => Way::Full,
                 },
@@ -434,17 +449,17 @@ impl Session {
                     let moved = now.moved_since(&before, clock, &then);
                     let dirty = dirty.for_events(now.types());
                     match (moved, latest) {
-                        (Moved::Same, Some(_)) if dirty.is_empty() => Way::Keep(old.clone()),
+                        (Moved::Same, Some(_)) if dirty.is_empty() => Way::Keep(Cow::Borrowed(old)),
                         // At the same instant, the changed contacts alone
                         // are evaluated again (their latest times are
                         // still brought up to date).
                         (Moved::Same, Some(k)) if served[k] => {
-                            Way::Patch(old.clone(), dirty, RoaringBitmap::new())
+                            Way::Patch(Cow::Borrowed(old), dirty, RoaringBitmap::new())
                         }
                         // (Not when the clock went back: the kept result
                         // saw rows after the instant the times now reach.)
                         (Moved::Bands(bands), Some(k)) if served[k] && forward => {
-                            Way::LatestPatch(old.clone(), bands)
+                            Way::LatestPatch(old, bands)
                         }
                         (_, Some(k)) if served[k] => Way::Latest,
                         (_, Some(_)) => Way::Full,
@@ -453,7 +468,7 @@ impl Session {
                             if let Moved::Bands(bands) = moved {
                                 banded.push((i, (now.types().to_vec(), bands)));
                             }
-                            Way::Patch(old.clone(), dirty, RoaringBitmap::new())
+                            Way::Patch(Cow::Borrowed(old), dirty, RoaringBitmap::new())
                         }
                     }
                 }
@@ -526,7 +541,7 @@ impl Session {
             contacts[*i] = match (&found, way) {
                 (Ok(found), Way::Patch(old, fields, _)) => {
                     let (band, pass) = &found[k];
-                    let old = (old - band) | (pass & band);
+                    let old = Cow::Owned((&*old - band) | (pass & band));
                     match fields.is_empty() {
                         true => Way::Found(old, band.clone()),
                         false => Way::Patch(old, fields, band.clone()),
@@ -838,7 +853,7 @@ impl Session {
                                 rows.iter().filter_map(|&(id, t)| t.map(|t| (id, t)))
                             })?;
                             let new = p.finish(has, pass, &(all & &changed));
-                            let patched = (old - &changed) | (new & &changed);
+                            let patched = (*old - &changed) | (new & &changed);
                             scope = Some(changed);
                             Ok(patched)
                         }
@@ -1186,9 +1201,9 @@ fn id_range(contacts: &RoaringBitmap, span: u32) -> Option<Range<u32>> {
 struct LatestUnreadable;
 
 /// What each leaf of a plan needs.
-struct Ways {
-    contacts: Vec<Way>,
-    events: Vec<Way>,
+struct Ways<'k> {
+    contacts: Vec<Way<'k>>,
+    events: Vec<Way<'k>>,
     latest: LatestWork,
 }
 
@@ -1339,10 +1354,10 @@ impl PassWork {
         ways.into_par_iter()
             .zip(new)
             .map(|(way, new)| match (way, new) {
-                (Way::Keep(old), _) => (Ok(old & all), Some(RoaringBitmap::new())),
-                (Way::Found(old, band), _) => (Ok(old & all), Some(band)),
+                (Way::Keep(old), _) => (Ok(narrowed(old, all)), Some(RoaringBitmap::new())),
+                (Way::Found(old, band), _) => (Ok(narrowed(old, all)), Some(band)),
                 (Way::Patch(old, d, found), Some((new, _))) => {
-                    let new = new.map(|new| ((old - &d) | (new & &d)) & all);
+                    let new = new.map(|new| ((&*old - &d) | (new & &d)) & all);
                     (new, Some(d | found))
                 }
                 (Way::Full | Way::Latest | Way::LatestPatch(..), Some(new)) => new,
