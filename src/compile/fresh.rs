@@ -783,7 +783,10 @@ impl Session {
                 .flat_map_iter(|(key, leaves)| {
                     let sets: Vec<&[(i64, i64)]> = leaves.iter().map(|&i| bands_of(i)).collect();
                     let found = match body.as_ref().and_then(|b| b.by_key.get(*key)) {
-                        Some(before) => latest::in_bands(before, &sets),
+                        Some(before) => {
+                            let buckets = body.as_ref().and_then(|b| b.buckets.get(*key));
+                            latest::in_bands(before, buckets, &sets)
+                        }
                         None => Vec::new(),
                     };
                     leaves.iter().copied().zip(found).collect::<Vec<_>>()
