@@ -1059,41 +1059,35 @@ mod tests {
         assert_eq!(near(41, i64::MAX), 0);
     }
 
-    /// Files written before the times had buckets are read too: without
-    /// them.
-    #[test]
-    fn latest_times_of_the_second_format_are_read() {
-        let want = sample();
+    /// A file of latest times in an earlier format: unaligned (the first),
+    /// or aligned without buckets (the second).
+    fn earlier_format(want: &LatestTimes, magic: &[u8; 8], aligned: bool) -> Vec<u8> {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(LATEST_MAGIC_2);
+        bytes.extend_from_slice(magic);
         let header = serde_json::to_vec(&want.header_of()).expect("header");
         bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&header);
         for l in want.by_key.values() {
             bytes.extend_from_slice(&(l.ids.serialized_size() as u64).to_le_bytes());
             l.ids.serialize_into(&mut bytes).expect("bitmap");
-            bytes.resize(bytes.len().next_multiple_of(8), 0);
+            if aligned {
+                bytes.resize(bytes.len().next_multiple_of(8), 0);
+            }
             bytes.extend(l.times.iter().flat_map(|t| t.to_le_bytes()));
         }
-        let got = LatestTimes::decode(&mapped(&bytes)).expect("decoded");
-        assert!(got.buckets.is_empty());
-        assert_eq!(got, want);
+        bytes
     }
 
-    /// Files written before the times were aligned are read too.
+    /// Files written before the times were aligned, and before they had
+    /// buckets, are read too (without buckets).
     #[test]
-    fn latest_times_of_the_first_format_are_read() {
+    fn latest_times_of_earlier_formats_are_read() {
         let want = sample();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(LATEST_MAGIC_1);
-        let header = serde_json::to_vec(&want.header_of()).expect("header");
-        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&header);
-        for l in want.by_key.values() {
-            bytes.extend_from_slice(&(l.ids.serialized_size() as u64).to_le_bytes());
-            l.ids.serialize_into(&mut bytes).expect("bitmap");
-            bytes.extend(l.times.iter().flat_map(|t| t.to_le_bytes()));
+        for (magic, aligned) in [(LATEST_MAGIC_1, false), (LATEST_MAGIC_2, true)] {
+            let bytes = earlier_format(&want, magic, aligned);
+            let got = LatestTimes::decode(&mapped(&bytes)).expect("decoded");
+            assert!(got.buckets.is_empty());
+            assert_eq!(got, want);
         }
-        assert_eq!(LatestTimes::decode(&mapped(&bytes)).expect("decoded"), want);
     }
 }
