@@ -559,8 +559,8 @@ struct LatestEntry {
 }
 
 impl LatestTimes {
-    /// Write the file's bytes: the header, then each key's contacts and
-    /// times.
+    /// Write the file's bytes: the header, then each key's contacts, times
+    /// and [`Buckets`] (built for every key side by side).
     pub fn encode_into(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         use rayon::prelude::*;
         let header = serde_json::to_vec(&self.header_of()).expect("header serializes");
