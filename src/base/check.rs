@@ -30,11 +30,17 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
         .flatten()
         .map(|f| f.path.clone())
         .collect();
+    let ids = m.contact_ids.as_ref().map(|i| &i.file.path);
     for f in m.files(dir)? {
         match read_checked(dir, &f) {
             Err(e) if kept.contains(&f.path) => problems.push(format!(
                 "{e} (results kept for the next recompute, written without waiting \
                  for the disk: that run computes them again)"
+            )),
+            Err(e) if ids == Some(&f.path) => problems.push(format!(
+                "{e} (the index of the contacts' ids, written without waiting for the \
+                 disk: imports read the contacts file instead; `segments compact` \
+                 writes it again)"
             )),
             Err(e) => problems.push(e.to_string()),
             Ok(_) => {}
@@ -66,6 +72,9 @@ pub fn check(snap: &Snapshot) -> Result<Vec<String>> {
                 }
                 if all.max().is_some_and(|x| x >= m.next_iid) {
                     problems.push("an internal id is at or above next_iid".into());
+                }
+                if let Some(index) = &m.contact_ids {
+                    problems.extend(id_index_problems(dir, index, f, &map));
                 }
             }
             Err(e) => problems.push(e.to_string()),
@@ -147,4 +156,33 @@ pub fn name_damaged_file(dir: &std::path::Path, m: &Manifest, e: Error) -> Error
         );
     }
     e
+}
+
+/// Whether the index of the contacts' ids is of the contacts file and
+/// holds its pairs, each once.
+fn id_index_problems(
+    dir: &std::path::Path,
+    index: &crate::base::id_index::IdIndex,
+    contacts: &crate::base::manifest::DataFile,
+    map: &crate::base::ids::ContactIdMap,
+) -> Option<String> {
+    if index.of != contacts.path {
+        return Some(format!(
+            "{}: an index of the ids of {}, not of {}",
+            index.file.path, index.of, contacts.path
+        ));
+    }
+    let pairs = match crate::base::id_index::Opened::open(dir, index).and_then(|i| i.pairs()) {
+        Ok(pairs) => pairs,
+        Err(e) => return Some(e.to_string()),
+    };
+    let same = pairs.len() == map.len()
+        && pairs.windows(2).all(|p| p[0].0 < p[1].0)
+        && pairs.iter().all(|&(c, i)| map.get(c) == Some(i));
+    (!same).then(|| {
+        format!(
+            "{}: the index of ids does not match {}",
+            index.file.path, contacts.path
+        )
+    })
 }

@@ -85,8 +85,23 @@ impl ContactIdMap {
     }
 
     /// The map of the contacts among `wanted` only: for a few ids, reading
-    /// the base's ids costs much less than hashing every one of them.
+    /// the base's ids costs much less than hashing every one of them. From
+    /// the index of the contacts' ids when the contacts file has one
+    /// that reads back sound, else from the contacts file.
     pub fn load_some(dir: &Path, m: &Manifest, wanted: &[u64]) -> Result<ContactIdMap> {
+        let index = m
+            .contact_ids
+            .as_ref()
+            .filter(|i| m.contacts.as_ref().is_some_and(|c| c.path == i.of));
+        if let Some(index) = index {
+            let found =
+                crate::base::id_index::Opened::open(dir, index).and_then(|i| i.find(wanted));
+            if let Ok(found) = found {
+                return Ok(ContactIdMap {
+                    ids: Ids::Hashed(found.into_iter().collect()),
+                });
+            }
+        }
         let wanted: datafusion::common::HashSet<u64> = wanted.iter().copied().collect();
         Self::read(dir, m, Some(&wanted))
     }

@@ -31,6 +31,10 @@ pub struct Manifest {
     /// ([`crate::base::times`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contact_times: Vec<crate::base::times::TimeIndex>,
+    /// The contacts file's ids, ordered by `contact_id`
+    /// ([`crate::base::id_index`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_ids: Option<crate::base::id_index::IdIndex>,
     /// Bitmap of every live internal id.
     pub all_contacts: Option<DataFile>,
     pub contact_count: u64,
@@ -367,6 +371,7 @@ impl Manifest {
             next_iid: 0,
             contacts: None,
             contact_times: Vec::new(),
+            contact_ids: None,
             all_contacts: None,
             contact_count: 0,
             fields: Vec::new(),
@@ -386,6 +391,7 @@ impl Manifest {
         let mut out: Vec<DataFile> = Vec::new();
         out.extend(self.contacts.iter().cloned());
         out.extend(self.contact_times.iter().map(|t| t.file.clone()));
+        out.extend(self.contact_ids.iter().map(|t| t.file.clone()));
         out.extend(self.all_contacts.iter().cloned());
         out.extend(self.events.iter().map(|e| e.file.clone()));
         out.extend(self.imports.iter().map(|i| i.contacts.clone()));

@@ -12,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod contacts;
 pub mod events;
+pub mod id_index;
 pub mod ids;
 pub mod imports;
 pub mod input;

@@ -198,16 +198,22 @@ pub fn read_checked(base: &Path, file: &DataFile) -> Result<Vec<u8>> {
 /// A file of the base mapped in memory, checked whole: its bytes are read
 /// where the system keeps them, not copied (kept results and latest times
 /// are tens to hundreds of megabytes).
-#[allow(unsafe_code)]
 pub fn map_checked(base: &Path, file: &DataFile) -> Result<memmap2::Mmap> {
+    let map = map(base, file)?;
+    verify(base, file, &map)?;
+    Ok(map)
+}
+
+/// A data file mapped, not checked: for files whose parts carry
+/// checksums of their own, read a part at a time.
+#[allow(unsafe_code)]
+pub fn map(base: &Path, file: &DataFile) -> Result<memmap2::Mmap> {
     let abs = base.join(&file.path);
     let f = std::fs::File::open(&abs).map_err(|e| Error::io(&abs, e))?;
     // SAFETY: the files of a base are written whole under a name of their
     // own and never written again; removing one (garbage collection)
     // leaves a mapping of it readable.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&abs, e))?;
-    verify(base, file, &map)?;
-    Ok(map)
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&abs, e))
 }
 
 /// The CRC-32 of some bytes: of large files (kept latest times are

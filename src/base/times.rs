@@ -6,7 +6,8 @@
 //! again, each in a file of its own ordered by value with the internal ids
 //! beside: a look-up of the values between two instants reads the few row
 //! groups that hold them (the others are skipped by their statistics).
-//! Contacts without a value are left out.
+//! Contacts without a value are left out. The same read of the contacts
+//! file writes the index of their ids ([`crate::base::id_index`]).
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::Writer;
 use crate::base::manifest::DataFile;
-use crate::base::schema::IID;
+use crate::base::schema::{CONTACT_ID, IID};
 use crate::base::table::{read_parquet, write_parquet};
 use crate::error::Result;
 
@@ -46,9 +47,11 @@ pub fn indexed(t: &DataType) -> bool {
 }
 
 /// Write the indexes of the contacts file the next version holds, in
-/// place of those it had.
+/// place of those it had: its dates and times by value, and its ids by
+/// `contact_id` ([`crate::base::id_index`]).
 pub fn index_contacts(w: &mut Writer) -> Result<()> {
     w.next.contact_times.clear();
+    w.next.contact_ids = None;
     let Some(contacts) = w.next.contacts.clone() else {
         return Ok(());
     };
@@ -60,13 +63,18 @@ pub fn index_contacts(w: &mut Writer) -> Result<()> {
         .filter(|f| indexed(f.data_type()))
         .map(|f| f.name().as_str())
         .collect();
-    if columns.is_empty() {
-        return Ok(());
-    }
-    let mut wanted = vec![IID];
+    let mut wanted = vec![IID, CONTACT_ID];
     wanted.extend(&columns);
     let (read, batches) = read_parquet(&path, Some(&wanted))?;
     let batch = datafusion::arrow::compute::concat_batches(&read, &batches)?;
+    let (iids, cids) = crate::base::ids::id_columns(&batch)?;
+    let mut pairs: Vec<(u64, u32)> = cids
+        .values()
+        .iter()
+        .copied()
+        .zip(iids.values().iter().copied())
+        .collect();
+    w.next.contact_ids = Some(crate::base::id_index::write(w, &contacts.path, &mut pairs)?);
     let iids = batch
         .column_by_name(IID)
         .ok_or_else(|| crate::error::Error::Internal("contacts without ids".into()))?;

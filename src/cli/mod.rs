@@ -82,8 +82,9 @@ enum Command {
     /// Verify the base: manifest, files, checksums, bitmaps, statistics.
     Check,
     /// Merge the events files of each month that imports have cut into
-    /// several into one (imports do it past `compact_after_files`), and
-    /// rewrite by type the files of the older layout.
+    /// several into one (imports do it past `compact_after_files`),
+    /// rewrite by type the files of the older layout, and index a contacts
+    /// file written without its indexes.
     Compact(CompactArgs),
     /// Generate a deterministic synthetic base.
     Gen(GenArgs),
@@ -566,11 +567,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?;
             if merged.is_empty() {
                 println!(
-                    "nothing to compact: no month holds more than {} file(s), every file is stored by type",
+                    "nothing to compact: no month holds more than {} file(s), every file is stored by type, the contacts file is indexed",
                     args.max_files.max(1)
                 );
             }
-            for m in merged {
+            if merged.indexed {
+                println!("contacts: indexed (ids, dates and times)");
+            }
+            for m in merged.months {
                 match m.files {
                     1 => println!("{}: rewritten by type ({} events)", m.month, m.rows),
                     n => println!("{}: {n} files merged into one ({} events)", m.month, m.rows),

@@ -303,6 +303,120 @@ fn a_few_events_into_a_larger_base_find_their_contacts_alone() {
     assert_eq!(tb.eval(&bought, as_of).unwrap(), vec![1005, 1090]);
 }
 
+/// The contacts file's index of ids: a few events find their contacts in
+/// it alone; damaged, it is passed over for the contacts file, named by
+/// `check` and written again by `compact`; a base without one (written by
+/// an earlier version) gets it from `compact` too.
+#[test]
+fn the_index_of_ids_finds_a_few_events_contacts_and_is_passed_over_when_damaged() {
+    use segments::base::ids::ContactIdMap;
+    let tb = new_base("UTC");
+    // Three blocks of the index, ids spread apart.
+    let ids: Vec<u64> = (0..700).map(|k| 1000 + 7 * k).collect();
+    let csv: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    tb.import_contacts("a", &format!("contact_id\n{csv}"))
+        .unwrap();
+    let manifest = || (*tb.base.snapshot().unwrap().manifest).clone();
+    let index = manifest().contact_ids.expect("an index of ids");
+    assert_eq!(
+        Some(&index.of),
+        manifest().contacts.as_ref().map(|c| &c.path)
+    );
+    // Found from the index alone: in a copy of the base without its
+    // contacts file, the same ids are found.
+    let whole = ContactIdMap::load(tb.path(), &manifest()).unwrap();
+    let wanted = [1000, 1007, 1000 + 7 * 300, 1000 + 7 * 699, 5, 1001, 99_999];
+    let copy = tempfile::tempdir().unwrap();
+    let copied = copy.path().join("base");
+    super::common::copy_base(tb.path(), &copied);
+    std::fs::remove_file(copied.join(&manifest().contacts.unwrap().path)).unwrap();
+    let some = ContactIdMap::load_some(&copied, &manifest(), &wanted).unwrap();
+    let mut found: Vec<(u64, u32)> = some.iter().collect();
+    found.sort();
+    let want: Vec<(u64, u32)> = wanted
+        .iter()
+        .filter_map(|&c| Some((c, whole.get(c)?)))
+        .collect();
+    assert_eq!(want.len(), 4);
+    assert_eq!(found, want);
+    let bought = json!({"behavior": {"event": "purchase", "having": {"agg": "count", "op": "gte", "value": 1}}});
+    let as_of = at("2026-02-01T00:00:00Z");
+    tb.import_events(
+        "e",
+        "contact_id,ts,type\n1007,2026-01-01T00:00:00Z,purchase\n5893,2026-01-02T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    assert_eq!(tb.eval(&bought, as_of).unwrap(), vec![1007, 5893]);
+
+    // A byte of the last block changed: the import reads the contacts file.
+    let path = tb.path().join(&index.file.path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at_end = bytes.len() - 3;
+    bytes[at_end] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    tb.import_events(
+        "f",
+        "contact_id,ts,type\n5886,2026-01-03T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    assert_eq!(tb.eval(&bought, as_of).unwrap(), vec![1007, 5886, 5893]);
+    let snap = tb.base.snapshot().unwrap();
+    let problems = segments::base::check::check(&snap).unwrap();
+    let name = std::path::Path::new(&index.file.path).file_name().unwrap();
+    assert!(
+        problems.len() == 1 && problems[0].contains(name.to_str().unwrap()),
+        "{problems:?}"
+    );
+    drop(snap);
+    // `compact` writes it again.
+    let done = super::common::rt()
+        .block_on(segments::jobs::compact::compact(&tb.base, "compact", 100))
+        .unwrap();
+    assert!(done.indexed && done.months.is_empty(), "{done:?}");
+    assert_ne!(manifest().contact_ids, Some(index));
+    assert_eq!(
+        segments::base::check::check(&tb.base.snapshot().unwrap()).unwrap(),
+        Vec::<String>::new()
+    );
+
+    // As an earlier version wrote the base: no index. `compact` writes it.
+    let version = tb.base.latest_version().unwrap();
+    let mpath = segments::base::manifest::manifest_path(tb.path(), version);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m.as_object_mut()
+        .unwrap()
+        .remove("contact_ids")
+        .expect("in the manifest");
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    assert!(manifest().contact_ids.is_none());
+    tb.import_events(
+        "g",
+        "contact_id,ts,type\n1000,2026-01-04T00:00:00Z,purchase\n",
+    )
+    .unwrap();
+    assert_eq!(
+        tb.eval(&bought, as_of).unwrap(),
+        vec![1000, 1007, 5886, 5893]
+    );
+    let done = super::common::rt()
+        .block_on(segments::jobs::compact::compact(&tb.base, "compact", 100))
+        .unwrap();
+    assert!(done.indexed && done.months.is_empty(), "{done:?}");
+    let index = manifest().contact_ids.expect("indexed by compact");
+    assert_eq!(
+        Some(&index.of),
+        manifest().contacts.as_ref().map(|c| &c.path)
+    );
+    assert_eq!(
+        segments::base::check::check(&tb.base.snapshot().unwrap()).unwrap(),
+        Vec::<String>::new()
+    );
+    let again = super::common::rt()
+        .block_on(segments::jobs::compact::compact(&tb.base, "compact", 100))
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
 #[test]
 fn ids_are_stable_and_never_reused_after_deletion() {
     let tb = new_base("UTC");
