@@ -150,6 +150,22 @@ pub fn read_parquet_key_range(
     lo: u32,
     hi: u32,
 ) -> Result<RecordBatch> {
+    // Ids are stored as 32-bit integers: their statistics come back signed.
+    read_parquet_where(path, columns, key, |min, max| {
+        (min as u32) <= hi && (max as u32) >= lo
+    })
+}
+
+/// Read some columns of the row groups, and pages within them, of a Parquet
+/// file whose integer column `key` (32 or 64 bits; dates and timestamps
+/// are) may hold values between `min` and `max` for which `meets(min, max)`,
+/// by their statistics; in one batch.
+pub fn read_parquet_where(
+    path: &Path,
+    columns: &[&str],
+    key: &str,
+    meets: impl Fn(i64, i64) -> bool,
+) -> Result<RecordBatch> {
     use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
     use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
     use datafusion::parquet::file::statistics::Statistics;
@@ -159,7 +175,6 @@ pub fn read_parquet_key_range(
         .with_batch_size(64 * 1024);
     let schema = builder.schema().clone();
     let key_at = schema.index_of(key)?;
-    let overlaps = |min: i32, max: i32| (min as u32) <= hi && (max as u32) >= lo;
     let meta = builder.metadata().clone();
     let groups: Vec<usize> = meta
         .row_groups()
@@ -167,7 +182,11 @@ pub fn read_parquet_key_range(
         .enumerate()
         .filter(|(_, rg)| match rg.column(key_at).statistics() {
             Some(Statistics::Int32(st)) => match (st.min_opt(), st.max_opt()) {
-                (Some(&min), Some(&max)) => overlaps(min, max),
+                (Some(&min), Some(&max)) => meets(min.into(), max.into()),
+                _ => true,
+            },
+            Some(Statistics::Int64(st)) => match (st.min_opt(), st.max_opt()) {
+                (Some(&min), Some(&max)) => meets(min, max),
                 _ => true,
             },
             _ => true,
@@ -180,7 +199,25 @@ pub fn read_parquet_key_range(
         let rows = meta.row_group(g).num_rows().max(0) as usize;
         let index = meta.column_index().map(|c| &c[g][key_at]);
         let offsets = meta.offset_index().map(|o| &o[g][key_at]);
-        let (Some(ColumnIndexMetaData::INT32(index)), Some(offsets)) = (index, offsets) else {
+        let bounds = |p: usize| match index {
+            Some(ColumnIndexMetaData::INT32(index)) => index
+                .min_value(p)
+                .zip(index.max_value(p))
+                .map(|(&min, &max)| (min.into(), max.into())),
+            Some(ColumnIndexMetaData::INT64(index)) => index
+                .min_value(p)
+                .zip(index.max_value(p))
+                .map(|(&a, &b)| (a, b)),
+            _ => None,
+        };
+        let null_page = |p: usize| match index {
+            Some(ColumnIndexMetaData::INT32(index)) => index.is_null_page(p),
+            Some(ColumnIndexMetaData::INT64(index)) => index.is_null_page(p),
+            _ => false,
+        };
+        let (Some(ColumnIndexMetaData::INT32(_) | ColumnIndexMetaData::INT64(_)), Some(offsets)) =
+            (index, offsets)
+        else {
             selection.push(RowSelector::select(rows));
             continue;
         };
@@ -191,9 +228,9 @@ pub fn read_parquet_key_range(
                 .get(p + 1)
                 .map(|next| next.first_row_index.max(0) as usize)
                 .unwrap_or(rows);
-            let keep = match (index.min_value(p), index.max_value(p)) {
-                (Some(&min), Some(&max)) => overlaps(min, max),
-                _ => !index.is_null_page(p),
+            let keep = match bounds(p) {
+                Some((min, max)) => meets(min, max),
+                None => !null_page(p),
             };
             selection.push(if keep {
                 RowSelector::select(end - start)

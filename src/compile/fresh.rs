@@ -1036,6 +1036,13 @@ impl Session {
         wanted: &[(&[Expr], &Expr)],
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
         use datafusion::arrow::datatypes::Schema;
+        let intervals: Option<Vec<Vec<(i64, i64)>>> = wanted
+            .iter()
+            .map(|(bands, _)| bands.iter().map(|b| interval(b, &index.column)).collect())
+            .collect();
+        if let Some(intervals) = intervals {
+            return self.looked_up_in_bands(index, wanted, &intervals);
+        }
         let schema = std::sync::Arc::new(Schema::new(vec![
             self.contacts_schema.field_with_name(&index.column)?.clone(),
             self.contacts_schema.field_with_name(IID)?.clone(),
@@ -1055,6 +1062,64 @@ impl Session {
         let df = self.ctx.read_table(table)?.filter(any)?.select(select)?;
         let mut masks = collect_masks(df, 2 * wanted.len()).await?.into_iter();
         Ok(std::iter::from_fn(|| Some((masks.next()?, masks.next()?))).collect())
+    }
+
+    /// [`Session::indexed_in_bands`] where each band is an interval of the
+    /// column's values (`intervals`, as numbers: days or microseconds): the
+    /// pages of the index that meet one are read, each interval's rows found
+    /// in the values (ordered) by a binary search, and each condition
+    /// evaluated for the rows of its own intervals alone.
+    fn looked_up_in_bands(
+        &self,
+        index: &TimeIndex,
+        wanted: &[(&[Expr], &Expr)],
+        intervals: &[Vec<(i64, i64)>],
+    ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
+        use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+        use datafusion::arrow::datatypes::{Int64Type, UInt32Type};
+        let every: Vec<(i64, i64)> = intervals.iter().flatten().copied().collect();
+        let batch = crate::base::table::read_parquet_where(
+            &self.base.dir().join(&index.file.path),
+            &[&index.column, IID],
+            &index.column,
+            |min, max| every.iter().any(|&(lo, hi)| lo <= max && min <= hi),
+        )?;
+        let column = batch
+            .column_by_name(&index.column)
+            .ok_or_else(|| crate::error::Error::Internal("an index without values".into()))?;
+        let numbers = datafusion::arrow::compute::cast(column, &DataType::Int64)?;
+        let values = numbers.as_primitive::<Int64Type>().values();
+        let schema = DFSchema::try_from(batch.schema().as_ref().clone())?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for ((_, holds), intervals) in wanted.iter().zip(intervals) {
+            let mut rows: Vec<u32> = Vec::new();
+            for &(lo, hi) in intervals {
+                let from = values.partition_point(|&v| v < lo);
+                let to = values.partition_point(|&v| v <= hi).max(from);
+                rows.extend(from as u32..to as u32);
+            }
+            rows.sort_unstable();
+            rows.dedup();
+            let rows =
+                datafusion::arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+            let iids = rows
+                .column_by_name(IID)
+                .ok_or_else(|| crate::error::Error::Internal("an index without ids".into()))?
+                .as_primitive::<UInt32Type>();
+            let band: RoaringBitmap = iids.values().iter().copied().collect();
+            let holds = self.physical_expr(unqualify((*holds).clone())?, &schema)?;
+            let mask = holds.evaluate(&rows)?.into_array(rows.num_rows())?;
+            let mask = mask.as_boolean();
+            let pass: RoaringBitmap = iids
+                .values()
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| mask.is_valid(k) && mask.value(k))
+                .map(|(_, &i)| i)
+                .collect();
+            out.push((band, pass));
+        }
+        Ok(out)
     }
 
     /// [`Session::contacts_in_bands`] in one scan of the contacts.
@@ -1132,6 +1197,30 @@ impl Session {
             .filter(near.and(of_types))?
             .select(select)?;
         collect_masks(df, wanted.len()).await
+    }
+}
+
+/// A filter of [`value_bands`] as an interval of a column's values, as
+/// numbers (days, microseconds), when it is one on `column`.
+fn interval(band: &Expr, column: &str) -> Option<(i64, i64)> {
+    use datafusion::logical_expr::expr::Between;
+    let number = |v: &ScalarValue| match v.cast_to(&DataType::Int64) {
+        Ok(ScalarValue::Int64(Some(n))) => Some(n),
+        _ => None,
+    };
+    match band {
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) => match (&**expr, &**low, &**high) {
+            (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) if c.name == column => {
+                number(lo).zip(number(hi))
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
