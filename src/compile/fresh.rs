@@ -1200,14 +1200,9 @@ impl Session {
     }
 }
 
-/// A filter of [`value_bands`] as an interval of a column's values, as
-/// numbers (days, microseconds), when it is one on `column`.
-fn interval(band: &Expr, column: &str) -> Option<(i64, i64)> {
+/// A filter `column BETWEEN lo AND hi` between two literals, as its parts.
+fn between_literals(band: &Expr) -> Option<(&Column, &ScalarValue, &ScalarValue)> {
     use datafusion::logical_expr::expr::Between;
-    let number = |v: &ScalarValue| match v.cast_to(&DataType::Int64) {
-        Ok(ScalarValue::Int64(Some(n))) => Some(n),
-        _ => None,
-    };
     match band {
         Expr::Between(Between {
             expr,
@@ -1215,54 +1210,43 @@ fn interval(band: &Expr, column: &str) -> Option<(i64, i64)> {
             low,
             high,
         }) => match (&**expr, &**low, &**high) {
-            (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) if c.name == column => {
-                number(lo).zip(number(hi))
-            }
+            (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) => Some((c, lo, hi)),
             _ => None,
         },
         _ => None,
     }
 }
 
+/// A value as a number (days, microseconds), when it is one.
+fn number(v: &ScalarValue) -> Option<i64> {
+    match v.cast_to(&DataType::Int64) {
+        Ok(ScalarValue::Int64(Some(n))) => Some(n),
+        _ => None,
+    }
+}
+
+/// A filter of [`value_bands`] as an interval of a column's values, as
+/// numbers, when it is one on `column`.
+fn interval(band: &Expr, column: &str) -> Option<(i64, i64)> {
+    let (_, lo, hi) = between_literals(band).filter(|(c, ..)| c.name == column)?;
+    number(lo).zip(number(hi))
+}
+
 /// Whether a contact's values pass one of some filters ([`value_bands`]):
 /// the intervals of each column of integers, dates or timestamps found by
 /// one look-up per value ([`InBands`]), the other filters as they are.
 fn any_band<'a>(bands: impl Iterator<Item = &'a Expr>, schema: &DFSchema) -> Expr {
-    use datafusion::logical_expr::expr::Between;
-    let number = |v: &ScalarValue| match v.cast_to(&DataType::Int64) {
-        Ok(ScalarValue::Int64(Some(n))) => Some(n),
-        _ => None,
-    };
     let mut by_column: Vec<(Column, Vec<(i64, i64)>)> = Vec::new();
     let mut others: Vec<Expr> = Vec::new();
     for band in bands {
-        let interval = match band {
-            Expr::Between(Between {
-                expr,
-                negated: false,
-                low,
-                high,
-            }) => match (&**expr, &**low, &**high) {
-                (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) => {
-                    let t = schema
-                        .qualified_field_from_column(c)
-                        .ok()
-                        .map(|(_, f)| f.data_type());
-                    match t {
-                        Some(t)
-                            if InBands::takes(t)
-                                && lo.data_type() == *t
-                                && hi.data_type() == *t =>
-                        {
-                            number(lo).zip(number(hi)).map(|i| (c.clone(), i))
-                        }
-                        _ => None,
-                    }
-                }
-                _ => None,
-            },
-            _ => None,
-        };
+        let interval = between_literals(band).and_then(|(c, lo, hi)| {
+            let (_, field) = schema.qualified_field_from_column(c).ok()?;
+            let t = field.data_type();
+            if !(InBands::takes(t) && lo.data_type() == *t && hi.data_type() == *t) {
+                return None;
+            }
+            number(lo).zip(number(hi)).map(|i| (c.clone(), i))
+        });
         match interval {
             Some((c, i)) => match by_column.iter_mut().find(|(d, _)| *d == c) {
                 Some((_, is)) => is.push(i),
