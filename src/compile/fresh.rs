@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::{Expr, Volatility, col, lit};
@@ -1036,9 +1036,10 @@ impl Session {
         wanted: &[(&[Expr], &Expr)],
     ) -> Result<Vec<(RoaringBitmap, RoaringBitmap)>> {
         use datafusion::arrow::datatypes::Schema;
+        let field = self.contacts_schema.field_with_name(&index.column)?;
         let intervals: Option<Vec<Vec<(i64, i64)>>> = wanted
             .iter()
-            .map(|(bands, _)| bands.iter().map(|b| interval(b, &index.column)).collect())
+            .map(|(bands, _)| bands.iter().map(|b| interval(b, field)).collect())
             .collect();
         if let Some(intervals) = intervals {
             return self.looked_up_in_bands(index, wanted, &intervals);
@@ -1226,9 +1227,12 @@ fn number(v: &ScalarValue) -> Option<i64> {
 }
 
 /// A filter of [`value_bands`] as an interval of a column's values, as
-/// numbers, when it is one on `column`.
-fn interval(band: &Expr, column: &str) -> Option<(i64, i64)> {
-    let (_, lo, hi) = between_literals(band).filter(|(c, ..)| c.name == column)?;
+/// numbers, when it is one on that column between values of its type.
+fn interval(band: &Expr, column: &Field) -> Option<(i64, i64)> {
+    let t = column.data_type();
+    let (_, lo, hi) = between_literals(band).filter(|(c, lo, hi)| {
+        c.name == *column.name() && lo.data_type() == *t && hi.data_type() == *t
+    })?;
     number(lo).zip(number(hi))
 }
 
