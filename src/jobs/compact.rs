@@ -4,10 +4,10 @@
 //! without its indexes (written by an earlier version, or its index of ids
 //! damaged) gets them.
 
-use crate::base::Base;
-use crate::base::events::{MonthCompaction, compact_months, months_to_rewrite};
 use std::path::Path;
 
+use crate::base::Base;
+use crate::base::events::{MonthCompaction, compact_months, months_to_rewrite};
 use crate::base::manifest::Manifest;
 use crate::base::store::map_checked;
 use crate::error::Result;
