@@ -52,7 +52,7 @@ use crate::compile::behavior::Moved;
 use crate::compile::contacts::unqualify;
 use crate::compile::expr::{Clock, ts_lit};
 use crate::compile::latest::{self, LatestKey, Now};
-use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr};
+use crate::compile::{LeafResults, Outcome, Plan, collect_masks, contacts_expr, masks_of};
 use crate::engine::Session;
 use crate::engine::session::{CONTACTS, abs, listing_table};
 use crate::engine::udf::{Bands, InBands};
@@ -237,11 +237,13 @@ impl<'k> Way<'k> {
     }
 }
 
-/// A kept result narrowed to the contacts now (`all`).
-fn narrowed(kept: Cow<'_, RoaringBitmap>, all: &RoaringBitmap) -> RoaringBitmap {
-    match kept {
-        Cow::Borrowed(kept) => kept & all,
-        Cow::Owned(kept) => kept & all,
+/// A kept result narrowed to the contacts now (`all`): as it is when no
+/// contact left since (a kept result holds contacts of its time alone).
+fn narrowed(kept: Cow<'_, RoaringBitmap>, all: &RoaringBitmap, left: bool) -> RoaringBitmap {
+    match (kept, left) {
+        (kept, false) => kept.into_owned(),
+        (Cow::Borrowed(kept), true) => kept & all,
+        (Cow::Owned(kept), true) => kept & all,
     }
 }
 
@@ -921,8 +923,10 @@ impl Session {
         };
         let c_fresh = c_work.fresh.clone();
         let e_fresh = e_work.fresh.clone();
-        let (contacts, mut patched) = c_work.combine(contact_ways, c_new, Vec::new(), all);
-        let (events, e_patched) = e_work.combine(event_ways, e_new, answered, all);
+        // Contacts deleted since the kept results: narrowed out of them.
+        let left = !(&dirty.presence - all).is_empty();
+        let (contacts, mut patched) = c_work.combine(contact_ways, c_new, Vec::new(), all, left);
+        let (events, e_patched) = e_work.combine(event_ways, e_new, answered, all, left);
         patched.extend(e_patched);
         let freshness = Freshness {
             mode: "incremental".into(),
@@ -1170,7 +1174,7 @@ impl Session {
         let mut types: Vec<&String> = wanted.iter().flat_map(|(t, _)| t).collect();
         types.sort();
         types.dedup();
-        let files: Vec<String> = self
+        let files: Vec<&crate::base::manifest::EventFile> = self
             .manifest
             .events
             .iter()
@@ -1179,11 +1183,22 @@ impl Session {
                     .iter()
                     .any(|&(lo, hi)| lo <= f.max_ts && f.min_ts <= hi)
             })
+            .collect();
+        let paths: Vec<String> = files
+            .iter()
             .map(|f| abs(&self.base, &f.file.path))
             .collect();
         let near = InBands::udf(Bands::new(bands)).call(vec![col("ts")]);
-        let of_types =
-            col("type").in_list(types.into_iter().map(|t| lit(t.clone())).collect(), false);
+        let types: Vec<String> = types.into_iter().cloned().collect();
+        // Files that store each type's rows in row groups of their own are
+        // read in the row groups of these types alone; the reader then
+        // tests `ts` first, and decodes the other columns for the few rows
+        // in the bands only.
+        let layouts = crate::engine::by_type::layouts(self.base.dir(), files.iter().copied());
+        let filter = match &layouts {
+            Some(_) => near,
+            None => near.and(col("type").in_list(types.iter().map(lit).collect(), false)),
+        };
         let mut select = vec![col(IID)];
         select.extend(
             tests
@@ -1191,13 +1206,26 @@ impl Session {
                 .enumerate()
                 .map(|(i, t)| t.alias(format!("b{i}"))),
         );
-        let table = listing_table(&self.ctx, self.events_schema.clone(), &files)?;
-        let df = self
-            .ctx
-            .read_table(table)?
-            .filter(near.and(of_types))?
-            .select(select)?;
-        collect_masks(df, wanted.len()).await
+        let table = listing_table(&self.ctx, self.events_schema.clone(), &paths)?;
+        let mut state = self.ctx.state();
+        state
+            .config_mut()
+            .options_mut()
+            .execution
+            .parquet
+            .pushdown_filters = layouts.is_some();
+        let source = datafusion::datasource::provider_as_source(table);
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan("events", source, None)?
+            .filter(filter)?
+            .project(select)?
+            .build()?;
+        let plan = state.create_physical_plan(&plan).await?;
+        let plan = match &layouts {
+            Some(layouts) => crate::compile::behavior::of_types(plan, &types, layouts)?,
+            None => plan,
+        };
+        let stream = datafusion::physical_plan::execute_stream(plan, self.ctx.task_ctx())?;
+        masks_of(stream, wanted.len()).await
     }
 }
 
@@ -1413,13 +1441,15 @@ impl PassWork {
     /// from the latest times (`answered`, by position, with the contacts
     /// they were patched for); with the contacts each was patched for
     /// ([`LeafResults::patched`]). The conditions side by side: each
-    /// result is narrowed to the contacts now, a pass over its bitmap.
+    /// result is narrowed to the contacts now (a kept one only when
+    /// contacts `left` since), a pass over its bitmap.
     fn combine(
         self,
         ways: Vec<Way>,
         evaluated: Vec<Outcome>,
         answered: Vec<Option<(Outcome, Option<RoaringBitmap>)>>,
         all: &RoaringBitmap,
+        left: bool,
     ) -> (Vec<Outcome>, Vec<Option<RoaringBitmap>>) {
         use rayon::prelude::*;
         let mut new: Vec<Option<(Outcome, Option<RoaringBitmap>)>> = vec![None; ways.len()];
@@ -1434,8 +1464,8 @@ impl PassWork {
         ways.into_par_iter()
             .zip(new)
             .map(|(way, new)| match (way, new) {
-                (Way::Keep(old), _) => (Ok(narrowed(old, all)), Some(RoaringBitmap::new())),
-                (Way::Found(old, band), _) => (Ok(narrowed(old, all)), Some(band)),
+                (Way::Keep(old), _) => (Ok(narrowed(old, all, left)), Some(RoaringBitmap::new())),
+                (Way::Found(old, band), _) => (Ok(narrowed(old, all, left)), Some(band)),
                 (Way::Patch(old, d, found), Some((new, _))) => {
                     let new = new.map(|new| ((&*old - &d) | (new & &d)) & all);
                     (new, Some(d | found))

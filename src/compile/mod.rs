@@ -476,8 +476,15 @@ pub(crate) fn iid_range(r: Range<u32>) -> Expr {
 /// Stream a plan whose first column is `_iid` and the next `n` are booleans
 /// into `n` bitmaps.
 async fn collect_masks(df: DataFrame, n: usize) -> Result<Vec<RoaringBitmap>> {
+    masks_of(df.execute_stream().await?, n).await
+}
+
+/// [`collect_masks`] of a stream of batches: `_iid`, then the masks.
+async fn masks_of(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    n: usize,
+) -> Result<Vec<RoaringBitmap>> {
     let mut out = vec![RoaringBitmap::new(); n];
-    let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let ids = iid_column(&batch)?;

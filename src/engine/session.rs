@@ -70,6 +70,10 @@ pub struct ScanLayout {
     /// contacts they name alone (default: when its range holds many more
     /// contacts than rows).
     pub rows_first: Option<bool>,
+    /// Whether a pass over the rows of some contacts only has the reader
+    /// test their ids before it decodes the other columns (default: when
+    /// they are few next to the contacts).
+    pub only_in_reader: Option<bool>,
 }
 
 impl Session {

@@ -62,6 +62,7 @@ mod having;
 use having::{count_constant_from, count_constant_from_one, number_holds};
 mod kernel;
 mod scan;
+pub(crate) use scan::of_types;
 
 /// Most latest times kept per contact for one key: count conditions whose
 /// answer changes above this count are evaluated from history.
@@ -97,6 +98,13 @@ const FEW_ROWS_PER_THREAD: u64 = 2 << 20;
 /// for the contacts they name alone: state for every contact would cost
 /// more to clear and to turn into bitmaps than the rows cost to read.
 const SPARSE_CONTACTS_PER_ROW: u64 = 8;
+/// A pass over the rows of some contacts only, one in this many or fewer
+/// of the contacts, has the reader test `_iid` before it decodes the other
+/// columns: their rows are then few enough that decoding those columns for
+/// them alone, skipping the rest of each page, costs less than decoding
+/// every row (at 10M contacts, 6,400 contacts: about 80 → 60 ms; 443K
+/// contacts: 260 → 350 ms).
+const TESTED_IN_READER: u64 = 100;
 
 /// A behaviour condition compiled for the pass.
 #[derive(Debug, Clone)]
@@ -415,7 +423,14 @@ impl Session {
         // Rows to read: the range's share of the scan's, or its contacts'.
         let contacts = match only {
             Some(only) => {
-                scan.only = Some(crate::engine::tables::id_in_set(only, end as u32));
+                let in_reader = self
+                    .scan_layout
+                    .only_in_reader
+                    .unwrap_or(only.len() * TESTED_IN_READER <= self.all_contacts.len());
+                scan.only = Some((
+                    crate::engine::tables::id_in_set(only, end as u32),
+                    in_reader,
+                ));
                 only.range_cardinality(start as u32..end as u32)
             }
             None => end - start,
@@ -711,8 +726,9 @@ struct Scan {
     floats: usize,
     times: usize,
     layout: ScanLayout,
-    /// Rows of these contacts only (a filter on `_iid`), when set.
-    only: Option<Expr>,
+    /// Rows of these contacts only (a filter on `_iid`), when set; tested
+    /// by the reader ([`TESTED_IN_READER`]) or after it.
+    only: Option<(Expr, bool)>,
     /// The row groups of each file read, by its location in the scan,
     /// when every one is stored by type: the scan reads the row groups of
     /// a projection's types as byte ranges, and opens no other.

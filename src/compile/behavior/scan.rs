@@ -322,21 +322,34 @@ impl Scan {
                 iid()
                     .gt_eq(lit(ScalarValue::UInt32(Some(lo))))
                     .and(iid().lt(lit(ScalarValue::UInt32(Some(hi)))))
-                    .and(of_types)
             }
-            None => of_types,
+            None => lit(true),
         };
-        if let Some(only) = &self.only {
-            filter = filter.and(only.clone());
+        // The rows of some contacts, in files whose row groups of other
+        // types are left out by their layouts: `_iid` alone is tested (by
+        // the reader, before it decodes the other columns, when they are
+        // few); the kernel takes each condition's types and window as it
+        // does for every contact.
+        let few = self.only.as_ref().filter(|_| self.type_layouts.is_some());
+        match few {
+            Some((only, _)) => filter = filter.and(only.clone()),
+            None => {
+                filter = filter.and(of_types);
+                if let Some((only, _)) = &self.only {
+                    filter = filter.and(only.clone());
+                }
+            }
         }
         let mut select = vec![col(IID)];
         if group.ts.is_none() {
             // The windows of these types' conditions skip row groups and
             // pages.
-            if projection.lo > i64::MIN {
-                filter = filter.and(col("ts").gt_eq(ts_lit(projection.lo)));
+            if few.is_none() {
+                if projection.lo > i64::MIN {
+                    filter = filter.and(col("ts").gt_eq(ts_lit(projection.lo)));
+                }
+                filter = filter.and(col("ts").lt_eq(ts_lit(projection.hi)));
             }
-            filter = filter.and(col("ts").lt_eq(ts_lit(projection.hi)));
             select.push(datafusion::logical_expr::cast(col("ts"), DataType::Int64).alias("ts"));
         }
         select.push(col("type"));
@@ -364,11 +377,9 @@ impl Scan {
         // of whole files would prune none of them, and checking them again
         // costs every file of every shard.
         let mut state = ctx.state();
-        state
-            .config_mut()
-            .options_mut()
-            .execution
-            .collect_statistics = false;
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.collect_statistics = false;
+        execution.parquet.pushdown_filters = few.is_some_and(|(_, in_reader)| *in_reader);
         Ok(DataFrame::new(state, plan).filter(filter)?.select(select)?)
     }
 
@@ -799,7 +810,7 @@ pub(super) fn time_cuts(pass: &Expr) -> Option<Vec<i64>> {
 /// of their files, in as many partitions as before (unchanged when the scan
 /// is not of whole files). The kernel takes the rows of its types anyway:
 /// this only spares opening and pruning the row groups of the others.
-fn of_types(
+pub(crate) fn of_types(
     plan: Arc<dyn ExecutionPlan>,
     types: &[String],
     layouts: &crate::engine::by_type::TypeLayouts,

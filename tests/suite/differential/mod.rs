@@ -389,7 +389,9 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
 /// pass over the middle third of the internal ids, reading its rows first:
 /// the pass answers for the contacts of that range alone (rows of the
 /// contacts beside it, which the files' pages bring, are left out), and
-/// its answers there equal the reference's.
+/// its answers there equal the reference's. Each is evaluated too over the
+/// rows of every third contact alone, their ids tested by the reader or
+/// after it: its answers for those contacts equal the reference's.
 fn range_check(
     dir: &Path,
     r: &RefBase,
@@ -444,9 +446,10 @@ fn range_check(
                 continue;
             }
             let got = Ok(parts.finish(has, pass, &all));
-            let want: BTreeSet<u32> = r
-                .eval(&v, as_of)
-                .into_iter()
+            let reference = r.eval(&v, as_of);
+            let want: BTreeSet<u32> = reference
+                .iter()
+                .copied()
                 .filter(|i| range.contains(i))
                 .collect();
             if let Some(m) = compare(&got, &want) {
@@ -454,6 +457,37 @@ fn range_check(
                     "seed {seed}: {v} at {as_of} over ids {range:?}: {m}"
                 ));
             }
+            // Over the rows of some contacts only, spread over every id.
+            let only: RoaringBitmap = session
+                .all_contacts
+                .iter()
+                .filter(|i| u64::from(*i) % 3 == seed % 3)
+                .collect();
+            for in_reader in [false, true] {
+                session.scan_layout.only_in_reader = Some(in_reader);
+                let got = rt.block_on(session.behavior_pass_of(
+                    std::slice::from_ref(&parts),
+                    &clock,
+                    None,
+                    None,
+                    Some(&only),
+                ));
+                let got = got
+                    .map(|mut g| g.remove(0))
+                    .map(|b| parts.finish(b.has & &only, b.pass & &only, &only))
+                    .map_err(|e| e.to_string());
+                let want: BTreeSet<u32> = reference
+                    .iter()
+                    .copied()
+                    .filter(|i| only.contains(*i))
+                    .collect();
+                if let Some(m) = compare(&got, &want) {
+                    failures.push(format!(
+                        "seed {seed}: {v} at {as_of} over the rows of every third contact (ids tested by the reader: {in_reader}): {m}"
+                    ));
+                }
+            }
+            session.scan_layout.only_in_reader = None;
         }
     }
     failures
