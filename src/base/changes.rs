@@ -9,6 +9,7 @@
 //! for every other contact (see [`crate::compile::fresh`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use roaring::RoaringBitmap;
@@ -198,8 +199,9 @@ const CHANGES_SHARE: u64 = 4;
 pub struct Kept {
     pub version: u64,
     pub as_of: DateTime<Utc>,
-    /// Bitmap of each condition, by key.
-    pub results: HashMap<String, RoaringBitmap>,
+    /// Bitmap of each condition, by key (shared with the process's
+    /// [`crate::base::cache::Cache`] where the run changed none).
+    pub results: HashMap<String, Arc<RoaringBitmap>>,
     pub dirty: Dirty,
     /// The latest times of matching events, for the conditions that depend
     /// on them alone: what they reflect, without the times
@@ -214,15 +216,21 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// The kept latest times, their file mapped in memory and checked whole.
-    pub fn latest_times(&self, dir: &std::path::Path) -> Result<Option<LatestTimes>> {
+    /// The kept latest times, their file mapped in memory and checked whole
+    /// (once in a process: see [`crate::base::cache`]).
+    pub fn latest_times(&self, base: &Base) -> Result<Option<Arc<LatestTimes>>> {
         let Some(f) = &self.latest_file else {
             return Ok(None);
         };
-        let map = map_checked(dir, f)?;
-        LatestTimes::decode(&std::sync::Arc::new(map))
+        let dir = base.dir();
+        base.cache
+            .latest(f, || {
+                let map = map_checked(dir, f)?;
+                LatestTimes::decode(&Arc::new(map))
+                    .map(Arc::new)
+                    .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))
+            })
             .map(Some)
-            .map_err(|m| Error::base(dir, format!("{}: {m}", f.path)))
     }
 }
 
@@ -755,20 +763,28 @@ pub fn kept(base: &Base, m: &Manifest) -> Result<Earlier> {
             "the kept results lack the file of their changes".into(),
         ));
     }
-    let bitmaps = TaggedBitmaps::read(dir, &l.bitmaps)?;
+    let bitmaps = base.cache.bitmaps(&l.bitmaps, || {
+        let read = TaggedBitmaps::read(dir, &l.bitmaps)?;
+        Ok::<_, Error>(Arc::new(
+            read.0.into_iter().map(|(t, b)| (t, Arc::new(b))).collect(),
+        ))
+    })?;
     let mut changes_by_tag: HashMap<i64, RoaringBitmap> = match &l.changes {
         Some(f) => TaggedBitmaps::read(dir, f)?.0.into_iter().collect(),
         None => HashMap::new(),
     };
     let mut results = HashMap::with_capacity(keys.keys.len());
     let mut changes = HashMap::with_capacity(changes_by_tag.len());
-    let mut by_tag: HashMap<i64, RoaringBitmap> = bitmaps.0.into_iter().collect();
     for (i, key) in keys.keys.iter().enumerate() {
-        if let Some(mut bm) = by_tag.remove(&(i as i64)) {
-            if let Some(c) = changes_by_tag.remove(&(i as i64)) {
-                bm ^= &c;
-                changes.insert(key.clone(), c);
-            }
+        if let Some(bm) = bitmaps.get(&(i as i64)) {
+            let bm = match changes_by_tag.remove(&(i as i64)) {
+                Some(c) => {
+                    let changed = Arc::new(&**bm ^ &c);
+                    changes.insert(key.clone(), c);
+                    changed
+                }
+                None => bm.clone(),
+            };
             results.insert(key.clone(), bm);
         }
     }
@@ -871,10 +887,11 @@ pub fn keep(
                     .map(|(i, b)| (i as i64, b))
                     .collect(),
             );
-            (
-                bitmaps.write_as(w, "leaves", Durability::Rebuildable)?,
-                None,
-            )
+            let file = bitmaps.write_as(w, "leaves", Durability::Rebuildable)?;
+            // The next refresh in this process reads them from here.
+            let held = bitmaps.0.into_iter().map(|(t, b)| (t, Arc::new(b)));
+            w.base.cache.wrote_bitmaps(&file, Arc::new(held.collect()));
+            (file, None)
         }
     };
     let doc = Keys { settings, keys };

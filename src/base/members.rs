@@ -110,10 +110,12 @@ impl OptIns {
     }
 
     /// The opt-ins among kept results.
-    pub fn kept_in(results: &std::collections::HashMap<String, RoaringBitmap>) -> Option<OptIns> {
+    pub fn kept_in(
+        results: &std::collections::HashMap<String, std::sync::Arc<RoaringBitmap>>,
+    ) -> Option<OptIns> {
         Some(OptIns {
-            email: results.get(KEPT_EMAIL)?.clone(),
-            sms: results.get(KEPT_SMS)?.clone(),
+            email: (**results.get(KEPT_EMAIL)?).clone(),
+            sms: (**results.get(KEPT_SMS)?).clone(),
         })
     }
 

@@ -7,6 +7,7 @@
 //! still need them (pins of live processes, plus a grace period).
 
 pub mod bitmaps;
+pub mod cache;
 pub mod changes;
 pub mod check;
 pub mod config;
@@ -70,6 +71,8 @@ pub struct Base {
     /// How long a change waits for the writer lock held by another writer
     /// before it gives up (default: it does not wait).
     pub lock_wait: Option<Duration>,
+    /// Kept results this process read or wrote, shared by its clones.
+    pub(crate) cache: std::sync::Arc<cache::Cache>,
 }
 
 /// Told (phase, done, total) as long work advances.
@@ -128,6 +131,7 @@ impl Base {
             memory_limit: None,
             progress: None,
             lock_wait: None,
+            cache: Default::default(),
         })
     }
 

@@ -702,7 +702,7 @@ impl Session {
             || answers_same
             || renewed && !(to_same.is_empty() && carried.is_empty())
         {
-            match kept.latest_times(self.base.dir()) {
+            match kept.latest_times(&self.base) {
                 Ok(Some(body)) => Some(body),
                 Ok(None) | Err(_) => return Err(LatestUnreadable),
             }

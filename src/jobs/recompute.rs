@@ -366,7 +366,7 @@ impl<'a> Within<'a> {
         if kept.segments.is_empty() {
             return None;
         }
-        let all_before = kept.results.get(KEPT_ALL)?;
+        let all_before: &RoaringBitmap = kept.results.get(KEPT_ALL)?;
         let optins_before = OptIns::kept_in(&kept.results)?;
         let patched = |i: usize| cond.leaves.patched.get(i).and_then(Option::as_ref);
         let pairs: Vec<(Option<&RoaringBitmap>, &Outcome, Option<&RoaringBitmap>)> = cond
@@ -376,7 +376,7 @@ impl<'a> Within<'a> {
             .zip(&cond.leaves.contacts)
             .chain(cond.plan.event_keys.iter().zip(&cond.leaves.events))
             .enumerate()
-            .map(|(i, (k, new))| (kept.results.get(k), new, patched(i)))
+            .map(|(i, (k, new))| (kept.results.get(k).map(|b| &**b), new, patched(i)))
             .collect();
         // A condition patched for some contacts differs from its kept
         // result among those alone (and the contacts deleted since, who

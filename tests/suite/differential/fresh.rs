@@ -66,8 +66,8 @@ fn kept_against_full(
             Some(got) if got == want => {}
             Some(got) => failures.push(format!(
                 "after {step}, as of {as_of}: kept result of {key} has extra iids {:?}, misses {:?}",
-                (got - want).iter().collect::<Vec<_>>(),
-                (want - got).iter().collect::<Vec<_>>(),
+                (&**got - &**want).iter().collect::<Vec<_>>(),
+                (&**want - &**got).iter().collect::<Vec<_>>(),
             )),
             None => {}
         }
