@@ -12,8 +12,15 @@
 ///   KiB) made a fresh process fault its pages in again batch after batch
 ///   (a preview in a new process took 1.2 to 1.7 times as long as in a warm
 ///   one).
+/// - One malloc arena per core. glibc's default, eight per core, gives
+///   each of DataFusion's many threads an arena of its own, and memory
+///   freed in one arena serves no other: the 1M-contact nightly peaked at
+///   about 490 MiB against 420 MiB with one arena per core, in the same
+///   time.
 #[allow(unsafe_code)]
 pub(super) fn setup() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let arenas = std::thread::available_parallelism().map_or(2, |n| n.get());
     // SAFETY: both calls only change process settings, before any other
     // thread exists.
     #[cfg(unix)]
@@ -25,6 +32,7 @@ pub(super) fn setup() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int);
     }
 }
 

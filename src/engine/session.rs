@@ -66,6 +66,9 @@ pub struct Session {
 pub struct ScanLayout {
     pub shard_contacts: Option<u32>,
     pub block_contacts: Option<u32>,
+    /// Contacts of the state of a shard that keeps its rows: the part of
+    /// the shard accumulated and turned into bitmaps at a time.
+    pub state_contacts: Option<u32>,
     /// Whether the scan reads its rows first and keeps state for the
     /// contacts they name alone (default: when its range holds many more
     /// contacts than rows).

@@ -460,55 +460,94 @@ impl Scan {
         Ok(())
     }
 
+    /// The pass over the contacts `[lo, hi)`: the bitmaps of each part of
+    /// them that the state held at a time, from `lo` up.
     pub(super) async fn run_shard(
         &self,
         ctx: &SessionContext,
         state: &mut State,
         lo: u32,
         hi: u32,
-    ) -> Result<Vec<LeafBits>> {
+    ) -> Result<Vec<(u32, Vec<LeafBits>)>> {
         // A shard whose whole state fits in cache takes each batch as it
         // comes, while the batch is in cache too. Otherwise, as each file
         // brings the shard's contacts in id order, the batches are kept and
         // dispatched block of contacts by block, so that a block's state
         // stays in cache while the rows of every file for it are added.
-        let direct = self.layout.block_contacts.is_none() && self.fits_in_cache(hi - lo);
+        let direct = self.direct(hi - lo);
+        if direct {
+            state.reset((hi - lo) as usize);
+        }
         let mut kept = Vec::new();
         self.each_batch(ctx, lo, hi, |batch, group, projection| {
-            let blockwise = !direct
-                && batch
-                    .column(0)
-                    .as_primitive_opt::<UInt32Type>()
-                    .is_some_and(|ids| ids.values().is_sorted());
-            if blockwise {
-                kept.push((batch, group, projection));
-            } else {
+            if direct {
                 let rows = self.rows(&batch, group, projection)?;
                 self.accumulate(state, lo, hi, &rows, 0..rows.iid.len());
+            } else {
+                kept.push((batch, group, projection));
             }
             Ok(())
         })
         .await?;
+        if direct {
+            return Ok(vec![(lo, self.finish(state, lo)?)]);
+        }
         let rows: Vec<Rows> = kept
             .iter()
             .map(|(b, group, projection)| self.rows(b, group, projection))
             .collect::<Result<_>>()?;
-        let mut cursors = vec![0usize; rows.len()];
+        // Each batch's rows in runs of ascending ids: a batch may join the
+        // ends of several row groups (one per event type).
+        let mut runs: Vec<(&Rows, usize, usize)> = Vec::new();
+        for r in &rows {
+            runs.extend(ascending_runs(&r.iid).map(|run| (r, run.start, run.end)));
+        }
         let block = match self.layout.block_contacts {
             Some(n) => n.max(1),
             None => (BLOCK_STATE_BYTES / self.bytes_per_contact()).max(64) as u32,
         };
-        let mut a = lo;
-        while a < hi && !rows.is_empty() {
-            let b = a.saturating_add(block).min(hi);
-            for (r, at) in rows.iter().zip(cursors.iter_mut()) {
-                let end = *at + r.iid[*at..].partition_point(|&id| id < b);
-                self.accumulate(state, lo, hi, r, *at..end);
-                *at = end;
+        // The state holds a part of the shard at a time: each part's
+        // contacts are accumulated, then turned into bitmaps, and the
+        // state cleared for the next.
+        let part = u32::try_from(state.cap).unwrap_or(u32::MAX).max(1);
+        let mut out = Vec::new();
+        let mut c = lo;
+        while c < hi {
+            let d = c.saturating_add(part).min(hi);
+            state.reset((d - c) as usize);
+            let mut a = c;
+            while a < d {
+                let b = a.saturating_add(block).min(d);
+                for (r, at, end) in runs.iter_mut() {
+                    let stop = *at + r.iid[*at..*end].partition_point(|&id| id < b);
+                    self.accumulate(state, c, d, r, *at..stop);
+                    *at = stop;
+                }
+                a = b;
             }
-            a = b;
+            out.push((c, self.finish(state, c)?));
+            c = d;
         }
-        self.finish(state, lo)
+        Ok(out)
+    }
+
+    /// Whether a shard of `contacts` takes its batches as they come (its
+    /// whole state then fits in cache) rather than keeping them.
+    pub(super) fn direct(&self, contacts: u32) -> bool {
+        self.layout.block_contacts.is_none() && self.fits_in_cache(contacts)
+    }
+
+    /// Contacts of the state of a shard of `contacts`: a shard that keeps
+    /// its batches turns a part of its contacts into bitmaps at a time.
+    pub(super) fn state_contacts(&self, contacts: u32) -> usize {
+        match self.direct(contacts) {
+            true => contacts as usize,
+            false => (contacts as usize).min(
+                self.layout
+                    .state_contacts
+                    .map_or(STATE_PART_CONTACTS, |n| n.max(1) as usize),
+            ),
+        }
     }
 
     /// The pass over contacts `[lo, hi)` when they have few rows to read:
@@ -998,4 +1037,31 @@ pub(super) fn having_expr(
         EmptyRule::Aggregate,
     ));
     (Arc::new(Schema::new(fields)), pass)
+}
+
+/// The runs of ascending values of `ids`, in order, covering it.
+fn ascending_runs(ids: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    (1..=ids.len())
+        .filter(|&i| i == ids.len() || ids[i] < ids[i - 1])
+        .map(move |i| {
+            let run = start..i;
+            start = i;
+            run
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ascending_runs;
+
+    #[test]
+    fn ids_are_cut_where_they_go_down() {
+        let runs = |ids: &[u32]| ascending_runs(ids).collect::<Vec<_>>();
+        assert!(runs(&[]).is_empty());
+        assert_eq!(runs(&[7]), vec![0..1]);
+        assert_eq!(runs(&[1, 1, 2, 5]), vec![0..4]);
+        assert_eq!(runs(&[3, 9, 2, 2, 8, 1]), vec![0..2, 2..5, 5..6]);
+        assert_eq!(runs(&[5, 4, 3]), vec![0..1, 1..2, 2..3]);
+    }
 }

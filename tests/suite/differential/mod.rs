@@ -310,7 +310,8 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
         // At two instants in four, the events scan cuts the contacts into
         // shards of a few contacts, so that rows straddling shard bounds are
         // checked too: once dispatched batch by batch as they come, once
-        // block of contacts by block, files interleaved. At the fourth, it
+        // block of contacts by block, files interleaved, with a state that
+        // holds a part of the shard at a time. At the fourth, it
         // reads its rows first and keeps state for the contacts they name
         // alone, as for the rows of a small import into a large base.
         let shard_contacts = Some(2 + (seed % 7) as u32);
@@ -323,6 +324,7 @@ fn run_case(seed: u64, trees_per_instant: usize, rt: &tokio::runtime::Runtime) -
             2 => ScanLayout {
                 shard_contacts,
                 block_contacts: Some(1 + (seed % 3) as u32),
+                state_contacts: Some(1 + (seed % 4) as u32),
                 ..ScanLayout::default()
             },
             _ => ScanLayout {
