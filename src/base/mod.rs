@@ -40,7 +40,7 @@ pub use config::Config;
 pub use manifest::Manifest;
 
 use lock::WriteLock;
-use manifest::{MANIFEST_DIR, list_versions, manifest_path, read_manifest, read_manifest_again};
+use manifest::{MANIFEST_DIR, list_versions, manifest_path, read_manifest_again};
 use store::{SinkFile, write_atomic};
 
 const READERS_DIR: &str = "readers";
@@ -298,7 +298,7 @@ impl Writer {
         write_atomic(&path, &bytes)?;
         let published = self.next.clone();
         // Collection failures never undo a published version.
-        if let Err(e) = collect_garbage(&self.base) {
+        if let Err(e) = collect_garbage(&self.base, &published) {
             tracing_note(&format!("warning: garbage collection: {e}"));
         }
         Ok(published)
@@ -307,8 +307,11 @@ impl Writer {
 
 /// Remove manifests and data files that no reader can still need: not the
 /// current version, not pinned by a live process, and superseded for longer
-/// than the grace period. Must run under the writer lock.
-pub fn collect_garbage(base: &Base) -> Result<usize> {
+/// than the grace period. Must run under the writer lock, right after
+/// `published` was published: it is not read again, and the version before
+/// it was most likely parsed by the writer that started from it (manifests
+/// hold every segment's history, megabytes on a base recomputed for months).
+pub fn collect_garbage(base: &Base, published: &Manifest) -> Result<usize> {
     let dir = base.dir();
     let versions = list_versions(dir)?;
     let Some(&current) = versions.last() else {
@@ -320,10 +323,17 @@ pub fn collect_garbage(base: &Base) -> Result<usize> {
     let mut keep: HashSet<String> = HashSet::new();
     let mut next_written = now;
     for &v in versions.iter().rev() {
-        let m = match read_manifest(dir, v) {
-            Ok(m) => m,
-            Err(_) if v != current => continue,
-            Err(e) => return Err(e),
+        let read;
+        let m = match v == published.version {
+            true => published,
+            false => match read_manifest_again(dir, v) {
+                Ok(m) => {
+                    read = m;
+                    &*read
+                }
+                Err(_) if v != current => continue,
+                Err(e) => return Err(e),
+            },
         };
         // `next_written` is when version v was superseded.
         let fresh = (now - next_written).to_std().unwrap_or_default() < gc_grace();
